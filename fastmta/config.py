@@ -1,0 +1,469 @@
+# SPDX-License-Identifier: MIT
+"""One frozen, typed configuration object built from TOML plus embedded defaults.
+
+Every key of the public contract (DESIGN.md §3.2) lives here, once. Unknown keys
+are errors so a misspelt key never silently does nothing; every error names the
+key it is about (``limits.max_recipients: expected an integer``). This module
+imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_VAR = "FASTMTA_CONFIG"
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}  # fmt: skip
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, each a ``key: message`` line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Invalid(ValueError):
+    """A converter's complaint; the loader prefixes it with the key."""
+
+
+# --- converters: raw TOML value -> typed value, or _Invalid -------------------
+
+
+def parse_size(value: object) -> int:
+    """``"50MiB"``, ``"1.5GB"``, ``4096`` → bytes."""
+    if isinstance(value, bool):
+        raise _Invalid("expected a size such as 4096 or \"50MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise _Invalid("expected a non-negative size")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise _Invalid("expected a size such as 4096 or \"50MiB\"")
+
+
+def parse_duration(value: object) -> float:
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"2ms"`` or plain seconds → seconds."""
+    if isinstance(value, bool):
+        raise _Invalid("expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise _Invalid("expected a non-negative duration")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    raise _Invalid("expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:2525"``, ``"[::1]:25"``, ``"host"`` (with a default port) → (host, port)."""
+    if not isinstance(value, str) or not value:
+        raise _Invalid("expected \"host:port\"")
+    host, port_s = value, ""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            raise _Invalid("expected \"[ipv6]:port\"")
+        host, rest = value[1:end], value[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise _Invalid("expected \"[ipv6]:port\"")
+            port_s = rest[1:]
+    elif value.count(":") == 1:
+        host, port_s = value.split(":")
+    elif value.count(":") > 1:
+        raise _Invalid("write IPv6 addresses as \"[addr]:port\"")
+    if not port_s:
+        if default_port is None:
+            raise _Invalid("expected \"host:port\"")
+        return host, default_port
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise _Invalid(f"bad port {port_s!r}")
+    return host, int(port_s)
+
+
+def _int(lo: int = 0, hi: int | None = None) -> Callable[[object], int]:
+    def conv(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid("expected an integer")
+        if value < lo or (hi is not None and value > hi):
+            raise _Invalid(f"expected an integer from {lo}" + (f" to {hi}" if hi is not None else " up"))
+        return value
+
+    return conv
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("expected true or false")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def conv(value: object) -> str:
+        if value not in choices:
+            raise _Invalid("expected one of " + ", ".join(f'"{c}"' for c in choices))
+        return str(value)
+
+    return conv
+
+
+def _list(item: Callable[[object], Any]) -> Callable[[object], tuple[Any, ...]]:
+    def conv(value: object) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid("expected a list")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except _Invalid as e:
+                raise _Invalid(f"item {i}: {e}") from None
+        return tuple(out)
+
+    return conv
+
+
+def _domain(value: object) -> str:
+    s = _str(value).strip().lower().rstrip(".")
+    if not s or " " in s:
+        raise _Invalid(f"bad domain {value!r}")
+    return s
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(_str(value), strict=False)
+    except ValueError:
+        raise _Invalid(f"bad network {value!r}") from None
+
+
+def _address(value: object) -> tuple[str, int]:
+    return parse_hostport(_str(value))
+
+
+def _optional_address(value: object) -> tuple[str, int] | None:
+    return None if value == "" else parse_hostport(_str(value))
+
+
+def _nameserver(value: object) -> tuple[str, int]:
+    return parse_hostport(_str(value), default_port=53)
+
+
+def _regex(value: object) -> re.Pattern[str]:
+    try:
+        return re.compile(_str(value))
+    except re.error as e:
+        raise _Invalid(f"bad regular expression: {e}") from None
+
+
+def _workers(value: object) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _int(1, 1024)(value)
+
+
+def _opt(conv: Callable[[object], Any], default: Any) -> Any:
+    """A dataclass field with its TOML converter attached."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use an immutable default")
+    return field(default=default, metadata={"conv": conv})
+
+
+# --- the sections ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    workers: int = _opt(_workers, 1)
+    shutdown_grace: float = _opt(parse_duration, 30.0)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    address: tuple[str, int] = _opt(_address, ("127.0.0.1", 2525))
+    name: str = _opt(_str, "")
+    mode: str = _opt(_choice("relay", "submission"), "relay")
+    tls: str = _opt(_choice("none", "starttls", "implicit"), "none")
+    proxy_protocol: bool = _opt(_bool, False)
+
+    @property
+    def label(self) -> str:
+        """The ``listener`` label in metrics and logs."""
+        host, port = self.address
+        return self.name or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str = _opt(_str, "")
+    key_file: str = _opt(_str, "")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _opt(
+        _list(_network),
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+    )
+    relay_domains: tuple[str, ...] = _opt(_list(_domain), ())
+    local_domains: tuple[str, ...] = _opt(_list(_domain), ())
+    users_file: str = _opt(_str, "")
+    auth_failure_delay: float = _opt(parse_duration, 1.0)
+    max_auth_failures_per_ip: int = _opt(_int(1), 10)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: int = _opt(parse_size, 50 * 1024**2)
+    max_recipients: int = _opt(_int(1), 1000)
+    max_connections: int = _opt(_int(1), 10000)
+    max_connections_per_ip: int = _opt(_int(1), 200)
+    max_line_length: int = _opt(_int(64, 1_000_000), 512)
+    max_errors: int = _opt(_int(1), 20)
+    command_timeout: float = _opt(parse_duration, 300.0)
+    data_timeout: float = _opt(parse_duration, 600.0)
+    bare_lf: str = _opt(_choice("reject", "normalise"), "reject")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = _opt(_str, "./fastmta-spool")
+    map_size: int = _opt(parse_size, 16 * 1024**3)
+    max_map_size: int = _opt(parse_size, 1024**4)
+    commit_window: float = _opt(parse_duration, 0.002)
+    max_batch_bytes: int = _opt(parse_size, 64 * 1024**2)
+    sync: bool = _opt(_bool, True)
+
+
+@dataclass(frozen=True)
+class ShapingRule:
+    match: re.Pattern[str] = _opt(_regex, re.compile(r"(?!)"))
+    action: str = _opt(_choice("suspend", "limit"), "suspend")
+    duration: float = _opt(parse_duration, 7200.0)
+    max_connections: int = _opt(_int(1), 1)
+    message_rate: float = _opt(lambda v: float(_int(0)(v)), 0.0)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    hold: bool = _opt(_bool, False)
+    shards: int = _opt(_int(1, 1024), 8)
+    max_connections_per_destination: int = _opt(_int(1), 20)
+    max_messages_per_connection: int = _opt(_int(1), 100)
+    message_rate_per_destination: float = _opt(lambda v: float(_int(0)(v)), 0.0)
+    retry_schedule: tuple[float, ...] = _opt(
+        _list(parse_duration), (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    )
+    max_queue_lifetime: float = _opt(parse_duration, 5 * 86400.0)
+    connect_timeout: float = _opt(parse_duration, 30.0)
+    command_timeout: float = _opt(parse_duration, 300.0)
+    idle_timeout: float = _opt(parse_duration, 30.0)
+    port: int = _opt(_int(1, 65535), 25)
+    tls: str = _opt(_choice("none", "opportunistic", "required"), "opportunistic")
+    bounce_from: str = _opt(_str, "")
+    shaping: tuple[ShapingRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[tuple[str, int], ...] = _opt(_list(_nameserver), ())
+    timeout: float = _opt(parse_duration, 5.0)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    domain: str = _opt(_str, "*")
+    nexthop: tuple[str, int] = _opt(_address, ("127.0.0.1", 25))
+    auth_file: str = _opt(_str, "")
+    tls: str = _opt(_choice("", "none", "opportunistic", "required"), "")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    maildir: str = _opt(_str, "./fastmta-mail")
+    lmtp: str = _opt(_str, "")
+    users_file: str = _opt(_str, "")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    address: tuple[str, int] | None = _opt(_optional_address, ("127.0.0.1", 9025))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: str = _opt(_str, "")
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = _opt(_str, "")
+    server: ServerConfig = ServerConfig()
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    tls: TlsConfig = TlsConfig()
+    policy: PolicyConfig = PolicyConfig()
+    limits: LimitsConfig = LimitsConfig()
+    spool: SpoolConfig = SpoolConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    dns: DnsConfig = DnsConfig()
+    routes: tuple[RouteConfig, ...] = ()
+    local: LocalConfig = LocalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+    source: str = ""  # the file this came from, "" for the embedded defaults
+
+    def route_for(self, domain: str) -> RouteConfig | None:
+        """The transport-map entry for a domain: exact match wins over ``*``."""
+        star = None
+        for r in self.routes:
+            if r.domain == domain:
+                return r
+            if r.domain == "*":
+                star = r
+        return star
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def _build(cls: type[Any], raw: object, key: str, errors: list[str], **nested: Any) -> Any:
+    """Convert one TOML table into ``cls``; unknown keys and bad values go to ``errors``."""
+    if not isinstance(raw, Mapping):
+        errors.append(f"{key}: expected a table")
+        return cls(**nested)
+    kwargs: dict[str, Any] = dict(nested)
+    known = {f.name: f for f in dataclasses.fields(cls) if "conv" in f.metadata}
+    for name, value in raw.items():
+        full = f"{key}.{name}" if key else name
+        if name in nested:
+            continue
+        f = known.get(name)
+        if f is None:
+            errors.append(f"{full}: unknown key")
+            continue
+        try:
+            kwargs[name] = f.metadata["conv"](value)
+        except _Invalid as e:
+            errors.append(f"{full}: {e}")
+    return cls(**kwargs)
+
+
+def _build_list(cls: type[Any], raw: object, key: str, errors: list[str]) -> tuple[Any, ...]:
+    if not isinstance(raw, list):
+        errors.append(f"{key}: expected an array of tables ([[{key}]])")
+        return ()
+    return tuple(_build(cls, item, f"{key}[{i}]", errors) for i, item in enumerate(raw))
+
+
+def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
+    """Build and validate a Config from parsed TOML; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    sections: dict[str, type[Any]] = {
+        "server": ServerConfig, "tls": TlsConfig, "policy": PolicyConfig,
+        "limits": LimitsConfig, "spool": SpoolConfig, "dns": DnsConfig,
+        "local": LocalConfig, "metrics": MetricsConfig, "log": LogConfig,
+    }  # fmt: skip
+    kwargs: dict[str, Any] = {"source": source}
+    for name, value in raw.items():
+        if name in sections:
+            kwargs[name] = _build(sections[name], value, name, errors)
+        elif name == "listener":
+            kwargs["listeners"] = _build_list(ListenerConfig, value, "listener", errors)
+        elif name == "route":
+            kwargs["routes"] = _build_list(RouteConfig, value, "route", errors)
+        elif name == "delivery":
+            shaping: tuple[ShapingRule, ...] = ()
+            if isinstance(value, Mapping) and "shaping" in value:
+                shaping = _build_list(ShapingRule, value["shaping"], "delivery.shaping", errors)
+            kwargs["delivery"] = _build(DeliveryConfig, value, "delivery", errors, shaping=shaping)
+        elif name == "hostname":
+            try:
+                kwargs["hostname"] = _domain(value)
+            except _Invalid as e:
+                errors.append(f"hostname: {e}")
+        else:
+            errors.append(f"{name}: unknown key")
+    cfg = Config(**kwargs)
+    errors.extend(_cross_checks(cfg))
+    if errors:
+        raise ConfigError(errors)
+    return _fill_derived(cfg)
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    errors = []
+    if not cfg.listeners:
+        errors.append("listener: at least one [[listener]] is needed")
+    if any(lst.tls != "none" for lst in cfg.listeners) and not (cfg.tls.cert_file and cfg.tls.key_file):
+        errors.append("tls.cert_file: required when a listener offers TLS")
+    names = [lst.label for lst in cfg.listeners]
+    if len(set(names)) != len(names):
+        errors.append("listener: two listeners share a name")
+    if not cfg.delivery.retry_schedule:
+        errors.append("delivery.retry_schedule: needs at least one interval")
+    if cfg.spool.max_map_size < cfg.spool.map_size:
+        errors.append("spool.max_map_size: smaller than spool.map_size")
+    if cfg.local.lmtp and not cfg.local.lmtp.startswith("unix:"):
+        try:
+            parse_hostport(cfg.local.lmtp)
+        except _Invalid as e:
+            errors.append(f"local.lmtp: {e}")
+    for i, r in enumerate(cfg.routes):
+        if r.domain != "*":
+            try:
+                _domain(r.domain)
+            except _Invalid as e:
+                errors.append(f"route[{i}].domain: {e}")
+    return errors
+
+
+def _fill_derived(cfg: Config) -> Config:
+    hostname = cfg.hostname or socket.getfqdn()
+    delivery = cfg.delivery
+    if not delivery.bounce_from:
+        delivery = dataclasses.replace(delivery, bounce_from=f"MAILER-DAEMON@{hostname}")
+    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery)
+
+
+def load(path: str | None = None) -> Config:
+    """Load ``path``, else ``$FASTMTA_CONFIG``, else the embedded defaults."""
+    path = path or os.environ.get(ENV_VAR) or None
+    if path is None:
+        return from_dict({})
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    return from_dict(raw, source=path)

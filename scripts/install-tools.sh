@@ -1,0 +1,35 @@
+#!/bin/sh
+# Install the real tools the test suite and benchmarks talk to (Debian 12).
+# Idempotent; needs root (or sudo). Nothing here starts a system service.
+set -eu
+need=""
+command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base"
+command -v swaks >/dev/null 2>&1 || need="$need swaks libnet-ssleay-perl libio-socket-ssl-perl"
+command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ] || need="$need postfix"
+command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v curl >/dev/null 2>&1 || need="$need curl"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v make >/dev/null 2>&1 || need="$need make"
+command -v gcc >/dev/null 2>&1 || need="$need gcc"
+[ -n "$need" ] || exit 0
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+echo "postfix postfix/mailname string fastmta.test" | $SUDO debconf-set-selections
+# Keep package scripts from starting services (postfix, prometheus) on install.
+policy=/usr/sbin/policy-rc.d
+created=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  created=1
+fi
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $need python3-venv python3-dev >/dev/null
+[ "$created" = 1 ] && $SUDO rm -f "$policy"
+# Debian's prometheus package may still have started a service under some init systems.
+$SUDO pkill -x prometheus 2>/dev/null || true
+$SUDO pkill -f 'postfix/sbin/master' 2>/dev/null || true
+exit 0

@@ -1,0 +1,8 @@
+#!/bin/sh
+# Create .venv and install fastmta into it (compiling the Cython parser). Idempotent.
+set -eu
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel "Cython>=3,<4"
+.venv/bin/python -m pip install -q --no-build-isolation -e ".[${FASTMTA_EXTRAS:-test}]"

@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: MIT
+"""Shared fixtures. Area-specific fixtures live in tests/fixtures/<area>.py."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import DEAD_DNS, free_port
+
+pytest_plugins = [
+    f"tests.fixtures.{p.stem}"
+    for p in sorted((Path(__file__).parent / "fixtures").glob("*.py"))
+    if p.stem != "__init__"
+]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a TOML config into tmp_path; spool, maildir and DNS default to safe test values."""
+
+    def make(body: str = "", name: str = "fastmta.toml", spool: bool = True) -> Path:
+        text = textwrap.dedent(body)
+        if spool and "[spool]" not in text:
+            text += f'\n[spool]\npath = "{tmp_path / "spool"}"\nmap_size = "64MiB"\n'
+        if "[dns]" not in text:
+            text += f'\n[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n'
+        if "[metrics]" not in text:
+            text += '\n[metrics]\naddress = ""\n'
+        if "[local]" not in text:
+            text += f'\n[local]\nmaildir = "{tmp_path / "mail"}"\n'
+        if not text.lstrip().startswith("hostname") and "\nhostname" not in text:
+            text = 'hostname = "mx.fastmta.test"\n' + text
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _no_real_dns_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A test must never fall back to a developer's FASTMTA_CONFIG.
+    monkeypatch.delenv("FASTMTA_CONFIG", raising=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"fastmta parser: {'pure' if os.environ.get('FASTMTA_PURE_PYTHON') == '1' else 'cython'}"

@@ -1,0 +1,136 @@
+# SPDX-License-Identifier: MIT
+"""Helpers shared by every test area: real tools, free loopback ports, a real server process.
+
+Nothing here mocks anything: tools are the real Debian binaries, servers are real
+processes on loopback. A missing tool fails the test; it never skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# Every test config points DNS here unless it starts its own dnsmasq: a dead
+# loopback port, so no query can ever leave the machine.
+DEAD_DNS = "127.0.0.1:9"
+
+
+def require_tool(name: str) -> str:
+    """Path of a real tool the test needs; a missing tool is a failure, never a skip."""
+    path = shutil.which(name) or next(
+        (p for d in ("/usr/sbin", "/usr/bin", "/sbin") if os.access(p := f"{d}/{name}", os.X_OK)), None
+    )
+    if path is None:
+        pytest.fail(f"required tool {name!r} is not installed (run scripts/install-tools.sh)")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts on host:port (or fail, showing the process's stderr)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"process exited with {proc.returncode} before listening:\n{err}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def fastmta_cmd(*args: str) -> list[str]:
+    return [PYTHON, "-m", "fastmta", *args]
+
+
+def run_fastmta(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Run one ``fastmta`` command to completion."""
+    return subprocess.run(fastmta_cmd(*args), input=input, capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
+
+
+class ServerProcess:
+    """``fastmta serve --config FILE`` as a real subprocess; stdout is the JSON delivery log."""
+
+    def __init__(self, config_path: Path, wait_for: tuple[str, int] | None, env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.log_path = config_path.with_suffix(".stdout")
+        self.err_path = config_path.with_suffix(".stderr")
+        self._out = open(self.log_path, "wb")  # noqa: SIM115
+        self._err = open(self.err_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            fastmta_cmd("serve", "--config", str(config_path)),
+            stdout=self._out, stderr=self._err, cwd=ROOT, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        if wait_for is not None:
+            try:
+                self.wait_listening(*wait_for)
+            except BaseException:
+                self.stop()
+                raise
+
+    def wait_listening(self, host: str, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fastmta exited with {self.proc.returncode}:\n{self.stderr()}")
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"fastmta not listening on {host}:{port} after {timeout}s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._err.flush()
+        return self.err_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[str]:
+        self._out.flush()
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+        self._err.close()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def fastmta_server(config_path: Path, wait_for: tuple[str, int] | None,
+                   env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(config_path, wait_for, env)
+    try:
+        yield server
+    finally:
+        server.stop()
