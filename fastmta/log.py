@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: MIT
+"""The JSON delivery log (DESIGN.md §3.5): one object per line, per event and recipient.
+
+Lines go to stdout (or ``[log] file``). Callers hand over whole batches so one
+commit or one delivery attempt costs one ``write``; nothing here is formatted
+unless it is written. Never logs secrets (no AUTH data, no message content).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+_FIELDS = ("ts", "event", "id", "from", "rcpt", "nexthop", "code", "enhanced", "response",
+           "attempt", "elapsed_ms", "bounce_class", "tls")  # fmt: skip
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def iso_ts(t: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds: ``2026-11-28T20:21:35.123Z``."""
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+class DeliveryLog:
+    """Writes delivery-log records; ``enabled=False`` makes every call free."""
+
+    def __init__(self, path: str = "", enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._own = bool(path)
+        self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write records (each a dict of §3.5 fields; missing ones are omitted) in one call."""
+        if not self.enabled:
+            return
+        text = "".join(_encode(r) + "\n" for r in records)
+        if text:
+            self._out.write(text)
+            self._out.flush()
+
+    def event(self, event: str, msg_id: str, sender: str, rcpts: Iterable[str], **fields: Any) -> None:
+        """One line per recipient for one event of one message."""
+        ts = iso_ts()
+        self.write({"ts": ts, "event": event, "id": msg_id, "from": sender, "rcpt": r, **fields} for r in rcpts)
+
+    def close(self) -> None:
+        if self._own:
+            self._out.close()
