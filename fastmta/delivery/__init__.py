@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: MIT
+"""The scheduler ⇄ deliverer seam: what to deliver where, and what happened.
+
+The scheduler decides *when* and *how many at once*; a deliverer decides *how*
+(MX, pool, TLS, SMTP or local). A deliverer reads the body itself
+(``spool.body(envelope.id)``), never raises, and reports one outcome per
+recipient index so the scheduler can update each recipient's state separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from fastmta.config import RouteConfig
+from fastmta.errors import Outcome
+
+if TYPE_CHECKING:
+    from fastmta.spool.records import Envelope
+
+LOCAL_KEY = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one batch goes.
+
+    ``key`` is the scheduling key: the recipient domain, ``"[host]:port"`` of a
+    ``[[route]]`` next hop, or ``"local"``. ``domain`` is a recipient domain of the
+    batch (for routes: the first one).
+    """
+
+    key: str
+    domain: str
+    route: RouteConfig | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The result of one ``deliver()`` call.
+
+    ``outcomes`` maps a recipient index in ``envelope.rcpts`` to Delivered,
+    Deferred or Bounced; every index passed in gets one.
+    """
+
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    nexthop: str = ""  # e.g. "mx1.a.test[127.0.0.2]:2525", for the log
+    tls: str | None = None  # e.g. "TLSv1.3"; None when plain
+    elapsed: float = 0.0  # seconds
+
+
+class Deliverer(Protocol):
+    async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt: ...
+
+    async def close(self) -> None: ...
+
+
+def destination_for(cfg_route: RouteConfig | None, domain: str) -> Destination:
+    """The Destination of a recipient domain: its route's ``[host]:port``, or the domain."""
+    if cfg_route is None:
+        return Destination(domain, domain, None)
+    host, port = cfg_route.nexthop
+    return Destination(f"[{host}]:{port}", domain, cfg_route)
