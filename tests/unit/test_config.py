@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: MIT
+"""The configuration contract: defaults, units, and errors that name the key."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from fastmta import config
+from tests.support import run_fastmta
+
+
+def test_embedded_defaults_match_the_contract() -> None:
+    cfg = config.load(None)
+    assert [lst.address for lst in cfg.listeners] == [("127.0.0.1", 2525)]
+    assert cfg.listeners[0].mode == "relay" and cfg.listeners[0].tls == "none"
+    assert cfg.listeners[0].label == "127.0.0.1:2525"
+    assert cfg.policy.relay_networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert cfg.policy.relay_domains == () and cfg.policy.local_domains == ()
+    assert cfg.limits.max_message_size == 50 * 1024 * 1024
+    assert (cfg.limits.max_recipients, cfg.limits.max_line_length, cfg.limits.max_errors) == (1000, 512, 20)
+    assert (cfg.limits.command_timeout, cfg.limits.data_timeout) == (300.0, 600.0)
+    assert cfg.limits.bare_lf == "reject"
+    assert cfg.spool.path == "./fastmta-spool" and cfg.spool.map_size == 16 * 1024**3
+    assert cfg.spool.commit_window == pytest.approx(0.002)
+    assert cfg.delivery.retry_schedule == (60, 300, 900, 1800, 3600, 7200, 14400)
+    assert cfg.delivery.max_queue_lifetime == 5 * 86400 and cfg.delivery.port == 25
+    assert cfg.delivery.bounce_from == f"MAILER-DAEMON@{cfg.hostname}"
+    assert cfg.dns.nameservers == () and cfg.metrics.address == ("127.0.0.1", 9025)
+    assert cfg.server.workers == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("50MiB", 50 * 1024**2), ("1k", 1000), ("2KiB", 2048), (4096, 4096), ("1.5GB", 1_500_000_000)],
+)
+def test_sizes(text: object, value: int) -> None:
+    assert config.parse_size(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("30s", 30), ("5m", 300), ("2h", 7200), ("5d", 432000), (12, 12), ("2ms", 0.002)]
+)
+def test_durations(text: object, value: float) -> None:
+    assert config.parse_duration(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("127.0.0.1:25", ("127.0.0.1", 25)), ("[::1]:2525", ("::1", 2525)), ("mx.test:26", ("mx.test", 26))],
+)
+def test_hostport(text: str, value: tuple[str, int]) -> None:
+    assert config.parse_hostport(text) == value
+
+
+def test_full_example_parses() -> None:
+    cfg = config.from_dict(
+        {
+            "hostname": "mx.fastmta.test",
+            "server": {"workers": "auto"},
+            "listener": [
+                {"name": "mx", "address": "127.0.0.1:2525"},
+                {"name": "sub", "address": "[::1]:2587", "mode": "submission", "tls": "starttls"},
+            ],
+            "tls": {"cert_file": "c.pem", "key_file": "k.pem"},
+            "limits": {"max_message_size": "10MiB", "command_timeout": "30s", "bare_lf": "normalise"},
+            "delivery": {"shaping": [{"match": "TSS04|4\\.7\\.28", "action": "suspend", "duration": "2h"}]},
+            "dns": {"nameservers": ["127.0.0.1:5353", "127.0.0.2"]},
+            "route": [{"domain": "*", "nexthop": "127.0.0.1:2626"}, {"domain": "a.test", "nexthop": "127.0.0.2:25"}],
+        }
+    )
+    assert cfg.server.workers >= 1
+    assert cfg.listeners[1].address == ("::1", 2587) and cfg.listeners[1].label == "sub"
+    assert cfg.delivery.shaping[0].match.search("421 4.7.0 [TSS04] try later")
+    assert cfg.dns.nameservers == (("127.0.0.1", 5353), ("127.0.0.2", 53))
+    assert cfg.route_for("a.test").nexthop == ("127.0.0.2", 25)
+    assert cfg.route_for("b.test").nexthop == ("127.0.0.1", 2626)
+
+
+def test_every_error_names_its_key() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict(
+            {
+                "limits": {"max_recipients": "many", "max_line_lenght": 600},
+                "delivery": {"tls": "maybe", "retry_schedule": ["1m", "soon"]},
+                "listener": [{"address": "nowhere"}],
+                "bogus": 1,
+            }
+        )
+    assert e.value.errors == [
+        "limits.max_recipients: expected an integer",
+        "limits.max_line_lenght: unknown key",
+        'delivery.tls: expected one of "none", "opportunistic", "required"',
+        "delivery.retry_schedule: item 1: expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"",
+        'listener[0].address: expected "host:port"',
+        "bogus: unknown key",
+    ]
+
+
+def test_tls_listener_needs_a_certificate() -> None:
+    with pytest.raises(config.ConfigError, match=r"tls.cert_file: required"):
+        config.from_dict({"listener": [{"address": "127.0.0.1:2525", "tls": "implicit"}]})
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('hostname = "mx.fastmta.test"\n[limits]\nmax_recipients = 5\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_recipients = \"x\"\n")
+    assert run_fastmta("check-config", "--config", str(good)).returncode == 0
+    r = run_fastmta("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert b"limits.max_recipients: expected an integer" in r.stderr
+    r = run_fastmta("check-config", env={"FASTMTA_CONFIG": str(bad)})
+    assert r.returncode == 2
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[limits\n")
+    r = run_fastmta("check-config", "--config", str(broken))
+    assert r.returncode == 2 and b"not valid TOML" in r.stderr
