@@ -1,0 +1,106 @@
+# SPDX-License-Identifier: MIT
+"""The /metrics + /healthz exporter over a real loopback socket (no server process)."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from fastmta import metrics
+from tests.support import free_port
+
+
+def _get(
+    exporter: metrics.Exporter, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    host, port = exporter.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def exporter() -> metrics.Exporter:
+    healthy = threading.Event()
+    exp = metrics.serve(("127.0.0.1", 0), healthy.is_set)
+    assert isinstance(exp, metrics.Exporter)
+    exp.healthy = healthy  # type: ignore[attr-defined]
+    yield exp
+    exp.close()
+
+
+def test_metrics_text_exposition_has_contract_names(exporter: metrics.Exporter) -> None:
+    status, headers, body = _get(exporter, "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    for name in ("fastmta_messages_received_total", "fastmta_spool_commit_seconds",
+                 "fastmta_queue_messages", "fastmta_destination_connections_active"):  # fmt: skip
+        assert f"# TYPE {name}" in text or f"# TYPE {name.removesuffix('_total')}" in text
+
+
+def test_openmetrics_negotiation_and_gzip(exporter: metrics.Exporter) -> None:
+    status, headers, body = _get(
+        exporter, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    status, headers, body = _get(exporter, "/metrics", {"Accept-Encoding": "gzip"})
+    assert headers["content-encoding"] == "gzip"
+    assert b"fastmta_received_bytes_total" in gzip.decompress(body)
+
+
+def test_name_filter(exporter: metrics.Exporter) -> None:
+    _, _, body = _get(exporter, "/metrics?name[]=fastmta_received_bytes_total")
+    names = {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE")}
+    assert {n.removesuffix("_total") for n in names} == {"fastmta_received_bytes"}
+
+
+def test_healthz_follows_callback(exporter: metrics.Exporter) -> None:
+    assert _get(exporter, "/healthz")[0] == 503
+    exporter.healthy.set()  # type: ignore[attr-defined]
+    status, _, body = _get(exporter, "/healthz")
+    assert (status, body) == (200, b"ok\n")
+    exporter.healthy.clear()  # type: ignore[attr-defined]
+    assert _get(exporter, "/healthz")[0] == 503
+
+
+def test_unknown_path_is_404(exporter: metrics.Exporter) -> None:
+    assert _get(exporter, "/nope")[0] == 404
+
+
+def test_custom_registry_and_ipv6() -> None:
+    registry = CollectorRegistry()
+    Counter("only_this", "x", registry=registry).inc(3)
+    exp = metrics.serve(("::1", 0), lambda: True, registry=registry)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{exp.address[1]}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert "only_this_total 3.0" in text and "fastmta_" not in text
+    finally:
+        exp.close()
+
+
+def test_disabled_and_port_in_use() -> None:
+    disabled = metrics.serve(None, lambda: True)
+    assert disabled.address is None
+    disabled.close()
+    port = free_port()
+    first = metrics.serve(("127.0.0.1", port), lambda: True)
+    try:
+        with pytest.raises(OSError):
+            metrics.serve(("127.0.0.1", port), lambda: True)
+    finally:
+        first.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
