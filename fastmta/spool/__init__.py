@@ -1,0 +1,210 @@
+# SPDX-License-Identifier: MIT
+"""The spool: durable, group-committed message storage on LMDB.
+
+``put`` resolves only after the message is in an fsync'd LMDB transaction (rule 1
+of DESIGN.md §3.3). Reads (``envelope``, ``body``, ``due``) are short read
+transactions on the caller's thread; every write goes through the committer
+thread. The scheduler sees envelopes and the schedule index, never bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastmta import metrics
+from fastmta.config import SpoolConfig
+from fastmta.errors import SpoolUnavailableError
+from fastmta.spool import ops, records
+from fastmta.spool.committer import Committer, Op, PutOp, TxnOp
+from fastmta.spool.ids import new_id
+from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
+from fastmta.spool.recovery import RecoveryReport, quarantine, recover
+from fastmta.spool.store import Store, body_items, sched_key
+
+__all__ = ["Envelope", "RcptState", "Recipient", "Spool", "new_id"]
+log = logging.getLogger("fastmta.spool")
+
+NEARLY_FULL = 0.95  # of the map ceiling: refuse new mail before a commit can fail
+MIN_FREE_DISK = 256 * 1024**2  # refuse new mail below this free (or 5 % of a small disk)
+_DISK_CHECK_EVERY = 1.0
+
+
+class Spool:
+    """One process's handle on the spool (see docs/interfaces.md §Spool)."""
+
+    def __init__(self, cfg: SpoolConfig, store: Store, report: RecoveryReport) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.recovery = report
+        self._committer: Committer | None = None
+        self._callbacks: list[Callable[[list[Envelope]], Any]] = []
+        self._closed = False
+        self._disk_checked = 0.0
+        self._disk_low = False
+
+    @classmethod
+    def open(cls, cfg: SpoolConfig, recover_now: bool = True) -> Spool:
+        """Open (creating 0700/0600) and check the spool; synchronous, before the loop runs."""
+        store = Store(cfg.path, cfg.map_size, cfg.max_map_size, sync=cfg.sync)
+        report = recover(store) if recover_now else RecoveryReport()
+        spool = cls(cfg, store, report)
+        metrics.set_spool_stats_source(spool.stats)
+        return spool
+
+    async def start(self) -> None:
+        """Start the committer thread on the running loop."""
+        if self._committer is None:
+            self._committer = Committer(self.store, asyncio.get_running_loop(),
+                                        self.cfg.max_batch_bytes, self._on_batch)  # fmt: skip
+            self._committer.start()
+
+    # --- writes ------------------------------------------------------------------
+
+    def put(self, envelope: Envelope, body: bytes) -> asyncio.Future[str]:
+        """Store a new message; the future resolves after the fsync'd commit (to its id).
+
+        Fills ``id`` (if empty), ``size``, ``arrived`` and ``next_attempt`` (if 0:
+        due at once). Raises ``SpoolFullError`` past the ceiling or on a full disk.
+        """
+        committer = self._running()
+        if not envelope.id:
+            envelope.id = new_id()
+        envelope.size = len(body)
+        if not envelope.arrived:
+            envelope.arrived = time.time()
+        if not envelope.next_attempt:
+            envelope.next_attempt = envelope.arrived
+        id_b = envelope.id.encode("ascii")
+        fut: asyncio.Future[str] = committer.loop.create_future()
+        record = records.encode(envelope)
+        committer.submit(PutOp(fut, id_b, record, sched_key(envelope.next_attempt, id_b),
+                               body_items(id_b, body), envelope, len(body) + len(record) + 64))  # fmt: skip
+        return fut
+
+    async def update(
+        self,
+        msg_id: str,
+        rcpt_states: Mapping[int, RcptState | str],
+        next_due: float | None,
+        attempts_inc: int = 1,
+    ) -> bool:
+        """Record an attempt's per-recipient outcome and the next due time.
+
+        ``next_due=None`` keeps the schedule. When no recipient is left pending the
+        message is removed. False if the message is gone (deleted meanwhile).
+        """
+        states = dict(rcpt_states)
+        id_b = msg_id.encode("ascii")
+        return bool(await self._txn(lambda s, t: ops.update(s, t, id_b, states, next_due, attempts_inc)))
+
+    async def remove(self, msg_id: str) -> bool:
+        id_b = msg_id.encode("ascii")
+        return bool(await self._txn(lambda s, t: ops.remove(s, t, id_b)))
+
+    async def reschedule(self, msg_id: str, due: float) -> bool:
+        """Move a message's next attempt (``queue flush`` uses due = now)."""
+        id_b = msg_id.encode("ascii")
+        return bool(await self._txn(lambda s, t: ops.reschedule(s, t, id_b, due)))
+
+    def _txn(self, fn: Callable[[Store, Any], Any]) -> asyncio.Future[Any]:
+        committer = self._running()
+        fut = committer.loop.create_future()
+        committer.submit(TxnOp(fut, fn))
+        return fut
+
+    def _running(self) -> Committer:
+        if self._committer is None or self._closed:
+            raise SpoolUnavailableError()
+        return self._committer
+
+    def _on_batch(self, batch: list[Op], results: list[Any]) -> None:
+        """On the loop, once per commit: resolve every future, then tell the listeners."""
+        committed: list[Envelope] = []
+        for op, res in zip(batch, results, strict=True):
+            fut = op.fut
+            if isinstance(res, BaseException):
+                if not fut.done():
+                    fut.set_exception(res)
+                continue
+            if isinstance(op, PutOp):
+                committed.append(op.envelope)
+                res = op.envelope.id
+            if not fut.done():
+                fut.set_result(res)
+        if committed:
+            for cb in self._callbacks:
+                try:
+                    cb(committed)
+                except Exception:
+                    log.exception("spool on_commit callback failed")
+
+    def on_commit(self, callback: Callable[[list[Envelope]], Any]) -> None:
+        """``callback(envelopes)`` runs on the loop after each commit holding new messages."""
+        self._callbacks.append(callback)
+
+    # --- reads ---------------------------------------------------------------------
+
+    def envelope(self, msg_id: str) -> Envelope | None:
+        """The stored envelope, or None if gone (or damaged: then it is quarantined)."""
+        raw = self.store.envelope_raw(msg_id.encode("ascii"))
+        if raw is None:
+            return None
+        try:
+            return records.decode(msg_id, raw)
+        except RecordError as e:
+            log.error("spool: damaged envelope %s: %s", msg_id, e)
+            if self._committer is not None and not self._closed:
+                self._quarantine(msg_id)
+            return None
+
+    def _quarantine(self, msg_id: str) -> None:
+        fut = self._txn(lambda s, t: quarantine(s, t, msg_id.encode("ascii")))
+        fut.add_done_callback(lambda f: f.exception())
+
+    def body(self, msg_id: str) -> bytes | None:
+        return self.store.body(msg_id.encode("ascii"))
+
+    def due(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str]]:
+        """Up to ``limit`` (due time, id) pairs with due ≤ now, in due order, after ``after``."""
+        return self.store.due(now, limit, after)
+
+    # --- health --------------------------------------------------------------------
+
+    def unhealthy_reason(self) -> str | None:
+        """Why new mail should be refused now (452 4.3.1), or None. Cheap: no I/O most calls."""
+        c = self._committer
+        if self._closed or c is None:
+            return "spool not running"
+        if c.failure is not None:
+            return c.failure
+        if c.usage >= NEARLY_FULL:
+            return "spool nearly full"
+        now = time.monotonic()
+        if now - self._disk_checked >= _DISK_CHECK_EVERY:
+            self._disk_checked = now
+            try:
+                st = os.statvfs(self.cfg.path)
+                floor = min(MIN_FREE_DISK, st.f_blocks * st.f_frsize // 20)
+                self._disk_low = st.f_bavail * st.f_frsize < floor
+            except OSError:
+                self._disk_low = False
+        return "disk nearly full" if self._disk_low else None
+
+    def stats(self) -> dict[str, float]:
+        """Map use for the metrics exporter (thread-safe, cheap)."""
+        return {"used_bytes": float(self.store.used_bytes()), "map_size_bytes": float(self.store.map_size())}
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close LMDB."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            self._committer.stop()
+        metrics.set_spool_stats_source(None)
+        self.store.close()

@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: MIT
+"""The LMDB environment, its named databases, the key schema and map growth.
+
+All synchronous. Keys:
+
+* ``env``   id → envelope record (records.py)
+* ``body``  id + chunk number (2 bytes, big-endian) → up to ``CHUNK`` body bytes;
+  big bodies are split so LMDB never needs one huge run of contiguous free pages
+* ``sched`` due time in ms (8 bytes, big-endian) + id → b"": ``due()`` is a range scan
+* ``quar``  id → damaged envelope record moved aside by recovery
+* ``meta``  spool-wide facts (schema version)
+
+Write transactions run on one thread per process (the committer, or a short
+``fastmta queue`` command). ``set_mapsize`` needs every transaction of this
+process closed, so readers hold ``lock`` for their (short) read transactions and
+the resizer takes it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import threading
+from collections.abc import Iterator
+
+import lmdb
+
+from fastmta.spool.ids import ID_LEN
+
+CHUNK = 1024 * 1024
+SCHEMA = b"1"
+_DUE = struct.Struct(">Q")
+_CHUNK_NO = struct.Struct(">H")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def sched_key(due: float, id_b: bytes) -> bytes:
+    """Schedule-index key: big-endian milliseconds, then the id (sorts by time, then id)."""
+    return _DUE.pack(max(0, int(due * 1000))) + id_b
+
+
+def split_sched_key(key: bytes) -> tuple[float, str]:
+    return _DUE.unpack_from(key)[0] / 1000.0, key[8:].decode("ascii")
+
+
+def body_items(id_b: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+    """The (key, value) pairs storing one body; one pair for bodies up to ``CHUNK``."""
+    if len(body) <= CHUNK:
+        return [(id_b + b"\x00\x00", body)]
+    view = memoryview(body)
+    return [(id_b + _CHUNK_NO.pack(i), view[off : off + CHUNK])
+            for i, off in enumerate(range(0, len(body), CHUNK))]  # fmt: skip
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """A write failed because the disk (or quota) is full."""
+    code = getattr(exc, "errno", None)
+    if code in _NO_SPACE:
+        return True
+    text = str(exc)
+    return any(os.strerror(c) in text for c in _NO_SPACE)
+
+
+def _round_mib(n: int) -> int:
+    return -(-n // 1024**2) * 1024**2
+
+
+def ensure_dir(path: str) -> None:
+    """Create the spool directory 0700 (umask-independent) and tighten an existing one."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+class Store:
+    """One open LMDB environment with fastmta's databases."""
+
+    def __init__(self, path: str, map_size: int, max_map_size: int, sync: bool = True) -> None:
+        ensure_dir(path)
+        self.path = path
+        self.max_map_size = max(max_map_size, map_size)
+        self.lock = threading.Lock()
+        self.env = lmdb.open(
+            path, map_size=map_size, max_dbs=8, subdir=True, sync=sync, metasync=sync,
+            readahead=False, meminit=False, max_readers=1024, mode=0o600,
+        )  # fmt: skip
+        for name in ("data.mdb", "lock.mdb"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(os.path.join(path, name), 0o600)
+        self.envs = self.env.open_db(b"env")
+        self.bodies = self.env.open_db(b"body")
+        self.sched = self.env.open_db(b"sched")
+        self.quar = self.env.open_db(b"quar")
+        self.meta = self.env.open_db(b"meta")
+        with self.write() as txn:
+            if txn.get(b"schema", db=self.meta) is None:
+                txn.put(b"schema", SCHEMA, db=self.meta)
+        self.page_size = self.env.stat()["psize"]
+
+    # --- transactions ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A short read transaction (adopts a map grown by another process)."""
+        with self.lock:
+            try:
+                txn = self.env.begin()
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+                txn = self.env.begin()
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction, committed (fsync'd) on success, aborted on error."""
+        try:
+            txn = self.env.begin(write=True)
+        except lmdb.MapResizedError:
+            with self.lock:
+                self.env.set_mapsize(0)
+            txn = self.env.begin(write=True)
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()
+
+    # --- size ------------------------------------------------------------------
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def used_bytes(self) -> int:
+        return (int(self.env.info()["last_pgno"]) + 1) * self.page_size
+
+    def grow(self, need: int = 0) -> bool:
+        """Enlarge the map (no transaction of this process may be open); False at the ceiling."""
+        cur = self.map_size()
+        if cur >= self.max_map_size:
+            return False
+        new = min(self.max_map_size, _round_mib(max(cur * 2, cur + 2 * need)))
+        with self.lock:
+            self.env.set_mapsize(new)
+        return True
+
+    # --- reads -----------------------------------------------------------------
+
+    def envelope_raw(self, id_b: bytes) -> bytes | None:
+        with self.read() as txn:
+            return txn.get(id_b, db=self.envs)
+
+    def body(self, id_b: bytes) -> bytes | None:
+        with self.read() as txn:
+            first = txn.get(id_b + b"\x00\x00", db=self.bodies)
+            if first is None or len(first) < CHUNK:
+                return first
+            parts = [first]
+            cur = txn.cursor(self.bodies)
+            cur.set_key(id_b + b"\x00\x00")
+            for key, value in cur.iternext():
+                if not key.startswith(id_b) or len(key) != ID_LEN + 2:
+                    break
+                if key != id_b + b"\x00\x00":
+                    parts.append(value)
+            return b"".join(parts)
+
+    def due(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str]]:
+        hi = _DUE.pack(max(0, int(now * 1000)))
+        start = sched_key(after[0], after[1].encode()) if after else b""
+        out: list[tuple[float, str]] = []
+        with self.read() as txn:
+            cur = txn.cursor(self.sched)
+            if not cur.set_range(start):
+                return out
+            for key in cur.iternext(values=False):
+                if key[:8] > hi:
+                    break
+                if key == start:
+                    continue
+                out.append(split_sched_key(key))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # --- writes (inside a write transaction) -------------------------------------
+
+    def put_many(
+        self,
+        txn: lmdb.Transaction,
+        envs: list[tuple[bytes, bytes]],
+        bodies: list[tuple[bytes, bytes]],
+        sched: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Three C-level loops for a whole batch: few GIL hand-overs (DESIGN.md §4)."""
+        txn.cursor(self.envs).putmulti(envs)
+        txn.cursor(self.bodies).putmulti(bodies)
+        txn.cursor(self.sched).putmulti(sched)
+
+    def delete_message(self, txn: lmdb.Transaction, id_b: bytes, next_attempt: float | None) -> None:
+        """Remove envelope, schedule entry and every body chunk of one message."""
+        txn.delete(id_b, db=self.envs)
+        if next_attempt is not None:
+            txn.delete(sched_key(next_attempt, id_b), db=self.sched)
+        cur = txn.cursor(self.bodies)
+        if cur.set_range(id_b):
+            while cur.key()[:ID_LEN] == id_b:
+                if not cur.delete():
+                    break
+
+    def close(self) -> None:
+        self.env.close()
