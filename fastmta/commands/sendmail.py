@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta sendmail``: the sendmail-compatible injector (PHP ``mail()``, cron, git).
+
+Reads a message from stdin, fixes its header (Bcc removed; From, Date,
+Message-ID added when missing) and queues it: straight into the spool when this
+user can open it, else over SMTP to the local listener. Exit codes follow
+sysexits.h as sendmail's do: 0 queued, 64 usage (also: no recipients given),
+65 bad message (also: ``-t`` found no recipients), 67 bad address, 75 temporary
+failure (spool and listener both unavailable), 78 bad configuration.
+``-bs`` speaks SMTP on stdin/stdout, ``-bp`` lists the queue.
+"""
+
+from __future__ import annotations
+
+import getopt
+import os
+import pwd
+import sys
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from fastmta import compose, config, inject
+from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
+
+# getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
+_SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"
+_LONG = ["config="]
+USAGE = (
+    "usage: fastmta sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp] [--config FILE] [--] [rcpt ...]"
+)
+
+
+@dataclass(slots=True)
+class Options:
+    mode: str = "m"
+    extract: bool = False  # -t
+    dot_ends: bool = True  # without -i / -oi a line "." ends the message
+    sender: str | None = None  # -f / -r
+    full_name: str = ""  # -F
+    config_path: str | None = None  # --config / -C
+    verbose: bool = False
+    params: dict[str, str] = field(default_factory=dict)  # -N, -R, -V → NOTIFY, RET, ENVID
+    rcpts: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> Options:
+    """sendmail's flags; unknown delivery options (-oem, -odb, -O x=y, -B 8BITMIME, ...) are
+    accepted and ignored, as every sendmail clone does. Raises getopt.GetoptError."""
+    argv = [a for a in argv if a != "-q"]  # "-q" alone (queue run) takes no argument
+    opts, args = getopt.gnu_getopt(argv, _SHORT, _LONG)
+    o = Options(rcpts=args)
+    for flag, value in opts:
+        if flag == "-t":
+            o.extract = True
+        elif flag == "-i" or (flag == "-o" and value == "i"):
+            o.dot_ends = False
+        elif flag in ("-f", "-r"):
+            o.sender = value
+        elif flag == "-F":
+            o.full_name = value
+        elif flag in ("--config", "-C"):
+            o.config_path = value
+        elif flag == "-b":
+            o.mode = value
+        elif flag == "-v":
+            o.verbose = True
+        elif flag == "-N":
+            o.params["NOTIFY"] = value.upper()
+        elif flag == "-R":
+            o.params["RET"] = value.upper()
+        elif flag == "-V":
+            o.params["ENVID"] = value
+    return o
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"sendmail: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str]) -> int:
+    try:
+        opts = parse_args(argv)
+    except getopt.GetoptError as e:
+        return _fail(EX_USAGE, f"{e}\n{USAGE}")
+    if opts.mode == "p":
+        from fastmta.commands import queue
+
+        return int(queue.main(["list", *(["--config", opts.config_path] if opts.config_path else [])]) or 0)
+    if opts.mode == "i":  # newaliases: there is no aliases database
+        return EX_OK
+    if opts.mode not in ("m", "s"):
+        return _fail(EX_USAGE, f"-b{opts.mode} is not supported\n{USAGE}")
+    try:
+        cfg = config.load(opts.config_path)
+    except config.ConfigError as e:
+        return _fail(inject.EX_CONFIG, "bad configuration: " + "; ".join(e.errors))
+    injector = Injector(cfg, opts)
+    if opts.mode == "s":
+        from fastmta.commands.sendmail_bs import serve_stdio
+
+        return serve_stdio(injector, sys.stdin.buffer, sys.stdout.buffer)
+    return injector.run(sys.stdin.buffer)
+
+
+def login_name() -> str:
+    """The invoking user's name (what sendmail puts in the envelope sender)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or "nobody"
+
+
+def read_message(stream: BinaryIO, dot_ends: bool, limit: int) -> bytes:
+    """stdin up to EOF, or (without -i) up to a line holding only ".". Past ``limit``
+    bytes → MessageError, without reading the rest into memory."""
+    if not dot_ends:
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise compose.MessageError("message exceeds the size limit")
+        return data
+    out, size = [], 0
+    for line in stream:
+        if line.rstrip(b"\r\n") == b".":
+            break
+        size += len(line)
+        if size > limit:
+            raise compose.MessageError("message exceeds the size limit")
+        out.append(line)
+    return b"".join(out)
+
+
+class Injector:
+    """Turns one message (bytes) plus options into a queued message: the work shared by
+    the plain mode and ``-bs``."""
+
+    def __init__(self, cfg: config.Config, opts: Options) -> None:
+        self.cfg = cfg
+        self.opts = opts
+        self.hostname = cfg.hostname
+
+    def sender(self) -> str:
+        """The envelope sender: ``-f`` (``<>`` or "" = the null sender), else user@hostname."""
+        if self.opts.sender is None:
+            return compose.qualify(login_name(), self.hostname)
+        if self.opts.sender.strip() in ("", "<>"):
+            return ""
+        return compose.qualify(self.opts.sender, self.hostname)
+
+    def run(self, stream: BinaryIO) -> int:
+        """The default mode (-bm): message on stdin, recipients from argv and/or the header."""
+        try:
+            rcpts = compose.parse_recipients(self.opts.rcpts, self.hostname)
+            sender = self.sender()
+        except compose.AddressError as e:
+            return _fail(EX_NOUSER, str(e))
+        if not rcpts and not self.opts.extract:
+            return _fail(EX_USAGE, f"no recipients given (name them or use -t)\n{USAGE}")
+        try:
+            raw = read_message(stream, self.opts.dot_ends, self.cfg.limits.max_message_size)
+            msg = compose.Message.parse(compose.to_crlf(raw))
+            if self.opts.extract:
+                rcpts += [compose.qualify(a, self.hostname) for a in msg.recipients()]
+        except compose.MessageError as e:
+            return _fail(EX_DATAERR, str(e))
+        except compose.AddressError as e:
+            return _fail(EX_NOUSER, str(e))
+        if not rcpts:
+            return _fail(EX_DATAERR, "no recipient addresses found in the message header")
+        try:
+            msg_id = self.submit(sender, list(dict.fromkeys(rcpts)), msg, dict(self.opts.params))
+        except InjectError as e:
+            return _fail(e.status, str(e))
+        if self.opts.verbose:
+            print(f"sendmail: queued as {msg_id}", file=sys.stderr)
+        return EX_OK
+
+    def submit(self, sender: str, rcpts: list[str], msg: compose.Message, params: dict[str, str]) -> str:
+        """Fix the header and queue: spool first, the local listener second. Returns the queue id."""
+        from fastmta.spool.ids import new_id
+
+        msg_id = new_id()
+        msg.hide_bcc()
+        compose.add_missing(msg, hostname=self.hostname, sender=sender or f"MAILER-DAEMON@{self.hostname}",
+                            full_name=self.opts.full_name, msg_id=msg_id, uid=os.getuid())  # fmt: skip
+        data = msg.to_bytes()
+        if len(data) > self.cfg.limits.max_message_size:
+            raise InjectError(EX_DATAERR, "message exceeds the size limit")
+        if any(b > 127 for b in data):
+            params.setdefault("BODY", "8BITMIME")
+        if not (sender.isascii() and all(r.isascii() for r in rcpts)):
+            params["SMTPUTF8"] = ""
+        errors = []
+        if inject.spool_writable(self.cfg):
+            try:
+                return inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
+            except InjectError as e:
+                errors.append(str(e))
+        listener = inject.local_listener(self.cfg)
+        host, port = listener.address
+        target = inject.SmtpTarget(
+            inject.connect_host(host), port, tls="implicit" if listener.tls == "implicit" else "none",
+            verify=False, helo=self.hostname,
+        )  # fmt: skip
+        try:
+            done = inject.smtp_submit(target, sender, rcpts, data)
+        except InjectError as e:
+            if e.status == EX_TEMPFAIL and errors:
+                raise InjectError(EX_TEMPFAIL, "; ".join([*errors, str(e)])) from None
+            raise
+        for rcpt, (code, text) in done.refused.items():
+            print(f"sendmail: {rcpt}: refused: {code} {text}", file=sys.stderr)
+        return done.queue_id

@@ -1,0 +1,237 @@
+# SPDX-License-Identifier: MIT
+"""Hand a finished message to the queue: straight into the spool, or over SMTP.
+
+Shared by ``fastmta sendmail`` (spool first, the local listener as fallback) and
+``fastmta send`` (SMTP submission only). Failures become ``InjectError`` carrying
+a sendmail exit status (sysexits.h), so callers map every outcome to one code.
+Never logs or prints a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from fastmta.config import Config, ListenerConfig
+from fastmta.errors import SmtpError
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+_QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z][0-9A-Za-z._-]*)", re.IGNORECASE)
+_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{5,}$")
+
+
+class InjectError(Exception):
+    """The message was not queued; ``status`` is the sendmail exit code to return."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def queue_id(reply: str) -> str:
+    """The queue id in a final ``250`` text: ``2.0.0 Ok: queued as ID`` (ours, Postfix),
+    else a last word that looks like an id, else the whole text."""
+    m = _QUEUED_RE.search(reply)
+    if m:
+        return m.group(1).rstrip(".")
+    words = reply.split()
+    if words and _ID_RE.match(words[-1].strip("<>[]().")):
+        return words[-1].strip("<>[]().")
+    return reply.strip()
+
+
+# --- SMTP --------------------------------------------------------------------------
+
+
+def local_listener(cfg: Config, mode: str = "relay") -> ListenerConfig:
+    """The listener local injection talks to: the first one in ``mode`` ("relay" needs no
+    AUTH from loopback; "submission" for an authenticated client), else the first one."""
+    return next((lst for lst in cfg.listeners if lst.mode == mode), cfg.listeners[0])
+
+
+def connect_host(host: str) -> str:
+    """A wildcard bind address names no host to connect to; use loopback instead."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+@dataclass(slots=True)
+class SmtpTarget:
+    host: str
+    port: int
+    tls: str = "none"  # "none" | "starttls" (required) | "implicit"
+    verify: bool = True
+    cafile: str | None = None
+    auth: tuple[str, str] | None = None  # (user, password)
+    helo: str = ""
+    timeout: float = 60.0
+
+
+@dataclass(slots=True)
+class Submitted:
+    queue_id: str
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def _tls_context(target: SmtpTarget) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=target.cafile)
+    if not target.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _status_of(code: int, permanent: int) -> int:
+    return EX_TEMPFAIL if code < 500 else permanent
+
+
+def _text(resp: bytes | str) -> str:
+    return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
+
+
+def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes) -> Submitted:
+    """Submit one message over SMTP; some refused recipients are reported, all refused raise.
+
+    ``data`` is the message in CRLF form (smtplib dot-stuffs it). 8-bit content gets
+    ``BODY=8BITMIME`` and non-ASCII addresses ``SMTPUTF8`` when the server offers them.
+    """
+    try:
+        if target.tls == "implicit":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                target.host, target.port, local_hostname=target.helo or None,
+                timeout=target.timeout, context=_tls_context(target),
+            )  # fmt: skip
+        else:
+            client = smtplib.SMTP(target.host, target.port, local_hostname=target.helo or None,
+                                  timeout=target.timeout)  # fmt: skip
+    except (OSError, smtplib.SMTPException) as e:
+        raise InjectError(EX_TEMPFAIL, f"cannot connect to {target.host}:{target.port}: {e}") from None
+    try:
+        return _transaction(client, target, sender, rcpts, data)
+    except smtplib.SMTPServerDisconnected as e:
+        raise InjectError(EX_TEMPFAIL, f"connection lost: {e}") from None
+    except ssl.SSLError as e:
+        raise InjectError(EX_UNAVAILABLE, f"TLS failed: {e}") from None
+    except (OSError, smtplib.SMTPException) as e:
+        raise InjectError(EX_TEMPFAIL, f"SMTP failed: {e}") from None
+    finally:
+        try:
+            client.quit()
+        except (OSError, smtplib.SMTPException):
+            client.close()
+
+
+def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: list[str],
+                 data: bytes) -> Submitted:  # fmt: skip
+    code, resp = client.ehlo()
+    if code != 250:
+        code, resp = client.helo()
+        if code != 250:
+            raise InjectError(_status_of(code, EX_UNAVAILABLE), f"HELO refused: {code} {_text(resp)}")
+    if target.tls == "starttls":
+        if not client.has_extn("starttls"):
+            raise InjectError(EX_UNAVAILABLE, "the server does not offer STARTTLS")
+        client.starttls(context=_tls_context(target))
+        client.ehlo()
+    if target.auth is not None:
+        try:
+            client.login(*target.auth)
+        except smtplib.SMTPAuthenticationError as e:
+            raise InjectError(
+                _status_of(e.smtp_code, EX_NOPERM), f"authentication failed: {e.smtp_code}"
+            ) from None
+        except smtplib.SMTPNotSupportedError:
+            raise InjectError(EX_UNAVAILABLE, "the server does not offer AUTH") from None
+    options = []
+    if client.does_esmtp:
+        if any(b > 127 for b in data) and client.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not (sender.isascii() and all(r.isascii() for r in rcpts)):
+            if not client.has_extn("smtputf8"):
+                raise InjectError(EX_DATAERR, "non-ASCII address but the server lacks SMTPUTF8")
+            options.append("SMTPUTF8")
+        if client.has_extn("size"):
+            options.append(f"SIZE={len(data)}")
+    code, resp = client.mail(sender, options)
+    if code != 250:
+        raise InjectError(_status_of(code, EX_DATAERR), f"sender refused: {code} {_text(resp)}")
+    refused: dict[str, tuple[int, str]] = {}
+    for rcpt in rcpts:
+        code, resp = client.rcpt(rcpt)
+        if code not in (250, 251):
+            refused[rcpt] = (code, _text(resp))
+    if len(refused) == len(rcpts):
+        temporary = any(c < 500 for c, _ in refused.values())
+        detail = "; ".join(f"{r}: {c} {t}" for r, (c, t) in refused.items())
+        raise InjectError(EX_TEMPFAIL if temporary else EX_NOUSER, f"all recipients refused: {detail}")
+    code, resp = client.data(data)
+    if code != 250:
+        raise InjectError(_status_of(code, EX_DATAERR), f"message refused: {code} {_text(resp)}")
+    return Submitted(queue_id(_text(resp)), refused)
+
+
+# --- the spool ---------------------------------------------------------------------
+
+
+def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params: dict[str, str],
+                 msg_id: str) -> str:  # fmt: skip
+    """Commit one message durably to the spool (fsync'd before this returns); its id.
+
+    A running ``serve`` picks it up within its next scan of the schedule index; a
+    stopped one delivers it when it starts. Raises InjectError with EX_CANTCREAT when
+    the spool cannot be opened (permissions: the caller falls back to SMTP) and
+    EX_TEMPFAIL when it is full or broken.
+    """
+    from fastmta.spool import Spool
+    from fastmta.spool.records import Envelope, Recipient
+
+    now = time.time()
+    env = Envelope(
+        id=msg_id, sender=sender, rcpts=[Recipient(r) for r in rcpts], arrived=now, size=len(data),
+        next_attempt=now, client_ip="", helo=socket.gethostname(), listener="sendmail", params=params,
+    )  # fmt: skip
+    try:
+        spool = Spool.open(cfg.spool)
+    except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
+        raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
+
+    async def put() -> None:
+        await spool.start()
+        await spool.put(env, data)
+
+    try:
+        asyncio.run(put())
+    except SmtpError as e:
+        raise InjectError(EX_TEMPFAIL, f"spool refused the message: {e}") from None
+    except Exception as e:
+        raise InjectError(EX_TEMPFAIL, f"spool write failed: {e}") from None
+    finally:
+        spool.close()
+    return msg_id
+
+
+def spool_writable(cfg: Config) -> bool:
+    """Cheap pre-check: may this user write the spool (or create it)?"""
+    path = cfg.spool.path
+    while not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK | os.X_OK)
