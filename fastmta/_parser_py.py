@@ -1,0 +1,409 @@
+# SPDX-License-Identifier: MIT
+"""Pure-Python twin of the SMTP parser: the reference for `_parser.pyx` and the fallback.
+
+Sans-I/O: bytes in, lists of `(kind, payload)` events out; no transport, loop,
+config or logging. Every scan is a C-level bytes method (find, count, replace,
+split); there is no per-byte Python loop. Behaviour must stay identical to the
+Cython twin, byte for byte: tests/unit/test_parser_props.py checks it.
+
+Conventions (shared with the Cython twin, see docs/interfaces.md §Parser):
+* command lines end at CRLF only; `max_line` counts the CRLF (RFC 5321 §4.5.3.1.4);
+* DATA ends only at CRLF "." CRLF; a line start is the DATA start or the octet
+  after a real CRLF, and only there is a leading dot removed (RFC 5321 §4.5.2);
+* a bare CR or bare LF never starts a line: with "normalise" it is replaced by
+  CRLF in place, with "reject" the body is dropped and DATA_BARE_LF reported at
+  the real terminator. DATA_BARE_LF wins over DATA_TOO_BIG;
+* `max_body_line` counts octets between real CRLFs after unstuffing (RFC 5322
+  §2.1.1, CRLF excluded); over-long lines are counted in `long_lines`, never fatal.
+"""
+
+from __future__ import annotations
+
+from fastmta._events import (
+    BARE_LF_NORMALISE,
+    BDAT_CHUNK,
+    DATA_BARE_LF,
+    DATA_END,
+    DATA_TOO_BIG,
+    DEFAULT_MAX_BODY_LINE,
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_SIZE,
+    LINE,
+    LINE_TOO_LONG,
+    MAX_REPLY_LINE,
+    MAX_REPLY_LINES,
+    ParserError,
+    check_limits,
+)
+
+_CMD, _DATA, _BDAT = 0, 1, 2
+_TERM = b"\r\n.\r\n"
+_BARRIERS = (b"DATA", b"BDAT", b"STARTTLS")
+
+
+def _is_barrier(line: bytes) -> bool:
+    # Generous on purpose: a spurious pause costs nothing, a missed one lets
+    # pipelined body bytes be read as commands.
+    head = line[:16].lstrip(b" \t")[:8].upper()
+    return head.startswith(_BARRIERS)
+
+
+def _normalise(data: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF; existing CRLFs stay."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def _count_long(data: bytes, limit: int) -> int:
+    lines = data.split(b"\r\n")
+    if max(map(len, lines)) <= limit:
+        return 0
+    return sum(1 for line in lines if len(line) > limit)
+
+
+class CommandParser:
+    """Server side: command lines, the DATA/BDAT/STARTTLS barrier, DATA and BDAT bodies."""
+
+    __slots__ = (
+        "_max_line",
+        "_max_size",
+        "_normalise",
+        "_max_body_line",
+        "_mode",
+        "_buf",
+        "_stopped",
+        "_skipping",
+        "_carry",
+        "_virtual",
+        "_chunks",
+        "_size",
+        "_too_big",
+        "_bare",
+        "_line_len",
+        "_bdat_left",
+        "_bdat_last",
+        "_parts",
+        "long_lines",
+    )
+
+    def __init__(
+        self,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_size: int = DEFAULT_MAX_SIZE,
+        bare_lf: str = "reject",
+        max_body_line: int = DEFAULT_MAX_BODY_LINE,
+    ) -> None:
+        check_limits(max_line, max_size, bare_lf, max_body_line)
+        self._max_line = max_line
+        self._max_size = max_size
+        self._normalise = bare_lf == BARE_LF_NORMALISE
+        self._max_body_line = max_body_line
+        self._mode = _CMD
+        self._buf = b""
+        self._stopped = False
+        self._skipping = False
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._parts: list[bytes] = []
+        self._reset_body()
+
+    def _reset_body(self) -> None:
+        self._carry = b""
+        self._virtual = False
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_big = False
+        self._bare = False
+        self._line_len = 0
+        self.long_lines = 0
+
+    @property
+    def pending(self) -> bool:
+        """True when feed() stopped at a barrier with unparsed bytes still buffered."""
+        return self._stopped and bool(self._buf)
+
+    @property
+    def body_size(self) -> int:
+        """Octets of the current DATA/BDAT body so far (stops growing past max_size)."""
+        return self._size
+
+    def start_data(self) -> None:
+        """Switch to DATA mode (after the 354 reply); the next octet is a line start."""
+        self._reset_body()
+        self._mode = _DATA
+        # A virtual CRLF before the body makes "." CRLF at the very start a terminator.
+        self._carry = b"\r\n"
+        self._virtual = True
+
+    def start_bdat(self, size: int, last: bool) -> None:
+        """Take exactly `size` octets as one BDAT chunk (RFC 3030), no unstuffing."""
+        if size < 0:
+            raise ValueError(f"BDAT size must be >= 0, got {size}")
+        self._mode = _BDAT
+        self._bdat_left = size
+        self._bdat_last = bool(last)
+        self._parts = []
+
+    def reset_body(self) -> None:
+        """Drop a BDAT body accumulated over earlier chunks (RSET)."""
+        self._reset_body()
+
+    def discard(self) -> None:
+        """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
+        self._buf = b""
+        self._stopped = False
+        self._skipping = False
+        self._mode = _CMD
+        self._reset_body()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, object]]:
+        """Parse `data` (with anything buffered) and return the events, in order."""
+        if self._buf:
+            buf = self._buf + data
+            self._buf = b""
+        else:
+            buf = data if type(data) is bytes else bytes(data)
+        self._stopped = False
+        events: list[tuple[int, object]] = []
+        pos = 0
+        while True:
+            mode = self._mode
+            if mode == _CMD:
+                self._commands(buf, pos, events)
+                return events
+            pos = self._data(buf, pos, events) if mode == _DATA else self._bdat(buf, pos, events)
+            if self._mode != _CMD:
+                return events
+
+    # -- command mode ---------------------------------------------------------
+
+    def _commands(self, buf: bytes, pos: int, events: list[tuple[int, object]]) -> None:
+        n = len(buf)
+        max_line = self._max_line
+        find = buf.find
+        while pos < n:
+            end = find(b"\r\n", pos)
+            if self._skipping:
+                if end < 0:
+                    # Keep a trailing CR: it may be the first half of the CRLF.
+                    if buf[n - 1] == 13:
+                        self._buf = b"\r"
+                    return
+                self._skipping = False
+                events.append((LINE_TOO_LONG, None))
+                pos = end + 2
+                continue
+            if end < 0:
+                if n - pos >= max_line:
+                    # Already over the limit whatever follows: drop, never buffer.
+                    self._skipping = True
+                    if buf[n - 1] == 13:
+                        self._buf = b"\r"
+                else:
+                    self._buf = buf[pos:]
+                return
+            if end + 2 - pos > max_line:
+                events.append((LINE_TOO_LONG, None))
+                pos = end + 2
+                continue
+            line = buf[pos:end]
+            pos = end + 2
+            events.append((LINE, line))
+            if _is_barrier(line):
+                self._stopped = True
+                self._buf = buf[pos:]
+                return
+
+    # -- DATA mode ------------------------------------------------------------
+
+    def _data(self, buf: bytes, pos: int, events: list[tuple[int, object]]) -> int:
+        carry = self._carry
+        if carry:
+            s = carry + buf[pos:]
+            start = 0
+        else:
+            s = buf
+            start = pos
+        idx = s.find(_TERM, start)
+        if idx >= 0:
+            self._segment(s[start : idx + 2])
+            self._carry = b""
+            self._finish(events)
+            self._mode = _CMD
+            return pos + idx + 5 - len(carry) if carry else idx + 5
+        end = len(s)
+        # Hold back a tail that may begin the terminator (at most 4 octets).
+        if s.endswith(b"\r\n.\r", start):
+            end -= 4
+        elif s.endswith(b"\r\n.", start):
+            end -= 3
+        elif s.endswith(b"\r\n", start):
+            end -= 2
+        elif s.endswith(b"\r", start):
+            end -= 1
+        self._carry = s[end:]
+        if end > start:
+            self._segment(s[start:end])
+        return len(buf)
+
+    def _segment(self, raw: bytes) -> None:
+        """Account one run of DATA octets that never splits a CRLF or a line-start dot."""
+        if self._bare and not self._normalise:
+            return  # rejected already: only the terminator matters now
+        crlf = raw.count(b"\r\n")
+        bare = raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
+        if bare and not self._normalise:
+            self._bare = True
+            self._chunks = []
+            return
+        if self._too_big:
+            return  # keep looking for bare CR/LF only: that verdict wins
+        # RFC 5321 §4.5.2: drop the first dot of every line that starts with one.
+        data = raw.replace(b"\r\n.", b"\r\n")
+        self._lines(data)
+        if bare:
+            data = _normalise(data)
+        if self._virtual:
+            data = data[2:]
+            self._virtual = False
+        self._size += len(data)
+        if self._size > self._max_size:
+            # Stop storing but keep scanning: the reply waits for the real end.
+            self._too_big = True
+            self._chunks = []
+        else:
+            self._chunks.append(data)
+
+    def _lines(self, data: bytes) -> None:
+        limit = self._max_body_line
+        if b"\r\n" not in data:
+            self._line_len += len(data)
+            return
+        head, _, rest = data.partition(b"\r\n")
+        body, _, tail = rest.rpartition(b"\r\n")
+        count = self._line_len + len(head) > limit
+        if body:
+            count += _count_long(body, limit)
+        self.long_lines += count
+        self._line_len = len(tail)
+
+    def _finish(self, events: list[tuple[int, object]]) -> None:
+        if self._bare and not self._normalise:
+            events.append((DATA_BARE_LF, None))
+            self.long_lines = 0
+        elif self._too_big:
+            events.append((DATA_TOO_BIG, None))
+            self.long_lines = 0
+        else:
+            chunks = self._chunks
+            events.append((DATA_END, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        long_lines = self.long_lines
+        self._reset_body()
+        self.long_lines = long_lines
+
+    # -- BDAT mode ------------------------------------------------------------
+
+    def _bdat(self, buf: bytes, pos: int, events: list[tuple[int, object]]) -> int:
+        take = min(self._bdat_left, len(buf) - pos)
+        if take:
+            self._bdat_left -= take
+            self._size += take
+            if self._size > self._max_size:
+                self._too_big = True
+                self._chunks = []
+                self._parts = []
+            else:
+                self._parts.append(buf[pos : pos + take])
+            pos += take
+        if self._bdat_left:
+            return pos
+        self._mode = _CMD
+        parts = self._parts
+        self._parts = []
+        if self._too_big:
+            events.append((BDAT_CHUNK, None))
+        else:
+            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._chunks.append(chunk)
+            events.append((BDAT_CHUNK, chunk))
+        if self._bdat_last:
+            if self._too_big:
+                events.append((DATA_TOO_BIG, None))
+                self._reset_body()
+            else:
+                chunks = self._chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._reset_body()
+                self.long_lines = _count_long(body, self._max_body_line) if body else 0
+                events.append((DATA_END, body))
+        return pos
+
+
+class ReplyParser:
+    """Client side: complete (possibly multi-line) replies as `(code, [text lines])`.
+
+    Lines end at LF with an optional CR before it (lenient with odd servers).
+    Anything else malformed raises ParserError, and the parser stays broken.
+    """
+
+    __slots__ = ("_buf", "_code", "_lines", "_error")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._code = -1
+        self._lines: list[bytes] = []
+        self._error: ParserError | None = None
+
+    def _fail(self, why: str) -> ParserError:
+        self._error = ParserError(why)
+        return self._error
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, list[bytes]]]:
+        if self._error is not None:
+            raise self._error
+        buf = self._buf + data if self._buf else (data if type(data) is bytes else bytes(data))
+        replies: list[tuple[int, list[bytes]]] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if n - pos > MAX_REPLY_LINE:
+                    raise self._fail("reply line too long")
+                break
+            stop = end - 1 if end > pos and buf[end - 1] == 13 else end
+            line = buf[pos:stop]
+            pos = end + 1
+            if len(line) > MAX_REPLY_LINE:
+                raise self._fail("reply line too long")
+            if len(line) < 3 or not (49 <= line[0] <= 53 and 48 <= line[1] <= 57 and 48 <= line[2] <= 57):
+                raise self._fail(f"malformed reply line {line[:40]!r}")
+            sep = line[3:4]
+            if sep not in (b"", b" ", b"-"):
+                raise self._fail(f"malformed reply line {line[:40]!r}")
+            code = (line[0] - 48) * 100 + (line[1] - 48) * 10 + (line[2] - 48)
+            if self._lines and code != self._code:
+                raise self._fail(f"reply code changed inside a multi-line reply: {line[:40]!r}")
+            self._code = code
+            self._lines.append(line[4:])
+            if sep == b"-":
+                if len(self._lines) >= MAX_REPLY_LINES:
+                    raise self._fail("too many lines in one reply")
+                continue
+            replies.append((code, self._lines))
+            self._lines = []
+        self._buf = buf[pos:]
+        return replies
+
+
+def encode_data(body: bytes | bytearray | memoryview) -> bytes:
+    """Body → DATA wire form: CRLF-normalised, dot-stuffed, ending in CRLF "." CRLF."""
+    data = body if type(body) is bytes else bytes(body)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _normalise(data)
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data[:1] == b".":
+        data = b"." + data
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
