@@ -289,6 +289,7 @@ class DeliveryConfig:
     idle_timeout: float = _opt(parse_duration, 30.0)
     port: int = _opt(_int(1, 65535), 25)
     tls: str = _opt(_choice("none", "opportunistic", "required"), "opportunistic")
+    tls_ca_file: str = _opt(_str, "")  # CA bundle for tls = "required" ("" = the system's)
     bounce_from: str = _opt(_str, "")
     shaping: tuple[ShapingRule, ...] = ()
 

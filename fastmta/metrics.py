@@ -81,6 +81,11 @@ dns_lookups_total = Counter("fastmta_dns_lookups_total", "DNS lookups by result"
 destination_connections_active = Gauge(
     "fastmta_destination_connections_active", "Outbound connections open now", multiprocess_mode="livesum"
 )
+delivery_connections_total = Counter(
+    "fastmta_delivery_connections_total",
+    "Outbound SMTP connection attempts by result (ok|refused|timeout|greeting|tls|error)",
+    ["result"],
+)
 
 # --- beyond the contract: what an operator needs (names are public once released) ---
 
