@@ -1,25 +1,73 @@
 # SPDX-License-Identifier: MIT
-"""Delivery side entry point (placeholder until the sharded scheduler lands)."""
+"""Delivery side entry point: the composition root calls ``start_delivery``.
+
+``DeliveryService`` is all ``server.py`` sees: ``submit`` committed envelopes
+(from ``spool.on_commit``), ``reload`` on SIGHUP (lifts ``[delivery] hold``),
+``stop`` at shutdown. The scheduler proper lives in core.py, shards in shard.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from fastmta.config import Config
+from fastmta.delivery import Deliverer
+from fastmta.log import DeliveryLog
+from fastmta.scheduler.core import Scheduler
+from fastmta.scheduler.feeder import Feeder
+from fastmta.spool.records import Envelope
 
 
 class DeliveryService:
-    """What the composition root talks to: submit committed envelopes, reload, stop."""
+    """The running scheduler, its feeder task and the deliverers it owns."""
 
-    def submit(self, envelopes: list[Any]) -> None:
-        """Hand freshly committed messages to the scheduler (no-op placeholder)."""
+    def __init__(self, scheduler: Scheduler, feeder: Feeder, deliverers: list[Deliverer]) -> None:
+        self.scheduler = scheduler
+        self.feeder = feeder
+        self._deliverers = deliverers
+        self._task = asyncio.get_running_loop().create_task(feeder.run())
+
+    def submit(self, envelopes: Iterable[Envelope]) -> None:
+        """Hand freshly committed messages to the scheduler (fast path, no spool scan)."""
+        self.scheduler.submit(envelopes)
 
     def reload(self, cfg: Config) -> None:
-        """Apply a reloaded configuration (SIGHUP)."""
+        """Apply a reloaded configuration (SIGHUP); lifting hold makes the feeder scan now."""
+        self.scheduler.reload(cfg)
+        self.feeder.wake()
 
-    async def stop(self) -> None:
-        """Stop delivering; in-flight work finishes or is left for the next start."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop delivering; in-flight work gets ``grace`` seconds, the rest waits for the next start."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.scheduler.stop(grace)
+        for d in self._deliverers:
+            with contextlib.suppress(Exception):
+                await d.close()
 
 
-async def start_delivery(cfg: Config, spool: Any) -> DeliveryService:
-    return DeliveryService()
+async def start_delivery(
+    cfg: Config,
+    spool: Any,
+    dlog: DeliveryLog | None = None,
+    remote: Deliverer | None = None,
+    local: Deliverer | None = None,
+    interval: float = 1.0,
+) -> DeliveryService:
+    """Build deliverers (unless given), the scheduler and its feeder, and start feeding."""
+    if remote is None:
+        from fastmta.delivery.smtp import SmtpDeliverer
+        from fastmta.dns import Resolver
+
+        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns))
+    if local is None:
+        from fastmta.delivery.local import LocalDeliverer
+
+        local = LocalDeliverer(cfg, spool)
+    sched = Scheduler(cfg, spool, remote, local, dlog)
+    feeder = Feeder(sched, interval)
+    return DeliveryService(sched, feeder, [remote, local])

@@ -1,0 +1,455 @@
+# SPDX-License-Identifier: MIT
+"""The scheduler: split due messages by destination, run deliveries, apply results.
+
+Owns when and how many: shards of per-destination queues (shard.py), retry
+times and queue lifetime (retry.py), throttling on 421 / refused connections,
+``[[delivery.shaping]]`` rules, DSNs (delivery/dsn.py), the spool state updates,
+the delivery log and the delivery metrics. It never reads a body except to quote
+it in a DSN, and keeps at most ``max_in_memory`` messages in Python objects: the
+rest waits in the spool for the feeder (feeder.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fastmta import metrics
+from fastmta.config import Config
+from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
+from fastmta.delivery import dsn as dsnlib
+from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
+from fastmta.log import DeliveryLog, iso_ts
+from fastmta.scheduler import retry
+from fastmta.scheduler.destination import DestQueue
+from fastmta.scheduler.rounds import Round, Work
+from fastmta.scheduler.shard import Shard, shard_of
+from fastmta.spool.ids import new_id
+from fastmta.spool.records import BOUNCE, DONE, FAILED, PENDING, Envelope, RcptState, Recipient
+
+log = logging.getLogger("fastmta.scheduler")
+
+MAX_IN_MEMORY = 50_000  # messages held as Python objects; the feeder pages in the rest
+_NO_OUTCOME = Deferred(Reply(451, "4.3.0", "Local error: no delivery outcome"), "other")
+_CRASH = Deferred(Reply(451, "4.3.0", "Local error in delivery"), "other")
+_EXPIRED = "4.4.7"
+
+
+def parse_reply(text: str, default: Reply) -> Reply:
+    """``"550 5.0.0 text"`` (a stored last_error) → Reply."""
+    code_s, _, rest = text.partition(" ")
+    if not (len(code_s) == 3 and code_s.isdigit()):
+        return default
+    enh, _, txt = rest.partition(" ")
+    if enh.count(".") != 2 or not enh[0].isdigit():
+        enh, txt = "", rest
+    return Reply(int(code_s), enh, txt)
+
+
+_ADMINBOUNCE = Reply(550, "5.0.0", "Message deleted from the queue by the administrator")
+
+
+class Scheduler:
+    """Delivers what it is given (``submit``) or finds due (feeder) through deliverers."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Any,
+        remote: Deliverer,
+        local: Deliverer | None = None,
+        dlog: DeliveryLog | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        max_in_memory: int = MAX_IN_MEMORY,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.remote = remote
+        self.local = local
+        self.dlog = dlog if dlog is not None else DeliveryLog(cfg.log.file)
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self.max_in_memory = max_in_memory
+        self.held = cfg.delivery.hold
+        self.rounds: dict[str, Round] = {}
+        self.overflow = False  # submit() turned messages away: the feeder must look for them
+        self.on_room: Callable[[], None] | None = None  # called when memory frees up after overflow
+        self.shards = [Shard(i, self) for i in range(cfg.delivery.shards)]
+        self._local_domains = frozenset(cfg.policy.local_domains)
+        self._dests: dict[str, tuple[Shard, Destination]] = {}
+        self._finished: list[Round] = []
+        self._log_buf: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._m_result = {
+            r: metrics.bound(metrics.deliveries_total, r) for r in ("delivered", "deferred", "bounced")
+        }
+        self._m_seconds = metrics.bound(metrics.delivery_seconds)
+        self._m_fail: dict[tuple[str, str], Any] = {}
+
+    # --- intake ----------------------------------------------------------------------
+
+    def submit(self, envelopes: Iterable[Envelope]) -> None:
+        """Start delivering freshly committed messages (no spool scan on this path)."""
+        if self.held:
+            return
+        rounds = self.rounds
+        for env in envelopes:
+            if env.id in rounds:
+                continue
+            if len(rounds) >= self.max_in_memory:
+                self.overflow = True
+                return
+            self.admit(env)
+
+    def admit(self, env: Envelope) -> None:
+        """Open a delivery round: one work item per destination of the pending recipients."""
+        rnd = Round(env)
+        self.rounds[env.id] = rnd
+        groups: dict[str, tuple[Shard, Destination, list[int]]] = {}
+        admin: list[int] = []
+        for i, rc in enumerate(env.rcpts):
+            if rc.state == PENDING:
+                shard, dest = self._destination(rc.addr)
+                g = groups.get(dest.key)
+                if g is None:
+                    groups[dest.key] = (shard, dest, [i])
+                else:
+                    g[2].append(i)
+            elif rc.state == BOUNCE:
+                admin.append(i)
+        rnd.waiting = len(groups) + (1 if admin else 0)
+        if rnd.waiting == 0:
+            self._round_done(rnd)
+            return
+        if admin:
+            self._admin_bounce(rnd, admin)
+            if rnd.waiting == 0:
+                self._round_done(rnd)
+                return
+        for shard, dest, idx in groups.values():
+            shard.add(shard.queue(dest), Work(rnd, idx))
+
+    def _destination(self, addr: str) -> tuple[Shard, Destination]:
+        domain = addr.rpartition("@")[2].lower()
+        hit = self._dests.get(domain)
+        if hit is None:
+            if domain in self._local_domains:
+                dest = Destination(LOCAL_KEY, domain, None)
+            else:
+                dest = destination_for(self.cfg.route_for(domain), domain)
+            if len(self._dests) > 100_000:
+                self._dests.clear()
+            hit = self._dests[domain] = (self.shards[shard_of(dest.key, len(self.shards))], dest)
+        return hit
+
+    # --- running deliveries ------------------------------------------------------------
+
+    async def deliver(self, dest: Destination, work: Work) -> Attempt:
+        """One deliver() call; a deliverer that breaks its promise and raises defers."""
+        deliverer = self.local if dest.key == LOCAL_KEY and self.local is not None else self.remote
+        try:
+            return await deliverer.deliver(dest, work.round.env, work.rcpts)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("deliverer failed for %s", dest.key)
+            return Attempt({i: _CRASH for i in work.rcpts})
+
+    def complete(self, shard: Shard, dq: DestQueue, work: Work, attempt: Attempt) -> None:
+        """Apply one attempt's results; throttle or shape the destination on what it said."""
+        now = self.clock()
+        self._m_seconds.observe(attempt.elapsed)
+        outcomes = attempt.outcomes
+        failed = [outcomes.get(i, _NO_OUTCOME) for i in work.rcpts]
+        failed = [o for o in failed if type(o) is not Delivered]
+        if failed:
+            self._react(dq, failed, now)
+        self._apply(dq, work, attempt, now, dq.suspended_until if dq.suspended(now) else 0.0)
+        if dq.suspended(now) and dq.ready:
+            shard.drain(dq, lambda w: self.skip(dq, w, now))
+
+    def skip(self, dq: DestQueue, work: Work, now: float) -> None:
+        """Work for a suspended destination: deferred to the end of the suspension, not tried."""
+        reply = dq.suspend_reply or _NO_OUTCOME.reply
+        outcome = Deferred(reply, "rate_limited")
+        self._apply(dq, work, Attempt({i: outcome for i in work.rcpts}), now, dq.suspended_until, tried=False)
+
+    def _react(self, dq: DestQueue, failed: list[Outcome], now: float) -> None:
+        """Throttle on 421 / refusal everywhere; apply the first matching shaping rule."""
+        if all(o.reply.code == 421 for o in failed) and type(failed[0]) is Deferred:
+            dq.suspend(
+                now + retry.throttle_delay(self.cfg.delivery.retry_schedule, self.rng), failed[0].reply
+            )
+        for rule in self.cfg.delivery.shaping:
+            for o in failed:
+                if rule.match.search(str(o.reply)):
+                    if rule.action == "suspend":
+                        dq.suspend(now + rule.duration, o.reply)
+                    else:
+                        dq.limit(now + rule.duration, rule.max_connections, rule.message_rate)
+                    return
+
+    def _apply(
+        self, dq: DestQueue, work: Work, attempt: Attempt, now: float, floor: float, tried: bool = True
+    ) -> None:
+        rnd = work.round
+        env = rnd.env
+        d = self.cfg.delivery
+        n = env.attempts + 1
+        local = dq.dest.key == LOCAL_KEY
+        remote = dsnlib.remote_host(attempt.nexthop) if attempt.nexthop else ""
+        ts = iso_ts(now)
+        base = {
+            "ts": ts,
+            "id": env.id,
+            "from": env.sender,
+            "nexthop": attempt.nexthop,
+            "attempt": n,
+            "elapsed_ms": int(attempt.elapsed * 1000),
+            "tls": attempt.tls,
+        }
+        outcomes = attempt.outcomes
+        records = self._log_buf
+        for i in work.rcpts:
+            o = outcomes.get(i, _NO_OUTCOME)
+            rc = env.rcpts[i]
+            reply = o.reply
+            rec = {
+                **base,
+                "rcpt": rc.addr,
+                "code": reply.code,
+                "enhanced": reply.enhanced,
+                "response": reply.text,
+            }
+            kind = type(o)
+            if kind is Delivered:
+                rnd.states[i] = RcptState(DONE, "")
+                rec["event"] = "delivered"
+                self._m_result["delivered"].inc()
+                if rc.notify and dsnlib.wanted(env.sender, rc.notify, "delivered"):
+                    rnd.report(
+                        dsnlib.RcptReport(
+                            rc.addr,
+                            "delivered" if local else "relayed",
+                            dsnlib.status_of(reply),
+                            reply,
+                            rc.orcpt,
+                            remote,
+                            now,
+                        )
+                    )
+            elif kind is Bounced:
+                rnd.states[i] = RcptState(FAILED, str(reply))
+                rec["event"] = "bounced"
+                rec["bounce_class"] = o.bounce_class
+                self._count("bounced", o.bounce_class)
+                if dsnlib.wanted(env.sender, rc.notify, "failed"):
+                    rnd.report(
+                        dsnlib.RcptReport(
+                            rc.addr, "failed", dsnlib.status_of(reply), reply, rc.orcpt, remote, now
+                        )
+                    )
+            else:
+                rec["bounce_class"] = o.bounce_class  # type: ignore[union-attr]
+                at = self._retry_at(env, n, now, floor)
+                if at is None:
+                    rnd.states[i] = RcptState(FAILED, str(reply))
+                    rec["event"] = "expired"
+                    self._count("bounced", o.bounce_class)  # type: ignore[union-attr]
+                    if dsnlib.wanted(env.sender, rc.notify, "failed"):
+                        rnd.report(
+                            dsnlib.RcptReport(
+                                rc.addr, "failed", _EXPIRED, reply, rc.orcpt, remote, now if tried else None
+                            )
+                        )
+                else:
+                    rnd.states[i] = RcptState(PENDING, str(reply))
+                    rnd.retry(at)
+                    rec["event"] = "deferred"
+                    self._count("deferred", o.bounce_class)  # type: ignore[union-attr]
+                    if env.attempts == 0 and rc.notify and dsnlib.wanted(env.sender, rc.notify, "delayed"):
+                        rnd.report(
+                            dsnlib.RcptReport(
+                                rc.addr,
+                                "delayed",
+                                dsnlib.status_of(reply),
+                                reply,
+                                rc.orcpt,
+                                remote,
+                                now,
+                                retry.expires_at(env.arrived, d.max_queue_lifetime),
+                            )
+                        )
+            records.append(rec)
+        self._schedule_flush()
+        rnd.waiting -= 1
+        if rnd.waiting == 0:
+            self._round_done(rnd)
+
+    def _retry_at(self, env: Envelope, n: int, now: float, floor: float) -> float | None:
+        d = self.cfg.delivery
+        at = retry.next_attempt(env.arrived, n, now, d.retry_schedule, d.max_queue_lifetime, self.rng)
+        if at is None:
+            return None
+        if floor > at:
+            # suspended past the expiry time: that is the last chance, so expire now
+            return None if floor >= retry.expires_at(env.arrived, d.max_queue_lifetime) else floor
+        return at
+
+    def _admin_bounce(self, rnd: Round, idx: list[int]) -> None:
+        """``fastmta queue bounce``: those recipients fail now with a DSN, untried."""
+        env = rnd.env
+        now = self.clock()
+        for i in idx:
+            rc = env.rcpts[i]
+            reply = parse_reply(rc.last_error, _ADMINBOUNCE)
+            rnd.states[i] = RcptState(FAILED, str(reply))
+            self._log_buf.append(
+                {
+                    "ts": iso_ts(now),
+                    "event": "bounced",
+                    "id": env.id,
+                    "from": env.sender,
+                    "rcpt": rc.addr,
+                    "code": reply.code,
+                    "enhanced": reply.enhanced,
+                    "response": reply.text,
+                    "attempt": env.attempts,
+                    "bounce_class": "other",
+                }
+            )
+            self._count("bounced", "other")
+            if dsnlib.wanted(env.sender, rc.notify, "failed"):
+                rnd.report(dsnlib.RcptReport(rc.addr, "failed", dsnlib.status_of(reply), reply, rc.orcpt))
+        self._schedule_flush()
+        rnd.waiting -= 1
+
+    def _count(self, result: str, bounce_class: str) -> None:
+        self._m_result[result].inc()
+        key = (result, bounce_class)
+        child = self._m_fail.get(key)
+        if child is None:
+            child = self._m_fail[key] = metrics.bound(metrics.delivery_failures_total, result, bounce_class)
+        child.inc()
+
+    # --- end of a round: DSN, spool update, log ---------------------------------------
+
+    def _round_done(self, rnd: Round) -> None:
+        self._finished.append(rnd)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per loop turn: one log write, one task persisting every finished round."""
+        self._flush_scheduled = False
+        if self._log_buf:
+            buf, self._log_buf = self._log_buf, []
+            self.dlog.write(buf)
+        if self._finished:
+            batch, self._finished = self._finished, []
+            self.spawn(self._persist(batch))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _persist(self, batch: list[Round]) -> None:
+        spool = self.spool
+        try:
+            dsns = [r for r in batch if r.reports]
+            if dsns:
+                await asyncio.gather(*(self._send_dsns(r) for r in dsns))
+            results = await asyncio.gather(
+                *(spool.update(r.env.id, r.states, r.retry_at, 1) for r in batch), return_exceptions=True
+            )
+            for r, res in zip(batch, results, strict=True):
+                if isinstance(res, BaseException):
+                    log.error("spool update of %s failed: %s", r.env.id, res)
+        finally:
+            rounds = self.rounds
+            for r in batch:
+                rounds.pop(r.env.id, None)
+            if self.overflow and len(rounds) < self.max_in_memory // 2 and self.on_room is not None:
+                self.on_room()
+
+    async def _send_dsns(self, rnd: Round) -> None:
+        """One DSN per kind (failed, delayed, delivered) covering all its recipients."""
+        env = rnd.env
+        by_action: dict[str, list[dsnlib.RcptReport]] = {}
+        for rep in rnd.reports or ():
+            by_action.setdefault("delivered" if rep.action == "relayed" else rep.action, []).append(rep)
+        original = self.spool.body(env.id)
+        for reports in by_action.values():
+            try:
+                await self.queue_dsn(env, reports, original)
+            except Exception as e:  # the recipients' states are still written; the DSN is lost
+                log.error("could not queue a DSN for %s: %s", env.id, e)
+
+    async def queue_dsn(self, env: Envelope, reports: list[dsnlib.RcptReport], original: bytes | None) -> str:
+        now = self.clock()
+        body = dsnlib.build(
+            reports,
+            msg_id=env.id,
+            sender=env.sender,
+            arrived=env.arrived,
+            hostname=self.cfg.hostname,
+            bounce_from=self.cfg.delivery.bounce_from,
+            original=original,
+            ret=env.params.get("RET", ""),
+            envid=env.params.get("ENVID", ""),
+            now=now,
+        )
+        dsn_env = Envelope(
+            new_id(),
+            "",
+            [Recipient(env.sender)],
+            arrived=now,
+            size=len(body),
+            next_attempt=now,
+            listener="dsn",
+        )
+        await self.spool.put(dsn_env, body)
+        return dsn_env.id
+
+    # --- control -----------------------------------------------------------------------
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: new limits and rules apply to new work; lifting ``hold`` starts delivering."""
+        self.cfg = cfg
+        self.held = cfg.delivery.hold
+        self._local_domains = frozenset(cfg.policy.local_domains)
+        self._dests.clear()
+        d = cfg.delivery
+        for shard in self.shards:
+            for dq in shard.dests.values():
+                dq.max_conn = d.max_connections_per_destination
+                dq.rate = d.message_rate_per_destination
+                shard.kick(dq, self.clock())
+
+    def depth(self) -> tuple[int, int]:
+        """(ready, inflight) work items across shards, for the queue gauges."""
+        return sum(s.ready for s in self.shards), sum(s.inflight for s in self.shards)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop starting deliveries; give running ones ``grace`` seconds, then cancel them."""
+        self.held = True
+        workers = [t for s in self.shards for t in s.tasks]
+        if workers:
+            await asyncio.wait(workers, timeout=grace)
+        for s in self.shards:
+            for t in list(s.tasks):
+                t.cancel()
+        self._flush()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)

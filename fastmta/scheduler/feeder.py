@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: MIT
+"""The feeder: pages due messages from the spool's schedule index into the scheduler.
+
+New mail arrives through ``submit`` without any scan; everything else comes back
+this way about once a second: retries, messages left by a crash or restart,
+``fastmta queue flush`` / ``bounce`` done by another process, and messages that
+``submit`` turned away because memory was full. Ids already in memory are
+skipped; ids that vanished (``queue delete``) are ignored. It also keeps the
+queue gauges current, once per pass instead of once per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastmta import metrics
+from fastmta.scheduler.core import Scheduler
+
+log = logging.getLogger("fastmta.scheduler")
+
+PAGE = 1000  # schedule-index entries per read transaction
+
+
+class Feeder:
+    def __init__(self, sched: Scheduler, interval: float = 1.0) -> None:
+        self.sched = sched
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._gauges = {
+            s: metrics.bound(metrics.queue_messages, s) for s in ("ready", "inflight", "deferred")
+        }
+        self._shard_depth = [
+            metrics.bound(metrics.scheduler_shard_depth, str(i)) for i in range(len(sched.shards))
+        ]
+        sched.on_room = self.wake
+
+    def wake(self) -> None:
+        """Scan now instead of at the next tick (hold lifted, memory freed)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.scan()
+                self.update_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("feeder pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def scan(self) -> int:
+        """Admit due messages not in memory, up to the memory bound; returns how many."""
+        sched = self.sched
+        if sched.held:
+            return 0
+        spool: Any = sched.spool
+        now = sched.clock()
+        after = None
+        admitted = 0
+        while len(sched.rounds) < sched.max_in_memory:
+            page = spool.due(now, PAGE, after)
+            for _due, msg_id in page:
+                if msg_id in sched.rounds:
+                    continue
+                env = spool.envelope(msg_id)
+                if env is None:
+                    continue  # deleted meanwhile
+                sched.admit(env)
+                admitted += 1
+                if len(sched.rounds) >= sched.max_in_memory:
+                    return admitted
+            if len(page) < PAGE:
+                sched.overflow = False
+                break
+            after = page[-1]
+            await asyncio.sleep(0)  # let deliveries run between pages
+        return admitted
+
+    def update_gauges(self) -> None:
+        sched = self.sched
+        ready, inflight = sched.depth()
+        self._gauges["ready"].set(ready)
+        self._gauges["inflight"].set(inflight)
+        count = getattr(sched.spool, "count", None)
+        if count is not None:
+            self._gauges["deferred"].set(max(0, count() - len(sched.rounds)))
+        for shard, gauge in zip(sched.shards, self._shard_depth, strict=False):
+            gauge.set(shard.ready)

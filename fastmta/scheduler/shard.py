@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: MIT
+"""A shard: the destinations that hash to it, their ready queues and worker tasks.
+
+Each destination has at most ``connections`` worker tasks; a worker takes the next
+ready item, waits for its rate slot, calls the deliverer and hands the attempt
+back to the scheduler, and exits when the queue is empty. So there is one task
+per busy connection slot, not one per message, and a destination that is slow,
+suspended or dead only ever occupies its own workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastmta.delivery import Destination
+from fastmta.scheduler.destination import DestQueue
+
+if TYPE_CHECKING:
+    from fastmta.scheduler.core import Scheduler
+    from fastmta.scheduler.rounds import Work
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable across processes and restarts (unlike ``hash()``)."""
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % shards
+
+
+class Shard:
+    __slots__ = ("index", "sched", "dests", "ready", "inflight", "tasks")
+
+    def __init__(self, index: int, sched: Scheduler) -> None:
+        self.index = index
+        self.sched = sched
+        self.dests: dict[str, DestQueue] = {}
+        self.ready = 0  # items waiting in this shard's ready queues
+        self.inflight = 0  # deliver() calls running
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def queue(self, dest: Destination) -> DestQueue:
+        dq = self.dests.get(dest.key)
+        if dq is None:
+            d = self.sched.cfg.delivery
+            dq = self.dests[dest.key] = DestQueue(
+                dest, d.max_connections_per_destination, d.message_rate_per_destination
+            )
+        return dq
+
+    def add(self, dq: DestQueue, work: Work) -> None:
+        """Queue work for a destination; start a worker if a connection slot is free."""
+        now = self.sched.clock()
+        if dq.suspended(now):
+            self.sched.skip(dq, work, now)
+            return
+        dq.ready.append(work)
+        self.ready += 1
+        self.kick(dq, now)
+
+    def kick(self, dq: DestQueue, now: float) -> None:
+        while dq.ready and dq.workers < min(dq.connections(now), len(dq.ready) + dq.inflight):
+            dq.workers += 1
+            task = asyncio.get_running_loop().create_task(self._worker(dq))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def drain(self, dq: DestQueue, each: Callable[[Work], None]) -> None:
+        """Take every ready item out of a destination (it was suspended)."""
+        items = list(dq.ready)
+        dq.ready.clear()
+        self.ready -= len(items)
+        for w in items:
+            each(w)
+
+    async def _worker(self, dq: DestQueue) -> None:
+        sched = self.sched
+        try:
+            while dq.ready:
+                now = sched.clock()
+                if dq.suspended(now) or sched.held or dq.inflight >= dq.connections(now):
+                    return
+                wait = dq.reserve(now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    if not dq.ready or dq.suspended(sched.clock()):
+                        return
+                work = dq.ready.popleft()
+                self.ready -= 1
+                dq.inflight += 1
+                self.inflight += 1
+                try:
+                    attempt = await sched.deliver(dq.dest, work)
+                finally:
+                    dq.inflight -= 1
+                    self.inflight -= 1
+                sched.complete(self, dq, work, attempt)
+        finally:
+            dq.workers -= 1
+            now = sched.clock()
+            if (
+                not (dq.ready or dq.workers or dq.inflight)
+                and max(dq.suspended_until, dq.limit_until, dq.next_slot) <= now
+            ):
+                # idle with no state worth keeping: forget it, so the dict does not
+                # grow with every domain ever seen
+                self.dests.pop(dq.dest.key, None)

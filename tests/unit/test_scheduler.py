@@ -1,0 +1,371 @@
+# SPDX-License-Identifier: MIT
+"""Scheduler behaviour with fakes of our own seams (in-memory spool, scripted Deliverer)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastmta import config
+from fastmta.errors import Bounced, Deferred, Delivered, Reply
+from fastmta.scheduler.core import Scheduler
+from fastmta.scheduler.feeder import Feeder
+from fastmta.scheduler.shard import shard_of
+from tests.fixtures.scheduler import FakeDeliverer, FakeSpool, LogSink
+
+OK = Delivered(Reply(250, "2.0.0", "queued as X"))
+TEMP = Deferred(Reply(451, "4.3.0", "try later"), "other")
+USER_UNKNOWN = Bounced(Reply(550, "5.1.1", "no such user"), "invalid_recipient")
+REFUSED = Deferred(Reply(421, "4.4.1", "connection refused"), "connection")
+
+
+def make_cfg(**delivery: Any) -> config.Config:
+    raw: dict[str, Any] = {"hostname": "mx.fastmta.test", "delivery": {"retry_schedule": ["1s"], **delivery}}
+    return config.from_dict(raw)
+
+
+def run(coro: Awaitable[Any], timeout: float = 10.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(main())
+
+
+async def settle(sched: Scheduler, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``cond()`` holds and every round has been persisted."""
+    deadline = time.monotonic() + timeout
+    while not (cond() and not sched.rounds):
+        assert time.monotonic() < deadline, f"not settled: {len(sched.rounds)} rounds open"
+        await asyncio.sleep(0.01)
+
+
+def build(spool: FakeSpool, script: Any, **delivery: Any) -> tuple[Scheduler, FakeDeliverer, LogSink]:
+    dlv = FakeDeliverer(script)
+    logs = LogSink()
+    sched = Scheduler(make_cfg(**delivery), spool, dlv, None, logs)  # type: ignore[arg-type]
+    return sched, dlv, logs
+
+
+def test_delivered_message_leaves_the_spool_and_is_logged(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
+        env = fake_spool.add("a@src.test", ["b@dst.test", "c@dst.test"])
+        sched.submit([env])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert [c[0] for c in dlv.calls] == ["dst.test"]  # one transaction for both recipients
+        assert dlv.calls[0][2] == [0, 1]
+        recs = logs.events("delivered")
+        assert {r["rcpt"] for r in recs} == {"b@dst.test", "c@dst.test"}
+        r = recs[0]
+        assert (
+            r["id"] == env.id and r["code"] == 250 and r["attempt"] == 1 and r["nexthop"].startswith("mx.dst")
+        )
+        assert logs.writes == 1
+
+    run(t())
+
+
+def test_recipients_split_per_destination_with_separate_states(fake_spool: FakeSpool) -> None:
+    def script(d: Any, e: Any, i: int) -> Any:
+        return {"ok.test": OK, "temp.test": TEMP, "bad.test": USER_UNKNOWN}[d.key]
+
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, script)
+        env = fake_spool.add("a@src.test", ["x@ok.test", "y@temp.test", "z@bad.test", "w@bad.test"])
+        before = time.time()
+        sched.submit([env])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert sorted(c[0] for c in dlv.calls) == ["bad.test", "ok.test", "temp.test"]
+        stored = fake_spool.envs[env.id]
+        assert [r.state for r in stored.rcpts] == ["done", "pending", "failed", "failed"]
+        assert stored.rcpts[1].last_error == "451 4.3.0 try later"
+        assert before + 0.85 <= stored.next_attempt <= time.time() + 1.15  # "1s" with ±10 % jitter
+        assert len(fake_spool.dsns) == 1  # one DSN covers both failed recipients
+        dsn_env, body = fake_spool.dsns[0]
+        assert dsn_env.sender == "" and [r.addr for r in dsn_env.rcpts] == ["a@src.test"]
+        msg = email.message_from_bytes(body, policy=email.policy.default)
+        blocks = list(msg.iter_parts())[1].get_payload()
+        assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; z@bad.test", "rfc822; w@bad.test"]
+        assert {r["event"] for r in logs.records} == {"delivered", "deferred", "bounced"}
+        bounced = logs.events("bounced")[0]
+        assert bounced["bounce_class"] == "invalid_recipient" and bounced["code"] == 550
+
+    run(t())
+
+
+def test_no_dsn_for_null_sender(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: USER_UNKNOWN)
+        sched.submit([fake_spool.add("", ["b@dst.test"])])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert fake_spool.dsns == []
+
+    run(t())
+
+
+def test_concurrency_cap_per_destination(fake_spool: FakeSpool) -> None:
+    async def slow_ok(d: Any, e: Any, i: int) -> Any:
+        await asyncio.sleep(0.02)
+        return OK
+
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, slow_ok, max_connections_per_destination=3)
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"]) for _ in range(30)])
+        sched.submit([fake_spool.add("a@src.test", ["b@other.test"]) for _ in range(5)])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert dlv.max_active["dst.test"] == 3
+        assert dlv.max_active["other.test"] == 3
+        assert len(dlv.calls) == 35
+
+    run(t())
+
+
+def test_slow_destination_does_not_delay_a_fast_one(fake_spool: FakeSpool) -> None:
+    gate = asyncio.Event()
+
+    async def script(d: Any, e: Any, i: int) -> Any:
+        if d.key == "slow.test":
+            await gate.wait()
+        return OK
+
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, script, max_connections_per_destination=2, shards=1)
+        slow = [fake_spool.add("a@src.test", ["b@slow.test"]) for _ in range(20)]
+        fast = [fake_spool.add("a@src.test", ["b@fast.test"]) for _ in range(20)]
+        sched.submit(slow + fast)  # the slow ones first, in the same shard
+        deadline = time.monotonic() + 2
+        while any(e.id in fake_spool.envs for e in fast):
+            assert time.monotonic() < deadline, "fast destination blocked behind the slow one"
+            await asyncio.sleep(0.01)
+        assert all(e.id in fake_spool.envs for e in slow)
+        gate.set()
+        await settle(sched, lambda: not fake_spool.envs)
+
+    run(t())
+
+
+def test_421_throttles_every_queued_message_to_the_destination(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, logs = build(
+            fake_spool,
+            lambda d, e, i: REFUSED if d.key == "dead.test" else OK,
+            max_connections_per_destination=1,
+            retry_schedule=["60s"],
+        )
+        dead = [fake_spool.add("a@src.test", ["b@dead.test"]) for _ in range(10)]
+        sched.submit(dead + [fake_spool.add("a@src.test", ["b@ok.test"])])
+        await settle(sched, lambda: fake_spool.updates >= 11)
+        assert [c[0] for c in dlv.calls].count("dead.test") == 1  # tried once, the rest waited
+        dues = [fake_spool.envs[e.id].next_attempt for e in dead]
+        assert all(time.time() + 50 < due < time.time() + 70 for due in dues)
+        dq = sched.shards[shard_of("dead.test", len(sched.shards))].dests["dead.test"]
+        assert all(due >= dq.suspended_until for due in dues)  # nobody comes back before the suspension ends
+        deferred = logs.events("deferred")
+        assert len(deferred) == 10
+        assert sum("suspended" in r["response"] for r in deferred) == 9
+        # new mail to it while suspended is deferred without a connection
+        sched.submit([fake_spool.add("a@src.test", ["c@dead.test"])])
+        await settle(sched, lambda: fake_spool.updates >= 12)
+        assert [c[0] for c in dlv.calls].count("dead.test") == 1
+
+    run(t())
+
+
+def test_shaping_rule_suspends_destination_on_tss04(fake_spool: FakeSpool) -> None:
+    tss = Deferred(
+        Reply(421, "4.7.0", "[TSS04] Messages temporarily deferred due to user complaints"), "rate_limited"
+    )
+
+    async def t() -> None:
+        sched, dlv, _ = build(
+            fake_spool,
+            lambda d, e, i: tss if d.key == "yahoo.test" else OK,
+            max_connections_per_destination=1,
+            shaping=[{"match": "TSS04", "action": "suspend", "duration": "2h"}],
+        )
+        msgs = [fake_spool.add("a@src.test", ["b@yahoo.test"]) for _ in range(5)]
+        sched.submit(msgs)
+        await settle(sched, lambda: fake_spool.updates >= 5)
+        assert len(dlv.calls) == 1
+        now = time.time()
+        assert all(now + 7100 < fake_spool.envs[e.id].next_attempt < now + 7300 for e in msgs)
+
+    run(t())
+
+
+def test_shaping_limit_lowers_connections(fake_spool: FakeSpool) -> None:
+    first = [True]
+
+    async def script(d: Any, e: Any, i: int) -> Any:
+        await asyncio.sleep(0.01)
+        if first[0]:
+            first[0] = False
+            return Deferred(Reply(451, "4.7.28", "rate limited, slow down"), "rate_limited")
+        return OK
+
+    async def t() -> None:
+        sched, dlv, _ = build(
+            fake_spool,
+            script,
+            max_connections_per_destination=5,
+            shaping=[{"match": "4\\.7\\.28", "action": "limit", "max_connections": 1, "duration": "1h"}],
+        )
+        sched.submit([fake_spool.add("a@src.test", ["b@gmail.test"])])
+        await settle(sched, lambda: bool(dlv.calls))
+        dlv.max_active.clear()
+        sched.submit([fake_spool.add("a@src.test", ["b@gmail.test"]) for _ in range(20)])
+        await settle(sched, lambda: len(dlv.calls) == 21)
+        assert dlv.max_active["gmail.test"] == 1
+
+    run(t())
+
+
+def test_message_rate_per_destination(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, lambda d, e, i: OK, message_rate_per_destination=20)
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"]) for _ in range(10)])
+        await settle(sched, lambda: not fake_spool.envs)
+        span = dlv.calls[-1][3] - dlv.calls[0][3]
+        assert 0.4 <= span < 1.5  # 10 messages at 20/s: 9 gaps of 50 ms
+
+    run(t())
+
+
+def test_hold_queues_but_delivers_nothing_until_reload(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, lambda d, e, i: OK, hold=True)
+        feeder = Feeder(sched, interval=0.05)
+        task = asyncio.get_running_loop().create_task(feeder.run())
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"]) for _ in range(5)])
+        await asyncio.sleep(0.3)
+        assert dlv.calls == [] and len(fake_spool.envs) == 5
+        sched.reload(make_cfg(hold=False))
+        feeder.wake()
+        await settle(sched, lambda: not fake_spool.envs)
+        assert len(dlv.calls) == 5
+        task.cancel()
+
+    run(t())
+
+
+def test_retry_then_success_through_the_feeder(fake_spool: FakeSpool) -> None:
+    tries: dict[str, int] = {}
+
+    def script(d: Any, e: Any, i: int) -> Any:
+        tries[e.id] = tries.get(e.id, 0) + 1
+        return TEMP if tries[e.id] < 3 else OK
+
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, script, retry_schedule=["0.1s"])
+        feeder = Feeder(sched, interval=0.05)
+        task = asyncio.get_running_loop().create_task(feeder.run())
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"])])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert [r["event"] for r in logs.records] == ["deferred", "deferred", "delivered"]
+        assert [r["attempt"] for r in logs.records] == [1, 2, 3]
+        task.cancel()
+
+    run(t())
+
+
+def test_expiry_bounces_with_4_4_7(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, logs = build(fake_spool, lambda d, e, i: TEMP, max_queue_lifetime="10s")
+        env = fake_spool.add("a@src.test", ["b@dst.test"], arrived=time.time() - 11)
+        sched.submit([env])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert logs.events("expired")[0]["rcpt"] == "b@dst.test"
+        msg = email.message_from_bytes(fake_spool.dsns[0][1], policy=email.policy.default)
+        rcpt_block = list(msg.iter_parts())[1].get_payload()[1]
+        assert rcpt_block["Status"] == "4.4.7" and rcpt_block["Action"] == "failed"
+        assert "451 4.3.0 try later" in rcpt_block["Diagnostic-Code"]
+
+    run(t())
+
+
+def test_retry_is_pulled_in_to_the_expiry_time(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, _ = build(
+            fake_spool, lambda d, e, i: TEMP, max_queue_lifetime="100s", retry_schedule=["1h"]
+        )
+        env = fake_spool.add("a@src.test", ["b@dst.test"], arrived=time.time() - 50)
+        sched.submit([env])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert abs(fake_spool.envs[env.id].next_attempt - (env.arrived + 100)) < 0.01
+
+    run(t())
+
+
+def test_notify_success_and_delay_and_never(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: OK if d.key == "ok.test" else TEMP)
+        sched.submit([fake_spool.add("a@src.test", ["x@ok.test"], notify="SUCCESS", ENVID="env-1")])
+        sched.submit([fake_spool.add("a@src.test", ["x@late.test"], notify="DELAY,FAILURE")])
+        sched.submit([fake_spool.add("a@src.test", ["x@ok.test", "y@late.test"], notify="NEVER")])
+        await settle(sched, lambda: fake_spool.updates >= 3)
+        actions = []
+        for _, body in fake_spool.dsns:
+            msg = email.message_from_bytes(body, policy=email.policy.default)
+            blocks = list(msg.iter_parts())[1].get_payload()
+            actions.append((blocks[1]["Action"], blocks[0].get("Original-Envelope-Id")))
+        assert sorted(actions, key=str) == sorted([("relayed", "env-1"), ("delayed", None)], key=str)
+
+    run(t())
+
+
+def test_admin_bounce_state_sends_dsn_without_delivery(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
+        env = fake_spool.add("a@src.test", ["b@dst.test"])
+        stored = fake_spool.envs[env.id]
+        stored.rcpts[0].state = "bounce"
+        stored.rcpts[0].last_error = "550 5.0.0 Message deleted from the queue by the administrator"
+        feeder = Feeder(sched)
+        assert await feeder.scan() == 1
+        await settle(sched, lambda: not fake_spool.envs)
+        assert dlv.calls == []
+        assert logs.events("bounced")[0]["code"] == 550
+        assert b"deleted from the queue by the administrator" in fake_spool.dsns[0][1]
+
+    run(t())
+
+
+def test_memory_bound_and_feeder_paging(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        dlv = FakeDeliverer(lambda d, e, i: OK)
+        sched = Scheduler(make_cfg(), fake_spool, dlv, None, LogSink(), max_in_memory=10)  # type: ignore[arg-type]
+        feeder = Feeder(sched, interval=0.05)
+        envs = [fake_spool.add("a@src.test", [f"b@d{i % 7}.test"]) for i in range(100)]
+        sched.submit(envs)
+        assert len(sched.rounds) == 10 and sched.overflow
+        task = asyncio.get_running_loop().create_task(feeder.run())
+        peak = 0
+        while fake_spool.envs:
+            peak = max(peak, len(sched.rounds))
+            await asyncio.sleep(0.005)
+        assert peak <= 10
+        assert len(dlv.calls) == 100
+        task.cancel()
+
+    run(t())
+
+
+def test_vanished_message_is_tolerated(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: TEMP)
+        env = fake_spool.add("a@src.test", ["b@dst.test"])
+        sched.submit([env])
+        del fake_spool.envs[env.id]  # `fastmta queue delete` from another process
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert await Feeder(sched).scan() == 0
+
+    run(t())
+
+
+def test_shard_of_is_stable() -> None:
+    assert shard_of("example.test", 8) == shard_of("example.test", 8)
+    assert {shard_of(f"d{i}.test", 8) for i in range(100)} == set(range(8))
