@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from fastmta.config import Config, ListenerConfig
 from fastmta.errors import SmtpError
+from fastmta.smtp.commands import xtext_encode
 
 EX_OK = 0
 EX_USAGE = 64
@@ -105,11 +106,13 @@ def _text(resp: bytes | str) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
 
 
-def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes) -> Submitted:
+def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes,
+                dsn: dict[str, str] | None = None) -> Submitted:  # fmt: skip
     """Submit one message over SMTP; some refused recipients are reported, all refused raise.
 
     ``data`` is the message in CRLF form (smtplib dot-stuffs it). 8-bit content gets
-    ``BODY=8BITMIME`` and non-ASCII addresses ``SMTPUTF8`` when the server offers them.
+    ``BODY=8BITMIME`` and non-ASCII addresses ``SMTPUTF8`` when the server offers them;
+    ``dsn`` (NOTIFY, RET, ENVID) goes along when it offers DSN (RFC 3461).
     """
     try:
         if target.tls == "implicit":
@@ -123,7 +126,7 @@ def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes) 
     except (OSError, smtplib.SMTPException) as e:
         raise InjectError(EX_TEMPFAIL, f"cannot connect to {target.host}:{target.port}: {e}") from None
     try:
-        return _transaction(client, target, sender, rcpts, data)
+        return _transaction(client, target, sender, rcpts, data, dsn or {})
     except smtplib.SMTPServerDisconnected as e:
         raise InjectError(EX_TEMPFAIL, f"connection lost: {e}") from None
     except ssl.SSLError as e:
@@ -138,7 +141,7 @@ def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes) 
 
 
 def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: list[str],
-                 data: bytes) -> Submitted:  # fmt: skip
+                 data: bytes, dsn: dict[str, str]) -> Submitted:  # fmt: skip
     code, resp = client.ehlo()
     if code != 250:
         code, resp = client.helo()
@@ -168,12 +171,16 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
             options.append("SMTPUTF8")
         if client.has_extn("size"):
             options.append(f"SIZE={len(data)}")
+    rcpt_options = []
+    if client.has_extn("dsn"):
+        options += [f"{k}={xtext_encode(dsn[k])}" for k in ("RET", "ENVID") if dsn.get(k)]
+        rcpt_options = [f"NOTIFY={dsn['NOTIFY']}"] if dsn.get("NOTIFY") else []
     code, resp = client.mail(sender, options)
     if code != 250:
         raise InjectError(_status_of(code, EX_DATAERR), f"sender refused: {code} {_text(resp)}")
     refused: dict[str, tuple[int, str]] = {}
     for rcpt in rcpts:
-        code, resp = client.rcpt(rcpt)
+        code, resp = client.rcpt(rcpt, rcpt_options)
         if code not in (250, 251):
             refused[rcpt] = (code, _text(resp))
     if len(refused) == len(rcpts):
@@ -190,7 +197,7 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
 
 
 def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params: dict[str, str],
-                 msg_id: str) -> str:  # fmt: skip
+                 msg_id: str, notify: str = "") -> str:  # fmt: skip
     """Commit one message durably to the spool (fsync'd before this returns); its id.
 
     A running ``serve`` picks it up within its next scan of the schedule index; a
@@ -203,20 +210,25 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
 
     now = time.time()
     env = Envelope(
-        id=msg_id, sender=sender, rcpts=[Recipient(r) for r in rcpts], arrived=now, size=len(data),
-        next_attempt=now, client_ip="", helo=socket.gethostname(), listener="sendmail", params=params,
+        id=msg_id, sender=sender, rcpts=[Recipient(r, notify=notify) for r in rcpts], arrived=now,
+        size=len(data), next_attempt=now, helo=socket.gethostname(), listener="sendmail", params=params,
     )  # fmt: skip
     try:
-        spool = Spool.open(cfg.spool)
+        spool = Spool.open(cfg.spool, recover_now=False)  # recovery is serve's job
     except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
         raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
 
     async def put() -> None:
         await spool.start()
+        reason = spool.unhealthy_reason()
+        if reason is not None:  # the same check that makes the listener answer 452 4.3.1
+            raise InjectError(EX_TEMPFAIL, f"spool refuses new mail: {reason}")
         await spool.put(env, data)
 
     try:
         asyncio.run(put())
+    except InjectError:
+        raise
     except SmtpError as e:
         raise InjectError(EX_TEMPFAIL, f"spool refused the message: {e}") from None
     except Exception as e:

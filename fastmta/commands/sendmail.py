@@ -39,7 +39,7 @@ class Options:
     full_name: str = ""  # -F
     config_path: str | None = None  # --config / -C
     verbose: bool = False
-    params: dict[str, str] = field(default_factory=dict)  # -N, -R, -V → NOTIFY, RET, ENVID
+    dsn: dict[str, str] = field(default_factory=dict)  # -N, -R, -V → NOTIFY, RET, ENVID (RFC 3461)
     rcpts: list[str] = field(default_factory=list)
 
 
@@ -65,11 +65,11 @@ def parse_args(argv: list[str]) -> Options:
         elif flag == "-v":
             o.verbose = True
         elif flag == "-N":
-            o.params["NOTIFY"] = value.upper()
+            o.dsn["NOTIFY"] = value.upper()
         elif flag == "-R":
-            o.params["RET"] = value.upper()
+            o.dsn["RET"] = value.upper()
         elif flag == "-V":
-            o.params["ENVID"] = value
+            o.dsn["ENVID"] = value
     return o
 
 
@@ -168,7 +168,7 @@ class Injector:
         if not rcpts:
             return _fail(EX_DATAERR, "no recipient addresses found in the message header")
         try:
-            msg_id = self.submit(sender, list(dict.fromkeys(rcpts)), msg, dict(self.opts.params))
+            msg_id = self.submit(sender, list(dict.fromkeys(rcpts)), msg, {})
         except InjectError as e:
             return _fail(e.status, str(e))
         if self.opts.verbose:
@@ -190,10 +190,14 @@ class Injector:
             params.setdefault("BODY", "8BITMIME")
         if not (sender.isascii() and all(r.isascii() for r in rcpts)):
             params["SMTPUTF8"] = ""
+        dsn = self.opts.dsn
+        params.update({k: dsn[k] for k in ("RET", "ENVID") if k in dsn})
         errors = []
         if inject.spool_writable(self.cfg):
             try:
-                return inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
+                return inject.spool_submit(
+                    self.cfg, sender, rcpts, data, params, msg_id, dsn.get("NOTIFY", "")
+                )
             except InjectError as e:
                 errors.append(str(e))
         listener = inject.local_listener(self.cfg)
@@ -203,7 +207,7 @@ class Injector:
             verify=False, helo=self.hostname,
         )  # fmt: skip
         try:
-            done = inject.smtp_submit(target, sender, rcpts, data)
+            done = inject.smtp_submit(target, sender, rcpts, data, dsn)
         except InjectError as e:
             if e.status == EX_TEMPFAIL and errors:
                 raise InjectError(EX_TEMPFAIL, "; ".join([*errors, str(e)])) from None

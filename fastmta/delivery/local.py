@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from fastmta.config import Config, parse_hostport
 from fastmta.delivery import Attempt, Destination
+from fastmta.delivery.classify import classify
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
 
 if TYPE_CHECKING:
@@ -288,13 +289,6 @@ def parse_reply(code: int, lines: list[bytes]) -> Reply:
             line = line[m.end() :]
         texts.append(line.decode("utf-8", "replace").strip())
     return Reply(code, enhanced or f"{code // 100}.0.0", " ".join(t for t in texts if t))
-
-
-def classify(reply: Reply) -> str:
-    """fastmta.delivery.classify.classify (imported late: it lands separately)."""
-    from fastmta.delivery.classify import classify as real
-
-    return real(reply)
 
 
 def _ok(reply: Reply) -> bool:
