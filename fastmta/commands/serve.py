@@ -1,0 +1,42 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta serve [--config FILE]``: run the MTA on uvloop until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from fastmta.commands import add_config_arg, load_config_or_exit
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="fastmta serve", description="Run the MTA.")
+    add_config_arg(ap)
+    args = ap.parse_args(argv)
+    cfg = load_config_or_exit(args.config)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
+
+    import uvloop
+
+    from fastmta.config import ConfigError
+    from fastmta.server import Server
+    from fastmta.smtp.auth import AuthConfigError
+
+    # DESIGN.md §4: the spool writer thread must get the GIL back quickly from a busy loop.
+    sys.setswitchinterval(0.0005)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    async def run() -> int:
+        return await Server(cfg, args.config).run()
+
+    try:
+        return asyncio.run(run())
+    except (ConfigError, AuthConfigError) as e:
+        for line in str(e).splitlines():
+            print(line, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
+        return 1

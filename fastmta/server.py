@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: MIT
+"""Composition root: builds spool, delivery, listeners and metrics from Config; start/stop order.
+
+Start: open the spool (recovery), start its committer, start delivery, bind every
+listener, start the metrics exporter, then print where everything is (stderr;
+stdout is the JSON delivery log only). SIGTERM/SIGINT: new connections get 421,
+idle sessions get 421, transactions in flight finish (bounded by
+``server.shutdown_grace``), then delivery stops and the spool closes. SIGHUP:
+reload policy, limits, users and TLS certificates without dropping a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from fastmta import config as config_mod
+from fastmta import metrics, parser
+from fastmta.config import Config, ConfigError
+from fastmta.log import DeliveryLog, iso_ts
+from fastmta.policy import Policy
+from fastmta.scheduler import start_delivery
+from fastmta.smtp import tls
+from fastmta.smtp.auth import AuthConfigError, Users
+from fastmta.smtp.listener import Hub, ListenerSettings, listen
+from fastmta.smtp.session import Transaction
+from fastmta.spool import Envelope, Recipient, Spool, new_id
+
+log = logging.getLogger("fastmta.server")
+
+
+class SpoolStore:
+    """Adapts the spool to what a session commits (``protocol.Store``)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._put = spool.put
+
+    def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[Any]:
+        rcpts = [Recipient(addr, orcpt=orcpt, notify=notify) for addr, notify, orcpt in txn.rcpts]
+        env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
+                       listener=txn.listener, params=txn.params)  # fmt: skip
+        return self._put(env, data)
+
+
+def say(text: str) -> None:
+    """A human-readable start-up/shutdown line: stderr, never stdout."""
+    print(f"fastmta: {text}", file=sys.stderr, flush=True)
+
+
+class Server:
+    """One running fastmta process (issue 9 runs one of these per worker)."""
+
+    def __init__(self, cfg: Config, config_path: str | None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.stopping = False
+        self.ready = False
+        self._stop = asyncio.Event()
+        self._settings: dict[str, ListenerSettings] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self.hub: Hub | None = None
+        self.delivery: Any = None
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        users = Users.load(cfg.policy.users_file)
+        ssl_context = tls.server_context(cfg)
+        spool = self.spool = Spool.open(cfg.spool)
+        await spool.start()
+        self.dlog = DeliveryLog(cfg.log.file)
+        self.delivery = await start_delivery(cfg, spool, self.dlog)
+        spool.on_commit(self._committed)
+        hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
+        self.ssl_context = ssl_context
+        policy = Policy(cfg)
+        try:
+            for lcfg in cfg.listeners:
+                self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, ssl_context)
+                server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
+                self._servers.append(server)
+                say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
+            exporter = metrics.serve(cfg.metrics.address, self._healthy)
+        except BaseException:
+            await self._shutdown(0.0)
+            raise
+        hub.start()
+        say(f"spool at {os.path.abspath(cfg.spool.path)} ({spool.recovery.messages} queued message(s))")
+        say(f"parser backend {parser.backend}; event loop {type(loop).__module__}")
+        if cfg.metrics.address is not None:
+            say(f"metrics on http://{_fmt(exporter.address)}/metrics")  # type: ignore[union-attr]
+        if cfg.delivery.hold:
+            say("delivery on hold: accepting and queueing only")
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+            loop.add_signal_handler(sig, handler)
+        self.ready = True
+        await self._stop.wait()
+        say("shutting down: refusing new connections, finishing transactions")
+        await self._shutdown(cfg.server.shutdown_grace)
+        exporter.close()
+        say("stopped")
+        return 0
+
+    def _healthy(self) -> bool:
+        return self.ready and not self.stopping
+
+    def _committed(self, envelopes: list[Envelope]) -> None:
+        """After each group commit: one delivery-log write for the batch, then the scheduler."""
+        if self.dlog.enabled:
+            ts = iso_ts()
+            self.dlog.write(
+                {"ts": ts, "event": "received", "id": e.id, "from": e.sender, "rcpt": r.addr, "size": e.size,
+                 "client_ip": e.client_ip, "listener": e.listener}
+                for e in envelopes for r in e.rcpts
+            )  # fmt: skip
+        self.delivery.submit(envelopes)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: new policy, limits, users and certificates for new sessions; nobody is dropped."""
+        try:
+            cfg = config_mod.load(self.config_path)
+            users = Users.load(cfg.policy.users_file)
+            if self.ssl_context is not None:
+                tls.reload(self.ssl_context, cfg)
+        except (ConfigError, AuthConfigError) as e:
+            for line in str(e).splitlines():
+                say(f"reload refused, keeping the running configuration: {line}")
+            return
+        policy = Policy(cfg)
+        hub = self.hub
+        assert hub is not None
+        for lcfg in cfg.listeners:
+            if lcfg.label in self._settings:
+                self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, self.ssl_context)
+            else:
+                say(f"listener {lcfg.label} is new: it needs a restart")
+        hub.configure(cfg)
+        self.delivery.reload(cfg)
+        self.cfg = cfg
+        say("configuration reloaded")
+
+    async def _shutdown(self, grace: float) -> None:
+        hub = self.hub
+        if hub is not None:
+            hub.drain()
+            if not await hub.wait_idle(grace):
+                say(f"{len(hub.connections)} connection(s) still open after the grace period: closing them")
+                hub.abort_all()
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        if hub is not None:
+            await hub.close()
+        if self.delivery is not None:
+            await self.delivery.stop()
+        self.spool.close()
+        self.dlog.close()
+
+
+def _where(server: asyncio.AbstractServer) -> str:
+    return ", ".join(_fmt(s.getsockname()) for s in server.sockets)
+
+
+def _fmt(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,319 @@
+# SPDX-License-Identifier: MIT
+"""asyncio.Protocol glue: bytes → parser → session → one batched write per read.
+
+This is the hot path (DESIGN.md §4): one ``data_received`` makes one parser call,
+every event of it is handled in order, and all replies go out in ONE
+``transport.write``. Only two things wait: the spool commit (a future callback,
+no task) and the AUTH check; while either is pending, reading is paused and the
+events already parsed are held, so PIPELINING keeps its order and memory stays
+bounded. After STARTTLS the parser drops buffered plaintext (``discard``), so no
+command sent before the handshake is ever run inside TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastmta.errors import SmtpError
+from fastmta.parser import CommandParser
+from fastmta.parser import events as ev
+from fastmta.smtp import replies as R
+from fastmta.smtp.session import (A_AUTH, A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, A_STARTTLS,
+                                  S_BDAT, S_DATA, Session, Transaction)  # fmt: skip
+
+if TYPE_CHECKING:
+    from fastmta.smtp.listener import Hub, ListenerSettings
+
+log = logging.getLogger("fastmta.smtp")
+
+_LINE, _LINE_TOO_LONG, _DATA_END = ev.LINE, ev.LINE_TOO_LONG, ev.DATA_END
+_DATA_TOO_BIG, _DATA_BARE_LF, _BDAT_CHUNK = ev.DATA_TOO_BIG, ev.DATA_BARE_LF, ev.BDAT_CHUNK
+
+
+class Store(Protocol):
+    """Where accepted messages go (server.py adapts the spool to this)."""
+
+    def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[Any]: ...
+
+
+def tls_description(ssl_object: Any) -> str:
+    """``"TLSv1.3 TLS_AES_256_GCM_SHA384"`` for the Received: header and the session."""
+    if ssl_object is None:
+        return ""
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()} {cipher[0] if cipher else 'unknown'}"
+
+
+class SmtpProtocol(asyncio.Protocol):
+    """One inbound connection."""
+
+    __slots__ = ("hub", "settings", "transport", "parser", "session", "peer", "last_active",
+                 "_held", "_waiting", "_paused_write", "_admitted", "_closed")  # fmt: skip
+
+    def __init__(self, hub: Hub, settings: ListenerSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.transport: Any = None
+        self.parser: Any = None
+        self.session: Session | None = None
+        self.peer = ""
+        self.last_active = 0.0
+        self._held: list[tuple[int, object]] = []  # events parsed but not yet handled
+        self._waiting = False  # a commit, AUTH check or TLS handshake is pending
+        self._paused_write = False
+        self._admitted = False
+        self._closed = False
+
+    # --- connection life ----------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        settings = self.settings
+        hub = self.hub
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "unknown"
+        settings.metrics.connections.inc()
+        if hub.draining:
+            transport.write(R.R_421_SHUTDOWN)
+            transport.close()
+            return
+        refused = hub.limits.admit(self.peer)
+        if refused is not None:
+            settings.rejected("connection_limit")
+            transport.write(R.R_421_IP_LIMIT if refused == "per_ip" else R.R_421_BUSY)
+            transport.close()
+            return
+        self._admitted = True
+        settings.metrics.active.inc()
+        self.parser = CommandParser(settings.max_line, settings.max_size, settings.bare_lf)
+        self.session = Session(settings, self.peer, tls_description(transport.get_extra_info("ssl_object")))
+        self.last_active = hub.now
+        hub.connections.add(self)
+        transport.write(settings.banner)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.hub.connections.discard(self)
+        self.hub.limits.release(self.peer)
+        self.settings.metrics.active.dec()
+        self.parser = None
+
+    def pause_writing(self) -> None:
+        # The peer does not read its replies: stop reading its commands (bounded memory).
+        self._paused_write = True
+        if not self._closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_write = False
+        if not self._waiting and not self._closed:
+            self.transport.resume_reading()
+
+    # --- the hot path -----------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._closed or self.session is None:
+            return
+        self.last_active = self.hub.now
+        if self._waiting:  # raced with pause_reading: keep the order, parse later
+            self._held.extend(self.parser.feed(data))
+            return
+        self._run(self.parser.feed(data))
+
+    def _run(self, events: list[tuple[int, object]]) -> None:
+        """Handle events in order; stop (holding the rest) at anything that must wait."""
+        session = self.session
+        parser = self.parser
+        assert session is not None
+        i = 0
+        n = len(events)
+        while True:
+            while i < n:
+                kind, payload = events[i]
+                i += 1
+                if kind == _LINE:
+                    act = session.line(payload)  # type: ignore[arg-type]
+                elif kind == _DATA_END:
+                    act = session.data_end(payload)  # type: ignore[arg-type]
+                elif kind == _BDAT_CHUNK:
+                    act = session.bdat_chunk()
+                elif kind == _LINE_TOO_LONG:
+                    act = session.line_too_long()
+                elif kind == _DATA_TOO_BIG:
+                    act = session.data_too_big()
+                else:
+                    act = session.data_bare_lf()
+                if act is None:
+                    continue
+                a = act[0]
+                if a == A_DATA:
+                    parser.start_data()
+                elif a == A_BDAT:
+                    parser.start_bdat(act[1], act[2])
+                elif a == A_RESET_BODY:
+                    parser.reset_body()
+                elif a == A_COMMIT:
+                    self._hold(events, i)
+                    self._commit(act[1], act[2], act[3])
+                    return
+                elif a == A_AUTH:
+                    self._hold(events, i)
+                    self._flush()
+                    self.hub.loop.create_task(self._check_auth(act[1], act[2]))
+                    return
+                elif a == A_STARTTLS:
+                    parser.discard()  # no plaintext command survives into TLS (RFC 3207 §5)
+                    self._held = []
+                    self._waiting = True
+                    self.transport.pause_reading()
+                    self._flush()
+                    self.hub.loop.create_task(self._start_tls())
+                    return
+                elif a == A_CLOSE:
+                    self._close()
+                    return
+            if parser.pending:  # stopped at a DATA/BDAT/STARTTLS barrier with bytes left
+                events = parser.feed(b"")
+                i = 0
+                n = len(events)
+                continue
+            break
+        if session.draining and not session.in_transaction:
+            session.out.append(R.R_421_SHUTDOWN)
+            self._close()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self.session.out  # type: ignore[union-attr]
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _hold(self, events: list[tuple[int, object]], i: int) -> None:
+        self._held = events[i:] if i < len(events) else []
+        self._waiting = True
+        self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """The wait is over: handle the held events, then read again."""
+        self._waiting = False
+        if self._closed:
+            return
+        self.last_active = self.hub.now
+        held, self._held = self._held, []
+        self._run(held)
+        if not self._waiting and not self._closed and not self._paused_write:
+            self.transport.resume_reading()
+
+    def _close(self) -> None:
+        self._flush()
+        self._closed = True
+        self.transport.close()
+
+    # --- waits -------------------------------------------------------------------------
+    def _commit(self, msg_id: str, txn: Transaction, data: bytes) -> None:
+        self._flush()  # replies before the DATA end go out now, the 250 after the fsync
+        try:
+            fut = self.hub.store.put(msg_id, txn, data)
+        except Exception as e:
+            self._commit_failed(e)
+            self._resume()
+            return
+        size = len(data)
+        fut.add_done_callback(lambda f: self._committed(f, msg_id, size))
+
+    def _committed(self, fut: asyncio.Future[Any], msg_id: str, size: int) -> None:
+        session = self.session
+        assert session is not None
+        exc = fut.exception()
+        if exc is None:
+            session.commit_done(msg_id)
+            metrics = self.settings.metrics
+            metrics.received.inc()
+            metrics.received_bytes.inc(size)
+        else:
+            self._commit_failed(exc)
+        self._resume()
+
+    def _commit_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, SmtpError):
+            log.error("spool commit failed: %r", exc)
+        assert self.session is not None
+        self.session.commit_failed(exc)
+
+    async def _check_auth(self, user: str, password: str) -> None:
+        hub = self.hub
+        settings = self.settings
+        try:
+            ok = await hub.loop.run_in_executor(hub.auth_executor, settings.users.check, user, password)
+        except Exception:
+            log.exception("AUTH check failed")
+            ok = False
+        if ok:
+            hub.auth_failures.succeeded(self.peer)
+            settings.metrics.auth_ok.inc()
+        else:
+            hub.auth_failures.failed(self.peer)
+            settings.metrics.auth_failed.inc()
+            log.warning("AUTH failed for %s from %s", user[:64].encode("unicode_escape").decode(), self.peer)
+            await asyncio.sleep(settings.auth_failure_delay)
+        if self._closed:
+            return
+        act = self.session.auth_done(ok, user)  # type: ignore[union-attr]
+        if act is not None and act[0] == A_CLOSE:
+            self._close()
+            return
+        self._flush()
+        self._resume()
+
+    async def _start_tls(self) -> None:
+        settings = self.settings
+        ctx: ssl.SSLContext | None = settings.ssl_context
+        assert ctx is not None
+        try:
+            transport = await self.hub.loop.start_tls(self.transport, self, ctx, server_side=True,
+                                                      ssl_handshake_timeout=settings.command_timeout)  # fmt: skip
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            settings.metrics.tls_failed.inc()
+            log.info("STARTTLS handshake with %s failed: %s", self.peer, e)
+            self._closed = True
+            self.transport.abort()
+            return
+        if transport is None:  # the peer went away during the handshake
+            self._closed = True
+            return
+        settings.metrics.tls_ok.inc()
+        self.transport = transport
+        self.session.tls_started(tls_description(transport.get_extra_info("ssl_object")))  # type: ignore[union-attr]
+        self._resume()
+
+    # --- called by the hub -------------------------------------------------------------
+    def check_timeout(self, now: float) -> None:
+        session = self.session
+        if self._waiting or self._closed or session is None:
+            return
+        settings = self.settings
+        limit = settings.data_timeout if session.state in (S_DATA, S_BDAT) else settings.command_timeout
+        if now - self.last_active > limit:
+            session.timeout()
+            self._close()
+
+    def drain(self) -> None:
+        """Shutdown: an idle session is told 421 now; a busy one after its transaction."""
+        session = self.session
+        if session is None or self._closed:
+            return
+        session.draining = True
+        if not self._waiting and not session.in_transaction:
+            session.out.append(R.R_421_SHUTDOWN)
+            self._close()
+
+    def abort(self) -> None:
+        if not self._closed and self.transport is not None:
+            self._closed = True
+            self.transport.abort()
