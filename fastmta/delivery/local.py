@@ -524,7 +524,7 @@ class LocalDeliverer:
         mail = b"MAIL FROM:<" + envelope.sender.encode("utf-8", "surrogateescape") + b">"
         if params.get("BODY") and "8BITMIME" in conn.ext:
             mail += b" BODY=" + str(params["BODY"]).encode()
-        if params.get("SMTPUTF8") and "SMTPUTF8" in conn.ext:
+        if "SMTPUTF8" in params and "SMTPUTF8" in conn.ext:
             mail += b" SMTPUTF8"
         commands = [mail + b"\r\n"]
         commands += [b"RCPT TO:<" + envelope.rcpts[i].addr.encode("utf-8", "surrogateescape") + b">\r\n"
@@ -538,6 +538,8 @@ class LocalDeliverer:
             if stale_ok:
                 raise _Stale from None
             raise
+        if stale_ok and mail_reply.code == 421:  # the server timed the idle session out
+            raise _Stale
         outcomes: dict[int, Outcome] = {}
         accepted: list[int] = []
         for n, i in enumerate(todo):

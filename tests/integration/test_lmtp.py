@@ -1,0 +1,220 @@
+# SPDX-License-Identifier: MIT
+"""LocalDeliverer over LMTP (RFC 2033) against a real aiosmtpd LMTP server, TCP and unix socket:
+one reply per accepted recipient after the data, mapped to Delivered / Deferred / Bounced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastmta import config
+from fastmta.delivery import Destination
+from fastmta.delivery.local import LocalDeliverer
+from fastmta.errors import Bounced, Deferred, Delivered
+from fastmta.spool.records import Envelope, Recipient
+from tests.support import free_port
+
+LOCAL = Destination("local", "local.test")
+BODY = b"From: a@x.test\r\nSubject: lmtp\r\n\r\n.leading dot\r\nline\r\n"
+
+
+class FakeSpool:
+    def __init__(self, bodies: dict[str, bytes]) -> None:
+        self.bodies = bodies
+
+    def body(self, msg_id: str) -> bytes | None:
+        return self.bodies.get(msg_id)
+
+
+def make_cfg(tmp_path: Path, lmtp: str, **delivery: Any) -> config.Config:
+    return config.from_dict({
+        "hostname": "mx.fastmta.test",
+        "policy": {"local_domains": ["local.test"]},
+        "local": {"maildir": str(tmp_path / "mail"), "lmtp": lmtp},
+        "delivery": {"connect_timeout": "2s", "command_timeout": "3s", **delivery},
+        "metrics": {"address": ""},
+    })  # fmt: skip
+
+
+def envelope(*rcpts: str, msg_id: str = "L1", **params: str) -> Envelope:
+    return Envelope(msg_id, "a@x.test", [Recipient(r) for r in rcpts], params=dict(params))
+
+
+async def deliver_all(d: LocalDeliverer, *envs: Envelope) -> list[dict[int, Any]]:
+    out = []
+    for env in envs:
+        attempt = await asyncio.wait_for(d.deliver(LOCAL, env, list(range(len(env.rcpts)))), 15)
+        out.append(dict(attempt.outcomes))
+    return out
+
+
+def run(cfg: config.Config, *envs: Envelope, body: bytes = BODY) -> list[dict[int, Any]]:
+    async def go() -> list[dict[int, Any]]:
+        d = LocalDeliverer(cfg, FakeSpool({e.id: body for e in envs}))
+        try:
+            return await deliver_all(d, *envs)
+        finally:
+            await d.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lockstep"])
+def test_mixed_per_recipient_results(lmtp_server: Callable[..., Any], tmp_path: Path, unix: bool,
+                                     pipelining: bool) -> None:  # fmt: skip
+    srv = lmtp_server(
+        unix=unix, pipelining=pipelining,
+        rcpt={"nobody@local.test": "550 5.1.1 No such user"},
+        after_data={"full@local.test": "452 4.2.2 Mailbox full",
+                    "gone@local.test": "550 5.2.1 Mailbox disabled"},
+    )  # fmt: skip
+    env = envelope(
+        "ok@local.test", "full@local.test", "nobody@local.test", "gone@local.test", "ok2@local.test"
+    )
+    [out] = run(make_cfg(tmp_path, srv.spec), env)
+    assert isinstance(out[0], Delivered) and out[0].reply.code == 250
+    assert isinstance(out[1], Deferred) and (out[1].reply.code, out[1].reply.enhanced) == (452, "4.2.2")
+    assert out[1].bounce_class == "mailbox_full"
+    assert isinstance(out[2], Bounced) and out[2].reply.enhanced == "5.1.1"
+    assert out[2].bounce_class == "invalid_recipient"
+    assert isinstance(out[3], Bounced) and out[3].reply.enhanced == "5.2.1"
+    assert isinstance(out[4], Delivered)
+    [msg] = srv.messages
+    assert msg.rcpt_tos == ["ok@local.test", "ok2@local.test"]
+    assert msg.data == BODY  # dot-stuffed on the wire, unstuffed by the server
+
+
+def test_refused_sender_applies_to_every_recipient(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server(mail="451 4.3.0 Try later")
+    [out] = run(make_cfg(tmp_path, srv.spec), envelope("a@local.test", "b@local.test"))
+    assert all(isinstance(o, Deferred) and o.reply.code == 451 for o in out.values())
+    assert srv.messages == []
+
+
+def test_every_recipient_refused_sends_no_data(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server(rcpt={"a@local.test": "550 5.1.1 No", "b@local.test": "450 4.2.1 Busy"})
+    [out] = run(make_cfg(tmp_path, srv.spec), envelope("a@local.test", "b@local.test"))
+    assert isinstance(out[0], Bounced) and isinstance(out[1], Deferred)
+    assert srv.messages == []
+
+
+def test_connection_is_reused_across_messages(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server()
+    envs = [envelope(f"u{i}@local.test", msg_id=f"R{i}") for i in range(5)]
+    outs = run(make_cfg(tmp_path, srv.spec), *envs)
+    assert all(isinstance(o[0], Delivered) for o in outs)
+    assert srv.connections() == 1 and len(srv.messages) == 5
+
+
+def test_reuse_cap_opens_a_new_session(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server()
+    envs = [envelope(f"u{i}@local.test", msg_id=f"C{i}") for i in range(4)]
+    run(make_cfg(tmp_path, srv.spec, max_messages_per_connection=2), *envs)
+    assert srv.connections() == 2 and len(srv.messages) == 4
+
+
+def test_idle_session_closed_by_server_is_retried_fresh(
+    lmtp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    srv = lmtp_server(idle_timeout=0.3)
+    cfg = make_cfg(tmp_path, srv.spec)
+
+    async def go() -> list[Any]:
+        d = LocalDeliverer(cfg, FakeSpool({"S1": BODY, "S2": BODY}))
+        try:
+            [first] = await deliver_all(d, envelope("a@local.test", msg_id="S1"))
+            await asyncio.sleep(0.8)  # the server says 421 and closes the idle session
+            [second] = await deliver_all(d, envelope("b@local.test", msg_id="S2"))
+            return [first[0], second[0]]
+        finally:
+            await d.close()
+
+    first, second = asyncio.run(go())
+    assert isinstance(first, Delivered) and isinstance(second, Delivered), second
+    assert srv.connections() == 2
+
+
+def test_server_down_defers_with_connection_class(tmp_path: Path) -> None:
+    [out] = run(make_cfg(tmp_path, f"127.0.0.1:{free_port()}"), envelope("a@local.test"))
+    assert isinstance(out[0], Deferred) and out[0].reply.code == 421 and out[0].bounce_class == "connection"
+
+
+def test_missing_unix_socket_defers(tmp_path: Path) -> None:
+    [out] = run(make_cfg(tmp_path, f"unix:{tmp_path / 'none.sock'}"), envelope("a@local.test"))
+    assert isinstance(out[0], Deferred) and out[0].reply.code == 421
+
+
+@pytest.mark.parametrize(
+    ("greeting", "code"),
+    [(b"421 4.3.2 Shutting down\r\n", 421), (b"554 5.3.2 Go away\r\n", 554), (b"not smtp at all\r\n", 451)],
+)
+def test_refusing_or_broken_server(tmp_path: Path, greeting: bytes, code: int) -> None:
+    async def go() -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(greeting)
+            await writer.drain()
+            await reader.read(100)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), FakeSpool({"B1": BODY}))
+        try:
+            [out] = await deliver_all(d, envelope("a@local.test", msg_id="B1"))
+        finally:
+            await d.close()
+            server.close()
+        return out[0]
+
+    out = asyncio.run(go())
+    assert out.reply.code == code
+    assert isinstance(out, Bounced if code >= 500 else Deferred)
+
+
+def test_silent_server_times_out(tmp_path: Path) -> None:
+    async def go() -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)  # never greets
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = make_cfg(tmp_path, f"127.0.0.1:{port}", command_timeout="0.5s")
+        d = LocalDeliverer(cfg, FakeSpool({"T1": BODY}))
+        try:
+            [out] = await deliver_all(d, envelope("a@local.test", msg_id="T1"))
+        finally:
+            await d.close()
+            server.close()
+        return out[0]
+
+    out = asyncio.run(go())
+    assert isinstance(out, Deferred) and out.bounce_class == "timeout"
+
+
+def test_body_and_smtputf8_params_pass_when_offered(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server()
+    body = "Subject: grüße\r\n\r\nüñí\r\n".encode()
+    env = envelope("jörg@local.test", BODY="8BITMIME", SMTPUTF8="")
+    [out] = run(make_cfg(tmp_path, srv.spec), env, body=body)
+    assert isinstance(out[0], Delivered)
+    assert srv.messages[0].data == body
+    assert any("BODY=8BITMIME" in c and "SMTPUTF8" in c for c in srv.commands if c.startswith("MAIL"))
+
+
+def test_users_file_still_applies_before_lmtp(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    srv = lmtp_server()
+    users = tmp_path / "users"
+    users.write_text("known\n")
+    cfg = config.from_dict({
+        "hostname": "mx.fastmta.test", "policy": {"local_domains": ["local.test"]},
+        "local": {"lmtp": srv.spec, "users_file": str(users)}, "metrics": {"address": ""},
+    })  # fmt: skip
+    [out] = run(cfg, envelope("known@local.test", "stranger@local.test"))
+    assert isinstance(out[0], Delivered) and isinstance(out[1], Bounced)
+    assert srv.messages[0].rcpt_tos == ["known@local.test"]
