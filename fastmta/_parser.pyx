@@ -1,0 +1,697 @@
+# cython: language_level=3
+# SPDX-License-Identifier: MIT
+"""Cython SMTP parser: the fast twin of `_parser_py.py`, with byte-identical events.
+
+Sans-I/O: bytes in, lists of `(kind, payload)` events out. Scanning is memchr
+(glibc's vectorised search): one pass for LF finds the lines, a bounded pass
+for CR inside each line finds bare CRs, and only lines that start with a dot
+break the body into separate memcpy runs. The DATA body is written straight
+into one growing bytes object that becomes the DATA_END payload, so a body that
+arrives in one feed is copied exactly once. The conventions (line limits, what
+a line start is, bare CR/LF) are documented in `_parser_py.py`.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.string cimport memchr, memcpy
+
+from fastmta._events import (
+    BARE_LF_NORMALISE,
+    BDAT_CHUNK,
+    DATA_BARE_LF,
+    DATA_END,
+    DATA_TOO_BIG,
+    DEFAULT_MAX_BODY_LINE,
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_SIZE,
+    LINE,
+    LINE_TOO_LONG,
+    MAX_REPLY_LINE,
+    MAX_REPLY_LINES,
+    ParserError,
+    check_limits,
+)
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
+
+cdef enum:
+    _CMD = 0
+    _DATA = 1
+    _BDAT = 2
+    _LF = 10
+    _CR = 13
+    _DOT = 46
+
+cdef object _LINE = LINE
+cdef object _LINE_TOO_LONG = LINE_TOO_LONG
+cdef object _DATA_END = DATA_END
+cdef object _DATA_TOO_BIG = DATA_TOO_BIG
+cdef object _DATA_BARE_LF = DATA_BARE_LF
+cdef object _BDAT_CHUNK = BDAT_CHUNK
+cdef tuple _EV_TOO_LONG = (LINE_TOO_LONG, None)
+cdef tuple _EV_TOO_BIG = (DATA_TOO_BIG, None)
+cdef tuple _EV_BARE = (DATA_BARE_LF, None)
+cdef tuple _EV_CHUNK_DROPPED = (BDAT_CHUNK, None)
+
+
+cdef inline bint _word_at(const unsigned char* p, Py_ssize_t n, const char* word, Py_ssize_t k):
+    """Case-insensitive: do the n octets at p start with the k-letter upper-case word?"""
+    cdef Py_ssize_t i
+    if n < k:
+        return False
+    for i in range(k):
+        if (p[i] | 0x20) != (word[i] | 0x20):
+            return False
+    return True
+
+
+cdef bint _is_barrier(const unsigned char* p, Py_ssize_t n):
+    # Mirrors _parser_py._is_barrier: a generous match is harmless, a miss is not.
+    cdef Py_ssize_t lim = n if n < 16 else 16
+    cdef Py_ssize_t q = 0
+    while q < lim and (p[q] == 32 or p[q] == 9):
+        q += 1
+    lim -= q
+    p += q
+    return _word_at(p, lim, b"DATA", 4) or _word_at(p, lim, b"BDAT", 4) or _word_at(p, lim, b"STARTTLS", 8)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit):
+    """Lines (split at CRLF) longer than `limit` octets; the last may lack its CRLF."""
+    cdef Py_ssize_t count = 0, start = 0, j
+    cdef const unsigned char* hit
+    if n <= limit:
+        return 0
+    while True:
+        hit = <const unsigned char*>memchr(p + start, _LF, n - start) if start < n else NULL
+        while hit != NULL and (hit - p == start or hit[-1] != _CR):
+            j = hit - p + 1
+            hit = <const unsigned char*>memchr(p + j, _LF, n - j) if j < n else NULL
+        if hit == NULL:
+            return count + (n - start > limit)
+        j = hit - p
+        count += j - 1 - start > limit
+        start = j + 1
+
+
+cdef class CommandParser:
+    """Server side: command lines, the DATA/BDAT/STARTTLS barrier, DATA and BDAT bodies."""
+
+    cdef Py_ssize_t _max_line        # command line limit, CRLF included (RFC 5321 §4.5.3.1.4)
+    cdef Py_ssize_t _max_size        # body limit in octets after unstuffing
+    cdef bint _normalise             # bare CR/LF → CRLF instead of rejecting the body
+    cdef Py_ssize_t _max_body_line   # body line limit, CRLF excluded (RFC 5322 §2.1.1)
+    cdef int _mode                   # _CMD, _DATA or _BDAT
+    cdef bytes _buf                  # unparsed command-mode octets (partial line, or after a barrier)
+    cdef bint _stopped               # feed() stopped at a barrier
+    cdef bint _skipping              # dropping an over-long command line up to its CRLF
+    # DATA state
+    cdef bint _bol                   # at a line start (DATA start or after a real CRLF)
+    cdef unsigned char _carry[4]     # held-back tail: "\r" mid-line, or "." / ".\r" at a line start
+    cdef Py_ssize_t _carry_len
+    cdef bint _ended                 # _scan() found CRLF "." CRLF
+    cdef bint _store                 # still writing the body (not too big, not rejected)
+    cdef bint _too_big
+    cdef bint _bare                  # bare CR/LF seen under "reject": only the terminator matters now
+    cdef Py_ssize_t _line_len        # octets of the current body line seen in earlier feeds
+    cdef PyObject* _out              # the body being built: a bytes object we own (refcount 1)
+    cdef Py_ssize_t _out_len
+    cdef Py_ssize_t _size            # body octets so far
+    # BDAT state
+    cdef Py_ssize_t _bdat_left
+    cdef bint _bdat_last
+    cdef list _parts                 # pieces of the current chunk
+    cdef list _chunks                # finished chunks of the body
+    cdef public Py_ssize_t long_lines
+
+    def __cinit__(self):
+        self._out = NULL
+
+    def __init__(
+        self,
+        Py_ssize_t max_line=DEFAULT_MAX_LINE,
+        Py_ssize_t max_size=DEFAULT_MAX_SIZE,
+        str bare_lf="reject",
+        Py_ssize_t max_body_line=DEFAULT_MAX_BODY_LINE,
+    ):
+        check_limits(max_line, max_size, bare_lf, max_body_line)
+        self._max_line = max_line
+        self._max_size = max_size
+        self._normalise = bare_lf == BARE_LF_NORMALISE
+        self._max_body_line = max_body_line
+        self._mode = _CMD
+        self._buf = b""
+        self._stopped = False
+        self._skipping = False
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._parts = []
+        self._reset_body()
+
+    def __dealloc__(self):
+        Py_XDECREF(self._out)
+        self._out = NULL
+
+    cdef void _drop_out(self):
+        Py_XDECREF(self._out)
+        self._out = NULL
+        self._out_len = 0
+
+    cdef void _reset_body(self):
+        self._drop_out()
+        self._bol = True
+        self._carry_len = 0
+        self._ended = False
+        self._store = True
+        self._too_big = False
+        self._bare = False
+        self._line_len = 0
+        self._size = 0
+        self._chunks = []
+        self.long_lines = 0
+
+    @property
+    def pending(self):
+        """True when feed() stopped at a barrier with unparsed bytes still buffered."""
+        return self._stopped and PyBytes_GET_SIZE(self._buf) > 0
+
+    @property
+    def body_size(self):
+        """Octets of the current DATA/BDAT body so far."""
+        return self._size
+
+    def start_data(self):
+        """Switch to DATA mode (after the 354 reply); the next octet is a line start."""
+        self._reset_body()
+        self._mode = _DATA
+
+    def start_bdat(self, Py_ssize_t size, last):
+        """Take exactly `size` octets as one BDAT chunk (RFC 3030), no unstuffing."""
+        if size < 0:
+            raise ValueError(f"BDAT size must be >= 0, got {size}")
+        self._mode = _BDAT
+        self._bdat_left = size
+        self._bdat_last = bool(last)
+        self._parts = []
+
+    def reset_body(self):
+        """Drop a BDAT body accumulated over earlier chunks (RSET)."""
+        self._reset_body()
+
+    def discard(self):
+        """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
+        self._buf = b""
+        self._stopped = False
+        self._skipping = False
+        self._mode = _CMD
+        self._reset_body()
+
+    def feed(self, data):
+        """Parse `data` (with anything buffered) and return the events, in order."""
+        cdef bytes buf
+        cdef list events = []
+        cdef Py_ssize_t pos = 0
+        if PyBytes_GET_SIZE(self._buf):
+            buf = self._buf + data
+            self._buf = b""
+        elif type(data) is bytes:
+            buf = <bytes>data
+        else:
+            buf = bytes(data)
+        self._stopped = False
+        while True:
+            if self._mode == _CMD:
+                self._commands(buf, pos, events)
+                return events
+            if self._mode == _DATA:
+                pos = self._data(buf, pos, events)
+            else:
+                pos = self._bdat(buf, pos, events)
+            if self._mode != _CMD:
+                return events
+
+    # -- command mode ---------------------------------------------------------
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int _commands(self, bytes buf, Py_ssize_t pos, list events) except -1:
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef Py_ssize_t end, j
+        cdef const unsigned char* hit
+        while pos < n:
+            # Find the next CRLF: LF with CR before it (a lone LF is line content).
+            j = pos
+            end = -1
+            while j < n:
+                hit = <const unsigned char*>memchr(p + j, _LF, n - j)
+                if hit == NULL:
+                    break
+                j = hit - p
+                if j > pos and p[j - 1] == _CR:
+                    end = j - 1
+                    break
+                j += 1
+            if self._skipping:
+                if end < 0:
+                    # Keep a trailing CR: it may be the first half of the CRLF.
+                    if p[n - 1] == _CR:
+                        self._buf = b"\r"
+                    return 0
+                self._skipping = False
+                events.append(_EV_TOO_LONG)
+                pos = end + 2
+                continue
+            if end < 0:
+                if n - pos >= self._max_line:
+                    # Already over the limit whatever follows: drop, never buffer.
+                    self._skipping = True
+                    if p[n - 1] == _CR:
+                        self._buf = b"\r"
+                else:
+                    self._buf = buf[pos:]
+                return 0
+            if end + 2 - pos > self._max_line:
+                events.append(_EV_TOO_LONG)
+                pos = end + 2
+                continue
+            events.append((_LINE, PyBytes_FromStringAndSize(<const char*>p + pos, end - pos)))
+            if _is_barrier(p + pos, end - pos):
+                self._stopped = True
+                self._buf = buf[end + 2:]
+                return 0
+            pos = end + 2
+        return 0
+
+    # -- DATA mode ------------------------------------------------------------
+
+    cdef int _emit(self, const unsigned char* src, Py_ssize_t k) except -1:
+        """Append k body octets, or stop storing once the body passes max_size."""
+        cdef Py_ssize_t need, cap
+        cdef object fresh
+        if not self._store or k <= 0:
+            return 0
+        need = self._out_len + k
+        if need > self._max_size:
+            # Stop storing but keep scanning: the reply waits for the real end.
+            self._too_big = True
+            self._store = False
+            self._drop_out()
+            self._size = need
+            return 0
+        if self._out == NULL:
+            cap = k if k > 256 else 256
+            fresh = PyBytes_FromStringAndSize(NULL, cap)
+            Py_INCREF(fresh)  # the raw pointer owns one reference of its own
+            self._out = <PyObject*>fresh
+        elif need > PyBytes_GET_SIZE(<object>self._out):
+            cap = PyBytes_GET_SIZE(<object>self._out) * 2
+            if cap < need:
+                cap = need
+            if cap > self._max_size:
+                cap = self._max_size if self._max_size >= need else need
+            _PyBytes_Resize(&self._out, cap)
+        memcpy(PyBytes_AS_STRING(<object>self._out) + self._out_len, src, k)
+        self._out_len = need
+        self._size = need
+        return 0
+
+    cdef int _bare_seen(self) except -1:
+        """A bare CR or LF under "reject": drop the body, look only for the terminator."""
+        self._bare = True
+        self._store = False
+        self._drop_out()
+        return 0
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef Py_ssize_t _scan(self, const unsigned char* p, Py_ssize_t n) except -1:
+        """Consume DATA octets; return how many (the rest, at most 2, is carried).
+
+        Sets _ended when CRLF "." CRLF was found; the return value is then the
+        offset just after it.
+        """
+        cdef Py_ssize_t i = 0, seg = 0, ls = 0, j, k, content_end, stop = 0
+        cdef const unsigned char* hit
+        cdef bint crlf
+        cdef bint normalise = self._normalise
+        cdef Py_ssize_t max_body_line = self._max_body_line
+        while True:
+            if self._bol:
+                if i >= n:
+                    stop = n
+                    break
+                if p[i] == _DOT:
+                    # RFC 5321 §4.5.2: "." CRLF ends the data; any other line
+                    # starting with a dot loses that dot.
+                    if i + 1 >= n:
+                        stop = i
+                        break
+                    if p[i + 1] == _CR:
+                        if i + 2 >= n:
+                            stop = i
+                            break
+                        if p[i + 2] == _LF:
+                            self._emit(p + seg, i - seg)
+                            self._ended = True
+                            return i + 3
+                    self._emit(p + seg, i - seg)
+                    seg = i + 1
+                    i += 1
+                ls = i
+                self._line_len = 0
+                self._bol = False
+            hit = <const unsigned char*>memchr(p + i, _LF, n - i)
+            if hit == NULL:
+                # No line end in this buffer; a final CR may start a CRLF: carry it.
+                stop = n - 1 if p[n - 1] == _CR else n
+                if not self._bare:
+                    k = i
+                    while k < stop:
+                        hit = <const unsigned char*>memchr(p + k, _CR, stop - k)
+                        if hit == NULL:
+                            break
+                        k = hit - p
+                        # Not followed by LF (there is none here): a bare CR.
+                        if not normalise:
+                            self._bare_seen()
+                            break
+                        self._emit(p + seg, k - seg)
+                        self._emit(<const unsigned char*>b"\r\n", 2)
+                        seg = k + 1
+                        k += 1
+                    self._line_len += stop - ls
+                break
+            j = hit - p
+            # The octet before i is never a CR that pairs with this LF: a CR at the
+            # end of the previous feed is carried into this buffer.
+            crlf = j > i and p[j - 1] == _CR
+            if not self._bare:
+                content_end = j - 1 if crlf else j
+                k = i
+                while k < content_end:
+                    hit = <const unsigned char*>memchr(p + k, _CR, content_end - k)
+                    if hit == NULL:
+                        break
+                    k = hit - p
+                    if not normalise:
+                        self._bare_seen()
+                        break
+                    self._emit(p + seg, k - seg)
+                    self._emit(<const unsigned char*>b"\r\n", 2)
+                    seg = k + 1
+                    k += 1
+                if not crlf and not self._bare:
+                    # A bare LF: it never starts a line (no unstuffing, no terminator).
+                    if not normalise:
+                        self._bare_seen()
+                    else:
+                        self._emit(p + seg, j - seg)
+                        self._emit(<const unsigned char*>b"\r\n", 2)
+                        seg = j + 1
+            if crlf:
+                if self._line_len + (j - 1 - ls) > max_body_line:
+                    self.long_lines += 1
+                self._bol = True
+            i = j + 1
+        if not self._bare:
+            self._emit(p + seg, stop - seg)
+        return stop
+
+    cdef int _data(self, bytes buf, Py_ssize_t pos, list events) except -1:
+        """Run _scan over buf[pos:], first joining any carried tail; return the new pos."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef unsigned char tmp[16]
+        cdef Py_ssize_t k, m, used, old
+        # A carried tail (≤ 2 octets) is resolved on a small joined copy, so the
+        # big buffer itself is always scanned in place.
+        while self._carry_len and pos < n:
+            old = self._carry_len
+            k = n - pos if n - pos < 8 else 8
+            memcpy(tmp, self._carry, old)
+            memcpy(tmp + old, p + pos, k)
+            m = old + k
+            self._carry_len = 0
+            used = self._scan(tmp, m)
+            if self._ended:
+                self._finish(events)
+                return pos + used - old
+            self._carry_len = m - used
+            memcpy(self._carry, tmp + used, self._carry_len)
+            pos += k
+        if pos >= n:
+            return n
+        used = self._scan(p + pos, n - pos)
+        if self._ended:
+            self._finish(events)
+            return pos + used
+        self._carry_len = n - pos - used
+        memcpy(self._carry, p + pos + used, self._carry_len)
+        return n
+
+    cdef int _finish(self, list events) except -1:
+        cdef object body
+        cdef Py_ssize_t long_lines = self.long_lines
+        if self._bare:
+            events.append(_EV_BARE)
+            long_lines = 0
+        elif self._too_big:
+            events.append(_EV_TOO_BIG)
+            long_lines = 0
+        else:
+            if self._out == NULL:
+                body = b""
+            else:
+                _PyBytes_Resize(&self._out, self._out_len)
+                body = <object>self._out
+                Py_XDECREF(self._out)
+                self._out = NULL
+                self._out_len = 0
+            events.append((_DATA_END, body))
+        self._reset_body()
+        self._mode = _CMD
+        self.long_lines = long_lines
+        return 0
+
+    # -- BDAT mode ------------------------------------------------------------
+
+    cdef int _bdat(self, bytes buf, Py_ssize_t pos, list events) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef Py_ssize_t take = n - pos
+        cdef object chunk, body
+        cdef list parts, chunks
+        if take > self._bdat_left:
+            take = self._bdat_left
+        if take:
+            self._bdat_left -= take
+            self._size += take
+            if self._size > self._max_size:
+                self._too_big = True
+                self._chunks = []
+                self._parts = []
+            elif pos == 0 and take == n:
+                self._parts.append(buf)
+            else:
+                self._parts.append(PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, take))
+            pos += take
+        if self._bdat_left:
+            return pos
+        self._mode = _CMD
+        parts = self._parts
+        self._parts = []
+        if self._too_big:
+            events.append(_EV_CHUNK_DROPPED)
+        else:
+            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._chunks.append(chunk)
+            events.append((_BDAT_CHUNK, chunk))
+        if self._bdat_last:
+            if self._too_big:
+                events.append(_EV_TOO_BIG)
+                self._reset_body()
+            else:
+                chunks = self._chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                self._reset_body()
+                self.long_lines = _count_long(
+                    <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), self._max_body_line
+                )
+                events.append((_DATA_END, body))
+        return pos
+
+
+cdef class ReplyParser:
+    """Client side: complete (possibly multi-line) replies as `(code, [text lines])`.
+
+    Lines end at LF with an optional CR before it (lenient with odd servers).
+    Anything else malformed raises ParserError, and the parser stays broken.
+    """
+
+    cdef bytes _buf
+    cdef int _code
+    cdef list _lines
+    cdef object _error
+
+    def __init__(self):
+        self._buf = b""
+        self._code = -1
+        self._lines = []
+        self._error = None
+
+    cdef object _fail(self, str why):
+        self._error = ParserError(why)
+        return self._error
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def feed(self, data):
+        cdef bytes buf
+        cdef list replies = []
+        cdef Py_ssize_t pos = 0, n, end, stop
+        cdef const unsigned char* p
+        cdef const unsigned char* hit
+        cdef bytes line
+        cdef int code
+        cdef unsigned char sep
+        if self._error is not None:
+            raise self._error
+        if PyBytes_GET_SIZE(self._buf):
+            buf = self._buf + data
+        elif type(data) is bytes:
+            buf = <bytes>data
+        else:
+            buf = bytes(data)
+        p = <const unsigned char*>PyBytes_AS_STRING(buf)
+        n = PyBytes_GET_SIZE(buf)
+        while pos < n:
+            hit = <const unsigned char*>memchr(p + pos, _LF, n - pos)
+            if hit == NULL:
+                if n - pos > MAX_REPLY_LINE:
+                    raise self._fail("reply line too long")
+                break
+            end = hit - p
+            stop = end - 1 if end > pos and p[end - 1] == _CR else end
+            line = PyBytes_FromStringAndSize(<const char*>p + pos, stop - pos)
+            pos = end + 1
+            if PyBytes_GET_SIZE(line) > MAX_REPLY_LINE:
+                raise self._fail("reply line too long")
+            if PyBytes_GET_SIZE(line) < 3 or not (
+                49 <= line[0] <= 53 and 48 <= line[1] <= 57 and 48 <= line[2] <= 57
+            ):
+                raise self._fail(f"malformed reply line {line[:40]!r}")
+            sep = line[3] if PyBytes_GET_SIZE(line) > 3 else 32
+            if sep != 32 and sep != 45:
+                raise self._fail(f"malformed reply line {line[:40]!r}")
+            code = (line[0] - 48) * 100 + (line[1] - 48) * 10 + (line[2] - 48)
+            if self._lines and code != self._code:
+                raise self._fail(f"reply code changed inside a multi-line reply: {line[:40]!r}")
+            self._code = code
+            self._lines.append(line[4:])
+            if sep == 45:
+                if len(self._lines) >= MAX_REPLY_LINES:
+                    raise self._fail("too many lines in one reply")
+                continue
+            replies.append((code, self._lines))
+            self._lines = []
+        self._buf = buf[pos:]
+        return replies
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef bytes _encode_dirty(const unsigned char* p, Py_ssize_t n):
+    """Slow path of encode_data for bodies with bare CR/LF: one C pass, 2n+5 bound."""
+    cdef object out = PyBytes_FromStringAndSize(NULL, 2 * n + 5)
+    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i = 0, w = 0
+    cdef bint bol = True
+    cdef unsigned char c
+    cdef PyObject* raw
+    while i < n:
+        c = p[i]
+        if bol and c == _DOT:
+            o[w] = _DOT
+            w += 1
+        bol = False
+        if c == _CR or c == _LF:
+            o[w] = _CR
+            o[w + 1] = _LF
+            w += 2
+            bol = True
+            if c == _CR and i + 1 < n and p[i + 1] == _LF:
+                i += 1
+        else:
+            o[w] = c
+            w += 1
+        i += 1
+    if not bol:
+        o[w] = _CR
+        o[w + 1] = _LF
+        w += 2
+    o[w] = _DOT
+    o[w + 1] = _CR
+    o[w + 2] = _LF
+    w += 3
+    raw = <PyObject*>out
+    Py_INCREF(out)
+    out = None
+    _PyBytes_Resize(&raw, w)
+    out = <object>raw
+    Py_XDECREF(raw)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def encode_data(body):
+    """Body → DATA wire form: CRLF-normalised, dot-stuffed, ending in CRLF "." CRLF."""
+    cdef bytes data = body if type(body) is bytes else bytes(body)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t i = 0, j, dots = 0, size, w, tail
+    cdef const unsigned char* hit
+    cdef object out
+    cdef unsigned char* o
+    # Pass 1: is every CR/LF part of a CRLF, and how many lines start with a dot?
+    while i < n:
+        if p[i] == _DOT:
+            dots += 1
+        hit = <const unsigned char*>memchr(p + i, _LF, n - i)
+        j = n if hit == NULL else hit - p
+        if hit == NULL or j == i or p[j - 1] != _CR:
+            if hit != NULL or memchr(p + i, _CR, n - i) != NULL:
+                return _encode_dirty(p, n)
+            break
+        if j - 1 > i and memchr(p + i, _CR, j - 1 - i) != NULL:
+            return _encode_dirty(p, n)
+        i = j + 1
+    tail = 2 if n and p[n - 1] != _LF else 0
+    size = n + dots + tail + 3
+    out = PyBytes_FromStringAndSize(NULL, size)
+    o = <unsigned char*>PyBytes_AS_STRING(out)
+    # Pass 2: copy runs, doubling the dot of every line that starts with one.
+    i = 0
+    w = 0
+    while i < n:
+        if p[i] == _DOT:
+            o[w] = _DOT
+            w += 1
+        hit = <const unsigned char*>memchr(p + i, _LF, n - i)
+        j = n if hit == NULL else hit - p + 1
+        memcpy(o + w, p + i, j - i)
+        w += j - i
+        i = j
+    if tail:
+        o[w] = _CR
+        o[w + 1] = _LF
+        w += 2
+    o[w] = _DOT
+    o[w + 1] = _CR
+    o[w + 2] = _LF
+    return out
