@@ -34,8 +34,8 @@ EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
 
-_QUEUED_RE = re.compile(r"queued as ([0-9A-Za-z][0-9A-Za-z._-]*)", re.IGNORECASE)
-_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{5,}$")
+_QUEUED_RE = re.compile(r"(?:queued as |\bid=)([0-9A-Za-z][0-9A-Za-z._-]*)", re.IGNORECASE)
+_ID_RE = re.compile(r"^(?=.*[0-9])[0-9A-Za-z][0-9A-Za-z._-]{5,}$")  # ids carry digits; words do not
 
 
 class InjectError(Exception):
@@ -48,7 +48,7 @@ class InjectError(Exception):
 
 def queue_id(reply: str) -> str:
     """The queue id in a final ``250`` text: ``2.0.0 Ok: queued as ID`` (ours, Postfix),
-    else a last word that looks like an id, else the whole text."""
+    ``OK id=ID`` (Exim), else a last word that looks like an id, else the whole text."""
     m = _QUEUED_RE.search(reply)
     if m:
         return m.group(1).rstrip(".")
