@@ -113,13 +113,16 @@ def xtext_encode(value: str) -> str:
     return "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else f"+{ord(c):02X}" for c in value)
 
 
-def parse_mail(arg: str, max_size: int, smtputf8_ok: bool = True) -> tuple[str, dict[str, str]]:
+def parse_mail(arg: str, max_size: int, esmtp: bool = True) -> tuple[str, dict[str, str]]:
     """``MAIL FROM:`` argument → (sender, params). ``<>`` is the null sender.
 
-    Params kept: SIZE, BODY, SMTPUTF8, RET, ENVID (xtext decoded), AUTH (RFC 4954,
-    accepted and ignored). Unknown ones → 555 5.5.4.
+    Params kept: BODY, SMTPUTF8, RET, ENVID (xtext decoded); SIZE is checked against
+    ``max_size``, AUTH (RFC 4954) accepted and dropped. Unknown ones, or any after
+    HELO instead of EHLO (``esmtp=False``, RFC 5321 §4.1.1.11) → 555 5.5.4.
     """
     addr, rest = split_path(arg)
+    if rest and not esmtp:
+        raise ArgError(R.R_555_BAD_PARAM)
     params = parse_params(rest) if rest else {}
     utf8 = "SMTPUTF8" in params
     for key, value in params.items():
@@ -133,7 +136,7 @@ def parse_mail(arg: str, max_size: int, smtputf8_ok: bool = True) -> tuple[str, 
                 raise ArgError(R.R_555_BAD_PARAM)
             params[key] = value.upper()
         elif key == "SMTPUTF8":
-            if value or not smtputf8_ok:
+            if value:
                 raise ArgError(R.R_555_BAD_PARAM)
         elif key == "RET":
             if value.upper() not in ("FULL", "HDRS"):

@@ -79,7 +79,7 @@ R_552_TOO_BIG = _r("R_552_TOO_BIG", 552, "5.3.4", "Message size exceeds fixed li
 R_553_NEED_SMTPUTF8 = _r("R_553_NEED_SMTPUTF8", 553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 R_553_BAD_MAILBOX = _r("R_553_BAD_MAILBOX", 553, "5.1.3", "Mailbox name not allowed")
 R_554_RELAY_DENIED = _r("R_554_RELAY_DENIED", 554, "5.7.1", "Relay access denied")
-R_555_BAD_PARAM = _r("R_555_BAD_PARAM", 555, "5.5.4", "Unsupported or malformed MAIL/RCPT parameter")
+R_555_BAD_PARAM = _r("R_555_BAD_PARAM", 555, "5.5.4", "Unsupported or malformed MAIL or RCPT parameter")
 
 # SASL prompts (RFC 4954): "334 " and a base64 challenge, no enhanced code.
 R_334_EMPTY = b"334 \r\n"

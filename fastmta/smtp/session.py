@@ -365,8 +365,6 @@ class Session:
             return self._error(R.R_501_SYNTAX, "syntax")
         except ArgError as e:
             return self._error(e.reply, "size" if e.reply is R.R_552_TOO_BIG else "syntax")
-        if params and not self.esmtp:
-            return self._error(R.R_555_BAD_PARAM, "syntax")  # RFC 5321 §4.1.1.11: HELO has no params
         self.txn = Transaction(sender, params, helo=self.helo, client_ip=self.client_ip,
                                listener=self.cfg.listener, user=self.user, tls=self.tls)  # fmt: skip
         self._set_state(S_MAIL)
