@@ -19,12 +19,12 @@ from typing import Any
 from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolUnavailableError
-from fastmta.spool import ops, records
-from fastmta.spool.committer import Committer, Op, PutOp, TxnOp
+from fastmta.spool import records
+from fastmta.spool.committer import Committer, Pending, outcome
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
-from fastmta.spool.recovery import RecoveryReport, quarantine, recover
-from fastmta.spool.store import Store, body_items, sched_key
+from fastmta.spool.recovery import RecoveryReport, recover
+from fastmta.spool.store import Store
 
 __all__ = ["Envelope", "RcptState", "Recipient", "Spool", "new_id"]
 log = logging.getLogger("fastmta.spool")
@@ -57,11 +57,11 @@ class Spool:
         return spool
 
     async def start(self) -> None:
-        """Start the committer thread on the running loop."""
+        """Start the writer process (see writer.py for why a process) on the running loop."""
         if self._committer is None:
-            self._committer = Committer(self.store, asyncio.get_running_loop(),
-                                        self.cfg.max_batch_bytes, self._on_batch)  # fmt: skip
-            self._committer.start()
+            committer = Committer(self.cfg, asyncio.get_running_loop(), self._on_batch)
+            await committer.start()
+            self._committer = committer
 
     # --- writes ------------------------------------------------------------------
 
@@ -79,11 +79,8 @@ class Spool:
             envelope.arrived = time.time()
         if not envelope.next_attempt:
             envelope.next_attempt = envelope.arrived
-        id_b = envelope.id.encode("ascii")
         fut: asyncio.Future[str] = committer.loop.create_future()
-        record = records.encode(envelope)
-        committer.submit(PutOp(fut, id_b, record, sched_key(envelope.next_attempt, id_b),
-                               body_items(id_b, body), envelope, len(body) + len(record) + 64))  # fmt: skip
+        committer.put(fut, envelope, envelope.id.encode("ascii"), records.encode(envelope), body)
         return fut
 
     async def update(
@@ -98,23 +95,20 @@ class Spool:
         ``next_due=None`` keeps the schedule. When no recipient is left pending the
         message is removed. False if the message is gone (deleted meanwhile).
         """
-        states = dict(rcpt_states)
-        id_b = msg_id.encode("ascii")
-        return bool(await self._txn(lambda s, t: ops.update(s, t, id_b, states, next_due, attempts_inc)))
+        states = {int(k): (v if isinstance(v, str) else tuple(v)) for k, v in rcpt_states.items()}
+        return bool(await self._op("update", msg_id.encode("ascii"), states, next_due, attempts_inc))
 
     async def remove(self, msg_id: str) -> bool:
-        id_b = msg_id.encode("ascii")
-        return bool(await self._txn(lambda s, t: ops.remove(s, t, id_b)))
+        return bool(await self._op("remove", msg_id.encode("ascii")))
 
     async def reschedule(self, msg_id: str, due: float) -> bool:
         """Move a message's next attempt (``queue flush`` uses due = now)."""
-        id_b = msg_id.encode("ascii")
-        return bool(await self._txn(lambda s, t: ops.reschedule(s, t, id_b, due)))
+        return bool(await self._op("reschedule", msg_id.encode("ascii"), due))
 
-    def _txn(self, fn: Callable[[Store, Any], Any]) -> asyncio.Future[Any]:
+    def _op(self, name: str, *args: Any) -> asyncio.Future[Any]:
         committer = self._running()
         fut = committer.loop.create_future()
-        committer.submit(TxnOp(fut, fn))
+        committer.op(fut, name, *args)
         return fut
 
     def _running(self) -> Committer:
@@ -122,20 +116,20 @@ class Spool:
             raise SpoolUnavailableError()
         return self._committer
 
-    def _on_batch(self, batch: list[Op], results: list[Any]) -> None:
+    def _on_batch(self, batch: list[Pending], results: list[tuple[int, Any]]) -> None:
         """On the loop, once per commit: resolve every future, then tell the listeners."""
         committed: list[Envelope] = []
-        for op, res in zip(batch, results, strict=True):
-            fut = op.fut
+        for p, (status, value) in zip(batch, results, strict=True):
+            res = outcome(status, value)
             if isinstance(res, BaseException):
-                if not fut.done():
-                    fut.set_exception(res)
+                if not p.fut.done():
+                    p.fut.set_exception(res)
                 continue
-            if isinstance(op, PutOp):
-                committed.append(op.envelope)
-                res = op.envelope.id
-            if not fut.done():
-                fut.set_result(res)
+            if p.envelope is not None:
+                committed.append(p.envelope)
+                res = p.envelope.id
+            if not p.fut.done():
+                p.fut.set_result(res)
         if committed:
             for cb in self._callbacks:
                 try:
@@ -163,8 +157,11 @@ class Spool:
             return None
 
     def _quarantine(self, msg_id: str) -> None:
-        fut = self._txn(lambda s, t: quarantine(s, t, msg_id.encode("ascii")))
-        fut.add_done_callback(lambda f: f.exception())
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                metrics.spool_quarantined_total.inc()
+
+        self._op("quarantine", msg_id.encode("ascii")).add_done_callback(done)
 
     def body(self, msg_id: str) -> bytes | None:
         return self.store.body(msg_id.encode("ascii"))
@@ -199,12 +196,20 @@ class Spool:
         """Map use for the metrics exporter (thread-safe, cheap)."""
         return {"used_bytes": float(self.store.used_bytes()), "map_size_bytes": float(self.store.map_size())}
 
+    async def aclose(self) -> None:
+        """Stop taking work, let every operation already sent commit and resolve, close."""
+        if self._committer is not None and not self._closed:
+            self._closed = True
+            await self._committer.aclose()
+        self.close()
+
     def close(self) -> None:
-        """Commit what is queued, stop the writer, close LMDB."""
-        if self._closed:
+        """Stop now: operations still in flight fail with SpoolUnavailableError (never lost:
+        what the writer already read still commits, unacknowledged)."""
+        if self.store.env is None:
             return
         self._closed = True
         if self._committer is not None:
-            self._committer.stop()
+            self._committer.close()
         metrics.set_spool_stats_source(None)
         self.store.close()

@@ -1,201 +1,237 @@
 # SPDX-License-Identifier: MIT
-"""Group commit: one writer thread turns every queued operation into one fsync'd txn.
+"""Group commit, loop side: frames to the writer process, one wake-up per batch.
 
-The event loop prepares keys and values (``PutOp``) and appends operations to a
-deque; the writer takes everything queued (bounded by ``max_batch_bytes``),
-writes it with a handful of py-lmdb calls (one ``putmulti`` per database), commits
-with fsync, and wakes the loop ONCE per batch with ``call_soon_threadsafe``. Each
-py-lmdb call drops the GIL and must win it back from a busy loop (DESIGN.md §4),
-so per-batch call count, not per-message work, decides throughput here. Batches
-grow with load by themselves: whatever arrived during one commit forms the next.
-
-Map full → grow (on this thread, no txn open) and retry; at the ceiling or on
-ENOSPC the batch is retried one operation per txn so only what does not fit fails
-with ``SpoolFullError``. LMDB commits are atomic: nothing is ever half-written.
+The loop encodes each operation once (the envelope record is built by the
+caller), writes it to the writer's socket and keeps the future by sequence
+number. The writer (``writer.py``, where the reason for a process is measured)
+answers once per committed batch; ``on_batch`` then resolves that batch's futures
+on the loop. If the writer dies, everything in flight fails with
+``SpoolUnavailableError`` (nothing was acknowledged, so nothing is lost) and a
+new writer is started for the next operation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import threading
+import os
+import pickle
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import lmdb
-
 from fastmta import metrics
+from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
 from fastmta.spool.records import Envelope
-from fastmta.spool.store import Store, is_no_space
+from fastmta.spool.writer import ACK, ERROR, FULL, OK, OP, PUT, REC_LEN, REQ
 
 log = logging.getLogger("fastmta.spool")
-MAX_BATCH_OPS = 4096
 _COMMIT_SECONDS = metrics.bound(metrics.spool_commit_seconds)
 _BATCH_SIZE = metrics.bound(metrics.spool_commit_batch_size)
+_PKG_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_RESTART_EVERY = 1.0
+_WRITER_MAIN = "import sys; from fastmta.spool.writer import main; sys.exit(main(sys.argv[1:]))"
 
 
-class PutOp:
-    """A new message, its records prepared on the loop."""
+class Pending:
+    """One operation waiting for its commit."""
 
-    __slots__ = ("fut", "id_b", "record", "sched", "bodies", "envelope", "nbytes")
+    __slots__ = ("fut", "envelope")
 
-    def __init__(
-        self,
-        fut: asyncio.Future[Any],
-        id_b: bytes,
-        record: bytes,
-        sched: bytes,
-        bodies: list[tuple[bytes, bytes]],
-        envelope: Envelope,
-        nbytes: int,
-    ) -> None:
-        self.fut, self.id_b, self.record, self.sched = fut, id_b, record, sched
-        self.bodies, self.envelope, self.nbytes = bodies, envelope, nbytes
+    def __init__(self, fut: asyncio.Future[Any], envelope: Envelope | None) -> None:
+        self.fut, self.envelope = fut, envelope
 
 
-class TxnOp:
-    """Any other change: ``fn(store, txn)`` run inside the batch's transaction."""
-
-    __slots__ = ("fut", "fn", "nbytes")
-
-    def __init__(self, fut: asyncio.Future[Any], fn: Callable[[Store, lmdb.Transaction], Any]) -> None:
-        self.fut, self.fn, self.nbytes = fut, fn, 256
+OnBatch = Callable[[list[Pending], list[tuple[int, Any]]], None]
 
 
-Op = PutOp | TxnOp
-OnBatch = Callable[[list[Op], list[Any]], None]
+class _Link(asyncio.Protocol):
+    """Reads the writer's acknowledgements."""
+
+    def __init__(self, committer: Committer) -> None:
+        self.c = committer
+        self.buf = bytearray()
+        self.ready: asyncio.Future[dict[str, Any]] = committer.loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= ACK.size:
+            (n,) = ACK.unpack_from(buf, pos)
+            if len(buf) - pos - ACK.size < n:
+                break
+            msg = pickle.loads(buf[pos + ACK.size : pos + ACK.size + n])
+            pos += ACK.size + n
+            if not self.ready.done():
+                self.ready.set_result(msg)
+            else:
+                self.c._acked(msg)
+        del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(SpoolUnavailableError())
+        self.c._lost(self)
 
 
 class Committer:
-    """The writer thread of one process."""
+    """The loop's end of the writer process."""
 
-    def __init__(
-        self, store: Store, loop: asyncio.AbstractEventLoop, max_batch_bytes: int, on_batch: OnBatch
-    ) -> None:
-        self.store = store
+    def __init__(self, cfg: SpoolConfig, loop: asyncio.AbstractEventLoop, on_batch: OnBatch) -> None:
+        self.cfg = cfg
         self.loop = loop
-        self.max_batch_bytes = max_batch_bytes
         self.on_batch = on_batch
         self.failure: str | None = None
-        self.usage = 0.0  # fraction of the ceiling in use, refreshed after each commit
-        self._queue: collections.deque[Op | None] = collections.deque()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fastmta-spool-writer", daemon=True)
+        self.usage = 0.0
+        self._seq = 0
+        self._pending: dict[int, Pending] = {}
+        self._transport: asyncio.Transport | None = None
+        self._link: _Link | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closing = False
+        self._started_at = 0.0
+        self._restarting: asyncio.Task[None] | None = None
+        self._raw: socket.socket | None = None
 
-    def start(self) -> None:
-        self._refresh_usage()
-        self._thread.start()
-
-    def submit(self, op: Op) -> None:
-        """Queue one operation (loop thread); its future resolves after the commit."""
-        self._queue.append(op)
-        if not self._wake.is_set():
-            self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then end the thread."""
-        if self._thread.is_alive():
-            self._queue.append(None)
-            self._wake.set()
-            self._thread.join(timeout)
-
-    # --- writer thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        q = self._queue
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while q:
-                batch: list[Op] = []
-                size = 0
-                stop = False
-                while q and (not batch or (size < self.max_batch_bytes and len(batch) < MAX_BATCH_OPS)):
-                    op = q.popleft()
-                    if op is None:
-                        stop = True
-                        break
-                    batch.append(op)
-                    size += op.nbytes
-                if batch:
-                    results = self._commit(batch)
-                    self._refresh_usage()
-                    with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
-                        self.loop.call_soon_threadsafe(self.on_batch, batch, results)
-                if stop:
-                    return
-
-    def _commit(self, batch: list[Op]) -> list[Any]:
+    async def start(self) -> None:
+        """Start the writer process and wait until it has the spool open."""
+        self._started_at = time.monotonic()
+        ours, theirs = socket.socketpair()
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [_PKG_ROOT, os.environ.get("PYTHONPATH")])),
+        }
+        cmd = [sys.executable, "-c", _WRITER_MAIN, "--fd", str(theirs.fileno()),
+               "--path", self.cfg.path, "--map-size", str(self.cfg.map_size),
+               "--max-map-size", str(self.cfg.max_map_size),
+               "--max-batch-bytes", str(self.cfg.max_batch_bytes)]  # fmt: skip
+        if not self.cfg.sync:
+            cmd.append("--no-sync")
         try:
-            return self._commit_once(batch, whole=True)
-        except lmdb.MapFullError:
-            pass
-        except lmdb.Error as e:
-            if not is_no_space(e):
-                log.error("spool commit failed: %s", e)
-                self.failure = f"commit failed: {e}"
-                return [SpoolUnavailableError()] * len(batch)
-        # Full: let each operation succeed or fail on its own; deletes and updates go
-        # first so the space they free helps the puts behind them.
-        ordered = sorted(range(len(batch)), key=lambda i: isinstance(batch[i], PutOp))
-        results: list[Any] = [None] * len(batch)
-        for i in ordered:
-            results[i] = self._commit_single(batch[i])
-        return results
+            self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+        finally:
+            theirs.close()
+        self._raw = ours.dup()  # to shut down the write side without the loop (close())
+        transport, link = await self.loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        self._transport, self._link = transport, link  # type: ignore[assignment]
+        msg = await asyncio.wait_for(link.ready, 60)
+        if "error" in msg:
+            self.failure = str(msg["error"])
+            raise SpoolUnavailableError()
+        self.usage = float(msg["usage"])
+        self.failure = None
 
-    def _commit_single(self, op: Op) -> Any:
-        while True:
-            try:
-                return self._commit_once([op], whole=False)[0]
-            except lmdb.MapFullError:
-                if not self.store.grow(op.nbytes):
-                    return SpoolFullError()
-            except lmdb.Error as e:
-                return SpoolFullError() if is_no_space(e) else SpoolUnavailableError()
+    def put(
+        self, fut: asyncio.Future[Any], envelope: Envelope, id_b: bytes, record: bytes, body: bytes
+    ) -> None:
+        """Send a new message (record prepared by the caller); ``fut`` resolves after commit."""
+        seq = self._send_check(fut, envelope)
+        if seq:
+            head = (
+                REQ.pack(20 + len(record) + len(body), seq, PUT) + id_b + REC_LEN.pack(len(record)) + record
+            )
+            self._transport.writelines((head, body))  # type: ignore[union-attr]
 
-    def _commit_once(self, batch: list[Op], whole: bool) -> list[Any]:
-        """One transaction; MapFullError grows the map and retries (whole batches only)."""
-        while True:
-            t0 = time.perf_counter()
-            try:
-                results = self._write(batch)
-            except lmdb.MapFullError:
-                if not whole:
-                    raise
-                need = sum(op.nbytes for op in batch)
-                if not self.store.grow(need):
-                    raise
-                log.info("spool map grown to %d bytes", self.store.map_size())
-                continue
-            _COMMIT_SECONDS.observe(time.perf_counter() - t0)
-            _BATCH_SIZE.observe(len(batch))
-            return results
+    def op(self, fut: asyncio.Future[Any], name: str, *args: Any) -> None:
+        """Send an ``ops.<name>(store, txn, *args)`` operation."""
+        seq = self._send_check(fut, None)
+        if seq:
+            payload = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+            self._transport.write(REQ.pack(len(payload), seq, OP) + payload)  # type: ignore[union-attr]
 
-    def _write(self, batch: list[Op]) -> list[Any]:
-        results: list[Any] = [None] * len(batch)
-        envs, bodies, sched = [], [], []
-        with self.store.write() as txn:
-            for i, op in enumerate(batch):
-                if isinstance(op, PutOp):
-                    envs.append((op.id_b, op.record))
-                    bodies.extend(op.bodies)
-                    sched.append((op.sched, b""))
-                    results[i] = op.id_b
-                else:
-                    try:
-                        results[i] = op.fn(self.store, txn)
-                    except lmdb.MapFullError:
-                        raise
-                    except Exception as e:  # one bad operation must not sink the batch
-                        results[i] = e
-            if envs:
-                self.store.put_many(txn, envs, bodies, sched)
-        return results
+    def _send_check(self, fut: asyncio.Future[Any], envelope: Envelope | None) -> int:
+        if self._transport is None or self._transport.is_closing():
+            self._restart_soon()
+            fut.set_exception(SpoolUnavailableError())
+            return 0
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF or 1
+        self._pending[seq] = Pending(fut, envelope)
+        return seq
 
-    def _refresh_usage(self) -> None:
-        with contextlib.suppress(lmdb.Error):
-            self.usage = self.store.used_bytes() / self.store.max_map_size
+    def _acked(self, msg: dict[str, Any]) -> None:
+        self.usage = float(msg.get("usage", self.usage))
+        results = msg["results"]
+        _COMMIT_SECONDS.observe(msg["seconds"])
+        _BATCH_SIZE.observe(msg["ops"])
+        pop = self._pending.pop
+        batch = [pop(seq) for seq, _, _ in results]
+        self.on_batch(batch, [(status, value) for _, status, value in results])
+
+    def _lost(self, link: _Link) -> None:
+        if link is not self._link:
+            return
+        self._transport = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(SpoolUnavailableError())
+        if not self._closing:
+            self.failure = "spool writer exited"
+            log.error("spool writer process exited (code %s); restarting", self._proc and self._proc.poll())
+            self._restart_soon()
+
+    def _restart_soon(self) -> None:
+        if self._closing or (self._restarting is not None and not self._restarting.done()):
+            return
+        self._restarting = self.loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        await asyncio.sleep(max(0.0, self._started_at + _RESTART_EVERY - time.monotonic()))
+        self._reap()
+        with contextlib.suppress(Exception):
+            await self.start()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+
+    async def aclose(self) -> None:
+        """Let the writer commit and acknowledge everything sent, then stop it."""
+        self._closing = True
+        if self._transport is not None and self._link is not None:
+            self._transport.write_eof()
+            deadline = time.monotonic() + 30
+            while self._pending and self._transport is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        self.close()
+
+    def close(self) -> None:
+        """Stop without the loop: what the writer already read still commits (not acknowledged)."""
+        self._closing = True
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_WR)  # works without the loop, unlike write_eof()
+            self._reap()
+            raw.close()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._reap()
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(SpoolUnavailableError())
+
+
+def outcome(status: int, value: Any) -> Any:
+    """A writer result as a value or an exception instance."""
+    if status == OK:
+        return value
+    if status == FULL:
+        return SpoolFullError()
+    if status == ERROR:
+        return RuntimeError(value)
+    return SpoolUnavailableError()

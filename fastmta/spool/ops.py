@@ -55,7 +55,7 @@ def update(
         if not 0 <= idx < len(env.rcpts):
             continue
         rcpt = env.rcpts[idx]
-        state, error = (st, "") if isinstance(st, str) else (st.state, st.last_error)
+        state, error = (st, "") if isinstance(st, str) else (st[0], st[1] if len(st) > 1 else "")
         if state not in records.STATES:
             raise ValueError(f"unknown recipient state {state!r}")
         rcpt.state = state
@@ -87,6 +87,18 @@ def reschedule(store: Store, txn: lmdb.Transaction, id_b: bytes, due: float) -> 
     old = env.next_attempt
     env.next_attempt = due
     save(store, txn, env, old)
+    return True
+
+
+def quarantine(store: Store, txn: lmdb.Transaction, id_b: bytes) -> bool:
+    """Move a damaged envelope aside (body kept, schedule entry dropped); the caller counts it."""
+    raw = txn.get(id_b, db=store.envs)
+    if raw is None:
+        return False
+    txn.put(id_b, raw, db=store.quar)
+    txn.delete(id_b, db=store.envs)
+    if len(raw) >= records.NEXT_ATTEMPT_END:
+        txn.delete(sched_key(records.next_attempt_of(raw), id_b), db=store.sched)
     return True
 
 

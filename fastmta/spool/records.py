@@ -27,6 +27,8 @@ MAX_ERROR = 1000  # characters of last_error kept; replies can be long
 
 _CRC = struct.Struct("<BI")  # version, crc32 of the rest
 _HDR = struct.Struct("<dQIdH")  # arrived, size, attempts, next_attempt, n_rcpts
+_NEXT = struct.Struct("<d")
+NEXT_ATTEMPT_END = 5 + 8 + 8 + 4 + 8  # crc header, arrived, size, attempts, next_attempt
 _RCPT = struct.Struct("<BH")  # state, attempts
 _LEN = struct.Struct("<H")
 
@@ -95,6 +97,11 @@ def encode(env: Envelope) -> bytes:
         parts.append(_s(r.addr) + _s(r.orcpt) + _s(r.notify) + _s(r.last_error[:MAX_ERROR]))
     payload = b"".join(parts)
     return _CRC.pack(VERSION, zlib.crc32(payload)) + payload
+
+
+def next_attempt_of(record: bytes | memoryview) -> float:
+    """The ``next_attempt`` field read straight from a record (no full decode)."""
+    return float(_NEXT.unpack_from(record, NEXT_ATTEMPT_END - 8)[0])
 
 
 def check(data: bytes | memoryview) -> bool:

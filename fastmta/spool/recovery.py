@@ -12,19 +12,14 @@ counted; it never stops the start.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 
-import lmdb
-
 from fastmta import metrics
-from fastmta.spool import records
+from fastmta.spool import ops, records
 from fastmta.spool.ids import ID_LEN
 from fastmta.spool.store import Store, sched_key
 
 log = logging.getLogger("fastmta.spool")
-_NEXT_ATTEMPT = struct.Struct("<d")
-_NEXT_OFFSET = 5 + 8 + 8 + 4  # crc header, arrived, size, attempts
 
 
 @dataclass
@@ -33,24 +28,6 @@ class RecoveryReport:
     quarantined: int = 0
     orphan_schedule: int = 0
     rescheduled: int = 0
-
-
-def next_attempt_of(record: bytes) -> float:
-    return float(_NEXT_ATTEMPT.unpack_from(record, _NEXT_OFFSET)[0])
-
-
-def quarantine(store: Store, txn: lmdb.Transaction, id_b: bytes) -> bool:
-    """Move a damaged envelope aside (body kept, schedule entry dropped) and count it."""
-    raw = txn.get(id_b, db=store.envs)
-    if raw is None:
-        return False
-    log.error("spool: damaged envelope %r moved to quarantine", id_b)
-    txn.put(id_b, raw, db=store.quar)
-    txn.delete(id_b, db=store.envs)
-    if len(raw) >= _NEXT_OFFSET + 8:
-        txn.delete(sched_key(next_attempt_of(raw), id_b), db=store.sched)
-    metrics.spool_quarantined_total.inc()
-    return True
 
 
 def recover(store: Store) -> RecoveryReport:
@@ -65,7 +42,7 @@ def recover(store: Store) -> RecoveryReport:
                 bad.append(key)
                 continue
             rep.messages += 1
-            if not sched.set_key(sched_key(next_attempt_of(value), key)):
+            if not sched.set_key(sched_key(records.next_attempt_of(value), key)):
                 missing.append(key)
         gone = set(bad)  # a quarantined envelope's schedule entry is an orphan too
         orphans = [
@@ -76,11 +53,14 @@ def recover(store: Store) -> RecoveryReport:
         return rep
     with store.write() as txn:
         for key in bad:
-            quarantine(store, txn, key)
+            log.error("spool: damaged envelope %r moved to quarantine", key)
+            ops.quarantine(store, txn, key)
         for key in missing:
-            txn.put(sched_key(next_attempt_of(txn.get(key, db=store.envs)), key), b"", db=store.sched)
+            txn.put(sched_key(records.next_attempt_of(txn.get(key, db=store.envs)), key), b"", db=store.sched)
         for k in orphans:
             txn.delete(k, db=store.sched)
+    if bad:
+        metrics.spool_quarantined_total.inc(len(bad))
     rep.quarantined, rep.rescheduled, rep.orphan_schedule = len(bad), len(missing), len(orphans)
     if missing or orphans:
         log.warning("spool: schedule index repaired (%d added, %d orphans removed)",

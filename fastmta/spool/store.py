@@ -213,4 +213,6 @@ class Store:
                     break
 
     def close(self) -> None:
-        self.env.close()
+        with self.lock:
+            self.env.close()
+            self.env = None  # type: ignore[assignment]
