@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: MIT
+"""Idle outbound connections kept per destination key for reuse.
+
+A connection goes back to the pool after a clean transaction while it has
+carried fewer than ``max_messages`` messages; it leaves on reuse (most recently
+used first, so a quiet destination lets its spare connections time out), on
+``idle_timeout`` (QUIT), or when the peer closes it. The scheduler limits how
+many deliveries run at once per destination, so the pool never holds more than
+that many connections per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastmta.delivery.client import SmtpClient
+
+
+class Pool:
+    def __init__(self, max_messages: int, idle_timeout: float) -> None:
+        self.max_messages = max_messages
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, list[tuple[SmtpClient, asyncio.TimerHandle]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, key: str) -> SmtpClient | None:
+        """A live idle connection for ``key``, or None."""
+        idle = self._idle.get(key)
+        while idle:
+            client, timer = idle.pop()
+            timer.cancel()
+            if client.usable:
+                if not idle:
+                    del self._idle[key]
+                return client
+            client.abort()
+        self._idle.pop(key, None)
+        return None
+
+    def put(self, key: str, client: SmtpClient) -> None:
+        """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent."""
+        if not client.usable or client.messages >= self.max_messages:
+            self.retire(client)
+            return
+        timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, key, client)
+        self._idle.setdefault(key, []).append((client, timer))
+
+    def retire(self, client: SmtpClient) -> None:
+        """QUIT (or just close a broken connection) in the background."""
+        if not client.usable:
+            client.abort()
+            return
+        task = asyncio.get_running_loop().create_task(client.quit())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _expire(self, key: str, client: SmtpClient) -> None:
+        idle = self._idle.get(key, [])
+        for i, (c, _) in enumerate(idle):
+            if c is client:
+                del idle[i]
+                break
+        if not idle:
+            self._idle.pop(key, None)
+        self.retire(client)
+
+    def idle_count(self, key: str | None = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    async def close(self) -> None:
+        """QUIT every idle connection and wait (briefly) for the goodbyes."""
+        for idle in self._idle.values():
+            for client, timer in idle:
+                timer.cancel()
+                self.retire(client)
+        self._idle.clear()
+        if self._closing:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(list(self._closing), timeout=3.0)

@@ -1,0 +1,309 @@
+# SPDX-License-Identifier: MIT
+"""SmtpDeliverer: one message to one destination over SMTP, per-recipient outcomes.
+
+It finds the hosts (MX records, or a ``[[route]]`` next hop), takes an idle
+connection from the pool or opens one (walking the hosts until one greets with
+220 and, when TLS is required, verifies), checks that the hop can take the
+message (SIZE, SMTPUTF8, 8BITMIME), runs one transaction and maps every reply to
+Delivered, Deferred or Bounced with a bounce class. It never raises.
+
+When every host refused the connection or said 421, every recipient is Deferred
+with a 421 reply, which the scheduler reads as "throttle this destination".
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Any, Protocol
+
+from fastmta.config import Config, RouteConfig
+from fastmta.delivery import Attempt, Destination, replies
+from fastmta.delivery.classify import classify
+from fastmta.delivery.client import HostError, SmtpClient, Transaction
+from fastmta.delivery.mx import Host, MxError, addresses, resolve
+from fastmta.delivery.pool import Pool
+from fastmta.dns import Resolver
+from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
+from fastmta.smtp.commands import xtext_encode
+
+log = logging.getLogger("fastmta.delivery")
+
+NO_TLS_MEMORY = 3600.0  # seconds a host whose TLS handshake failed is tried in plaintext
+
+
+class BodySource(Protocol):
+    def body(self, msg_id: str) -> bytes | None: ...
+
+
+class SmtpDeliverer:
+    """The Deliverer for remote domains and routes (see fastmta.delivery)."""
+
+    def __init__(self, cfg: Config, spool: BodySource, resolver: Resolver | None = None) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.resolver = resolver or Resolver(cfg.dns)
+        d = cfg.delivery
+        self.pool = Pool(d.max_messages_per_connection, d.idle_timeout)
+        self._no_tls: dict[tuple[str, int], float] = {}  # opportunistic TLS broken → plaintext until
+        self._opportunistic = _opportunistic_context()
+        self._verified: ssl.SSLContext | None = None
+        self._credentials: dict[str, tuple[str, str] | None] = {}
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
+        start = time.monotonic()
+        try:
+            attempt = await self._deliver(dest, envelope, rcpts)
+        except Exception:
+            log.exception("delivery of %s to %s failed unexpectedly", envelope.id, dest.key)
+            attempt = Attempt({i: Deferred(replies.INTERNAL, "other") for i in rcpts})
+        attempt.elapsed = time.monotonic() - start
+        return attempt
+
+    # --- the attempt ------------------------------------------------------------------------
+    async def _deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
+        body = self.spool.body(envelope.id)
+        if body is None:
+            return _all(rcpts, Deferred(replies.NO_BODY, "other"))
+        client = self.pool.get(dest.key)
+        if client is not None:
+            attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)
+            if attempt is not None:
+                return attempt
+        client_or_failure = await self._connect(dest, rcpts)
+        if isinstance(client_or_failure, Attempt):
+            return client_or_failure
+        attempt = await self._send(dest, client_or_failure, envelope, rcpts, body, reused=False)
+        assert attempt is not None
+        return attempt
+
+    async def _send(self, dest: Destination, client: SmtpClient, envelope: Any, rcpts: list[int],
+                    body: bytes, reused: bool) -> Attempt | None:  # fmt: skip
+        """One transaction; None when a reused connection turned out dead before any reply."""
+        refusal = _unfit(client, envelope, rcpts, body)
+        if refusal is not None:
+            self.pool.put(dest.key, client)
+            return Attempt(_all_dict(rcpts, refusal), client.nexthop, client.tls)
+        mail, rcpt_lines = _commands(client, envelope, rcpts, body)
+        tx = await client.send(mail, rcpt_lines, body, reset=reused and client.needs_reset)
+        if reused and tx.error and tx.mail is None:
+            client.abort()
+            return None
+        self.pool.put(dest.key, client)
+        return Attempt(_outcomes(tx, rcpts), client.nexthop, client.tls)
+
+    async def _connect(self, dest: Destination, rcpts: list[int]) -> SmtpClient | Attempt:
+        """A ready session to the first host that works, or the Attempt saying why none did."""
+        route = dest.route
+        try:
+            hosts = await self._hosts(dest)
+        except MxError as e:
+            return Attempt(_all_dict(rcpts, e.outcome))
+        policy = (route.tls if route is not None and route.tls else "") or self.cfg.delivery.tls
+        failures: list[HostError] = []
+        last_host = ""
+        for host in hosts:
+            last_host = str(host)
+            try:
+                client = await self._session(host, policy, route)
+            except HostError as e:
+                failures.append(e)
+                continue
+            return client
+        return Attempt(_all_dict(rcpts, _connect_failure(failures)), last_host)
+
+    async def _hosts(self, dest: Destination) -> list[Host]:
+        port = self.cfg.delivery.port
+        if dest.route is None:
+            return await resolve(self.resolver, dest.domain, port)
+        host, port = dest.route.nexthop
+        found = await addresses(self.resolver, host, port)
+        if found is None:
+            raise MxError(Deferred(replies.DNS_TEMPFAIL, "dns"))
+        if not found:
+            raise MxError(Deferred(replies.MX_NO_ADDRESS, "dns"))
+        return found
+
+    async def _session(self, host: Host, policy: str, route: RouteConfig | None) -> SmtpClient:
+        key = (host.address, host.port)
+        client = await self._open(host)
+        try:
+            if policy == "required":
+                if "STARTTLS" not in client.ext:
+                    raise HostError(replies.TLS_REQUIRED, "tls")
+                await client.starttls(self._verified_context(), host.name, self.cfg.hostname)
+            elif policy == "opportunistic" and "STARTTLS" in client.ext:
+                until = self._no_tls.get(key)
+                if until is None or until < time.monotonic():
+                    try:
+                        await client.starttls(self._opportunistic, host.name, self.cfg.hostname)
+                    except HostError:  # as MTAs do: the same host again, in plaintext
+                        client.abort()
+                        self._no_tls[key] = time.monotonic() + NO_TLS_MEMORY
+                        client = await self._open(host)
+            if route is not None and route.auth_file:
+                await self._authenticate(client, route)
+        except BaseException:
+            client.abort()
+            raise
+        return client
+
+    async def _open(self, host: Host) -> SmtpClient:
+        d = self.cfg.delivery
+        return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)
+
+    async def _authenticate(self, client: SmtpClient, route: RouteConfig) -> None:
+        creds = self._read_credentials(route.auth_file)
+        if creds is None:
+            raise HostError(replies.AUTH_FILE, "auth")
+        if "AUTH" not in client.ext:
+            raise HostError(replies.AUTH_UNAVAILABLE, "auth")
+        reply = await client.auth(*creds)
+        if reply is None or reply.code != 235:
+            text = f"{replies.AUTH_FAILED.text}: {reply}" if reply is not None else replies.AUTH_FAILED.text
+            raise HostError(Reply(replies.AUTH_FAILED.code, replies.AUTH_FAILED.enhanced, text), "auth")
+
+    def _read_credentials(self, path: str) -> tuple[str, str] | None:
+        """``user:password`` from the first non-comment line; cached; never logged."""
+        if path not in self._credentials:
+            creds = None
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        line = line.strip()
+                        if line and not line.startswith("#") and ":" in line:
+                            user, _, password = line.partition(":")
+                            creds = (user, password)
+                            break
+            except OSError:
+                log.error("cannot read route auth_file %s", path)
+            self._credentials[path] = creds
+        return self._credentials[path]
+
+    def _verified_context(self) -> ssl.SSLContext:
+        if self._verified is None:
+            self._verified = ssl.create_default_context(cafile=self.cfg.delivery.tls_ca_file or None)
+        return self._verified
+
+
+# --- pure helpers -------------------------------------------------------------------------------
+
+
+def _opportunistic_context() -> ssl.SSLContext:
+    """No verification (RFC 7435): encrypt when we can, never refuse for a bad certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _all(rcpts: list[int], outcome: Outcome) -> Attempt:
+    return Attempt(_all_dict(rcpts, outcome))
+
+
+def _all_dict(rcpts: list[int], outcome: Outcome) -> dict[int, Outcome]:
+    return dict.fromkeys(rcpts, outcome)
+
+
+def _connect_failure(failures: list[HostError]) -> Deferred:
+    """Every host failed: 421 if each refused or said 421 (throttle), else the last reason."""
+    if not failures:
+        return Deferred(replies.MX_NO_ADDRESS, "dns")
+    if all(f.kind in ("refused", "timeout") or f.reply.code == 421 for f in failures):
+        last = failures[-1]
+        if last.reply.code == 421:
+            return Deferred(last.reply, "timeout" if last.kind == "timeout" else classify(last.reply))
+        return Deferred(replies.REFUSED, "connection")
+    last = failures[-1]
+    reply = last.reply
+    if reply.code >= 500 or reply.code < 400:  # a 5xx greeting only skips the host (as Postfix)
+        reply = Reply(451, "4" + reply.enhanced[1:] if reply.enhanced else "4.0.0", reply.text)
+    cls = "tls" if last.kind == "tls" else classify(reply)
+    return Deferred(reply, cls)
+
+
+def _needs_smtputf8(envelope: Any, rcpts: list[int], body: bytes) -> bool:
+    if "SMTPUTF8" not in envelope.params:
+        return False
+    if not envelope.sender.isascii() or not all(envelope.rcpts[i].addr.isascii() for i in rcpts):
+        return True
+    end = body.find(b"\r\n\r\n")
+    return not body[: end if end >= 0 else len(body)].isascii()
+
+
+def _unfit(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> Bounced | None:
+    """A reason this hop cannot take this message at all, checked before MAIL."""
+    ext = client.ext
+    size = ext.get("SIZE", "")
+    if size.isdigit() and 0 < int(size) < len(body):
+        return Bounced(replies.TOO_BIG, "other")
+    if "SMTPUTF8" not in ext and _needs_smtputf8(envelope, rcpts, body):
+        return Bounced(replies.NEEDS_SMTPUTF8, "other")
+    if "8BITMIME" not in ext and not body.isascii():
+        return Bounced(replies.NEEDS_8BITMIME, "other")
+    return None
+
+
+def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> tuple[bytes, list[bytes]]:
+    """MAIL and RCPT lines with the parameters this hop understands."""
+    ext = client.ext
+    params = envelope.params
+    mail = f"MAIL FROM:<{envelope.sender}>"
+    if "SIZE" in ext:
+        mail += f" SIZE={len(body)}"
+    if params.get("BODY") == "8BITMIME" and "8BITMIME" in ext:
+        mail += " BODY=8BITMIME"
+    if "SMTPUTF8" in params and "SMTPUTF8" in ext:
+        mail += " SMTPUTF8"
+    dsn = "DSN" in ext
+    if dsn:
+        if params.get("RET"):
+            mail += f" RET={params['RET']}"
+        if params.get("ENVID"):
+            mail += f" ENVID={xtext_encode(params['ENVID'])}"
+    lines = []
+    for i in rcpts:
+        r = envelope.rcpts[i]
+        line = f"RCPT TO:<{r.addr}>"
+        if dsn:
+            if r.notify:
+                line += f" NOTIFY={r.notify}"
+            if r.orcpt:
+                kind, _, addr = r.orcpt.partition(";")
+                line += f" ORCPT={kind};{xtext_encode(addr)}"
+        lines.append((line + "\r\n").encode("utf-8"))
+    return (mail + "\r\n").encode("utf-8"), lines
+
+
+def _outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
+    """Per recipient: its RCPT reply if that failed, else the final reply."""
+    if tx.mail is None or tx.mail.code >= 400:
+        return _all_dict(rcpts, _failure(tx.mail, tx.error))
+    out: dict[int, Outcome] = {}
+    final = tx.data
+    for i, r in zip(rcpts, tx.rcpts, strict=True):
+        if r is None:
+            out[i] = _failure(None, tx.error)
+        elif r.code >= 400:
+            out[i] = _failure(r, "")
+        elif final is None:
+            out[i] = _failure(None, tx.error)
+        elif final.code < 400:
+            out[i] = Delivered(final)
+        else:
+            out[i] = _failure(final, "")
+    return out
+
+
+def _failure(reply: Reply | None, error: str) -> Deferred | Bounced:
+    if reply is None:
+        if error == "timeout":
+            return Deferred(replies.TIMEOUT, "timeout")
+        return Deferred(replies.CONNECTION_LOST, "connection")
+    if reply.code >= 500:
+        return Bounced(reply, classify(reply))
+    return Deferred(reply, classify(reply))
