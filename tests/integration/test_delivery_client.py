@@ -39,14 +39,16 @@ class Bodies:
 def envelope(bodies: Bodies, rcpts: list[str], body: bytes = BODY, sender: str = "a@src.test",
              msg_id: str = "m1", **params: str) -> Envelope:  # fmt: skip
     bodies.data[msg_id] = body
-    return Envelope(id=msg_id, sender=sender, rcpts=[Recipient(r) for r in rcpts], size=len(body), params=params)
+    rs = [Recipient(r) for r in rcpts]
+    return Envelope(id=msg_id, sender=sender, rcpts=rs, size=len(body), params=params)
 
 
 def make_cfg(dns_address: str, port: int, **delivery: Any) -> config.Config:
     raw: dict[str, Any] = {
         "hostname": "out.fastmta.test",
         "dns": {"nameservers": [dns_address], "timeout": "2s"},
-        "delivery": {"port": port, "connect_timeout": "2s", "command_timeout": "5s", "tls": "none", **delivery},
+        "delivery": {"port": port, "connect_timeout": "2s", "command_timeout": "5s", "tls": "none"}
+        | delivery,
         "metrics": {"address": ""},
     }
     routes = raw["delivery"].pop("routes", None)
@@ -218,7 +220,8 @@ def test_whole_transaction_failures(zone: Any, sinks: Any, sink_port: int) -> No
     mx1.script.mail = None
     mx1.script.data = "452 4.2.2 Mailbox full"
     attempt = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env))
-    assert all(isinstance(o, Deferred) and o.bounce_class == "mailbox_full" for o in attempt.outcomes.values())
+    assert all(isinstance(o, Deferred) for o in attempt.outcomes.values())
+    assert {o.bounce_class for o in attempt.outcomes.values()} == {"mailbox_full"}
     mx1.script.data = None
     mx1.script.data_cmd = "554 5.7.1 No thanks"
     attempt = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env))
@@ -293,7 +296,8 @@ def test_size_smtputf8_and_8bit_limits(zone: Any, sinks: Any, sink_port: int) ->
     utf8 = envelope(bodies, ["jöran@a.test"], body=b"Subject: x\r\n\r\nx\r\n", msg_id="u", SMTPUTF8="")
     o = run(lambda: deliver_once(cfg, bodies, dest, utf8)).outcomes[0]
     assert isinstance(o, Bounced) and o.reply.enhanced == "5.6.7"
-    eight = envelope(bodies, ["b@a.test"], body="Subject: x\r\n\r\nGrüße\r\n".encode(), msg_id="e", BODY="8BITMIME")
+    body8 = "Subject: x\r\n\r\nGrüße\r\n".encode()
+    eight = envelope(bodies, ["b@a.test"], body=body8, msg_id="e", BODY="8BITMIME")
     o = run(lambda: deliver_once(cfg, bodies, dest, eight)).outcomes[0]
     assert isinstance(o, Bounced) and o.reply.enhanced == "5.6.3"
     assert mx1.messages == []
@@ -316,7 +320,9 @@ def test_params_passed_on(zone: Any, sinks: Any, sink_port: int) -> None:
     attempt = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env))
     assert all(isinstance(o, Delivered) for o in attempt.outcomes.values())
     [msg] = mx1.messages
-    assert msg.mail_options == [f"SIZE={len(body)}", "BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=id+2B1+20x"]
+    assert msg.mail_options == [
+        f"SIZE={len(body)}", "BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=id+2B1+20x"
+    ]  # fmt: skip
     assert msg.rcpt_options == [[], ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;B@a.test"]]
     assert msg.data == body
 
@@ -337,8 +343,8 @@ def test_null_sender_and_missing_body(zone: Any, sinks: Any, sink_port: int) -> 
     bodies = Bodies()
     env = envelope(bodies, ["b@a.test"], sender="")
     cfg = make_cfg(zone.address, sink_port)
-    assert isinstance(run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env)).outcomes[0],
-                      Delivered)  # fmt: skip
+    o = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env)).outcomes[0]
+    assert isinstance(o, Delivered)
     assert mx1.commands[1] == "MAIL FROM:<>"
     del bodies.data[env.id]
     o = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env)).outcomes[0]
