@@ -219,11 +219,14 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
         raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
 
     async def put() -> None:
-        await spool.start()
-        reason = spool.unhealthy_reason()
-        if reason is not None:  # the same check that makes the listener answer 452 4.3.1
-            raise InjectError(EX_TEMPFAIL, f"spool refuses new mail: {reason}")
-        await spool.put(env, data)
+        try:
+            await spool.start()
+            reason = spool.unhealthy_reason()
+            if reason is not None:  # the same check that makes the listener answer 452 4.3.1
+                raise InjectError(EX_TEMPFAIL, f"spool refuses new mail: {reason}")
+            await spool.put(env, data)
+        finally:
+            spool.close()  # on the loop: the committer's wake-up pipe belongs to it
 
     try:
         asyncio.run(put())
@@ -233,8 +236,6 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
         raise InjectError(EX_TEMPFAIL, f"spool refused the message: {e}") from None
     except Exception as e:
         raise InjectError(EX_TEMPFAIL, f"spool write failed: {e}") from None
-    finally:
-        spool.close()
     return msg_id
 
 

@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta sendmail`` as a real subprocess: spool injection, SMTP fallback, -bs, exit codes.
+
+Exit codes (sysexits.h, as sendmail's): 0 queued; 64 no recipients given (usage);
+65 bad message, including ``-t`` finding no recipients; 67 bad address syntax;
+75 spool and listener both unavailable; 78 bad configuration.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastmta import config
+from fastmta.spool import Spool
+from fastmta.spool.records import Envelope
+from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
+
+MSG = b"Subject: test\nTo: Ann <ann@a.test>\nCc: cc@a.test\nBcc: hidden@b.test\n\nline one\n.\nafter dot\n"
+
+
+def queued(cfg_path: Path) -> list[tuple[Envelope, bytes]]:
+    """Every message in the spool, oldest first (read-only, no recovery)."""
+    spool = Spool.open(config.load(str(cfg_path)).spool, recover_now=False)
+    try:
+        out = []
+        for _, msg_id in spool.due(4e9, 1000):
+            env, body = spool.envelope(msg_id), spool.body(msg_id)
+            assert env is not None and body is not None
+            out.append((env, body))
+        return out
+    finally:
+        spool.close()
+
+
+def sendmail(cfg_path: Path, *args: str, input: bytes = MSG) -> subprocess.CompletedProcess[bytes]:
+    return run_fastmta("sendmail", "--config", str(cfg_path), *args, input=input, timeout=30)
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Path]) -> Path:
+    return make_config(f'[[listener]]\naddress = "127.0.0.1:{free_port()}"\n')
+
+
+def test_recipients_from_argv_with_sender_and_headers_added(cfg: Path) -> None:
+    r = sendmail(cfg, "-f", "app@fastmta.test", "-F", "The App", "x@c.test, Y <y@c.test>", "-v")
+    assert r.returncode == 0, r.stderr
+    [(env, body)] = queued(cfg)
+    assert env.sender == "app@fastmta.test"
+    assert [rc.addr for rc in env.rcpts] == ["x@c.test", "y@c.test"]
+    assert b"queued as " + env.id.encode() in r.stderr
+    assert b"\n" not in body.replace(b"\r\n", b"")  # CRLF only in the spool
+    msg = email.message_from_bytes(body, policy=email.policy.default)
+    assert msg["From"] == "The App <app@fastmta.test>"
+    assert msg["Message-ID"] == f"<{env.id}@mx.fastmta.test>" and msg["Date"]
+    assert msg["Received"].startswith("by mx.fastmta.test (fastmta sendmail, from userid")
+    assert msg.get_content() == "line one\r\n"  # without -i a lone "." ends the message
+    assert "Bcc" not in msg
+
+
+def test_t_takes_to_cc_bcc_and_hides_bcc(cfg: Path) -> None:
+    r = sendmail(cfg, "-t", "-i")
+    assert r.returncode == 0, r.stderr
+    [(env, body)] = queued(cfg)
+    assert [rc.addr for rc in env.rcpts] == ["ann@a.test", "cc@a.test", "hidden@b.test"]
+    assert b"hidden" not in body and b"Bcc" not in body
+    assert env.sender.endswith("@mx.fastmta.test")  # the invoking user at the hostname
+    assert email.message_from_bytes(body).get_payload() == "line one\r\n.\r\nafter dot\r\n"  # -i: "." is data
+
+
+def test_null_sender_and_dsn_flags(cfg: Path) -> None:
+    r = sendmail(cfg, "-f", "<>", "-N", "never", "-R", "hdrs", "-V", "e1", "z@c.test")
+    assert r.returncode == 0, r.stderr
+    [(env, body)] = queued(cfg)
+    assert env.sender == "" and env.rcpts[0].notify == "NEVER"
+    assert env.params["RET"] == "HDRS" and env.params["ENVID"] == "e1"
+    assert b"From: MAILER-DAEMON@mx.fastmta.test\r\n" in body
+
+
+def test_eight_bit_message_is_marked(cfg: Path) -> None:
+    r = sendmail(cfg, "-i", "z@c.test", input="Subject: é\n\nüñí\n".encode())
+    assert r.returncode == 0, r.stderr
+    [(env, body)] = queued(cfg)
+    assert env.params["BODY"] == "8BITMIME" and "üñí".encode() in body
+
+
+@pytest.mark.parametrize(
+    ("args", "data", "code"),
+    [
+        ((), MSG, 64),  # no recipients and no -t
+        (("-t",), b"Subject: none\n\nbody\n", 65),  # -t found nobody
+        (("-t",), b"To: undisclosed-recipients:;\n\nbody\n", 65),
+        (("a@c.test",), b"Subject: a\x00b\n\nbody\n", 65),  # NUL in the header
+        (("bad address@c.test",), MSG, 67),
+        (("a@c..test",), MSG, 67),
+        (("-f", "not an address", "a@c.test"), MSG, 67),
+        (("-t",), b"To: a@@c.test\n\nbody\n", 67),
+        (("-bd",), MSG, 64),
+        (("-Z", "a@c.test"), MSG, 64),
+    ],
+)
+def test_exit_codes_on_bad_input(cfg: Path, args: tuple[str, ...], data: bytes, code: int) -> None:
+    r = sendmail(cfg, *args, input=data)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.startswith(b"sendmail: ")
+    assert not (Path(config.load(str(cfg)).spool.path) / "data.mdb").exists() or queued(cfg) == []
+
+
+def test_message_over_the_size_limit_is_refused(make_config: Callable[..., Path]) -> None:
+    cfg = make_config("[limits]\nmax_message_size = 1000\n")
+    r = sendmail(cfg, "-i", "a@c.test", input=b"Subject: big\n\n" + b"x" * 2000)
+    assert r.returncode == 65
+
+
+def test_bad_config_is_ex_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_recipients = 'many'\n")
+    r = sendmail(bad, "a@c.test")
+    assert r.returncode == 78 and b"limits.max_recipients" in r.stderr
+
+
+def test_unusable_spool_and_no_listener_is_tempfail(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "spool-file").write_bytes(b"")
+    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{free_port()}"\n'
+                      f'[spool]\npath = "{tmp_path / "spool-file"}"\n')  # fmt: skip
+    r = sendmail(cfg, "a@c.test")
+    assert r.returncode == 75, r.stderr
+    assert b"cannot connect" in r.stderr
+
+
+def test_falls_back_to_the_local_listener(make_config: Callable[..., Path], tmp_path: Path,
+                                          sinks: Callable[..., Any]) -> None:  # fmt: skip
+    port = free_port()
+    sink = sinks("127.0.0.1", port, rcpt={"nobody@c.test": "550 5.1.1 No such user"})
+    (tmp_path / "spool-file").write_bytes(b"")
+    cfg = make_config(f'[[listener]]\naddress = "0.0.0.0:{port}"\n'
+                      f'[spool]\npath = "{tmp_path / "spool-file"}"\n')  # fmt: skip
+    r = sendmail(cfg, "-t", "-f", "app@fastmta.test", "nobody@c.test")
+    assert r.returncode == 0, r.stderr
+    assert b"nobody@c.test: refused: 550" in r.stderr
+    [msg] = sink.wait_messages(1)
+    assert msg.mail_from == "app@fastmta.test"
+    assert sorted(msg.rcpt_tos) == ["ann@a.test", "cc@a.test", "hidden@b.test"]
+    assert b"hidden" not in msg.data and b"Message-ID:" in msg.data
+
+
+def test_fallback_all_recipients_refused(make_config: Callable[..., Path], tmp_path: Path,
+                                         sinks: Callable[..., Any]) -> None:  # fmt: skip
+    port = free_port()
+    sinks("127.0.0.1", port, rcpt_default="550 5.1.1 No such user")
+    (tmp_path / "spool-file").write_bytes(b"")
+    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{port}"\n'
+                      f'[spool]\npath = "{tmp_path / "spool-file"}"\n')  # fmt: skip
+    assert sendmail(cfg, "a@c.test").returncode == 67
+
+
+def test_bs_speaks_smtp_on_stdin_stdout(cfg: Path) -> None:
+    dialogue = (
+        b"EHLO client.test\r\n"
+        b"MAIL FROM:<app@fastmta.test>\r\nRCPT TO:<one@c.test>\r\nRCPT TO:<bad address>\r\n"
+        b"RCPT TO:<two@c.test> NOTIFY=NEVER\r\nDATA\r\n"
+        b"Subject: via -bs\r\nBcc: two@c.test\r\n\r\n..leading dot\r\nbody\r\n.\r\n"
+        b"DATA\r\nVRFY x\r\nNOOP\r\nFOO\r\nQUIT\r\n"
+    )
+    r = sendmail(cfg, "-bs", input=dialogue)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().split("\r\n")
+    assert lines[0] == "220 mx.fastmta.test ESMTP fastmta"
+    assert "250-PIPELINING" in lines and any(ln.startswith("250 ") for ln in lines[1:8])
+    finals = [ln for ln in lines if ln and ln[3] == " "][1:]  # past the greeting; EHLO ends in "250 "
+    assert [f[:3] for f in finals] == ["250", "250", "250", "501", "250", "354", "250", "503", "252", "250",
+                                       "500", "221"]  # fmt: skip
+    assert "queued as" in finals[6]
+    [(env, body)] = queued(cfg)
+    assert env.sender == "app@fastmta.test" and [rc.addr for rc in env.rcpts] == ["one@c.test", "two@c.test"]
+    assert f"queued as {env.id}" in finals[6]
+    assert b"\r\n.leading dot\r\nbody\r\n" in body and b"Bcc" not in body
+
+
+def test_bs_eof_inside_data_queues_nothing(cfg: Path) -> None:
+    r = sendmail(
+        cfg, "-bs", input=b"HELO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\npartial\r\n"
+    )
+    assert r.returncode == 75
+    assert not (Path(config.load(str(cfg)).spool.path) / "data.mdb").exists() or queued(cfg) == []
+
+
+def test_installed_as_sendmail_symlink(cfg: Path, tmp_path: Path) -> None:
+    """The documented install: a symlink named ``sendmail`` to the ``fastmta`` script."""
+    script = Path(fastmta_cmd()[0]).parent / "fastmta"
+    assert script.exists(), "the fastmta console script is installed with the package"
+    link = tmp_path / "sendmail"
+    link.symlink_to(script)
+    r = subprocess.run([str(link), "-C", str(cfg), "-t", "-oi"], input=MSG, capture_output=True, timeout=30,
+                       cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert len(queued(cfg)) == 1
