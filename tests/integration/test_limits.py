@@ -1,0 +1,187 @@
+# SPDX-License-Identifier: MIT
+"""Every [limits] key at and past its edge, against a real server with small limits."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures.server import RawClient, Running, running
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMITS = """
+[limits]
+max_message_size = 2000
+max_recipients = 3
+max_line_length = 100
+max_errors = 3
+max_connections_per_ip = 4
+max_connections = 6
+command_timeout = "1s"
+data_timeout = "1500ms"
+"""
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(tmp_path_factory.mktemp("limits"), LIMITS) as s:
+        yield s
+
+
+def start(c: RawClient, rcpts: int = 1) -> None:
+    c.cmd(b"EHLO l.test")
+    assert c.cmd(b"MAIL FROM:<a@x.test>").startswith(b"250")
+    for i in range(rcpts):
+        assert c.cmd(b"RCPT TO:<r%d@y.test>" % i).startswith(b"250")
+
+
+def body_of(total: int) -> bytes:
+    """A DATA body of exactly ``total`` octets (after unstuffing), ending in CRLF."""
+    data = bytearray(b"x" * (total - 2))
+    for i in range(98, total - 4, 100):
+        data[i : i + 2] = b"\r\n"
+    return bytes(data) + b"\r\n"
+
+
+def test_ehlo_advertises_size(srv: Running) -> None:
+    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+        s.ehlo("l.test")
+        assert s.esmtp_features["size"] == "2000"
+
+
+@pytest.mark.parametrize(("size", "ok"), [(2000, True), (2001, False)])
+def test_message_size_at_and_past(srv: Running, size: int, ok: bool) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        start(c)
+        assert c.cmd(b"DATA").startswith(b"354")
+        c.send(body_of(size) + b".\r\n")
+        reply = c.reply()
+        assert reply.startswith(b"250 2.0.0 Ok: queued") if ok else reply == b"552 5.3.4 Message size exceeds fixed limit\r\n"
+        assert c.cmd(b"NOOP").startswith(b"250")
+
+
+@pytest.mark.parametrize(("size", "ok"), [(2000, True), (2001, False)])
+def test_mail_size_param_at_and_past(srv: Running, size: int, ok: bool) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO l.test")
+        reply = c.cmd(b"MAIL FROM:<a@x.test> SIZE=%d" % size)
+        assert reply.startswith(b"250") if ok else reply.startswith(b"552 5.3.4")
+
+
+@pytest.mark.parametrize(("size", "ok"), [(2000, True), (2001, False)])
+def test_bdat_size_at_and_past(srv: Running, size: int, ok: bool) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        start(c)
+        c.send(b"BDAT 1000\r\n" + b"b" * 1000)
+        assert c.reply().startswith(b"250 2.0.0 1000 octets")
+        rest = size - 1000
+        c.send(b"BDAT %d LAST\r\n" % rest + b"c" * rest)
+        reply = c.reply()
+        assert reply.startswith(b"250 2.0.0 Ok: queued") if ok else reply.startswith(b"552 5.3.4")
+        assert c.cmd(b"NOOP").startswith(b"250")
+
+
+def test_recipients_at_and_past(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        start(c, rcpts=3)
+        assert c.cmd(b"RCPT TO:<r4@y.test>") == b"452 4.5.3 Too many recipients\r\n"
+        assert c.cmd(b"DATA").startswith(b"354")
+        c.send(b"Subject: three\r\n\r\n.\r\n")
+        assert c.reply().startswith(b"250 2.0.0 Ok: queued")
+
+
+def test_line_length_at_and_past(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO l.test")
+        at = b"NOOP " + b"a" * (100 - 7)  # 100 octets with the CRLF
+        assert c.cmd(at) == b"250 2.0.0 Ok\r\n"
+        assert c.cmd(at + b"a") == b"500 5.5.2 Line too long\r\n"
+        assert c.cmd(b"NOOP" + b" " * 100_000) == b"500 5.5.2 Line too long\r\n"
+        assert c.cmd(b"NOOP") == b"250 2.0.0 Ok\r\n"
+
+
+def test_max_errors_then_421(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        for _ in range(3):  # max_errors = 3 bad commands are answered...
+            assert c.cmd(b"BOGUS").startswith(b"500 5.5.1")
+        assert c.cmd(b"BOGUS") == b"421 4.7.0 Too many errors, closing connection\r\n"  # ...the 4th closes
+        assert c.closed()
+
+
+def test_connections_per_ip_at_and_past(srv: Running) -> None:
+    clients = [RawClient(srv.host, srv.port) for _ in range(4)]
+    try:
+        assert all(c.banner.startswith(b"220 ") for c in clients)
+        with RawClient.__new__(RawClient) as extra:
+            extra.sock = socket.create_connection((srv.host, srv.port), timeout=5)
+            extra.buf = b""
+            assert extra.reply() == b"421 4.7.0 Too many connections from your address\r\n"
+            assert extra.closed()
+    finally:
+        for c in clients:
+            c.close()
+    time.sleep(0.2)
+    with RawClient(srv.host, srv.port) as c:  # slots are given back
+        assert c.banner.startswith(b"220 ")
+
+
+def test_max_connections_global(srv: Running) -> None:
+    # per-IP limit is 4 and the global one 6: use two loopback addresses
+    clients = [RawClient(srv.host, srv.port) for _ in range(4)]
+    try:
+        for _ in range(2):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.connect((srv.host, srv.port))
+            c = RawClient.__new__(RawClient)
+            c.sock, c.buf = s, b""
+            assert c.reply().startswith(b"220 ")
+            clients.append(c)
+        s = socket.socket()
+        s.bind(("127.0.0.3", 0))
+        s.settimeout(5)
+        s.connect((srv.host, srv.port))
+        c = RawClient.__new__(RawClient)
+        c.sock, c.buf = s, b""
+        assert c.reply().startswith(b"421 4.3.2")
+        c.close()
+    finally:
+        for c in clients:
+            c.close()
+    time.sleep(0.2)
+
+
+def test_command_timeout(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO l.test")
+        t0 = time.monotonic()
+        assert c.reply() == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
+        assert 0.9 <= time.monotonic() - t0 < 3.0
+        assert c.closed()
+
+
+def test_command_timeout_is_per_command(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        for _ in range(4):  # 2 s of activity, never 1 s idle
+            time.sleep(0.5)
+            assert c.cmd(b"NOOP").startswith(b"250")
+
+
+def test_data_timeout(srv: Running) -> None:
+    before = len(srv.bodies())
+    with RawClient(srv.host, srv.port) as c:
+        start(c)
+        assert c.cmd(b"DATA").startswith(b"354")
+        c.send(b"Subject: slow\r\n")
+        time.sleep(0.8)  # past command_timeout, within data_timeout
+        c.send(b"\r\nstill here\r\n")
+        t0 = time.monotonic()
+        assert c.reply().startswith(b"421 4.4.2")
+        assert time.monotonic() - t0 >= 1.0
+    assert len(srv.bodies()) == before  # the cut message was not queued
