@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta queue list|show|flush|delete|bounce|stats``: inspect and steer the spool.
+
+Works while ``serve`` runs (LMDB is multi-process; the server sees a flush or a
+delete within about a second) and when it does not. ``list`` streams, so a queue
+of a million messages prints without being loaded. Exit status: 0 done, 1 some
+ids not found (or no spool), 2 bad configuration, 64 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastmta.commands import add_config_arg, load_config_or_exit
+from fastmta.spool import admin, ops, records
+from fastmta.spool.ids import is_valid
+from fastmta.spool.records import Envelope
+from fastmta.spool.store import Store
+
+EX_USAGE = 64
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC, second precision: ``2026-11-28T20:30:00Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row(env: Envelope) -> dict[str, Any]:
+    """The ``list --json`` object (keys fixed by DESIGN.md §3.1)."""
+    return {
+        "id": env.id, "from": env.sender, "rcpts": [r.addr for r in env.rcpts if r.pending],
+        "size": env.size, "attempts": env.attempts, "arrived": iso(env.arrived),
+        "next_attempt": iso(env.next_attempt), "last_error": env.last_error,
+    }  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fastmta queue", description="Inspect and steer the mail queue.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{list,show,flush,delete,bounce,stats}")
+    p = sub.add_parser("list", help="one row per queued message")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = sub.add_parser("show", help="envelope and headers of one message")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--body", action="store_true", help="the whole message, not just its headers")
+    p = sub.add_parser("flush", help="retry now: the given messages, a domain's, or all")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--domain", metavar="D", help="messages with a pending recipient at D")
+    p = sub.add_parser("delete", help="remove messages without notice")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("bounce", help="fail the pending recipients; the server bounces them to the sender")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("stats", help="counts by state, bytes, oldest message, map use")
+    p.add_argument("--json", action="store_true")
+    for p in sub.choices.values():
+        add_config_arg(p)
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EX_USAGE if e.code else 0
+    cfg = load_config_or_exit(args.config).spool
+    ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
+    bad = [i for i in ids if not is_valid(i)]
+    if bad:
+        print(f"fastmta queue: not a message id: {' '.join(bad)}", file=sys.stderr)
+        return EX_USAGE
+    if args.cmd == "flush" and ids and args.domain:
+        print("fastmta queue flush: give ids or --domain, not both", file=sys.stderr)
+        return EX_USAGE
+    if not admin.exists(cfg):
+        if args.cmd in ("list", "stats"):
+            return _stats_empty(args) if args.cmd == "stats" else 0
+        print(f"fastmta queue: no spool at {cfg.path}", file=sys.stderr)
+        return 1
+    store = admin.open_store(cfg)
+    try:
+        return _COMMANDS[args.cmd](store, args, ids)
+    except BrokenPipeError:  # `fastmta queue list | head`: the reader has what it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        store.close()
+
+
+def _warn_damaged(msg_id: str, why: str) -> None:
+    print(f"fastmta queue: {msg_id}: damaged record ({why}); the server quarantines it", file=sys.stderr)
+
+
+def _list(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    out = sys.stdout
+    if not args.json:
+        out.write(f"{'ID':<16} {'Size':>9} {'Arrived':<20} {'Next attempt':<20} {'Tries':>5}  Sender\n")
+    for n, env in enumerate(admin.iter_envelopes(store, _warn_damaged)):
+        if args.json:
+            out.write(json.dumps(row(env), ensure_ascii=False) + "\n")
+        else:
+            out.write(f"{env.id:<16} {env.size:>9} {iso(env.arrived):<20} {iso(env.next_attempt):<20} "
+                      f"{env.attempts:>5}  <{env.sender}>\n")  # fmt: skip
+            for r in env.rcpts:
+                if r.pending:
+                    note = f"  ({r.last_error})" if r.last_error else ""
+                    out.write(
+                        f"{'':<18}<{r.addr}>{' [bounce requested]' if r.state == 'bounce' else ''}{note}\n"
+                    )
+        if n % 1000 == 999:
+            out.flush()
+    return 0
+
+
+def _show(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    raw = store.envelope_raw(args.id.encode("ascii"))
+    if raw is None:
+        print(f"fastmta queue: {args.id}: not in the queue", file=sys.stderr)
+        return 1
+    env = records.decode(args.id, raw)
+    body = store.body(env.id.encode("ascii")) if args.body else admin.first_chunk(store, env.id)
+    text = (body or b"") if args.body else admin.headers(body)
+    if args.json:
+        doc = {**row(env), "arrived_ts": env.arrived, "next_attempt_ts": env.next_attempt,
+               "client_ip": env.client_ip, "helo": env.helo, "listener": env.listener, "params": env.params,
+               "recipients": [{"addr": r.addr, "state": r.state, "orcpt": r.orcpt, "notify": r.notify,
+                               "attempts": r.attempts, "last_error": r.last_error} for r in env.rcpts],
+               "headers" if not args.body else "message": text.decode("utf-8", "replace")}  # fmt: skip
+        print(json.dumps(doc, ensure_ascii=False, indent=1))
+        return 0
+    w = sys.stdout.write
+    w(f"id:           {env.id}\nfrom:         <{env.sender}>\nsize:         {env.size}\n")
+    w(
+        f"arrived:      {iso(env.arrived)}\nnext attempt: {iso(env.next_attempt)}\nattempts:     {env.attempts}\n"
+    )
+    w(f"client:       {env.client_ip} ({env.helo}) on {env.listener}\n")
+    if env.params:
+        w("params:       " + " ".join(f"{k}={v}" for k, v in env.params.items()) + "\n")
+    if env.last_error:
+        w(f"last error:   {env.last_error}\n")
+    for r in env.rcpts:
+        extra = f" orcpt={r.orcpt}" if r.orcpt else ""
+        extra += f" notify={r.notify}" if r.notify else ""
+        err = f"  {r.last_error}" if r.last_error else ""
+        w(f"rcpt:         <{r.addr}> {r.state} attempts={r.attempts}{extra}{err}\n")
+    w("\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text)
+    return 0
+
+
+def _report(verb: str, changed: int, missing: list[str]) -> int:
+    for msg_id in missing:
+        print(f"fastmta queue: {msg_id}: not in the queue", file=sys.stderr)
+    print(f"{verb} {changed} message{'s' if changed != 1 else ''}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _flush(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    if args.domain:
+        targets: Any = list(admin.ids_for_domain(store, args.domain))
+    elif ids:
+        targets = ids
+    else:
+        targets = (env.id for env in admin.iter_envelopes(store, _warn_damaged))
+    changed, missing = admin.apply(store, targets, admin.flush_fn(time.time()))
+    return _report("flushed", changed, missing)
+
+
+def _delete(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    changed, missing = admin.apply(store, ids, ops.remove)
+    return _report("deleted", changed, missing)
+
+
+def _bounce(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    changed, missing = admin.apply(store, ids, admin.bounce_fn(time.time()))
+    return _report("bounce requested for", changed, missing)
+
+
+def _stats_doc(st: admin.Stats) -> dict[str, Any]:
+    return {
+        "messages": st.messages, "bytes": st.bytes, "recipients": st.recipients, "new": st.new,
+        "deferred": st.deferred, "due_now": st.due_now, "oldest_arrived": iso(st.oldest_arrived),
+        "damaged": st.damaged, "quarantined": st.quarantined, "map_used_bytes": st.map_used_bytes,
+        "map_size_bytes": st.map_size_bytes, "max_map_size_bytes": st.max_map_size_bytes,
+    }  # fmt: skip
+
+
+def _stats(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+    return _print_stats(_stats_doc(admin.stats(store)), args.json)
+
+
+def _stats_empty(args: argparse.Namespace) -> int:
+    return _print_stats(_stats_doc(admin.Stats()), args.json)
+
+
+def _print_stats(doc: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(doc))
+        return 0
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            value = " ".join(f"{k}={v}" for k, v in value.items())
+        print(f"{key.replace('_', ' ') + ':':<20} {value}")
+    return 0
+
+
+_COMMANDS = {"list": _list, "show": _show, "flush": _flush, "delete": _delete, "bounce": _bounce,
+             "stats": _stats}  # fmt: skip

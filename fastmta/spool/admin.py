@@ -1,0 +1,166 @@
+# SPDX-License-Identifier: MIT
+"""Administration of a spool that a server may be using right now (``fastmta queue``).
+
+LMDB is multi-process: these helpers open the environment themselves, read in
+pages of short read transactions (a reader never pins old pages for long, and a
+million-message queue streams instead of loading) and change messages through
+their own short write transactions, a page at a time. The running server's
+scheduler notices a flush or delete at its next ``due()`` scan (about a second).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import lmdb
+
+from fastmta.config import SpoolConfig
+from fastmta.spool import ops, records
+from fastmta.spool.records import Envelope, RecordError
+from fastmta.spool.store import Store
+
+PAGE = 1000
+
+
+def exists(cfg: SpoolConfig) -> bool:
+    return os.path.exists(os.path.join(cfg.path, "data.mdb"))
+
+
+def open_store(cfg: SpoolConfig) -> Store:
+    return Store(cfg.path, cfg.map_size, cfg.max_map_size, sync=cfg.sync)
+
+
+def iter_envelopes(store: Store, on_damaged: Callable[[str, str], None] | None = None,
+                   page: int = PAGE) -> Iterator[Envelope]:  # fmt: skip
+    """Every envelope in id (arrival) order, ``page`` records per read transaction."""
+    after = b""
+    while True:
+        rows: list[tuple[bytes, bytes]] = []
+        with store.read() as txn:
+            cur = txn.cursor(store.envs)
+            if not cur.set_range(after):
+                return
+            for key, value in cur:
+                if key == after:
+                    continue
+                rows.append((key, value))
+                if len(rows) >= page:
+                    break
+        if not rows:
+            return
+        for key, value in rows:
+            msg_id = key.decode("ascii", "replace")
+            try:
+                yield records.decode(msg_id, value)
+            except RecordError as e:
+                if on_damaged is not None:
+                    on_damaged(msg_id, str(e))
+        after = rows[-1][0]
+
+
+def headers(body: bytes | None) -> bytes:
+    """The header block of a message (up to the empty line)."""
+    if not body:
+        return b""
+    end = body.find(b"\r\n\r\n")
+    return body if end < 0 else body[: end + 2]
+
+
+def first_chunk(store: Store, msg_id: str) -> bytes | None:
+    """The start of a body (enough for its headers) without reading a 50 MiB message whole."""
+    with store.read() as txn:
+        return txn.get(msg_id.encode("ascii") + b"\x00\x00", db=store.bodies)
+
+
+def apply(store: Store, ids: Iterable[str], fn: Callable[[Store, lmdb.Transaction, bytes], bool],
+          page: int = 200) -> tuple[int, list[str]]:  # fmt: skip
+    """Run ``fn`` on each id, ``page`` ids per write transaction; (changed, ids not found)."""
+    changed, missing = 0, []
+    batch: list[str] = []
+
+    def flush() -> None:
+        nonlocal changed
+        results = []
+        while True:
+            try:
+                with store.write() as txn:
+                    results = [fn(store, txn, i.encode("ascii")) for i in batch]
+                break
+            except lmdb.MapFullError:
+                if not store.grow(1024**2):
+                    raise
+        changed += sum(results)
+        missing.extend(i for i, ok in zip(batch, results, strict=True) if not ok)
+        batch.clear()
+
+    for msg_id in ids:
+        batch.append(msg_id)
+        if len(batch) >= page:
+            flush()
+    if batch:
+        flush()
+    return changed, missing
+
+
+def flush_fn(now: float) -> Callable[[Store, lmdb.Transaction, bytes], bool]:
+    return lambda store, txn, id_b: ops.reschedule(store, txn, id_b, now)
+
+
+def bounce_fn(now: float) -> Callable[[Store, lmdb.Transaction, bytes], bool]:
+    return lambda store, txn, id_b: ops.bounce(store, txn, id_b, now)
+
+
+def ids_for_domain(store: Store, domain: str) -> Iterator[str]:
+    """Ids of messages with a pending recipient at ``domain``."""
+    domain = domain.lower().rstrip(".")
+    for env in iter_envelopes(store):
+        if any(r.pending and r.addr.rpartition("@")[2].lower().rstrip(">") == domain for r in env.rcpts):
+            yield env.id
+
+
+@dataclass
+class Stats:
+    messages: int = 0
+    bytes: int = 0
+    recipients: dict[str, int] = field(default_factory=lambda: dict.fromkeys(records.STATES, 0))
+    new: int = 0  # never tried yet
+    deferred: int = 0  # tried at least once
+    due_now: int = 0
+    oldest_arrived: float | None = None
+    damaged: int = 0
+    quarantined: int = 0
+    map_used_bytes: int = 0
+    map_size_bytes: int = 0
+    max_map_size_bytes: int = 0
+
+
+def stats(store: Store, now: float | None = None) -> Stats:
+    """Counts by state, bytes, oldest message and map use (streams the whole queue)."""
+    now = time.time() if now is None else now
+    st = Stats()
+
+    def damaged(_id: str, _why: str) -> None:
+        st.damaged += 1
+
+    for env in iter_envelopes(store, damaged):
+        st.messages += 1
+        st.bytes += env.size
+        for r in env.rcpts:
+            st.recipients[r.state] += 1
+        if env.attempts:
+            st.deferred += 1
+        else:
+            st.new += 1
+        if env.next_attempt <= now:
+            st.due_now += 1
+        if st.oldest_arrived is None or env.arrived < st.oldest_arrived:
+            st.oldest_arrived = env.arrived
+    with store.read() as txn:
+        st.quarantined = int(txn.stat(store.quar)["entries"])
+    st.map_used_bytes = store.used_bytes()
+    st.map_size_bytes = store.map_size()
+    st.max_map_size_bytes = store.max_map_size
+    return st
