@@ -137,9 +137,8 @@ def _show(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
         return 0
     w = sys.stdout.write
     w(f"id:           {env.id}\nfrom:         <{env.sender}>\nsize:         {env.size}\n")
-    w(
-        f"arrived:      {iso(env.arrived)}\nnext attempt: {iso(env.next_attempt)}\nattempts:     {env.attempts}\n"
-    )
+    w(f"arrived:      {iso(env.arrived)}\nnext attempt: {iso(env.next_attempt)}\n")
+    w(f"attempts:     {env.attempts}\n")
     w(f"client:       {env.client_ip} ({env.helo}) on {env.listener}\n")
     if env.params:
         w("params:       " + " ".join(f"{k}={v}" for k, v in env.params.items()) + "\n")
