@@ -26,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 from fastmta.config import Config, parse_hostport
-from fastmta.delivery import Attempt, Destination
+from fastmta.delivery import Attempt, Destination, replies
 from fastmta.delivery.classify import classify
+from fastmta.delivery.client import parse_ehlo, to_reply
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
+from fastmta.parser import ReplyParser, encode_data
 
 if TYPE_CHECKING:
     from fastmta.spool.records import Envelope
@@ -44,11 +46,7 @@ R_DISK_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 R_QUOTA = Reply(452, "4.2.2", "Mailbox full")
 R_LOCAL_ERROR = Reply(451, "4.3.0", "Local delivery failed temporarily")
 R_USERS_UNREADABLE = Reply(451, "4.3.0", "Recipient list temporarily unavailable")
-R_NO_BODY = Reply(451, "4.3.0", "Message body unavailable")
 R_LMTP_DOWN = Reply(421, "4.4.1", "LMTP server unavailable")
-R_LMTP_TIMEOUT = Reply(421, "4.4.2", "LMTP server timed out")
-R_LMTP_BROKEN = Reply(451, "4.4.2", "LMTP connection lost")
-R_LMTP_PROTOCOL = Reply(451, "4.5.0", "LMTP protocol error")
 
 
 class SpoolReader(Protocol):
@@ -275,21 +273,6 @@ def _header_values(head: bytes, name: bytes) -> set[bytes]:
 
 # --- LMTP ---------------------------------------------------------------------------
 
-_ENHANCED_RE = re.compile(rb"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
-
-
-def parse_reply(code: int, lines: list[bytes]) -> Reply:
-    """A Reply from a parsed (possibly multi-line) reply; the enhanced code is taken from
-    the first line or derived from the code class."""
-    texts, enhanced = [], ""
-    for line in lines:
-        m = _ENHANCED_RE.match(line)
-        if m:
-            enhanced = enhanced or m.group(1).decode()
-            line = line[m.end() :]
-        texts.append(line.decode("utf-8", "replace").strip())
-    return Reply(code, enhanced or f"{code // 100}.0.0", " ".join(t for t in texts if t))
-
 
 def _ok(reply: Reply) -> bool:
     return 200 <= reply.code < 300
@@ -311,23 +294,23 @@ class _LmtpConnection:
     """One LMTP session (after LHLO); ``used`` counts transactions for the reuse cap."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
-        from fastmta.parser import ReplyParser
-
         self.reader, self.writer, self.timeout = reader, writer, timeout
         self._parser = ReplyParser()
         self._ready: list[tuple[int, list[bytes]]] = []
-        self.ext: set[str] = set()
+        self.ext: dict[str, str] = {}
         self.used = 0
         self.idle_since = 0.0
 
-    async def reply(self) -> Reply:
+    async def raw_reply(self) -> tuple[int, list[bytes]]:
         while not self._ready:
             data = await asyncio.wait_for(self.reader.read(65536), self.timeout)
             if not data:
                 raise _LmtpClosed
             self._ready.extend(self._parser.feed(data))
-        code, lines = self._ready.pop(0)
-        return parse_reply(code, lines)
+        return self._ready.pop(0)
+
+    async def reply(self) -> Reply:
+        return to_reply(*await self.raw_reply())
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -381,7 +364,7 @@ class LocalDeliverer:
         try:
             body = self.spool.body(envelope.id)
             if body is None:
-                attempt.outcomes = {i: Deferred(R_NO_BODY, "other") for i in rcpts}
+                attempt.outcomes = {i: Deferred(replies.NO_BODY, "other") for i in rcpts}
             elif self.cfg.local.lmtp:
                 attempt.outcomes = await self._deliver_lmtp(envelope, rcpts, body)
             else:
@@ -456,13 +439,13 @@ class LocalDeliverer:
             if greeting.code != 220:
                 raise _Refused(greeting)
             await conn.send(b"LHLO " + self.cfg.hostname.encode("idna") + b"\r\n")
-            lhlo = await conn.reply()
-            if lhlo.code != 250:
-                raise _Refused(lhlo)
+            code, lines = await conn.raw_reply()
+            if code != 250:
+                raise _Refused(to_reply(code, lines))
         except BaseException:
             await conn.close(quit=False)
             raise
-        conn.ext = {w.split(" ", 1)[0].upper() for w in lhlo.text.split(" ") if w}
+        conn.ext = parse_ehlo(lines)
         return conn
 
     def _take_idle(self) -> _LmtpConnection | None:
@@ -518,8 +501,6 @@ class LocalDeliverer:
         self, conn: _LmtpConnection, envelope: Envelope, todo: list[int], body: bytes, stale_ok: bool
     ) -> dict[int, Outcome]:
         """MAIL, RCPT…, DATA, then one reply per accepted recipient (RFC 2033 §4.2)."""
-        from fastmta.parser import encode_data
-
         params = envelope.params or {}
         mail = b"MAIL FROM:<" + envelope.sender.encode("utf-8", "surrogateescape") + b">"
         if params.get("BODY") and "8BITMIME" in conn.ext:
@@ -589,10 +570,10 @@ def _failure_outcome(e: Exception, connected: bool) -> Outcome:
     if isinstance(e, _Refused):
         return _outcome(e.reply)
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-        return Deferred(R_LMTP_TIMEOUT, "timeout")
+        return Deferred(replies.TIMEOUT, "timeout")
     if isinstance(e, (OSError, _LmtpClosed)):
-        return Deferred(R_LMTP_BROKEN if connected else R_LMTP_DOWN, "connection")
-    return Deferred(R_LMTP_PROTOCOL, "other")  # ParserError: not an LMTP server
+        return Deferred(replies.CONNECTION_LOST if connected else R_LMTP_DOWN, "connection")
+    return Deferred(replies.PROTOCOL, "other")  # ParserError: not an LMTP server
 
 
 class _Refused(Exception):
