@@ -11,6 +11,7 @@ Nothing here talks to anything but 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -290,6 +291,15 @@ class Fastmta(Peer):
         self.write_config()
         super().start()
         return self
+
+    def queued(self) -> int | None:
+        """Messages in this instance's spool, from ``fastmta queue stats --json``."""
+        cmd = [PYTHON, "-m", "fastmta", "queue", "stats", "--json", "--config", str(self.config)]
+        r = subprocess.run(cmd, capture_output=True, timeout=300, cwd=ROOT, env=self.env())
+        with contextlib.suppress(ValueError, IndexError):
+            stats = json.loads(r.stdout.decode().strip().splitlines()[-1])
+            return int(stats["messages"])
+        return None
 
     def stop(self, keep_spool: bool = False) -> None:
         if keep_spool:

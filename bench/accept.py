@@ -1,0 +1,246 @@
+# SPDX-License-Identifier: MIT
+"""Durable accept benchmark (issue 4 §9): fastmta beside Postfix, aiosmtpd and the bare-uvloop limit.
+
+    .venv/bin/python bench/accept.py [--quick] [--reps 3] [--json OUT]
+
+Every system runs at once on its own loopback port; each measurement drives one
+of them with ``smtp-source`` or ``fastmta load`` for a bounded count (sized from a
+warm-up so one run lasts about ``--seconds``), in an order that rotates each
+repetition, so drifting background load spreads over all systems alike. Reports
+accepted msgs/s and MB/s, client-side p50/p99 transaction latency (fastmta load),
+and the server's CPU time per accepted message (from /proc). ``smtp-sink`` is in
+the line-up as the load tools' own ceiling. Medians of the repetitions with min–max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import drivers, peers  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    size: int
+    connections: int
+    per_connection: int  # 1 = a new connection per message; larger = reuse, up to this many
+
+    @property
+    def label(self) -> str:
+        size = f"{self.size // 1024} KiB"
+        per = "1 msg/conn" if self.per_connection == 1 else f"≤{self.per_connection} msgs/conn"
+        return f"{size}, {self.connections} conn, {per}"
+
+
+# The issue's "must show" cells come first; --full adds the rest of the matrix.
+SCENARIOS = [
+    Scenario("4k-50c-1m", 4096, 50, 1),
+    Scenario("4k-50c-100m", 4096, 50, 100),
+    Scenario("100k-50c-1m", 102400, 50, 1),
+    Scenario("4k-1c-100m", 4096, 1, 100),
+]
+FULL_EXTRA = [
+    Scenario("100k-50c-100m", 102400, 50, 100),
+    Scenario("4k-1c-1m", 4096, 1, 1),
+    Scenario("100k-1c-100m", 102400, 1, 100),
+]
+
+SYSTEMS: dict[str, Callable[[], peers.Peer]] = {
+    "fastmta": lambda: peers.Fastmta(hold=True),
+    "fastmta-nometrics": lambda: peers.Fastmta(hold=True, metrics=False, name="fastmta-nometrics"),
+    "postfix": lambda: peers.Postfix(hold=True),
+    "aiosmtpd-sink": lambda: peers.Aiosmtpd(durable=False),
+    "aiosmtpd-durable": lambda: peers.Aiosmtpd(durable=True),
+    "limit": peers.Limit,
+    "smtp-sink": peers.SmtpSink,
+}
+DRIVERS = ("smtp-source", "fastmta-load")
+
+
+def measure(peer: peers.Peer, sc: Scenario, driver: str, count: int, timeout: float) -> dict[str, Any]:
+    """One bounded run against one system; adds the server's CPU µs per accepted message."""
+    cpu0 = peer.cpu()
+    if driver == "smtp-source":
+        res = drivers.smtp_source(
+            peer.address, count, sc.connections, sc.per_connection > 1, sc.size, timeout
+        )
+    else:
+        res = drivers.fastmta_load(peer.address, count, sc.connections, sc.per_connection, sc.size, timeout)
+    cpu = peer.cpu() - cpu0
+    out = res.as_dict()
+    out["count"] = count
+    out["cpu_us_per_msg"] = round(cpu / res.ok * 1e6, 1) if res.ok else None
+    return out
+
+
+def plan_count(sc: Scenario, rate: float, seconds: float, cap: int) -> int:
+    """Messages for one run of about ``seconds``: whole rounds of connections, within [min, cap]."""
+    floor = sc.connections * min(sc.per_connection, 10) * 2
+    n = int(rate * seconds)
+    n -= n % sc.connections
+    return max(floor, min(cap, n))
+
+
+def order(systems: list[str], rep: int) -> list[str]:
+    """Rotate by the repetition and reverse every other one: no system always runs first."""
+    k = rep % len(systems)
+    rotated = systems[k:] + systems[:k]
+    return rotated[::-1] if rep % 2 else rotated
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per scenario, driver and system: median and min–max of rate, MB/s, p99, CPU/msg."""
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        if not r.get("warmup"):
+            cells.setdefault((r["scenario"], r["driver"], r["system"]), []).append(r)
+    out: dict[str, Any] = {}
+    for (sc, drv, system), rs in cells.items():
+        good = [r for r in rs if r["ok"] and not r["failed"]]
+        cell: dict[str, Any] = {"reps": len(rs), "good_reps": len(good)}
+        for key in ("rate", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_msg"):
+            vals = [r[key] for r in good if r.get(key) is not None]
+            if vals:
+                cell[key] = {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),
+                             "max": round(max(vals), 2)}  # fmt: skip
+        errors: dict[str, int] = {}
+        for r in rs:
+            for k, v in r["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        if errors:
+            cell["errors"] = errors
+        out.setdefault(sc, {}).setdefault(drv, {})[system] = cell
+    return out
+
+
+def ratios(summary: dict[str, Any], base: str = "fastmta") -> dict[str, Any]:
+    """fastmta ÷ each other system, by median rate (MB/s for the 100 KiB cells), per scenario and driver."""
+    out: dict[str, Any] = {}
+    for sc, by_drv in summary.items():
+        key = "mb_s" if sc.startswith("100k") else "rate"
+        for drv, by_sys in by_drv.items():
+            mine = by_sys.get(base, {}).get(key, {}).get("median")
+            if not mine:
+                continue
+            for system, cell in by_sys.items():
+                theirs = cell.get(key, {}).get("median")
+                if system != base and theirs:
+                    out.setdefault(sc, {}).setdefault(drv, {})[system] = round(mine / theirs, 2)
+    return out
+
+
+def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: list[Scenario],
+        driver_names: tuple[str, ...], log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Start every system, run the rotating matrix, stop every system; the JSON result."""
+    started: dict[str, peers.Peer] = {}
+    unavailable: dict[str, str] = {}
+    runs: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    timeout = 60.0 if quick else 180.0
+    cap = 30_000 if quick else 200_000
+    try:
+        for name in systems:
+            try:
+                started[name] = SYSTEMS[name]().start()
+                log(f"started {name} on {started[name].address} (pid {started[name].pid})")
+            except Exception as e:  # a peer that cannot start is reported, not fatal
+                unavailable[name] = f"{type(e).__name__}: {e}"[:300]
+                log(f"cannot start {name}: {unavailable[name]}")
+        live = [s for s in systems if s in started]
+        rates: dict[tuple[str, str, str], float] = {}
+        for rep in range(-1, reps):  # rep -1 is the warm-up that also sizes the runs
+            for sc in scenarios:
+                for drv in driver_names:
+                    for system in order(live, max(rep, 0) + scenarios.index(sc)):
+                        cell = (sc.name, drv, system)
+                        if rep < 0:
+                            count = plan_count(sc, 0, 0, cap)
+                        else:
+                            count = plan_count(sc, rates.get(cell, 100.0), seconds, cap)
+                        r = measure(started[system], sc, drv, count, timeout)
+                        r.update(scenario=sc.name, system=system, rep=rep, warmup=rep < 0)
+                        runs.append(r)
+                        if r["ok"]:
+                            rates[cell] = r["rate"]
+                        log(f"rep {rep:>2} {sc.name:<14} {drv:<12} {system:<18} {r['rate']:>9.1f} msg/s"
+                            f"  p99 {r['p99_ms'] if r['p99_ms'] is not None else '-':>7}"
+                            f"  cpu/msg {r['cpu_us_per_msg'] or '-':>8} µs"
+                            f"{'  ERR ' + str(r['errors']) if r['failed'] else ''}")  # fmt: skip
+        stored = {name: _stored(peer) for name, peer in started.items()}
+    finally:
+        for peer in started.values():
+            with contextlib.suppress(Exception):
+                peer.stop()
+    summary = summarise(runs)
+    return {
+        "bench": "accept",
+        "quick": quick,
+        "reps": reps,
+        "seconds_per_run": seconds,
+        "scenarios": {sc.name: sc.label for sc in scenarios},
+        "systems": systems,
+        "unavailable": unavailable,
+        "stored_check": stored,
+        "summary": summary,
+        "ratios": ratios(summary),
+        "runs": runs,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def _stored(peer: peers.Peer) -> int | None:
+    """What a durable system holds on disk at the end (None when it stores nothing)."""
+    if isinstance(peer, peers.Postfix):
+        return peer.queued()
+    if isinstance(peer, peers.Aiosmtpd) and peer.durable:
+        return sum(1 for _ in (peer.workdir / "mail").iterdir())
+    if isinstance(peer, peers.Fastmta):
+        return peer.queued()
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter runs (the < 10 minute suite)")
+    ap.add_argument("--full", action="store_true", help="the whole size × connections × reuse matrix")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=None, help="target length of one run")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
+    ap.add_argument("--scenarios", default=None, help="comma-separated subset of scenario names")
+    ap.add_argument("--drivers", default=",".join(DRIVERS))
+    ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
+    args = ap.parse_args(argv)
+    scenarios = SCENARIOS + (FULL_EXTRA if args.full else [])
+    if args.scenarios:
+        wanted = args.scenarios.split(",")
+        scenarios = [s for s in SCENARIOS + FULL_EXTRA if s.name in wanted]
+    systems = [s for s in args.systems.split(",") if s]
+    bad = [s for s in systems if s not in SYSTEMS]
+    if bad:
+        ap.error(f"unknown systems {bad}; known: {list(SYSTEMS)}")
+    seconds = args.seconds or (1.0 if args.quick else 4.0)
+    result = run(args.quick, args.reps, seconds, systems, scenarios, tuple(args.drivers.split(",")),
+                 lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+    text = json.dumps(result, indent=1)
+    if args.json in (None, "-"):
+        print(text)
+    else:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: MIT
+"""Benchmark report: the machine, Markdown tables with ratios, and a PNG chart.
+
+Reads the combined result of ``bench/run.py`` (one JSON object with ``machine``
+and one entry per bench). ``python bench/report.py RESULT.json [--png OUT]``
+re-renders an old result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import peers  # noqa: E402
+
+# Column order of the accept tables, and the ratios asked for (fastmta ÷ peer).
+ACCEPT_SYSTEMS = ("fastmta", "fastmta-nometrics", "postfix", "aiosmtpd-sink", "aiosmtpd-durable", "limit",
+                  "smtp-sink")  # fmt: skip
+RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit")
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model, kernel, Python and the version of every peer."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    parser_backend = "?"
+    with contextlib.suppress(Exception):
+        from fastmta import parser
+
+        parser_backend = parser.backend
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "fastmta_parser": parser_backend,
+        "versions": peers.versions(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _fmt(cell: dict[str, Any] | None, key: str = "rate", digits: int = 0) -> str:
+    if not cell or key not in cell:
+        return "–"
+    v = cell[key]
+    med, lo, hi = v["median"], v["min"], v["max"]
+    if digits:
+        return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+    return f"{med:,.0f} ({lo:,.0f}–{hi:,.0f})"
+
+
+def _md(rows: list[list[str]]) -> list[str]:
+    head, *body = rows
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|",
+            *("| " + " | ".join(r) + " |" for r in body)]  # fmt: skip
+
+
+def accept_tables(acc: dict[str, Any]) -> list[str]:
+    summary, ratios = acc["summary"], acc["ratios"]
+    systems = [s for s in ACCEPT_SYSTEMS if s in acc["systems"] and s not in acc.get("unavailable", {})]
+    out: list[str] = []
+    drivers = sorted({d for by in summary.values() for d in by}, reverse=True)
+    for drv in drivers:
+        out += ["", f"**Durable accept, driven by `{drv}`**: msg/s, median of {acc['reps']} (min–max); "
+                "100 KiB rows also in MB/s", ""]  # fmt: skip
+        head = ["scenario", *systems, *(f"fastmta ÷ {p}" for p in RATIO_PEERS if p in systems)]
+        rows = [head]
+        for sc, label in acc["scenarios"].items():
+            by_sys = summary.get(sc, {}).get(drv, {})
+            row = [label] + [_fmt(by_sys.get(s)) for s in systems]
+            if sc.startswith("100k"):
+                row = [label] + [
+                    f"{_fmt(by_sys.get(s))}<br>{by_sys.get(s, {}).get('mb_s', {}).get('median', '–')} MB/s"
+                    for s in systems
+                ]
+            r = ratios.get(sc, {}).get(drv, {})
+            row += [f"{r[p]:.2f}×" if p in r else "–" for p in RATIO_PEERS if p in systems]
+            rows.append(row)
+        out += _md(rows)
+    lat = [sc for sc in acc["scenarios"] if "fastmta-load" in summary.get(sc, {})]
+    if lat:
+        out += ["", "**Client-side p99 transaction latency (ms, `fastmta load`) / server CPU per accepted "
+                "message (µs, smtp-source runs)**", ""]  # fmt: skip
+        rows = [["scenario", *systems]]
+        for sc in lat:
+            cells = []
+            for s in systems:
+                p99 = summary[sc]["fastmta-load"].get(s, {}).get("p99_ms", {}).get("median")
+                cpu = summary[sc].get("smtp-source", {}).get(s, {}).get("cpu_us_per_msg", {}).get("median")
+                cells.append(
+                    f"{p99 if p99 is not None else '–'} / {f'{cpu:,.0f}' if cpu is not None else '–'}"
+                )
+            rows.append([acc["scenarios"][sc], *cells])
+        out += _md(rows)
+    if acc.get("unavailable"):
+        out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in acc["unavailable"].items())]
+    return out
+
+
+def relay_tables(rel: dict[str, Any]) -> list[str]:
+    out = ["", f"**End-to-end relay** (smtp-source → MTA → smtp-sink, 4 KiB, 50 connections, "
+           f"{rel['count_per_run']} msgs per run): msg/s from first sent to last received", ""]  # fmt: skip
+    rows = [["scenario", "fastmta", "postfix", "fastmta ÷ postfix"]]
+    for sc, cell in rel["summary"].items():
+        fm, pf = cell.get("fastmta"), cell.get("postfix")
+        ratio = rel["ratios_fastmta_over_postfix"].get(sc)
+        cells = [f"{c['median']:,.0f} ({c['min']:,.0f}–{c['max']:,.0f})" if c else "–" for c in (fm, pf)]
+        rows.append([sc, *cells, f"{ratio:.2f}×" if ratio else "–"])
+    out += _md(rows)
+    d = rel.get("drain")
+    if d and "error" not in d:
+        done = "" if d["complete"] else ", INCOMPLETE"
+        out += [
+            "",
+            f"**Drain** of {d['queued']:,} queued messages to smtp-sink: {d['rate']:,.0f} msg/s "
+            f"({d['delivered']:,} delivered in {d['elapsed_s']} s{done}), "
+            f"{d['connections_opened']} connections opened, peak RSS {d['peak_rss_mb']} MiB",
+        ]
+    elif d:
+        out += ["", f"**Drain** failed: {d['error']}"]
+    if rel.get("unavailable"):
+        out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in rel["unavailable"].items())]
+    return out
+
+
+def spool_lines(sp: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        "**Spool** (durable 4 KiB puts/s under a busy loop; LMDB group commit vs file-per-message)",
+        "",
+    ]
+    rows = [["producers", "lmdb puts/s", "files puts/s", "ratio"]]
+    for row in sp.get("puts", []):
+        rows.append([str(row["producers"]), f"{row['lmdb']['puts_per_s']:,.0f}",
+                     f"{row['files']['puts_per_s']:,.0f}", f"{row['ratio']}×"])  # fmt: skip
+    out += _md(rows)
+    rec = sp.get("recovery")
+    if rec:
+        out += [
+            "",
+            f"Recovery of {rec.get('messages', 0):,} queued messages: {rec.get('recover_seconds')} s, "
+            f"peak RSS {rec.get('peak_rss_mib')} MiB",
+        ]
+    return out
+
+
+def generic_lines(name: str, data: dict[str, Any]) -> list[str]:
+    """Benches this report does not know in detail: their throughput-like numbers, flattened."""
+    found: list[str] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(f"{prefix}[{i}]", x)
+        elif isinstance(v, int | float) and any(
+            t in prefix.lower() for t in ("mb_s", "mb_per_s", "per_s", "ratio")
+        ):
+            found.append(f"- {prefix}: {v:,.1f}" if isinstance(v, float) else f"- {prefix}: {v:,}")
+
+    walk("", data)
+    return ["", f"**{name.capitalize()}**", "", *found[:40]]
+
+
+def render(result: dict[str, Any]) -> str:
+    """The whole report as Markdown (also what the terminal shows)."""
+    m = result["machine"]
+    v = m["versions"]
+    lines = [
+        f"fastmta benchmark {result['date']} ({'--quick' if result.get('quick') else 'full'}, "
+        f"{result.get('elapsed_s', '?')} s)",
+        f"machine: {m['cores']} cores ({m['usable_cores']} usable), {m['cpu_model']}, Linux {m['kernel']}, "
+        f"Python {m['python']}, parser {m['fastmta_parser']}; load average at start "
+        f"{'/'.join(map(str, m['load_average_at_start']))}",
+        "peers: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+    ]
+    if result.get("note"):
+        lines.append(f"note: {result['note']}")
+    benches = result.get("benches", {})
+    for name, data in benches.items():
+        if "error" in data:
+            lines += ["", f"**{name}**: failed: {data['error']}"]
+        elif name == "accept":
+            lines += accept_tables(data)
+        elif name == "relay":
+            lines += relay_tables(data)
+        elif name == "spool":
+            lines += spool_lines(data)
+        else:
+            lines += generic_lines(name, data)
+    return "\n".join(lines) + "\n"
+
+
+def chart(result: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 latency per scenario and system (accept), plus relay rates; one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = result.get("benches", {})
+    acc = benches.get("accept") if "summary" in benches.get("accept", {}) else None
+    rel = benches.get("relay") if "summary" in benches.get("relay", {}) else None
+    panels = (2 if acc else 0) + (1 if rel else 0)
+    if not panels:
+        return
+    fig, axes = plt.subplots(panels, 1, figsize=(12, 4.2 * panels), squeeze=False)
+    ax_iter = iter(axes[:, 0])
+    if acc:
+        scen = list(acc["scenarios"])
+        systems = [s for s in ACCEPT_SYSTEMS if s in acc["systems"] and s not in acc.get("unavailable", {})]
+        width = 0.8 / max(1, len(systems))
+        for ax, key, drv, title, unit in (
+            (next(ax_iter), "rate", "smtp-source", "Durable accept throughput (smtp-source)", "msg/s (log)"),
+            (next(ax_iter), "p99_ms", "fastmta-load", "p99 transaction latency (fastmta load)", "ms (log)"),
+        ):
+            for i, s in enumerate(systems):
+                meds, errs = [], [[], []]
+                for sc in scen:
+                    c = acc["summary"].get(sc, {}).get(drv, {}).get(s, {}).get(key)
+                    med = c["median"] if c else 0
+                    meds.append(med)
+                    errs[0].append(med - c["min"] if c else 0)
+                    errs[1].append(c["max"] - med if c else 0)
+                xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(scen))]
+                ax.bar(xs, meds, width, yerr=errs, label=s, capsize=2)
+            ax.set_xticks(range(len(scen)), [acc["scenarios"][sc] for sc in scen], fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel(unit)
+            ax.set_title(title)
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=7, ncol=4)
+    if rel:
+        ax = next(ax_iter)
+        scen = list(rel["summary"])
+        for i, s in enumerate(("fastmta", "postfix")):
+            meds = [rel["summary"][sc].get(s, {}).get("median", 0) for sc in scen]
+            ax.bar([j + (i - 0.5) * 0.35 for j in range(len(scen))], meds, 0.35, label=s)
+        ax.set_xticks(range(len(scen)), scen)
+        ax.set_ylabel("msg/s end to end")
+        ax.set_title("Relay smtp-source → MTA → smtp-sink")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    m = result["machine"]
+    fig.suptitle(f"fastmta bench {result['date']} · {m['usable_cores']} cores {m['cpu_model']} · "
+                 f"load avg {m['load_average_at_start'][0]}", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("result", help="a bench/results/<date>.json file")
+    ap.add_argument("--png", help="also write the chart here")
+    args = ap.parse_args(argv)
+    result = json.loads(Path(args.result).read_text())
+    print(render(result))
+    if args.png:
+        chart(result, Path(args.png))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
