@@ -61,11 +61,11 @@ def order_mx(records: tuple[str, ...], rng: random.Random | None = None) -> list
     for rec in records:
         pref_s, _, host = rec.partition(" ")
         try:
-            parsed.append((int(pref_s), host.rstrip(".").lower(), rng.random()))
+            parsed.append((int(pref_s), rng.random(), host.rstrip(".").lower()))
         except ValueError:
             continue
     parsed.sort()
-    return [(pref, host) for pref, host, _ in parsed]
+    return [(pref, host) for pref, _, host in parsed]
 
 
 async def resolve(resolver: Resolver, domain: str, port: int, max_hosts: int = MAX_HOSTS) -> list[Host]:
