@@ -1,0 +1,140 @@
+# SPDX-License-Identifier: MIT
+"""Local delivery end to end: a real ``fastmta serve`` with ``[policy] local_domains``, mail in
+over SMTP (``fastmta send``, smtplib) or ``fastmta sendmail``, out into Maildirs; and many
+processes writing one mailbox at once."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import smtplib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import PYTHON, ROOT, ServerProcess, fastmta_server, free_port, run_fastmta
+
+LOCAL_CONFIG = """
+[[listener]]
+address = "127.0.0.1:{port}"
+
+[policy]
+local_domains = ["local.test"]
+
+[delivery]
+retry_schedule = ["1s"]
+"""
+
+
+@pytest.fixture
+def server(make_config: Callable[..., Path], tmp_path: Path) -> Iterator[tuple[ServerProcess, Path, int]]:
+    port = free_port()
+    users = tmp_path / "users"
+    users.write_text("bob\nalice\ncarol\n")
+    cfg = make_config(LOCAL_CONFIG.format(port=port) + f'\n[local]\nmaildir = "{tmp_path / "mail"}"\n'
+                      f'users_file = "{users}"\n')  # fmt: skip
+    with fastmta_server(cfg, ("127.0.0.1", port)) as srv:
+        yield srv, cfg, port
+
+
+def wait_files(box: Path, n: int, timeout: float = 20.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted((box / "new").iterdir()) if (box / "new").is_dir() else []
+        if len(files) >= n:
+            return files
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{box}: {len(files)} of {n} messages")
+        time.sleep(0.05)
+
+
+def log_events(srv: ServerProcess, event: str) -> list[dict[str, object]]:
+    return [e for e in map(json.loads, srv.log_lines()) if e.get("event") == event]
+
+
+def test_send_with_attachments_arrives_intact_in_the_maildir(server: tuple[ServerProcess, Path, int],
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    srv, cfg, port = server
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 64 + b"\r\n.\r\n\x00end")
+    picture = tmp_path / "pixel.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(3000))
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"line one\nline two\r\n.\nlast")
+    r = run_fastmta("send", "--config", str(cfg), "--from", "a@x.test", "--to", "Bob+box@local.test",
+                    "--cc", "alice@local.test", "--subject", "Grüße & files", "--body", "Hallo Bob, ça va?\n",
+                    "--attach", str(blob), "--attach", str(picture), "--attach", str(text))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    qid = r.stdout.decode().strip()
+    [bob] = wait_files(tmp_path / "mail" / "local.test" / "bob", 1)
+    wait_files(tmp_path / "mail" / "local.test" / "alice", 1)
+    raw = bob.read_bytes()
+    assert raw.startswith(b"Return-Path: <a@x.test>\nDelivered-To: Bob+box@local.test\n")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "Grüße & files" and msg["To"] == "Bob+box@local.test"
+    assert msg.get_body().get_content() == "Hallo Bob, ça va?\n"
+    parts = {p.get_filename(): p for p in msg.iter_attachments()}
+    assert parts["blob.bin"].get_content_type() == "application/octet-stream"
+    assert parts["pixel.png"].get_content_type() == "image/png"
+    assert parts["notes.txt"].get_content_type() == "text/plain"
+    for path in (blob, picture, text):
+        assert parts[path.name].get_payload(decode=True) == path.read_bytes()
+    assert {e["id"] for e in log_events(srv, "delivered")} == {qid}
+
+
+def test_sendmail_into_the_spool_of_a_running_server_is_delivered(server: tuple[ServerProcess, Path, int],
+                                                                   tmp_path: Path) -> None:  # fmt: skip
+    srv, cfg, _ = server
+    r = run_fastmta("sendmail", "--config", str(cfg), "-t", "-f", "cron@x.test",
+                    input=b"To: carol@local.test\nBcc: bob@local.test\nSubject: cron\n\nout\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    [carol] = wait_files(tmp_path / "mail" / "local.test" / "carol", 1)
+    [bob] = wait_files(tmp_path / "mail" / "local.test" / "bob", 1)
+    for path, rcpt in ((carol, b"carol"), (bob, b"bob")):
+        data = path.read_bytes()
+        assert b"Delivered-To: " + rcpt + b"@local.test\n" in data
+        assert b"Bcc" not in data and data.endswith(b"\n\nout\n")
+
+
+def test_unknown_user_gets_5_1_1(server: tuple[ServerProcess, Path, int], tmp_path: Path) -> None:
+    """Refused at RCPT when the policy consults the users file, else bounced at delivery."""
+    srv, _, port = server
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+        refused = c.sendmail("", ["bob@local.test", "mallory@local.test"], b"Subject: x\r\n\r\nbody\r\n")
+    wait_files(tmp_path / "mail" / "local.test" / "bob", 1)
+    if refused:
+        code, text = refused["mallory@local.test"]
+        assert code == 550 and text.startswith(b"5.1.1")
+    else:
+        deadline = time.monotonic() + 15
+        while not (bounced := [e for e in log_events(srv, "bounced") if e["rcpt"] == "mallory@local.test"]):
+            assert time.monotonic() < deadline, srv.log_lines()
+            time.sleep(0.1)
+        assert bounced[0]["enhanced"] == "5.1.1" and bounced[0]["bounce_class"] == "invalid_recipient"
+    assert not (tmp_path / "mail" / "local.test" / "mallory").exists()
+
+
+WRITER = """
+import sys
+from fastmta.delivery.local import maildir_write
+box, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(n):
+    maildir_write(box, "h", [f"{tag} {i}\\n".encode(), b"x" * 5000])
+"""
+
+
+def test_processes_writing_one_mailbox_never_collide(tmp_path: Path) -> None:
+    box = tmp_path / "mail" / "local.test" / "shared"
+    procs = [subprocess.Popen([PYTHON, "-c", WRITER, str(box), "60", f"p{n}"], cwd=ROOT) for n in range(6)]
+    for p in procs:
+        assert p.wait(60) == 0
+    files = list((box / "new").iterdir())
+    assert len(files) == 360 and len({f.name for f in files}) == 360
+    bodies = sorted(f.read_bytes() for f in files)
+    assert bodies == sorted(f"p{n} {i}\n".encode() + b"x" * 5000 for n in range(6) for i in range(60))
+    assert list((box / "tmp").iterdir()) == []
