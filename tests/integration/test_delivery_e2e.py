@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: MIT
+"""End to end: a real ``fastmta serve`` process, smtplib injection, dnsmasq, receiving sinks.
+
+Every MX host is an aiosmtpd sink on its own 127.0.0.x address sharing one port
+(``[delivery] port``); dnsmasq on a loopback port answers the MX and A records.
+The JSON delivery log on the server's stdout is read back and checked.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import smtplib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.support import ServerProcess, free_port
+
+SENDER = "alice@src.test"
+MX = [
+    ("a.test", "mx.a.test", 10),
+    ("b.test", "mx.b.test", 10),
+    ("src.test", "mx.src.test", 10),
+    ("dead.test", "mx.dead.test", 10),
+]
+HOSTS = {
+    "mx.a.test": "127.0.0.2",
+    "mx.b.test": "127.0.0.3",
+    "mx.src.test": "127.0.0.4",
+    "mx.dead.test": "127.0.0.5",
+}
+
+
+class Env:
+    """A running server plus the sinks behind it."""
+
+    def __init__(self, server: ServerProcess, port: int, sinks: dict[str, Any]) -> None:
+        self.server, self.port, self.sinks = server, port, sinks
+
+    def send(self, rcpts: list[str], subject: str = "hello", sender: str = SENDER, **kw: Any) -> None:
+        msg = f"From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as c:
+            c.sendmail(sender, rcpts, msg.encode(), **kw)
+
+    def log(self, event: str | None = None) -> list[dict[str, Any]]:
+        recs = [json.loads(line) for line in self.server.log_lines() if line.startswith("{")]
+        return [r for r in recs if event is None or r["event"] == event]
+
+    def wait_log(
+        self, cond: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = self.log()
+            if cond(recs):
+                return recs
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"log condition not met; log:\n{json.dumps(recs, indent=1)}\n"
+                    f"stderr:\n{self.server.stderr()}"
+                )
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def mta(make_config: Any, dnsmasq: Any, sinks: Any, sink_port: int) -> Any:
+    started: list[ServerProcess] = []
+
+    def start(delivery: str = "", **scripts: dict[str, Any]) -> Env:
+        dns = dnsmasq(mx=MX, hosts=HOSTS)
+        boxes = {
+            name: sinks(HOSTS[f"mx.{name}"], sink_port, **scripts.get(name.replace(".", "_"), {}))
+            for name in ("a.test", "b.test", "src.test")
+        }
+        port = free_port()
+        cfg = make_config(f"""
+            [[listener]]
+            address = "127.0.0.1:{port}"
+
+            [delivery]
+            port = {sink_port}
+            tls = "none"
+            retry_schedule = ["1s"]
+            connect_timeout = "2s"
+            {delivery}
+
+            [dns]
+            nameservers = ["{dns.address}"]
+            timeout = "1s"
+        """)
+        server = ServerProcess(cfg, ("127.0.0.1", port))
+        started.append(server)
+        return Env(server, port, boxes)
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def rcpts_of(recs: list[dict[str, Any]]) -> set[str]:
+    return {r["rcpt"] for r in recs}
+
+
+def test_delivered_to_each_destination(mta: Any) -> None:
+    env = mta()
+    env.send(["x@a.test", "y@a.test", "z@b.test"])
+    a, b = env.sinks["a.test"], env.sinks["b.test"]
+    a.wait_messages(1)
+    b.wait_messages(1)
+    assert sorted(a.messages[0].rcpt_tos) == ["x@a.test", "y@a.test"]  # one transaction per destination
+    assert a.messages[0].mail_from == SENDER and b"Subject: hello" in a.messages[0].data
+    recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "delivered"]) == 3)
+    d = [r for r in recs if r["event"] == "delivered"][0]
+    assert d["code"] == 250 and d["attempt"] == 1 and "127.0.0." in d["nexthop"] and d["elapsed_ms"] >= 0
+    assert {"ts", "id", "from", "rcpt", "enhanced", "response", "tls"} <= d.keys()
+
+
+def test_retry_then_success(mta: Any) -> None:
+    env = mta(a_test={"rcpt_default": "451 4.3.0 busy, try later"})
+    env.send(["x@a.test"])
+    env.wait_log(lambda rs: any(r["event"] == "deferred" for r in rs))
+    env.sinks["a.test"].script.rcpt_default = None
+    recs = env.wait_log(lambda rs: any(r["event"] == "delivered" for r in rs))
+    deferred = [r for r in recs if r["event"] == "deferred"]
+    assert deferred[0]["code"] == 451 and deferred[0]["bounce_class"]
+    assert [r for r in recs if r["event"] == "delivered"][0]["attempt"] >= 2, json.dumps(recs, indent=0)
+    assert env.sinks["a.test"].rcpts() == ["x@a.test"]
+
+
+def test_per_recipient_mix_and_bounce_content(mta: Any) -> None:
+    env = mta(a_test={"rcpt": {"bad@a.test": "550 5.1.1 no such user", "late@a.test": "451 4.2.1 later"}})
+    env.send(["good@a.test", "bad@a.test", "late@a.test"], subject="mixed")
+    recs = env.wait_log(lambda rs: {"delivered", "bounced", "deferred"} <= {r["event"] for r in rs})
+    by_rcpt = {r["rcpt"]: r["event"] for r in recs if r["event"] != "received" and r["from"] == SENDER}
+    assert by_rcpt["good@a.test"] == "delivered" and by_rcpt["bad@a.test"] == "bounced"
+    assert by_rcpt["late@a.test"] == "deferred"
+    bounced = [r for r in recs if r["event"] == "bounced"][0]
+    assert (
+        bounced["code"] == 550
+        and bounced["enhanced"] == "5.1.1"
+        and bounced["bounce_class"] == "invalid_recipient"
+    )
+    dsn = env.sinks["src.test"].wait_messages(1)[0]
+    assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == [SENDER]
+    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+    head, *blocks = list(msg.iter_parts())[1].get_payload()
+    assert head["Reporting-MTA"] == "dns; mx.fastmta.test"
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bad@a.test"]
+    assert blocks[0]["Action"] == "failed" and blocks[0]["Status"] == "5.1.1"
+    assert "550 5.1.1 no such user" in blocks[0]["Diagnostic-Code"]
+    assert blocks[0]["Remote-MTA"] == "dns; mx.a.test"
+    assert "Subject: mixed" in list(msg.iter_parts())[2].get_content()
+    env.sinks["a.test"].script.rcpt = {}
+    env.wait_log(lambda rs: any(r["event"] == "delivered" and r["rcpt"] == "late@a.test" for r in rs))
+    assert sorted(env.sinks["a.test"].rcpts()) == ["good@a.test", "late@a.test"]
+
+
+def test_expiry_bounces_with_4_4_7(mta: Any) -> None:
+    env = mta('max_queue_lifetime = "2s"', a_test={"rcpt_default": "451 4.3.0 busy"})
+    env.send(["x@a.test"], subject="expiring")
+    recs = env.wait_log(lambda rs: any(r["event"] == "expired" for r in rs))
+    exp = [r for r in recs if r["event"] == "expired"][0]
+    assert exp["rcpt"] == "x@a.test" and exp["code"] == 451
+    dsn = env.sinks["src.test"].wait_messages(1)[0]
+    block = list(email.message_from_bytes(dsn.data, policy=email.policy.default).iter_parts())[
+        1
+    ].get_payload()[1]
+    assert block["Status"] == "4.4.7" and block["Action"] == "failed"
+
+
+def test_dead_destination_does_not_delay_a_healthy_one(mta: Any) -> None:
+    env = mta()
+    for i in range(5):
+        env.send([f"u{i}@dead.test"], subject=f"dead {i}")
+    t0 = time.monotonic()
+    for i in range(5):
+        env.send([f"u{i}@a.test"], subject=f"alive {i}")
+    env.sinks["a.test"].wait_messages(5, timeout=5)
+    assert time.monotonic() - t0 < 5
+    recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "deferred"]) >= 5)
+    assert rcpts_of([r for r in recs if r["event"] == "deferred"]) >= {f"u{i}@dead.test" for i in range(5)}
+
+
+def test_shaping_rule_suspends_destination_answering_tss04(mta: Any) -> None:
+    env = mta(
+        """
+        [[delivery.shaping]]
+        match = "TSS04"
+        action = "suspend"
+        duration = "1h"
+    """,
+        a_test={"greeting": "421 4.7.0 [TSS04] Messages temporarily deferred due to user complaints"},
+    )
+    for i in range(4):
+        env.send([f"u{i}@a.test"], subject=f"m{i}")
+    recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "deferred"]) >= 4)
+    connections = env.sinks["a.test"].connections
+    time.sleep(1.5)  # a retry interval ("1s") passes: still suspended, nobody connects again
+    deferred = env.log("deferred")
+    assert any("TSS04" in r["response"] for r in deferred)
+    assert len(deferred) == len([r for r in recs if r["event"] == "deferred"])
+    assert env.sinks["a.test"].connections == connections <= 2  # the first attempt(s), then an hour of quiet
