@@ -30,13 +30,15 @@ _FIRST = [
 _BY_CODE = {
     "1.1": "invalid_recipient", "1.0": "invalid_recipient", "1.6": "invalid_recipient",
     "1.2": "bad_domain", "1.10": "bad_domain", "4.4": "bad_domain",
+    "1.7": "policy", "1.8": "policy",  # the sender's address or domain was refused
     "2.2": "mailbox_full",
     "4.1": "connection", "4.2": "connection", "4.0": "connection",
     "4.3": "dns", "4.7": "timeout",
     "7.10": "tls", "7.11": "tls", "7.5": "tls",
     "7.28": "rate_limited",
 }  # fmt: skip
-_BY_SUBJECT = {"7": "policy", "2": "invalid_recipient"}  # x.7.* security/policy; x.2.* mailbox status
+# x.1.* addressing, x.2.* mailbox status, x.7.* security or policy
+_BY_SUBJECT = {"1": "invalid_recipient", "2": "invalid_recipient", "7": "policy"}
 # Text patterns tried when the code said nothing specific.
 _LAST = [
     ("invalid_recipient", r"user unknown|unknown user|no such (?:user|mailbox|recipient)"
