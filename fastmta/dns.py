@@ -109,7 +109,7 @@ class Resolver:
             answer = await self._resolver.resolve(name + ".", rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as e:
             self._done(NXDOMAIN, rdtype, start)
-            return _Entry(start + _negative_ttl(e.responses().values()), (), True)
+            return _Entry(start + _negative_ttl(e.responses().values()), (), True)  # type: ignore[no-untyped-call]
         except dns.exception.Timeout:
             self._done(TIMEOUT, rdtype, start)
             raise DnsFailure(TIMEOUT, name, rdtype) from None

@@ -283,7 +283,7 @@ class SmtpClient(asyncio.Protocol):
             ) from None
         if transport is None:
             raise HostError(Reply(451, "4.7.5", f"TLS handshake with {self.host} failed"), "tls")
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self._parser = ReplyParser()  # nothing said in plaintext survives (RFC 3207 §4.2)
         ssl_obj = transport.get_extra_info("ssl_object")
         self.tls = ssl_obj.version() if ssl_obj is not None else "TLS"

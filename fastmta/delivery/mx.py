@@ -56,12 +56,12 @@ def _literal(name: str) -> str | None:
 
 def order_mx(records: tuple[str, ...], rng: random.Random | None = None) -> list[tuple[int, str]]:
     """``("10 mx1.a.test.", …)`` → [(pref, host)] sorted by preference, shuffled among equals."""
-    rng = rng or random
+    shuffle = (rng or random).random
     parsed = []
     for rec in records:
         pref_s, _, host = rec.partition(" ")
         try:
-            parsed.append((int(pref_s), rng.random(), host.rstrip(".").lower()))
+            parsed.append((int(pref_s), shuffle(), host.rstrip(".").lower()))
         except ValueError:
             continue
     parsed.sort()
