@@ -259,7 +259,7 @@ class _Client(asyncio.Protocol):
     # -- the dialogue --------------------------------------------------------
     def _on_reply(self, what: int, code: int, lines: list[bytes]) -> None:
         if code == 421 and what != _QUIT:
-            self.stats.errors["421"] += 1
+            self.stats.errors["banner:421" if what == _BANNER else "421"] += 1
             if what in (_MAIL, _RCPT, _DATA, _BODY) and self.error is None:
                 self.error = "421"
                 self.stats.failed += 1
@@ -503,9 +503,10 @@ class _Run:
             limit = time.perf_counter() - self.spec.timeout
             for client in list(self.active):
                 if client.last_io < limit:
-                    self.stats.errors["timeout"] += 1
-                    if any(x in _IN_TXN for x in client.expect):
-                        client._fail("timeout")
+                    if any(x in _IN_TXN for x in client.expect) and client.error is None:
+                        client._fail("timeout")  # counts the error too
+                    else:
+                        self.stats.errors["timeout"] += 1
                     client.expect.clear()
                     client._abort()
                     if not client.done.done():
