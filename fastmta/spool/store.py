@@ -33,7 +33,7 @@ CHUNK = 1024 * 1024
 SCHEMA = b"1"
 _DUE = struct.Struct(">Q")
 _CHUNK_NO = struct.Struct(">H")
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 def sched_key(due: float, id_b: bytes) -> bytes:
@@ -55,7 +55,11 @@ def body_items(id_b: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def is_no_space(exc: BaseException) -> bool:
-    """A write failed because the disk (or quota) is full."""
+    """A write failed because the disk (or quota, or file size limit) is full.
+
+    LMDB reports a short ``pwrite`` (what a filling disk gives) as EIO, so EIO on a
+    write counts too: either way the message cannot be taken now (452 4.3.1).
+    """
     code = getattr(exc, "errno", None)
     if code in _NO_SPACE:
         return True

@@ -85,6 +85,8 @@ class BatchWriter:
             return self._commit_once(batch, whole=True)
         except lmdb.MapFullError:
             pass
+        except lmdb.PanicError:
+            raise  # the environment is unusable: exit; the server starts a fresh writer
         except lmdb.Error as e:
             if not is_no_space(e):
                 log.error("spool commit failed: %s", e)
@@ -103,6 +105,8 @@ class BatchWriter:
             except lmdb.MapFullError:
                 if not self.store.grow(req.nbytes):
                     return (FULL, "")
+            except lmdb.PanicError:
+                raise
             except lmdb.Error as e:
                 return (FULL, "") if is_no_space(e) else (UNAVAILABLE, str(e))
 

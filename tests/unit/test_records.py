@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: MIT
+"""Envelope records: round trips, damage detection, ids."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastmta.spool import ids, records
+from fastmta.spool.records import Envelope, Recipient, RecordError
+
+text = st.text(max_size=60)
+recipient = st.builds(Recipient, addr=text, state=st.sampled_from(records.STATES), orcpt=text, notify=text,
+                      last_error=st.text(max_size=records.MAX_ERROR), attempts=st.integers(0, 65535))  # fmt: skip
+envelope = st.builds(
+    Envelope, id=st.just("8DxmqQ7yK0Zr3aBc"), sender=text, rcpts=st.lists(recipient, max_size=20),
+    arrived=st.floats(0, 2e9), size=st.integers(0, 2**40), attempts=st.integers(0, 2**31),
+    next_attempt=st.floats(0, 2e9), last_error=st.text(max_size=records.MAX_ERROR), client_ip=text,
+    helo=text, listener=text,
+    params=st.dictionaries(st.sampled_from(["BODY", "SMTPUTF8", "RET", "ENVID"]), st.text("abcXYZ=+", max_size=20)),
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(envelope)
+def test_round_trip(env: Envelope) -> None:
+    data = records.encode(env)
+    assert records.check(data)
+    assert records.decode(env.id, data) == env
+    assert records.next_attempt_of(data) == env.next_attempt
+
+
+def test_compact() -> None:
+    env = Envelope("8DxmqQ7yK0Zr3aBc", "alice@src.test", [Recipient("bob@dst.test")], time.time(), 4096)
+    assert len(records.encode(env)) < 100
+
+
+def test_non_utf8_survives() -> None:
+    env = Envelope("8DxmqQ7yK0Zr3aBc", "b\udcffad@src.test", [Recipient("r\udce9@dst.test")])
+    assert records.decode(env.id, records.encode(env)) == env
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "version", "empty"])
+def test_damage_is_detected(damage: str) -> None:
+    data = bytearray(records.encode(Envelope("8DxmqQ7yK0Zr3aBc", "a@src.test", [Recipient("b@dst.test")])))
+    if damage == "truncate":
+        data = data[:-3]
+    elif damage == "flip":
+        data[20] ^= 0x40
+    elif damage == "version":
+        data[0] = 99
+    else:
+        data = bytearray()
+    assert not records.check(bytes(data))
+    with pytest.raises(RecordError):
+        records.decode("8DxmqQ7yK0Zr3aBc", bytes(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_never_raises_anything_but_record_error(data: bytes) -> None:
+    try:
+        records.decode("8DxmqQ7yK0Zr3aBc", data)
+    except RecordError:
+        pass
+
+
+def test_overlong_fields_are_capped() -> None:
+    env = Envelope("8DxmqQ7yK0Zr3aBc", "a@src.test", [Recipient("b@dst.test", last_error="x" * 5000)],
+                   last_error="y" * 5000)  # fmt: skip
+    back = records.decode(env.id, records.encode(env))
+    assert back.last_error == "y" * records.MAX_ERROR and back.rcpts[0].last_error == "x" * records.MAX_ERROR
+
+
+def test_ids_unique_sortable_and_safe() -> None:
+    made = [ids.new_id() for _ in range(20000)]
+    assert len(set(made)) == len(made)
+    assert all(ids.is_valid(i) for i in made)
+    t0 = time.time()
+    later = ids.new_id()
+    assert later[:9] >= made[-1][:9] and abs(ids.id_time(later) - t0) < 5
+    assert not ids.is_valid("../etc/passwd...") and not ids.is_valid("short")
