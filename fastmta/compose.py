@@ -84,10 +84,8 @@ class Message:
 
     def recipients(self) -> list[str]:
         """Addresses for ``sendmail -t``: the Resent- set when present (RFC 5322 §3.6.6), else To/Cc/Bcc."""
-        resent = self.values(_RESENT_FIELDS)
-        return [
-            addr for _, addr in email.utils.getaddresses(resent or self.values(_RECIPIENT_FIELDS)) if addr
-        ]
+        values = self.values(_RESENT_FIELDS) or self.values(_RECIPIENT_FIELDS)
+        return [addr for value in values for addr in split_addresses(value)]
 
     def hide_bcc(self) -> None:
         self.remove(_HIDDEN_FIELDS)
@@ -99,6 +97,63 @@ class Message:
 
 def _name(field: bytes) -> bytes:
     return field.split(b":", 1)[0].rstrip(b" \t").lower()
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    """Split an address list at commas that are not inside quotes, <…> or (comments), dropping
+    the comments."""
+    items, cur, quoted, angle, depth = [], [], False, False, 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == "\\" and i + 1 < len(text):
+                cur.append(c + text[i + 1])
+                i += 2
+                continue
+            quoted = c != '"'
+        elif depth:
+            depth += {"(": 1, ")": -1}.get(c, 0)
+            i += 1
+            continue
+        elif c == '"':
+            quoted = True
+        elif c == "(":
+            depth = 1
+            i += 1
+            continue
+        elif c in "<>":
+            angle = c == "<"
+        elif c == "," and not angle:
+            items.append("".join(cur))
+            cur = []
+            i += 1
+            continue
+        cur.append(c)
+        i += 1
+    items.append("".join(cur))
+    return items
+
+
+def split_addresses(text: str) -> list[str]:
+    """The addresses in an RFC 5322 address list (``a@x, Name <b@y>, Group: c@z;``), unvalidated.
+
+    Strict on purpose: unlike ``email.utils.getaddresses`` nothing is silently
+    dropped, so ``bad address`` stays whole and fails the syntax check later.
+    """
+    out = []
+    for item in _split_outside_quotes(text):
+        item = item.strip()
+        if item.endswith(";"):  # the end of a group
+            item = item[:-1].rstrip()
+        lt, colon, at = item.rfind("<"), item.find(":"), item.find("@")
+        if lt >= 0 and item.endswith(">"):
+            item = item[lt + 1 : -1].strip()
+        elif colon >= 0 and not item.startswith('"') and (at < 0 or colon < at):
+            item = item[colon + 1 :].strip()  # "Group: first@x"
+        if item:
+            out.append(item)
+    return out
 
 
 def qualify(addr: str, hostname: str) -> str:
@@ -118,10 +173,10 @@ def parse_recipients(items: list[str], hostname: str) -> list[str]:
     """Command-line recipients (each may be a comma list, with display names) → addresses."""
     out: list[str] = []
     for item in items:
-        pairs = email.utils.getaddresses([item])
-        if not pairs or any(not addr for _, addr in pairs):
+        addrs = split_addresses(item)
+        if not addrs:
             raise AddressError(f"bad address syntax: {item!r}")
-        out.extend(qualify(addr, hostname) for _, addr in pairs)
+        out.extend(qualify(addr, hostname) for addr in addrs)
     return out
 
 

@@ -121,6 +121,21 @@ def test_add_missing_encodes_non_ascii_full_name() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("bad address", ["bad address"]),  # kept whole, so the syntax check refuses it
+        ('"Doe, John" <j@x.test>, k@x.test', ["j@x.test", "k@x.test"]),
+        ("a@x.test (Ann, the boss), c@y.test", ["a@x.test", "c@y.test"]),
+        ("Team: a@x.test, Bee <b@y.test>;", ["a@x.test", "b@y.test"]),
+        ("undisclosed-recipients:;", []),
+        ('"a,b"@x.test', ['"a,b"@x.test']),
+    ],
+)
+def test_split_addresses_drops_nothing_silently(text: str, expect: list[str]) -> None:
+    assert compose.split_addresses(text) == expect
+
+
+@pytest.mark.parametrize(
     ("items", "expect"),
     [
         (["a@x.test"], ["a@x.test"]),
@@ -134,7 +149,9 @@ def test_parse_recipients(items: list[str], expect: list[str]) -> None:
     assert compose.parse_recipients(items, "h.test") == expect
 
 
-@pytest.mark.parametrize("bad", ["a b@x.test", "a@", "@x.test", "a@x..test", "a@[bad", ""])
+@pytest.mark.parametrize(
+    "bad", ["a b@x.test", "bad address", "a@", "@x.test", "a@x..test", "a@[bad", "", "<>"]
+)
 def test_parse_recipients_refuses_bad_syntax(bad: str) -> None:
     with pytest.raises(compose.AddressError):
         compose.parse_recipients([bad], "h.test")
