@@ -9,6 +9,7 @@ what the sinks really received.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -349,3 +350,66 @@ def test_null_sender_and_missing_body(zone: Any, sinks: Any, sink_port: int) -> 
     del bodies.data[env.id]
     o = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env)).outcomes[0]
     assert isinstance(o, Deferred) and o.reply.enhanced == "4.3.0"
+
+
+def test_body_comes_from_a_real_spool(zone: Any, sinks: Any, sink_port: int, tmp_path: Any) -> None:
+    from fastmta.spool import Spool
+
+    mx1 = sinks("127.0.0.2", sink_port)
+    cfg = config.from_dict({
+        "hostname": "out.fastmta.test",
+        "spool": {"path": str(tmp_path / "spool"), "map_size": "16MiB"},
+        "dns": {"nameservers": [zone.address]}, "delivery": {"port": sink_port, "tls": "none"},
+        "metrics": {"address": ""},
+    })  # fmt: skip
+
+    async def go() -> Attempt:
+        spool = Spool.open(cfg.spool)
+        await spool.start()
+        try:
+            env = Envelope(id="", sender="a@src.test", rcpts=[Recipient("b@a.test")])
+            await spool.put(env, BODY)
+            d = SmtpDeliverer(cfg, spool)
+            try:
+                return await d.deliver(Destination("a.test", "a.test"), env, [0])
+            finally:
+                await d.close()
+        finally:
+            await spool.aclose()
+
+    attempt = run(go)
+    assert isinstance(attempt.outcomes[0], Delivered)
+    assert mx1.messages[0].data == BODY
+
+
+def test_many_messages_to_smtp_sink_reuse_connections(
+    zone: Any, smtp_sink: Any, sink_port: int
+) -> None:
+    sink = smtp_sink("127.0.0.2", sink_port)
+    bodies = Bodies()
+    n, concurrency = 300, 10
+    cfg = make_cfg(zone.address, sink_port, max_messages_per_connection=100)
+    envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}", body=BODY * 40) for i in range(n)]
+
+    async def go() -> list[Attempt]:
+        d = SmtpDeliverer(cfg, bodies)
+        queue = list(envs)
+        results: list[Attempt] = []
+
+        async def worker() -> None:
+            while queue:
+                results.append(await d.deliver(Destination("a.test", "a.test"), queue.pop(), [0]))
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            await d.close()
+        return results
+
+    attempts = run(go)
+    assert all(isinstance(a.outcomes[0], Delivered) for a in attempts)
+    assert sink.wait_count(n) == n
+    deadline = time.monotonic() + 5
+    while sink.sessions() < concurrency and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert concurrency <= sink.sessions() <= 2 * concurrency  # ~n/100 per worker, not one per message
