@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[:] if argv is None else ["fastmta", *argv]
     prog = os.path.basename(argv[0])
     if prog in ("sendmail", "mailq", "newaliases"):
-        argv = ["fastmta", "sendmail", *(["-bp"] if prog == "mailq" else []), *argv[1:]]
+        mode = {"mailq": ["-bp"], "newaliases": ["-bi"]}.get(prog, [])
+        argv = ["fastmta", "sendmail", *mode, *argv[1:]]
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(USAGE, file=sys.stdout if len(argv) >= 2 else sys.stderr)
         return 0 if len(argv) >= 2 else 64
