@@ -201,3 +201,21 @@ def test_installed_as_sendmail_symlink(cfg: Path, tmp_path: Path) -> None:
                        cwd=ROOT)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert len(queued(cfg)) == 1
+
+
+def test_bp_and_mailq_list_the_queue(cfg: Path, tmp_path: Path) -> None:
+    assert sendmail(cfg, "-t").returncode == 0
+    [(env, _)] = queued(cfg)
+    r = sendmail(cfg, "-bp", input=b"")
+    assert r.returncode == 0, r.stderr
+    assert env.id.encode() in r.stdout and b"ann@a.test" in r.stdout
+    mailq = tmp_path / "mailq"
+    mailq.symlink_to(Path(fastmta_cmd()[0]).parent / "fastmta")
+    r = subprocess.run([str(mailq), "-C", str(cfg)], capture_output=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0 and env.id.encode() in r.stdout, r.stderr
+
+
+def test_newaliases_is_a_no_op(tmp_path: Path) -> None:
+    link = tmp_path / "newaliases"
+    link.symlink_to(Path(fastmta_cmd()[0]).parent / "fastmta")
+    assert subprocess.run([str(link)], capture_output=True, timeout=30, cwd=ROOT).returncode == 0
