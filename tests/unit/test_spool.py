@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import stat
@@ -62,7 +63,8 @@ def test_put_read_due_and_reopen(spool_cfg: MakeCfg) -> None:
         spool = await started(spool_cfg())
         spool.on_commit(lambda envs: seen.extend(e.id for e in envs))
         bodies = {i: message_body(i, 1000 + i) for i in range(50)}
-        ids = await asyncio.gather(*(spool.put(env(i, params={"BODY": "8BITMIME"}), bodies[i]) for i in range(50)))
+        puts = [spool.put(env(i, params={"BODY": "8BITMIME"}), bodies[i]) for i in range(50)]
+        ids = await asyncio.gather(*puts)
         for i, msg_id in enumerate(ids):
             e = spool.envelope(msg_id)
             assert e is not None and e.sender == f"s{i}@src.test" and e.size == len(bodies[i])
@@ -105,7 +107,8 @@ def test_update_remove_reschedule(spool_cfg: MakeCfg) -> None:
         spool = await started(spool_cfg())
         msg_id = await spool.put(env(1, rcpts=3), b"body\r\n")
         later = time.time() + 3600
-        assert await spool.update(msg_id, {0: RcptState("done"), 1: RcptState("pending", "451 4.3.0 later")}, later)
+        states = {0: RcptState("done"), 1: RcptState("pending", "451 4.3.0 later")}
+        assert await spool.update(msg_id, states, later)
         e = spool.envelope(msg_id)
         assert e is not None and [r.state for r in e.rcpts] == ["done", "pending", "pending"]
         assert e.attempts == 1 and e.rcpts[1].attempts == 1 and e.rcpts[1].last_error == "451 4.3.0 later"
@@ -174,8 +177,8 @@ def test_ceiling_fails_only_what_does_not_fit(spool_cfg: MakeCfg) -> None:
         for _ in range(6):  # concurrent batches mixing sizes: some fit, some do not
             envs = [env(i) for i in range(12)]
             sizes = [300_000 if i % 3 else 2_000 for i in range(12)]
-            results = await asyncio.gather(*(spool.put(e, b"y" * s) for e, s in zip(envs, sizes, strict=True)),
-                                           return_exceptions=True)  # fmt: skip
+            puts = [spool.put(e, b"y" * s) for e, s in zip(envs, sizes, strict=True)]
+            results = await asyncio.gather(*puts, return_exceptions=True)
             for e, r in zip(envs, results, strict=True):
                 if isinstance(r, SpoolFullError):
                     full.append(e.id)
@@ -347,10 +350,8 @@ def test_health_and_lifecycle(spool_cfg: MakeCfg) -> None:
         assert stats["used_bytes"] > 0 and stats["map_size_bytes"] >= 4 * 1024**2
         fut = spool.put(env(1), b"x")
         spool.close()  # without waiting: the put fails or completes, it never hangs
-        try:
+        with contextlib.suppress(SpoolUnavailableError):
             await fut
-        except SpoolUnavailableError:
-            pass
         assert spool.unhealthy_reason() == "spool not running"
         with pytest.raises(SpoolUnavailableError):
             await spool.put(env(2), b"x")
