@@ -70,9 +70,9 @@ cdef inline bint _word_at(const unsigned char* p, Py_ssize_t n, const char* word
 
 cdef bint _is_barrier(const unsigned char* p, Py_ssize_t n):
     # Mirrors _parser_py._is_barrier: a generous match is harmless, a miss is not.
-    cdef Py_ssize_t lim = n if n < 16 else 16
+    cdef Py_ssize_t lim = n
     cdef Py_ssize_t q = 0
-    while q < lim and (p[q] == 32 or p[q] == 9):
+    while q < lim and (p[q] == 32 or 9 <= p[q] <= 13):  # ASCII whitespace, as bytes.lstrip()
         q += 1
     lim -= q
     p += q

@@ -44,7 +44,9 @@ _BARRIERS = (b"DATA", b"BDAT", b"STARTTLS")
 def _is_barrier(line: bytes) -> bool:
     # Generous on purpose: a spurious pause costs nothing, a missed one lets
     # pipelined body bytes be read as commands.
-    head = line[:16].lstrip(b" \t")[:8].upper()
+    # Leading ASCII whitespace is skipped as bytes.split() does, so a session that
+    # finds its verb with split() can never see DATA where the parser saw none.
+    head = (line.lstrip() if line[:1].isspace() else line)[:8].upper()
     return head.startswith(_BARRIERS)
 
 

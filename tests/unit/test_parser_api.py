@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: MIT
+"""Parser API contract on both twins: barrier, pending, discard, BDAT, limits, import site."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from fastmta._events import BDAT_CHUNK, DATA_END, DATA_TOO_BIG, LINE, LINE_TOO_LONG
+
+
+def test_barrier_stops_after_data_and_keeps_the_rest(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(b"RCPT TO:<a@b.test>\r\nDATA\r\nSubject: x\r\n") == [
+        (LINE, b"RCPT TO:<a@b.test>"),
+        (LINE, b"DATA"),
+    ]
+    assert parser.pending
+    # Refused DATA (e.g. 503): the session just continues in command mode.
+    assert parser.feed(b"") == [(LINE, b"Subject: x")]
+    assert not parser.pending
+
+
+def test_barrier_without_buffered_bytes_is_not_pending(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(b"DATA\r\n") == [(LINE, b"DATA")]
+    assert not parser.pending
+    assert parser.feed(b"NOOP\r\n") == [(LINE, b"NOOP")]
+
+
+def test_partial_line_is_not_pending(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(b"NOOP\r\nMAIL FR") == [(LINE, b"NOOP")]
+    assert not parser.pending
+    assert parser.feed(b"OM:<>\r\n") == [(LINE, b"MAIL FROM:<>")]
+
+
+@pytest.mark.parametrize("line", [b"STARTTLS", b"starttls", b"  StartTLS", b"BDAT 1", b"data", b"\tDATA x"])
+def test_barrier_verbs(parser_impl: ModuleType, line: bytes) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(line + b"\r\nNOOP\r\n") == [(LINE, line)]
+    assert parser.pending
+
+
+def test_starttls_discard_drops_injected_commands(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<a@b.test>\r\n") == [
+        (LINE, b"STARTTLS")
+    ]
+    parser.discard()
+    assert not parser.pending
+    assert parser.feed(b"") == []
+    assert parser.feed(b"EHLO after.tls\r\n") == [(LINE, b"EHLO after.tls")]
+
+
+def test_data_pipelined_before_354(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    events = parser.feed(b"DATA\r\nbody\r\n.\r\nQUIT\r\n")
+    assert events == [(LINE, b"DATA")] and parser.pending
+    parser.start_data()
+    assert parser.feed(b"") == [(DATA_END, b"body\r\n"), (LINE, b"QUIT")]
+
+
+def test_buffer_types(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert parser.feed(memoryview(b"NOOP\r\nDA")) == [(LINE, b"NOOP")]
+    assert parser.feed(bytearray(b"TA\r\n")) == [(LINE, b"DATA")]
+    parser.start_data()
+    assert parser.feed(memoryview(b"x\r\n.\r\n")) == [(DATA_END, b"x\r\n")]
+    assert all(type(p) is bytes for _, p in parser.feed(bytearray(b"A\r\nB\r\n")))
+
+
+def test_huge_line_is_dropped_not_buffered(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    block = b"A" * (1 << 20)
+    for _ in range(16):
+        assert parser.feed(block) == []
+    assert parser.feed(b"\r\nNOOP\r\n") == [(LINE_TOO_LONG, None), (LINE, b"NOOP")]
+
+
+def test_huge_body_past_max_size_is_not_kept(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser(max_size=1000)
+    parser.start_data()
+    line = b"x" * 98 + b"\r\n"
+    for _ in range(200):
+        assert parser.feed(line * 50) == []
+    assert parser.body_size > 1000
+    assert parser.feed(b".\r\n") == [(DATA_TOO_BIG, None)]
+
+
+def test_data_body_in_many_feeds(parser_impl: ModuleType) -> None:
+    body = b"".join(b"line %d\r\n" % i + (b"..dot\r\n" if i % 50 == 0 else b"") for i in range(20000))
+    parser = parser_impl.CommandParser()
+    parser.start_data()
+    events = []
+    for i in range(0, len(body), 65536):
+        events += parser.feed(body[i : i + 65536])
+    events += parser.feed(b".\r\n")
+    assert events == [(DATA_END, body.replace(b"\r\n..", b"\r\n.").replace(b"..dot", b".dot"))]
+
+
+def test_bdat_body_size_and_reset(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser(max_size=10)
+    parser.start_bdat(4, False)
+    assert parser.feed(b"abcd") == [(BDAT_CHUNK, b"abcd")]
+    assert parser.body_size == 4
+    parser.reset_body()
+    assert parser.body_size == 0
+    parser.start_bdat(3, True)
+    assert parser.feed(b"xyzNOOP\r\n") == [(BDAT_CHUNK, b"xyz"), (DATA_END, b"xyz"), (LINE, b"NOOP")]
+
+
+def test_bdat_big_chunk_in_pieces(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    data = bytes(range(256)) * 4096
+    parser.start_bdat(len(data), True)
+    events = []
+    for i in range(0, len(data), 100_000):
+        events += parser.feed(data[i : i + 100_000])
+    assert events == [(BDAT_CHUNK, data), (DATA_END, data)]
+
+
+def test_zero_size_bdat_needs_an_empty_feed(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    parser.start_bdat(0, True)
+    assert parser.feed(b"") == [(BDAT_CHUNK, b""), (DATA_END, b"")]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_line": 2}, {"max_size": -1}, {"bare_lf": "accept"}, {"max_body_line": 0}],
+)
+def test_bad_limits_raise_value_error(parser_impl: ModuleType, kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        parser_impl.CommandParser(**kwargs)
+
+
+def test_negative_bdat_size_raises(parser_impl: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        parser_impl.CommandParser().start_bdat(-1, True)
+
+
+def test_encode_data_examples(parser_impl: ModuleType) -> None:
+    enc = parser_impl.encode_data
+    assert enc(b"") == b".\r\n"
+    assert enc(b"a") == b"a\r\n.\r\n"
+    assert enc(b".\r\n") == b"..\r\n.\r\n"
+    assert enc(b"a\r\n.b\r\n..\r\n") == b"a\r\n..b\r\n...\r\n.\r\n"
+    assert enc(b"a\nb\rc\r\n.") == b"a\r\nb\r\nc\r\n..\r\n.\r\n"
+    assert enc(b"\n.\n") == b"\r\n..\r\n.\r\n"
+
+
+def _backend(env: dict[str, str]) -> str:
+    code = "import fastmta, fastmta.parser as p; print(fastmta.parser_backend, p.CommandParser.__module__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_import_site_picks_the_backend() -> None:
+    assert _backend({"FASTMTA_PURE_PYTHON": "1"}) == "python fastmta._parser_py"
+    assert _backend({"FASTMTA_PURE_PYTHON": "0", "FASTMTA_REQUIRE_CYTHON": "1"}) == "cython fastmta._parser"
