@@ -42,7 +42,8 @@ max_auth_failures_per_ip = 3
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("auth")
     users = tmp / "users"
-    users.write_text(f"alice:{sha512_crypt.hash('wonderland')}\nbob:{sha256_crypt.hash('builder')}\n")
+    users.write_text(f"alice:{sha512_crypt.using(rounds=5000).hash('wonderland')}\n"
+                     f"bob:{sha256_crypt.using(rounds=5000).hash('builder')}\n")  # passlib defaults to 656000 rounds
     extra = EXTRA.replace("USERS", str(users))
     with running(tmp, extra, ports=("relay",), tls=True, mx='mode = "submission"\ntls = "starttls"') as s:
         yield s

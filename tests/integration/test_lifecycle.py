@@ -1,0 +1,168 @@
+# SPDX-License-Identifier: MIT
+"""Start-up, SIGTERM drain, SIGHUP reload, embedded defaults, start-up errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.server import RawClient, make_certs, running
+from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_startup_lines_go_to_stderr_and_log_to_stdout(tmp_path: Path) -> None:
+    with running(tmp_path) as srv:
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+            s.sendmail("a@x.test", ["b@y.test"], b"Subject: x\r\n\r\ny\r\n")
+        err = srv.proc.stderr()
+        assert f"listening on mx (127.0.0.1:{srv.port}, mode relay, tls none)" in err
+        assert f"spool at {tmp_path / 'spool'}" in err and "parser backend" in err
+        time.sleep(0.2)
+    lines = srv.proc.log_path.read_text().splitlines()
+    assert lines and all(json.loads(line)["event"] == "received" for line in lines)
+
+
+def test_sigterm_drains(tmp_path: Path) -> None:
+    with running(tmp_path) as srv:
+        busy = RawClient(srv.host, srv.port)
+        busy.cmd(b"EHLO busy.test")
+        busy.cmd(b"MAIL FROM:<a@x.test>")
+        busy.cmd(b"RCPT TO:<b@y.test>")
+        idle = RawClient(srv.host, srv.port)
+        idle.cmd(b"EHLO idle.test")
+        srv.proc.signal(signal.SIGTERM)
+        assert idle.reply() == b"421 4.3.2 Service shutting down, try again later\r\n"
+        assert idle.closed()
+        late = RawClient(srv.host, srv.port)  # still listening: told 421, not refused
+        assert late.banner.startswith(b"421 4.3.2")
+        assert busy.cmd(b"DATA").startswith(b"354")
+        assert busy.cmd(b"Subject: in flight\r\n\r\nx\r\n.").startswith(b"250 2.0.0 Ok: queued as ")
+        assert busy.reply().startswith(b"421 4.3.2")
+        assert busy.closed()
+        assert srv.proc.proc.wait(15) == 0
+        assert "stopped" in srv.proc.stderr()
+    assert len(srv.bodies()) == 1
+
+
+def test_shutdown_grace_is_bounded(tmp_path: Path) -> None:
+    with running(tmp_path, '[server]\nshutdown_grace = "1s"\n') as srv:
+        stuck = RawClient(srv.host, srv.port)
+        stuck.cmd(b"EHLO s.test")
+        stuck.cmd(b"MAIL FROM:<a@x.test>")
+        stuck.cmd(b"RCPT TO:<b@y.test>")
+        stuck.cmd(b"DATA")
+        stuck.send(b"Subject: never finished\r\n")
+        t0 = time.monotonic()
+        srv.proc.signal(signal.SIGTERM)
+        assert srv.proc.proc.wait(15) == 0
+        assert 0.9 <= time.monotonic() - t0 < 6
+        assert stuck.closed()
+    assert srv.bodies() == {}
+
+
+def test_sighup_reloads_policy_and_certificates(tmp_path: Path) -> None:
+    extra = '[policy]\nrelay_networks = []\nrelay_domains = ["one.test"]\n[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    with running(tmp_path, extra, tls=True, mx='tls = "starttls"') as srv:
+        assert srv.ca is not None
+        kept = RawClient(srv.host, srv.port)
+        kept.cmd(b"EHLO k.test")
+        kept.cmd(b"MAIL FROM:<a@x.test>")
+        assert kept.cmd(b"RCPT TO:<r@two.test>").startswith(b"554 5.7.1")
+        # new policy and a certificate from a new CA
+        new_dir = tmp_path / "new"
+        new_dir.mkdir()
+        new_ca, cert, key, _ = make_certs(new_dir)
+        text = srv.proc.config_path.read_text().replace('"one.test"', '"two.test"')
+        text = text.replace(str(tmp_path / "cert.pem"), str(cert)).replace(str(tmp_path / "key.pem"), str(key))
+        srv.proc.config_path.write_text(text)
+        srv.proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in srv.proc.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "configuration reloaded" in srv.proc.stderr()
+        # the old connection is alive; new connections see the new policy and certificate
+        assert kept.cmd(b"NOOP").startswith(b"250")
+        with RawClient(srv.host, srv.port) as c:
+            c.cmd(b"EHLO n.test")
+            c.cmd(b"MAIL FROM:<a@x.test>")
+            assert c.cmd(b"RCPT TO:<r@two.test>").startswith(b"250")
+            assert c.cmd(b"RCPT TO:<r@one.test>").startswith(b"554")
+        ctx = ssl.create_default_context()
+        new_ca.configure_trust(ctx)
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+            s.ehlo("t.test")
+            assert s.starttls(context=ctx)[0] == 220
+        kept.close()
+
+
+def test_bad_reload_keeps_running_config(tmp_path: Path) -> None:
+    with running(tmp_path) as srv:
+        srv.proc.config_path.write_text(srv.proc.config_path.read_text() + "\n[limits]\nmax_recipientz = 1\n")
+        srv.proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in srv.proc.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "limits.max_recipientz: unknown key" in srv.proc.stderr()
+        with RawClient(srv.host, srv.port) as c:
+            assert c.cmd(b"NOOP").startswith(b"250")
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    """No config: 127.0.0.1:2525, spool in ./fastmta-spool. Nothing is relayed (no DATA), so no DNS."""
+    for _ in range(100):  # another test run may hold the default port for a moment
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 2525), timeout=0.2):
+            time.sleep(0.1)
+            continue
+        break
+    env = {k: v for k, v in os.environ.items() if k != "FASTMTA_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    err = tmp_path / "err"
+    with open(err, "wb") as ef:
+        proc = subprocess.Popen(fastmta_cmd("serve"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=ef)
+        try:
+            deadline = time.monotonic() + 20
+            while "listening on" not in err.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err.read_text()
+                time.sleep(0.05)
+            with RawClient("127.0.0.1", 2525) as c:
+                ehlo = c.cmd(b"EHLO d.test")
+                assert b"PIPELINING" in ehlo and b"STARTTLS" not in ehlo
+                c.cmd(b"MAIL FROM:<a@x.test>")
+                assert c.cmd(b"RCPT TO:<b@y.invalid>").startswith(b"250")  # loopback may relay
+                assert c.cmd(b"RSET").startswith(b"250")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=20)
+    text = err.read_text()
+    assert "listening on 127.0.0.1:2525" in text
+    assert f"spool at {tmp_path / 'fastmta-spool'}" in text
+    assert proc.returncode == 0 and out == b""
+    assert (tmp_path / "fastmta-spool").stat().st_mode & 0o777 == 0o700
+
+
+def test_start_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[limits]\nmax_recipients = "many"\n')
+    r = run_fastmta("serve", "--config", str(bad))
+    assert r.returncode == 2 and b"limits.max_recipients: expected an integer" in r.stderr
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        cfg = tmp_path / "busy.toml"
+        cfg.write_text(f'[[listener]]\naddress = "127.0.0.1:{port}"\n[spool]\npath = "{tmp_path / "sp"}"\n'
+                       '[metrics]\naddress = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n')  # fmt: skip
+        r = run_fastmta("serve", "--config", str(cfg))
+    assert r.returncode == 1 and b"cannot start" in r.stderr
