@@ -24,6 +24,8 @@ from fastmta.parser import ParserError, ReplyParser, encode_data
 
 _CLASS_DIGITS = b"245"
 _Raw = tuple[int, list[bytes]]  # (code, text lines) as ReplyParser gives them
+_REPLIES: dict[tuple[int, bytes], Reply] = {}
+_REPLIES_MAX = 4096
 
 
 class HostError(Exception):
@@ -40,7 +42,22 @@ class ConnectionLost(Exception):
 
 
 def to_reply(code: int, lines: list[bytes]) -> Reply:
-    """``(250, [b"2.1.0 Ok"])`` → Reply(250, "2.1.0", "Ok"); the enhanced code is optional."""
+    """``(250, [b"2.1.0 Ok"])`` → Reply(250, "2.1.0", "Ok"); the enhanced code is optional.
+
+    One-line replies repeat (every "250 2.1.5 Ok" of a server), so they are cached.
+    """
+    if len(lines) == 1:
+        key = (code, lines[0])
+        reply = _REPLIES.get(key)
+        if reply is None:
+            if len(_REPLIES) >= _REPLIES_MAX:
+                _REPLIES.clear()
+            reply = _REPLIES[key] = _to_reply(code, lines)
+        return reply
+    return _to_reply(code, lines)
+
+
+def _to_reply(code: int, lines: list[bytes]) -> Reply:
     first = lines[0] if lines else b""
     enhanced = ""
     if (

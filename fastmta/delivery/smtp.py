@@ -88,13 +88,24 @@ class SmtpDeliverer:
         if refusal is not None:
             self.pool.put(dest.key, client)
             return Attempt(_all_dict(rcpts, refusal), client.nexthop, client.tls)
-        mail, rcpt_lines = _commands(client, envelope, rcpts, body)
-        tx = await client.send(mail, rcpt_lines, body, reset=reused and client.needs_reset)
-        if reused and tx.error and tx.mail is None:
-            client.abort()
-            return None
+        outcomes: dict[int, Outcome] = {}
+        pending = rcpts
+        while True:
+            mail, rcpt_lines = _commands(client, envelope, pending, body)
+            tx = await client.send(mail, rcpt_lines, body, reset=reused and client.needs_reset)
+            if reused and tx.error and tx.mail is None and not outcomes:
+                client.abort()  # died while idle: the caller opens a fresh one
+                return None
+            outcomes.update(_outcomes(tx, pending))
+            # RFC 5321 §4.5.3.1.10: "452 too many recipients" → the rest in another transaction
+            more = [i for i, r in zip(pending, tx.rcpts, strict=True) if r is not None and r.code == 452]
+            if not more or len(more) == len(pending) or tx.data is None or tx.data.code >= 400:
+                break
+            if not client.usable or client.messages >= self.cfg.delivery.max_messages_per_connection:
+                break
+            pending, reused = more, True
         self.pool.put(dest.key, client)
-        return Attempt(_outcomes(tx, rcpts), client.nexthop, client.tls)
+        return Attempt(outcomes, client.nexthop, client.tls)
 
     async def _connect(self, dest: Destination, rcpts: list[int]) -> SmtpClient | Attempt:
         """A ready session to the first host that works, or the Attempt saying why none did."""

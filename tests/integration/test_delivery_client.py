@@ -382,9 +382,7 @@ def test_body_comes_from_a_real_spool(zone: Any, sinks: Any, sink_port: int, tmp
     assert mx1.messages[0].data == BODY
 
 
-def test_many_messages_to_smtp_sink_reuse_connections(
-    zone: Any, smtp_sink: Any, sink_port: int
-) -> None:
+def test_many_messages_to_smtp_sink_reuse_connections(zone: Any, smtp_sink: Any, sink_port: int) -> None:
     sink = smtp_sink("127.0.0.2", sink_port)
     bodies = Bodies()
     n, concurrency = 300, 10
@@ -413,3 +411,53 @@ def test_many_messages_to_smtp_sink_reuse_connections(
     while sink.sessions() < concurrency and time.monotonic() < deadline:
         time.sleep(0.05)
     assert concurrency <= sink.sessions() <= 2 * concurrency  # ~n/100 per worker, not one per message
+
+
+def test_too_many_recipients_continues_in_new_transactions(zone: Any, sinks: Any, sink_port: int) -> None:
+    mx1 = sinks("127.0.0.2", sink_port, max_rcpts=3)
+    bodies = Bodies()
+    env = envelope(bodies, [f"r{i}@a.test" for i in range(8)])
+    cfg = make_cfg(zone.address, sink_port)
+    attempt = run(lambda: deliver_once(cfg, bodies, Destination("a.test", "a.test"), env))
+    assert all(isinstance(o, Delivered) for o in attempt.outcomes.values()), attempt
+    assert [len(m.rcpt_tos) for m in mx1.messages] == [3, 3, 2]
+    assert mx1.connections == 1 and sorted(mx1.rcpts()) == sorted(r.addr for r in env.rcpts)
+
+
+def test_ipv6_mx(dnsmasq: Any, sinks: Any, sink_port: int) -> None:
+    dns = dnsmasq(mx=[("six.test", "mx6.six.test", 10)], hosts={"mx6.six.test": "::1"})
+    sink = sinks("::1", sink_port)
+    bodies = Bodies()
+    env = envelope(bodies, ["b@six.test"])
+    attempt = run(
+        lambda: deliver_once(
+            make_cfg(dns.address, sink_port), bodies, Destination("six.test", "six.test"), env
+        )
+    )
+    assert isinstance(attempt.outcomes[0], Delivered)
+    assert attempt.nexthop == f"mx6.six.test[::1]:{sink_port}"
+    assert sink.rcpts() == ["b@six.test"]
+
+
+def test_idle_connections_quit_after_idle_timeout(zone: Any, sinks: Any, sink_port: int) -> None:
+    from fastmta import metrics
+
+    mx1 = sinks("127.0.0.2", sink_port)
+    bodies = Bodies()
+    env = envelope(bodies, ["b@a.test"])
+    cfg = make_cfg(zone.address, sink_port, idle_timeout="0.2s")
+    gauge = metrics.destination_connections_active
+
+    async def go() -> tuple[int, int, float, float]:
+        d = SmtpDeliverer(cfg, bodies)
+        before = gauge._value.get()
+        await d.deliver(Destination("a.test", "a.test"), env, [0])
+        idle_then, during = d.pool.idle_count("a.test"), gauge._value.get() - before
+        await asyncio.sleep(0.6)
+        idle_later, after = d.pool.idle_count(), gauge._value.get() - before
+        await d.close()
+        return idle_then, idle_later, during, after
+
+    idle_then, idle_later, during, after = run(go)
+    assert (idle_then, idle_later, during, after) == (1, 0, 1.0, 0.0)
+    assert mx1.commands[-1] == "QUIT"
