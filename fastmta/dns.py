@@ -61,7 +61,11 @@ class Resolver:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in cfg.nameservers]
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:  # no usable /etc/resolv.conf
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = ["127.0.0.1"]
         self._resolver.timeout = cfg.timeout
         self._resolver.lifetime = cfg.timeout
         self._resolver.cache = None

@@ -84,6 +84,14 @@ class SmtpDeliverer:
     async def _send(self, dest: Destination, client: SmtpClient, envelope: Any, rcpts: list[int],
                     body: bytes, reused: bool) -> Attempt | None:  # fmt: skip
         """One transaction; None when a reused connection turned out dead before any reply."""
+        try:
+            return await self._transactions(dest, client, envelope, rcpts, body, reused)
+        except BaseException:  # cancelled (shutdown) or a bug: never leave a half-used session open
+            client.abort()
+            raise
+
+    async def _transactions(self, dest: Destination, client: SmtpClient, envelope: Any, rcpts: list[int],
+                            body: bytes, reused: bool) -> Attempt | None:  # fmt: skip
         refusal = _unfit(client, envelope, rcpts, body)
         if refusal is not None:
             self.pool.put(dest.key, client)

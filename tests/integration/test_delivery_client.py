@@ -461,3 +461,18 @@ def test_idle_connections_quit_after_idle_timeout(zone: Any, sinks: Any, sink_po
     idle_then, idle_later, during, after = run(go)
     assert (idle_then, idle_later, during, after) == (1, 0, 1.0, 0.0)
     assert mx1.commands[-1] == "QUIT"
+
+
+@pytest.mark.parametrize("chunking", [False, True])
+def test_large_body_with_flow_control(zone: Any, sinks: Any, sink_port: int, chunking: bool) -> None:
+    mx1 = sinks("127.0.0.2", sink_port, chunking=chunking)
+    bodies = Bodies()
+    line = b"." + b"y" * 76 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * 40_000  # ~3 MiB, every line dot-stuffed on the wire
+    env = envelope(bodies, ["b@a.test"], body=body)
+    attempt = run(
+        lambda: deliver_once(make_cfg(zone.address, sink_port), bodies, Destination("a.test", "a.test"), env)
+    )
+    assert isinstance(attempt.outcomes[0], Delivered)
+    [msg] = mx1.messages
+    assert msg.bdat is chunking and msg.data == body
