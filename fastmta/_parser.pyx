@@ -34,6 +34,10 @@ from fastmta._events import (
     check_limits,
 )
 
+cdef extern from "string.h":
+    # GNU extension; Python.h defines _GNU_SOURCE before string.h is read.
+    void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
+
 cdef extern from "Python.h":
     int _PyBytes_Resize(PyObject **bytes, Py_ssize_t newsize) except -1
 
@@ -290,10 +294,37 @@ cdef class CommandParser:
 
     # -- DATA mode ------------------------------------------------------------
 
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Make room for `extra` more body octets up front (capped at max_size).
+
+        Sizing the buffer from the feed avoids regrowing it run by run: fresh
+        pages from each realloc cost more than the whole scan of a large body.
+        """
+        cdef Py_ssize_t need = self._out_len + extra
+        cdef Py_ssize_t cap
+        cdef object fresh
+        if not self._store or extra <= 0:
+            return 0
+        if need > self._max_size:
+            need = self._max_size
+        if self._out == NULL:
+            if need <= 0:
+                return 0
+            fresh = PyBytes_FromStringAndSize(NULL, need if need > 256 else 256)
+            Py_INCREF(fresh)  # the raw pointer owns one reference of its own
+            self._out = <PyObject*>fresh
+            return 0
+        cap = PyBytes_GET_SIZE(<object>self._out)
+        if need > cap:
+            cap = cap * 2 if cap * 2 > need else need
+            if cap > self._max_size and self._max_size >= need:
+                cap = self._max_size
+            _PyBytes_Resize(&self._out, cap)
+        return 0
+
     cdef int _emit(self, const unsigned char* src, Py_ssize_t k) except -1:
         """Append k body octets, or stop storing once the body passes max_size."""
-        cdef Py_ssize_t need, cap
-        cdef object fresh
+        cdef Py_ssize_t need
         if not self._store or k <= 0:
             return 0
         need = self._out_len + k
@@ -304,18 +335,8 @@ cdef class CommandParser:
             self._drop_out()
             self._size = need
             return 0
-        if self._out == NULL:
-            cap = k if k > 256 else 256
-            fresh = PyBytes_FromStringAndSize(NULL, cap)
-            Py_INCREF(fresh)  # the raw pointer owns one reference of its own
-            self._out = <PyObject*>fresh
-        elif need > PyBytes_GET_SIZE(<object>self._out):
-            cap = PyBytes_GET_SIZE(<object>self._out) * 2
-            if cap < need:
-                cap = need
-            if cap > self._max_size:
-                cap = self._max_size if self._max_size >= need else need
-            _PyBytes_Resize(&self._out, cap)
+        if self._out == NULL or need > PyBytes_GET_SIZE(<object>self._out):
+            self._reserve(k if k > 4096 else 4096)
         memcpy(PyBytes_AS_STRING(<object>self._out) + self._out_len, src, k)
         self._out_len = need
         self._size = need
@@ -366,6 +387,19 @@ cdef class CommandParser:
                 ls = i
                 self._line_len = 0
                 self._bol = False
+            if self._bare:
+                # Rejected already: only CRLF "." CRLF matters, so jump to it.
+                hit = <const unsigned char*>memmem(p + i, n - i, b"\r\n.\r\n", 5)
+                if hit != NULL:
+                    self._ended = True
+                    return hit - p + 5
+                # Not here: walk only the last octets line by line, so that a
+                # terminator split across feeds leaves the right carry and state.
+                k = n - 4
+                if k > i:
+                    if p[k] == _LF:
+                        k -= 1
+                    i = k
             hit = <const unsigned char*>memchr(p + i, _LF, n - i)
             if hit == NULL:
                 # No line end in this buffer; a final CR may start a CRLF: carry it.
@@ -429,6 +463,7 @@ cdef class CommandParser:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
         cdef unsigned char tmp[16]
         cdef Py_ssize_t k, m, used, old
+        self._reserve(n - pos + self._carry_len)
         # A carried tail (≤ 2 octets) is resolved on a small joined copy, so the
         # big buffer itself is always scanned in place.
         while self._carry_len and pos < n:

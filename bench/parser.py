@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: MIT
+"""Parser benchmark: Cython twin vs pure twin vs two baselines, measured in one run.
+
+Workloads: (a) a 1 MiB realistic body (76-octet lines, ~2% starting with a dot,
+sent dot-stuffed) and (b) 4 KiB bodies, each parsed as a full DATA phase
+(start_data + feed → DATA_END: terminator, unstuffing, bare CR/LF and line
+length checks, body as a new bytes object). Baselines: copying the same octets
+into a new bytes object, and `bytes.find(b"\\r\\n.\\r\\n")`, which only finds
+the end. Extra rows: encode_data and a pipelined command batch.
+
+    python bench/parser.py [--reps 7] [--json FILE]
+
+Each figure is the median of --reps repetitions; the machine may be shared, so
+compare the ratios taken in the same run rather than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fastmta import _parser, _parser_py  # noqa: E402
+
+WORDS = b"the quick brown fox jumps over lazy dog mail relay queue message header body".split()
+
+
+def make_body(size: int, seed: int = 5321) -> bytes:
+    """Text lines of exactly 76 octets + CRLF; about 2% of them start with a dot."""
+    rng = random.Random(seed)
+    lines = []
+    total = 0
+    while total < size:
+        words = []
+        length = 0
+        while length < 76:
+            word = rng.choice(WORDS)
+            words.append(word)
+            length += len(word) + 1
+        line = b" ".join(words).ljust(76)[:76]
+        if rng.random() < 0.02:
+            line = b"." + line[1:]
+        lines.append(line + b"\r\n")
+        total += 78
+    return b"".join(lines)[: size - size % 78] if size >= 78 else b"".join(lines)
+
+
+def stuff(body: bytes) -> bytes:
+    return _parser_py.encode_data(body)
+
+
+def data_parse(mod: ModuleType) -> Callable[[bytes], object]:
+    parser = mod.CommandParser(max_size=64 << 20)
+
+    def run(wire: bytes) -> object:
+        parser.start_data()
+        return parser.feed(wire)
+
+    return run
+
+
+def command_parse(mod: ModuleType) -> Callable[[bytes], object]:
+    parser = mod.CommandParser()
+    return parser.feed
+
+
+def timeit(fn: Callable[[bytes], object], arg: bytes, inner: int, reps: int) -> float:
+    """Median seconds per call over `reps` repetitions of `inner` calls."""
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter_ns()
+        for _ in range(inner):
+            fn(arg)
+        samples.append((time.perf_counter_ns() - t0) / inner / 1e9)
+    return statistics.median(samples)
+
+
+def verify(wire: bytes, body: bytes) -> None:
+    for mod in (_parser, _parser_py):
+        events = data_parse(mod)(wire)
+        assert events == [(3, body)], f"{mod.__name__} parsed the bench body wrongly"
+
+
+def bench_workload(name: str, body: bytes, inner: int, reps: int) -> dict[str, object]:
+    wire = stuff(body)
+    verify(wire, body)
+    rows = {
+        "cython": timeit(data_parse(_parser), wire, inner, reps),
+        "python": timeit(data_parse(_parser_py), wire, inner, reps),
+        "copy": timeit(lambda w: w[1:], wire, inner, reps),
+        "find": timeit(lambda w: w.find(b"\r\n.\r\n"), wire, inner, reps),
+    }
+    return {
+        "workload": name,
+        "octets": len(wire),
+        "seconds": rows,
+        "mb_per_s": {k: len(wire) / v / 1e6 for k, v in rows.items()},
+        "ns_per_msg": {k: v * 1e9 for k, v in rows.items()},
+        "cython_vs_python": rows["python"] / rows["cython"],
+        "cython_vs_find": rows["find"] / rows["cython"],
+        "cython_vs_copy": rows["copy"] / rows["cython"],
+    }
+
+
+def bench_extra(name: str, arg: bytes, makers: dict[str, Callable[[], Callable[[bytes], object]]], inner: int, reps: int):
+    rows = {k: timeit(make(), arg, inner, reps) for k, make in makers.items()}
+    return {
+        "workload": name,
+        "octets": len(arg),
+        "seconds": rows,
+        "mb_per_s": {k: len(arg) / v / 1e6 for k, v in rows.items()},
+        "ns_per_msg": {k: v * 1e9 for k, v in rows.items()},
+        "cython_vs_python": rows["python"] / rows["cython"],
+    }
+
+
+def run(reps: int) -> dict[str, object]:
+    big = make_body(1 << 20)
+    small = make_body(4096)
+    commands = b"".join(
+        b"MAIL FROM:<sender%d@example.test> SIZE=4096\r\nRCPT TO:<rcpt%d@example.test>\r\nRSET\r\n" % (i, i)
+        for i in range(40)
+    )
+    results = [
+        bench_workload("data_1MiB", big, inner=20, reps=reps),
+        bench_workload("data_4KiB", small, inner=2000, reps=reps),
+        bench_extra(
+            "encode_1MiB",
+            big,
+            {"cython": lambda: _parser.encode_data, "python": lambda: _parser_py.encode_data},
+            inner=20,
+            reps=reps,
+        ),
+        bench_extra(
+            "encode_4KiB",
+            small,
+            {"cython": lambda: _parser.encode_data, "python": lambda: _parser_py.encode_data},
+            inner=2000,
+            reps=reps,
+        ),
+        bench_extra(
+            "commands_120_lines",
+            commands,
+            {"cython": lambda: command_parse(_parser), "python": lambda: command_parse(_parser_py)},
+            inner=500,
+            reps=reps,
+        ),
+    ]
+    return {
+        "bench": "parser",
+        "reps": reps,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": results,
+    }
+
+
+def print_table(report: dict[str, object]) -> None:
+    print(f"{'workload':<20}{'impl':<8}{'MB/s':>10}{'ns/msg':>14}")
+    for res in report["results"]:
+        for impl, mbps in res["mb_per_s"].items():
+            print(f"{res['workload']:<20}{impl:<8}{mbps:>10.0f}{res['ns_per_msg'][impl]:>14.0f}")
+        ratios = [f"{k}={v:.2f}x" for k, v in res.items() if k.startswith("cython_vs_")]
+        print(f"{'':<20}{'':<8}  {'  '.join(ratios)}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="fastmta parser benchmark")
+    ap.add_argument("--reps", type=int, default=7, help="repetitions (median is reported), >= 5")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = ap.parse_args()
+    report = run(max(args.reps, 5))
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
