@@ -1,0 +1,171 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta queue …`` as a real command, against a stopped spool and a live one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastmta import config
+from fastmta.spool import Envelope, Recipient, Spool
+from tests.fixtures.spool import Holder, message_body, wait_for
+from tests.support import run_fastmta
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+LIST_KEYS = ["id", "from", "rcpts", "size", "attempts", "arrived", "next_attempt", "last_error"]
+
+
+def fill(cfg_path: Path, specs: list[dict[str, Any]]) -> list[str]:
+    """Queue messages through the real spool (then stop it)."""
+    cfg = config.load(str(cfg_path))
+
+    async def main() -> list[str]:
+        spool = Spool.open(cfg.spool)
+        await spool.start()
+        ids = []
+        for n, spec in enumerate(specs):
+            rcpts = [Recipient(a) for a in spec.get("rcpts", ["r@dst.test"])]
+            env = Envelope("", spec.get("from", f"s{n}@src.test"), rcpts, params={"BODY": "8BITMIME"},
+                           next_attempt=spec.get("next_attempt", 0.0))  # fmt: skip
+            ids.append(await spool.put(env, spec.get("body", message_body(n, 600))))
+        await spool.aclose()
+        return ids
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def q(cfg_path: Path, *args: str) -> tuple[int, str, str]:
+    r = run_fastmta("queue", *args, "--config", str(cfg_path))
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def listed(cfg_path: Path) -> dict[str, dict[str, Any]]:
+    rc, out, err = q(cfg_path, "list", "--json")
+    assert rc == 0, err
+    return {row["id"]: row for row in map(json.loads, out.splitlines())}
+
+
+@pytest.fixture
+def cfg_path(make_config: Callable[..., Path]) -> Path:
+    return make_config()
+
+
+def test_list_show_stats_on_a_stopped_spool(cfg_path: Path) -> None:
+    later = time.time() + 3600
+    ids = fill(cfg_path, [{"from": "alice@src.test", "rcpts": ["a@x.test", "b@y.test"]},
+                          {"next_attempt": later}, {}])  # fmt: skip
+    rows = listed(cfg_path)
+    assert list(rows) == ids  # arrival order
+    first = rows[ids[0]]
+    assert list(first) == LIST_KEYS
+    assert first["from"] == "alice@src.test" and first["rcpts"] == ["a@x.test", "b@y.test"]
+    assert first["size"] == len(message_body(0, 600)) and first["attempts"] == 0 and first["last_error"] == ""
+    assert ISO.match(first["arrived"]) and ISO.match(first["next_attempt"])
+    assert rows[ids[1]]["next_attempt"] > rows[ids[0]]["next_attempt"]
+
+    rc, out, _ = q(cfg_path, "list")
+    assert rc == 0 and all(i in out for i in ids) and "<alice@src.test>" in out and "<b@y.test>" in out
+
+    rc, out, _ = q(cfg_path, "show", ids[0])
+    assert rc == 0 and "Subject: msg 0" in out and "BODY=8BITMIME" in out and "<a@x.test> pending" in out
+    assert message_body(0, 600).split(b"\r\n\r\n")[1][:40].decode() not in out  # headers only
+    rc, out, _ = q(cfg_path, "show", ids[0], "--json")
+    doc = json.loads(out)
+    assert doc["id"] == ids[0] and doc["params"] == {"BODY": "8BITMIME"}
+    assert "Subject: msg 0" in doc["headers"]
+    assert [r["state"] for r in doc["recipients"]] == ["pending", "pending"]
+
+    rc, out, _ = q(cfg_path, "stats", "--json")
+    st = json.loads(out)
+    assert st["messages"] == 3 and st["recipients"]["pending"] == 4 and st["due_now"] == 2
+    assert st["new"] == 3 and st["bytes"] == sum(r["size"] for r in rows.values())
+    assert ISO.match(st["oldest_arrived"]) and st["map_used_bytes"] > 0 and st["quarantined"] == 0
+    rc, out, _ = q(cfg_path, "stats")
+    assert rc == 0 and "messages:" in out
+
+
+def test_flush_delete_bounce_on_a_stopped_spool(cfg_path: Path) -> None:
+    later = time.time() + 3600
+    ids = fill(cfg_path, [{"next_attempt": later, "rcpts": ["a@slow.test"]},
+                          {"next_attempt": later, "rcpts": ["b@other.test"]},
+                          {"next_attempt": later}, {"next_attempt": later}])  # fmt: skip
+    now = time.time()
+    rc, _, err = q(cfg_path, "flush", "--domain", "SLOW.test")
+    assert rc == 0 and "flushed 1 message" in err
+    rows = listed(cfg_path)
+    assert rows[ids[0]]["next_attempt"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 2))
+    assert rows[ids[1]]["next_attempt"] > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 1800))
+
+    rc, _, err = q(cfg_path, "flush", ids[1])
+    assert rc == 0 and "flushed 1 message" in err
+
+    rc, _, err = q(cfg_path, "delete", ids[2], "0000000000000000")
+    assert rc == 1 and "0000000000000000: not in the queue" in err and "deleted 1 message" in err
+    assert ids[2] not in listed(cfg_path)
+
+    rc, _, err = q(cfg_path, "bounce", ids[3])
+    assert rc == 0
+    rc, out, _ = q(cfg_path, "show", ids[3], "--json")
+    doc = json.loads(out)
+    assert [r["state"] for r in doc["recipients"]] == ["bounce"]
+    assert "5.0.0" in doc["recipients"][0]["last_error"] and doc["next_attempt_ts"] <= time.time()
+    assert listed(cfg_path)[ids[3]]["rcpts"] == ["r@dst.test"]  # still the queue's business
+
+    rc, _, err = q(cfg_path, "flush")  # everything
+    assert rc == 0 and "flushed 3 messages" in err
+
+
+def test_usage_errors_and_missing_spool(
+    cfg_path: Path, make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    assert q(cfg_path, "delete", "../../etc/passwd")[0] == 64
+    assert q(cfg_path, "frobnicate")[0] == 64
+    assert q(cfg_path, "flush", "0000000000000000", "--domain", "x.test")[0] == 64
+    empty = make_config(f'[spool]\npath = "{tmp_path / "nothing"}"\n', name="empty.toml")
+    assert q(empty, "list", "--json") == (0, "", "")
+    rc, out, _ = q(empty, "stats", "--json")
+    assert rc == 0 and json.loads(out)["messages"] == 0
+    assert q(empty, "delete", "0000000000000000")[0] == 1
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_list_streams_a_big_queue(cfg_path: Path) -> None:
+    fill(cfg_path, [{"body": b"x\r\n"}] * 2500)
+    rows = listed(cfg_path)
+    assert len(rows) == 2500
+
+
+def test_live_spool_sees_flush_and_delete_within_a_second(
+    cfg_path: Path, spool_holder: Callable[..., Holder], tmp_path: Path
+) -> None:
+    later = time.time() + 3600
+    ids = fill(cfg_path, [{"next_attempt": later} for _ in range(4)])
+    seen = tmp_path / "seen"
+    spool_dir = config.load(str(cfg_path)).spool.path
+    h = spool_holder("feed", spool_dir, str(seen))
+    wait_for(lambda: seen.exists() and "ready" in seen.read_text(), 30, "feeder")
+    time.sleep(0.3)
+    assert "due " not in seen.read_text()
+
+    rc, _, err = q(cfg_path, "flush", ids[0])
+    assert rc == 0, err
+    took = wait_for(lambda: f"due {ids[0]}" in seen.read_text(), 5, "the flushed message to be due")
+    assert took < 1.0
+
+    rc, _, err = q(cfg_path, "delete", ids[1])
+    assert rc == 0, err
+    took = wait_for(lambda: f"gone {ids[1]}" in seen.read_text(), 5, "the delete to be seen")
+    assert took < 1.0
+
+    rows = listed(cfg_path)  # reading beside a live writer
+    assert set(rows) == {ids[0], ids[2], ids[3]}
+    rc, out, _ = q(cfg_path, "stats", "--json")
+    assert json.loads(out)["messages"] == 3
+    assert "Traceback" not in h.stop()
