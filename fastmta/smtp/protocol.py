@@ -131,6 +131,7 @@ class SmtpProtocol(asyncio.Protocol):
         assert session is not None
         i = 0
         n = len(events)
+        kick = False  # "BDAT 0": the parser has an empty chunk to report without new bytes
         while True:
             while i < n:
                 kind, payload = events[i]
@@ -154,6 +155,7 @@ class SmtpProtocol(asyncio.Protocol):
                     parser.start_data()
                 elif a == A_BDAT:
                     parser.start_bdat(act[1], act[2])
+                    kick = act[1] == 0
                 elif a == A_RESET_BODY:
                     parser.reset_body()
                 elif a == A_COMMIT:
@@ -176,7 +178,8 @@ class SmtpProtocol(asyncio.Protocol):
                 elif a == A_CLOSE:
                     self._close()
                     return
-            if parser.pending:  # stopped at a DATA/BDAT/STARTTLS barrier with bytes left
+            if parser.pending or kick:  # stopped at a DATA/BDAT/STARTTLS barrier with bytes left
+                kick = False
                 events = parser.feed(b"")
                 i = 0
                 n = len(events)
