@@ -206,8 +206,11 @@ class _SpoolStatsCollector(Collector):
         source = self.source
         if source is None:
             return
-        stats = source()
-        used, map_size = float(stats["used_bytes"]), float(stats["map_size_bytes"])
+        try:
+            stats = source()
+            used, map_size = float(stats["used_bytes"]), float(stats["map_size_bytes"])
+        except Exception:  # spool closing or reopening: these gauges skip a scrape, the rest stays
+            return
         yield GaugeMetricFamily("fastmta_spool_size_bytes", "Bytes of the spool in use (LMDB pages)", used)
         yield GaugeMetricFamily("fastmta_spool_map_size_bytes", "Current LMDB map size", map_size)
         yield GaugeMetricFamily(
@@ -260,6 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _ExporterServer
     protocol_version = "HTTP/1.1"
     server_version = "fastmta-metrics"
+    timeout = 30  # seconds per socket read: a stalled client cannot hold a thread for long
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         url = urlsplit(self.path)

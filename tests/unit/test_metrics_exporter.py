@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import os
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 
 from fastmta import metrics
-from tests.support import free_port
+from tests.support import ROOT, free_port
 
 
 def _get(
@@ -104,3 +109,65 @@ def test_disabled_and_port_in_use() -> None:
         first.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_failing_spool_stats_source_does_not_break_the_scrape(exporter: metrics.Exporter) -> None:
+    def closed() -> dict[str, float]:
+        raise RuntimeError("environment closed")
+
+    metrics.set_spool_stats_source(closed)
+    try:
+        status, _, body = _get(exporter, "/metrics")
+    finally:
+        metrics.set_spool_stats_source(None)
+    assert status == 200
+    assert b"fastmta_messages_received_total" in body and b"fastmta_spool_size_bytes" not in body
+
+
+def test_concurrent_scrapes(exporter: metrics.Exporter) -> None:
+    results: list[int] = []
+
+    def scrape() -> None:
+        for _ in range(5):
+            results.append(_get(exporter, "/metrics")[0])
+
+    threads = [threading.Thread(target=scrape) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [200] * 40
+
+
+_WORKER = """
+from fastmta import metrics
+lm = metrics.ListenerMetrics("mx")
+lm.received.inc(3)
+lm.active.inc()
+metrics.bound(metrics.spool_commit_seconds).observe(0.004)
+"""
+
+_EXPORTER = """
+import sys, urllib.request
+from fastmta import metrics
+exp = metrics.serve(("127.0.0.1", 0), lambda: True)
+with urllib.request.urlopen("http://%s:%d/metrics" % exp.address, timeout=10) as r:
+    sys.stdout.write(r.read().decode())
+exp.close()
+"""
+
+
+def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
+    # Issue 9's workers share PROMETHEUS_MULTIPROC_DIR; any one of them serves the sum.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", _WORKER], env=env, cwd=ROOT, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", _EXPORTER], env=env, cwd=ROOT, check=True, timeout=60,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    fams = {f.name: f for f in text_string_to_metric_families(out)}
+    (received,) = [s for s in fams["fastmta_messages_received"].samples if s.labels == {"listener": "mx"}]
+    assert received.value == 6
+    count = [s for s in fams["fastmta_spool_commit_seconds"].samples if s.name.endswith("_count")]
+    assert count[0].value == 2
+    assert sum(s.value for s in fams["fastmta_smtp_connections_active"].samples) == 2
+    assert "fastmta_build_info" in fams
