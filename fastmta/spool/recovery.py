@@ -51,18 +51,27 @@ def recover(store: Store) -> RecoveryReport:
         ]  # fmt: skip
     if not (bad or missing or orphans):
         return rep
+    # Another worker's writer may have changed things since the scan: recheck each
+    # key inside the write transaction and change only what is still wrong.
     with store.write() as txn:
+        moved = set()
         for key in bad:
-            log.error("spool: damaged envelope %r moved to quarantine", key)
-            ops.quarantine(store, txn, key)
+            raw = txn.get(key, db=store.envs)
+            if raw is not None and not (len(key) == ID_LEN and records.check(raw)):
+                log.error("spool: damaged envelope %r moved to quarantine", key)
+                ops.quarantine(store, txn, key)
+                moved.add(key)
+        rep.quarantined = len(moved)
         for key in missing:
-            txn.put(sched_key(records.next_attempt_of(txn.get(key, db=store.envs)), key), b"", db=store.sched)
+            raw = txn.get(key, db=store.envs)
+            if raw is not None:
+                rep.rescheduled += txn.put(sched_key(records.next_attempt_of(raw), key), b"", db=store.sched)
         for k in orphans:
-            txn.delete(k, db=store.sched)
-    if bad:
-        metrics.spool_quarantined_total.inc(len(bad))
-    rep.quarantined, rep.rescheduled, rep.orphan_schedule = len(bad), len(missing), len(orphans)
-    if missing or orphans:
+            if len(k) != 8 + ID_LEN or k[8:] in moved or txn.get(k[8:], db=store.envs) is None:
+                rep.orphan_schedule += txn.delete(k, db=store.sched)
+    if rep.quarantined:
+        metrics.spool_quarantined_total.inc(rep.quarantined)
+    if rep.rescheduled or rep.orphan_schedule:
         log.warning("spool: schedule index repaired (%d added, %d orphans removed)",
-                    len(missing), len(orphans))  # fmt: skip
+                    rep.rescheduled, rep.orphan_schedule)  # fmt: skip
     return rep
