@@ -9,7 +9,6 @@ Never logs or prints a password.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import smtplib
@@ -19,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 
 from fastmta.config import Config, ListenerConfig
-from fastmta.errors import SmtpError
 from fastmta.smtp.commands import xtext_encode
 
 EX_OK = 0
@@ -200,43 +198,46 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
                  msg_id: str, notify: str = "") -> str:  # fmt: skip
     """Commit one message durably to the spool (fsync'd before this returns); its id.
 
-    A running ``serve`` picks it up within its next scan of the schedule index; a
-    stopped one delivers it when it starts. Raises InjectError with EX_CANTCREAT when
-    the spool cannot be opened (permissions: the caller falls back to SMTP) and
-    EX_TEMPFAIL when it is full or broken.
+    One synchronous LMDB write transaction in this process, as ``fastmta queue``
+    makes its changes: no writer process to start for a single message (that
+    would triple sendmail's run time). LMDB serialises it with a running server's
+    writer; that server picks the message up at its next ``due()`` scan (about a
+    second), a stopped one when it starts. Raises InjectError: EX_CANTCREAT when
+    the spool cannot be opened (the caller falls back to SMTP), EX_TEMPFAIL when it
+    is full or broken.
     """
-    from fastmta.spool import Spool
+    import lmdb
+
+    from fastmta.spool import admin, records
     from fastmta.spool.records import Envelope, Recipient
+    from fastmta.spool.store import body_items, is_no_space, sched_key
 
     now = time.time()
     env = Envelope(
         id=msg_id, sender=sender, rcpts=[Recipient(r, notify=notify) for r in rcpts], arrived=now,
         size=len(data), next_attempt=now, helo=socket.gethostname(), listener="sendmail", params=params,
     )  # fmt: skip
+    id_b = msg_id.encode("ascii")
     try:
-        spool = Spool.open(cfg.spool, recover_now=False)  # recovery is serve's job
+        store = admin.open_store(cfg.spool)
     except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
         raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
-
-    async def put() -> None:
-        try:
-            await spool.start()
-            reason = spool.unhealthy_reason()
-            if reason is not None:  # the same check that makes the listener answer 452 4.3.1
-                raise InjectError(EX_TEMPFAIL, f"spool refuses new mail: {reason}")
-            await spool.put(env, data)
-        finally:
-            spool.close()  # on the loop: the committer's wake-up pipe belongs to it
-
     try:
-        asyncio.run(put())
-    except InjectError:
-        raise
-    except SmtpError as e:
-        raise InjectError(EX_TEMPFAIL, f"spool refused the message: {e}") from None
-    except Exception as e:
-        raise InjectError(EX_TEMPFAIL, f"spool write failed: {e}") from None
-    return msg_id
+        while True:
+            try:
+                with store.write() as txn:
+                    store.put_many(txn, [(id_b, records.encode(env))], body_items(id_b, data),
+                                   [(sched_key(now, id_b), b"")])  # fmt: skip
+                return msg_id
+            except lmdb.MapFullError:
+                if not store.grow(len(data) + 4096):
+                    raise InjectError(EX_TEMPFAIL, "the spool is full") from None
+    except lmdb.Error as e:
+        raise InjectError(
+            EX_TEMPFAIL, f"spool write failed{' (disk full)' if is_no_space(e) else ''}: {e}"
+        ) from None
+    finally:
+        store.close()
 
 
 def spool_writable(cfg: Config) -> bool:

@@ -194,19 +194,26 @@ def _fsync_dir(path: str) -> None:
 
 
 def _make_maildir(box: str) -> None:
-    """Create ``box/{tmp,new,cur}`` (0700) and fsync every directory entry that was new."""
-    created = []
+    """Create ``box/{new,cur,tmp}`` (0700) durably, ``tmp/`` last.
+
+    Writers start in ``tmp/``, so once it exists everything a delivery needs
+    (``new/``, and every directory entry above it, fsync'd) exists too: a
+    concurrent writer never renames into a missing ``new/``, and a crash never
+    loses a mailbox that already reported a delivery.
+    """
     parent = os.path.dirname(box)
-    for path in (os.path.dirname(parent), parent, box):
+    root = os.path.dirname(parent)
+    os.makedirs(root, 0o700, exist_ok=True)
+    dirty = set()
+    for path in (parent, box, os.path.join(box, "new"), os.path.join(box, "cur")):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
-            created.append(path)
-    for sub in ("tmp", "new", "cur"):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(os.path.join(box, sub), 0o700)
-            created.append(box)
-    for path in {os.path.dirname(p) for p in created} | set(created):
+            dirty.add(os.path.dirname(path))
+    for path in sorted(dirty, key=len, reverse=True):
         _fsync_dir(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(os.path.join(box, "tmp"), 0o700)
+        _fsync_dir(box)
 
 
 def maildir_write(box: str, host: str, parts: Sequence[bytes]) -> str:

@@ -220,6 +220,29 @@ def test_concurrent_writers_to_one_mailbox_never_collide(tmp_path: Path) -> None
     assert got == sorted(f"writer {n} message {i}\n".encode() for n in range(8) for i in range(50))
 
 
+def _race_writer(box: str, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+    barrier.wait()
+    try:
+        maildir_write(box, "h", [b"x"])
+    except BaseException as e:  # pragma: no cover (reported by the caller)
+        errors.append(e)
+
+
+def test_writers_racing_to_create_a_new_mailbox(tmp_path: Path) -> None:
+    """Every writer that finds tmp/ must also find new/ (tmp/ is created last)."""
+    for round_ in range(15):
+        box = str(tmp_path / f"r{round_}" / "local.test" / "new-user")
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_race_writer, args=(box, barrier, errors)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(os.listdir(os.path.join(box, "new"))) == 8
+
+
 @pytest.mark.parametrize(
     ("code", "reply"),
     [(errno.ENOSPC, (452, "4.3.1")), (errno.EDQUOT, (452, "4.2.2")), (errno.EIO, (451, "4.3.0"))],
