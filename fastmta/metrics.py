@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 import fastmta
 
 # ``*_created`` series double the scrape and nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -117,7 +117,7 @@ scheduler_shard_depth = Gauge(
     multiprocess_mode="livesum",
 )
 spool_quarantined_total = Counter(
-    "fastmta_spool_quarantined_total", "Unreadable spool records set aside at recovery"
+    "fastmta_spool_quarantined_total", "Unreadable spool records set aside (at recovery or on read)"
 )
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
@@ -354,7 +354,7 @@ def default_registry() -> CollectorRegistry:
     """The registry to expose: this process's, or every worker's under PROMETHEUS_MULTIPROC_DIR."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(_spool_stats)
         registry.register(_build_info)
         return registry
