@@ -328,7 +328,8 @@ class SmtpClient(asyncio.Protocol):
         else:
             tx = await self._send_lockstep(mail, rcpts, body, reset)
         tx.error = self.error
-        self.needs_reset = tx.data is None
+        # after a refused DATA/BDAT (all RCPTs failed) the server may still hold our MAIL
+        self.needs_reset = tx.data is None or tx.data.code >= 400
         return tx
 
     async def _send_pipelined(self, mail: bytes, rcpts: list[bytes], body: bytes, reset: bool) -> Transaction:

@@ -476,3 +476,25 @@ def test_large_body_with_flow_control(zone: Any, sinks: Any, sink_port: int, chu
     assert isinstance(attempt.outcomes[0], Delivered)
     [msg] = mx1.messages
     assert msg.bdat is chunking and msg.data == body
+
+
+@pytest.mark.parametrize(("pipelining", "chunking"), [(True, False), (False, False), (True, True)])
+def test_reuse_after_a_failed_transaction_resets(zone: Any, sinks: Any, sink_port: int, pipelining: bool,
+                                                 chunking: bool) -> None:  # fmt: skip
+    mx1 = sinks("127.0.0.2", sink_port, pipelining=pipelining, chunking=chunking,
+                rcpt={"busy@a.test": "451 4.3.0 busy"})  # fmt: skip
+    bodies = Bodies()
+    cfg = make_cfg(zone.address, sink_port)
+    e1, e2 = envelope(bodies, ["busy@a.test"], msg_id="m1"), envelope(bodies, ["ok@a.test"], msg_id="m2")
+
+    async def go() -> list[Attempt]:
+        d = SmtpDeliverer(cfg, bodies)
+        try:
+            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in (e1, e2, e1, e2)]
+        finally:
+            await d.close()
+
+    a = run(go)
+    assert [type(x.outcomes[0]) for x in a] == [Deferred, Delivered, Deferred, Delivered]
+    assert mx1.connections == 1 and mx1.rcpts() == ["ok@a.test", "ok@a.test"]
+    assert mx1.commands.count("RSET") == 2
