@@ -428,6 +428,9 @@ class LocalDeliverer:
                 log.warning("maildir delivery of %s failed: %s", envelope.id, e)
                 reply = _os_error_reply(e)
                 outcomes[i] = Deferred(reply, "mailbox_full" if reply is not R_LOCAL_ERROR else "other")
+            except Exception:  # never let one recipient's failure redo the others' deliveries
+                log.exception("maildir delivery of %s failed", envelope.id)
+                outcomes[i] = Deferred(R_LOCAL_ERROR, "other")
         return outcomes
 
     # LMTP (RFC 2033): like SMTP, but one reply per accepted recipient after the data.
@@ -482,7 +485,7 @@ class LocalDeliverer:
             try:
                 if conn is None:
                     conn = await self._connect()
-                outcomes.update(await self._transaction(conn, envelope, todo, body, stale_ok=reused))
+                await self._transaction(conn, envelope, todo, body, reused, outcomes)
             except _Stale:
                 await _drop(conn)
                 continue  # the idle connection had died: one retry on a fresh one
@@ -505,9 +508,14 @@ class LocalDeliverer:
         self._idle.append(conn)
 
     async def _transaction(
-        self, conn: _LmtpConnection, envelope: Envelope, todo: list[int], body: bytes, stale_ok: bool
-    ) -> dict[int, Outcome]:
-        """MAIL, RCPT…, DATA, then one reply per accepted recipient (RFC 2033 §4.2)."""
+        self, conn: _LmtpConnection, envelope: Envelope, todo: list[int], body: bytes, stale_ok: bool,
+        outcomes: dict[int, Outcome],
+    ) -> None:  # fmt: skip
+        """MAIL, RCPT…, DATA, then one reply per accepted recipient (RFC 2033 §4.2).
+
+        Outcomes go into ``outcomes`` as replies arrive, so a connection lost after
+        some per-recipient replies keeps those (no duplicate for a delivered one).
+        """
         params = envelope.params or {}
         mail = b"MAIL FROM:<" + envelope.sender.encode("utf-8", "surrogateescape") + b">"
         if params.get("BODY") and "8BITMIME" in conn.ext:
@@ -528,7 +536,6 @@ class LocalDeliverer:
             raise
         if stale_ok and mail_reply.code == 421:  # the server timed the idle session out
             raise _Stale
-        outcomes: dict[int, Outcome] = {}
         accepted: list[int] = []
         for n, i in enumerate(todo):
             if not _ok(mail_reply):
@@ -546,20 +553,19 @@ class LocalDeliverer:
                 for _ in todo:  # the RCPT replies after a refused MAIL
                     await conn.reply()
         elif not accepted:
-            return outcomes
+            return
         else:
             await conn.send(b"DATA\r\n")
         data_reply = await conn.reply()
         if data_reply.code != 354:
             outcomes.update({i: _outcome(data_reply) for i in accepted})
-            return outcomes
+            return
         await conn.send(encode_data(body))
         if not accepted:  # a server that said 354 with no valid recipient: finish cleanly
             await conn.reply()
-            return outcomes
+            return
         for i in accepted:
             outcomes[i] = _outcome(await conn.reply())
-        return outcomes
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []

@@ -218,3 +218,34 @@ def test_users_file_still_applies_before_lmtp(lmtp_server: Callable[..., Any], t
     [out] = run(cfg, envelope("known@local.test", "stranger@local.test"))
     assert isinstance(out[0], Delivered) and isinstance(out[1], Bounced)
     assert srv.messages[0].rcpt_tos == ["known@local.test"]
+
+
+def test_connection_lost_after_some_replies_keeps_them(tmp_path: Path) -> None:
+    """The first recipient's 250 stands (no duplicate later); the unanswered one is deferred."""
+
+    async def go() -> dict[int, Any]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 lmtp.test LMTP\r\n")
+            await reader.readline()
+            writer.write(b"250-lmtp.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+            for _ in range(4):  # MAIL, RCPT, RCPT, DATA
+                await reader.readline()
+            writer.write(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 2.0.0 first delivered\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), FakeSpool({"P1": BODY}))
+        try:
+            [out] = await deliver_all(d, envelope("a@local.test", "b@local.test", msg_id="P1"))
+        finally:
+            await d.close()
+            server.close()
+        return out
+
+    out = asyncio.run(go())
+    assert isinstance(out[0], Delivered) and out[0].reply.text == "first delivered"
+    assert isinstance(out[1], Deferred) and out[1].bounce_class == "connection"
