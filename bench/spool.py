@@ -25,7 +25,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -189,14 +188,24 @@ def fill(path: str, count: int) -> dict[str, Any]:
             "disk_bytes": used, "disk_bytes_per_message": round(used / count)}  # fmt: skip
 
 
+def proc_status(field: str) -> int:
+    """A /proc/self/status size in bytes (VmHWM = peak RSS of this process image: unlike
+    ru_maxrss it does not inherit the parent's peak across fork+exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
 def recover_child(path: str) -> None:
     """Child process: open the spool (recovery scan), report time and peak RSS as JSON."""
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss0 = proc_status("VmRSS")
     t0 = time.perf_counter()
     spool = Spool.open(SpoolConfig(path=path, map_size=1024**3, max_map_size=1024**4))
     first = spool.due(time.time() + 1e9, 1000)
     elapsed = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = proc_status("VmHWM")
     print(json.dumps({"recover_seconds": round(elapsed, 2), "messages": spool.recovery.messages,
                       "quarantined": spool.recovery.quarantined, "first_due_batch": len(first),
                       "peak_rss_bytes": rss, "rss_before_bytes": rss0}))  # fmt: skip

@@ -4,8 +4,10 @@
 All synchronous. Keys:
 
 * ``env``   id → envelope record (records.py)
-* ``body``  id + chunk number (2 bytes, big-endian) → up to ``CHUNK`` body bytes;
-  big bodies are split so LMDB never needs one huge run of contiguous free pages
+* ``body``  id + piece number (2 bytes, big-endian) → a piece of the body. Big
+  bodies are split into ~1 MiB pieces so LMDB never needs one huge run of
+  contiguous free pages; every piece but a short tail fills its overflow pages
+  exactly (n pages − 16 header bytes), so a 4 KiB body takes one page, not two
 * ``sched`` due time in ms (8 bytes, big-endian) + id → b"": ``due()`` is a range scan
 * ``quar``  id → damaged envelope record moved aside by recovery
 * ``meta``  spool-wide facts (schema version)
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
+import mmap
 import os
 import struct
 import threading
@@ -29,7 +33,9 @@ import lmdb
 
 from fastmta.spool.ids import ID_LEN
 
-CHUNK = 1024 * 1024
+PAGE = mmap.PAGESIZE  # LMDB's page size is the OS page size
+CHUNK = 256 * PAGE - 16  # a full piece: 256 overflow pages, header included
+_INLINE_TAIL = PAGE // 4  # a tail this short sits inside a leaf page, not an overflow page
 SCHEMA = b"1"
 _DUE = struct.Struct(">Q")
 _CHUNK_NO = struct.Struct(">H")
@@ -45,13 +51,25 @@ def split_sched_key(key: bytes) -> tuple[float, str]:
     return _DUE.unpack_from(key)[0] / 1000.0, key[8:].decode("ascii")
 
 
+def _cuts(n: int) -> list[int]:
+    """Piece boundaries for an ``n``-byte body (see the module docstring)."""
+    cuts = list(range(CHUNK, n, CHUNK))
+    start = cuts[-1] if cuts else 0
+    rest = n - start
+    head = (rest + 16) // PAGE * PAGE - 16  # what fills whole overflow pages
+    if 0 < rest - head <= _INLINE_TAIL and head > _INLINE_TAIL:
+        cuts.append(start + head)
+    return cuts
+
+
 def body_items(id_b: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
-    """The (key, value) pairs storing one body; one pair for bodies up to ``CHUNK``."""
-    if len(body) <= CHUNK:
+    """The (key, value) pairs storing one body."""
+    cuts = _cuts(len(body))
+    if not cuts:
         return [(id_b + b"\x00\x00", body)]
     view = memoryview(body)
-    return [(id_b + _CHUNK_NO.pack(i), view[off : off + CHUNK])
-            for i, off in enumerate(range(0, len(body), CHUNK))]  # fmt: skip
+    bounds = [0, *cuts, len(body)]
+    return [(id_b + _CHUNK_NO.pack(i), view[a:b]) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -160,18 +178,13 @@ class Store:
 
     def body(self, id_b: bytes) -> bytes | None:
         with self.read() as txn:
-            first = txn.get(id_b + b"\x00\x00", db=self.bodies)
-            if first is None or len(first) < CHUNK:
-                return first
-            parts = [first]
             cur = txn.cursor(self.bodies)
-            cur.set_key(id_b + b"\x00\x00")
-            for key, value in cur.iternext():
-                if not key.startswith(id_b) or len(key) != ID_LEN + 2:
-                    break
-                if key != id_b + b"\x00\x00":
-                    parts.append(value)
-            return b"".join(parts)
+            if not cur.set_key(id_b + b"\x00\x00"):
+                return None
+            parts = [cur.value()]
+            while cur.next() and cur.key()[:ID_LEN] == id_b:
+                parts.append(cur.value())
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def due(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str]]:
         hi = _DUE.pack(max(0, int(now * 1000)))

@@ -357,3 +357,22 @@ def test_health_and_lifecycle(spool_cfg: MakeCfg) -> None:
             await spool.put(env(2), b"x")
 
     run(main())
+
+
+def test_bodies_of_every_boundary_size_round_trip(spool_cfg: MakeCfg) -> None:
+    from fastmta.spool.store import CHUNK, PAGE
+
+    sizes = [0, 1, 2000, PAGE - 17, PAGE - 16, PAGE - 15, PAGE, PAGE + 1, 2 * PAGE, 3 * PAGE - 16 + 900,
+             CHUNK - 1, CHUNK, CHUNK + 1, CHUNK + PAGE, 2 * CHUNK + 5]  # fmt: skip
+
+    async def main() -> None:
+        spool = await started(spool_cfg())
+        bodies = {n: os.urandom(n) for n in sizes}
+        ids = {n: await spool.put(env(n), b) for n, b in bodies.items()}
+        for n, msg_id in ids.items():
+            assert spool.body(msg_id) == bodies[n], n
+        assert await spool.remove(ids[2 * CHUNK + 5])
+        assert spool.body(ids[2 * CHUNK + 5]) is None and spool.body(ids[CHUNK + 1]) == bodies[CHUNK + 1]
+        await spool.aclose()
+
+    run(main())
