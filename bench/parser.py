@@ -8,7 +8,7 @@ length checks, body as a new bytes object). Baselines: copying the same octets
 into a new bytes object, and `bytes.find(b"\\r\\n.\\r\\n")`, which only finds
 the end. Extra rows: encode_data and a pipelined command batch.
 
-    python bench/parser.py [--reps 7] [--json FILE]
+    python bench/parser.py [--reps 9] [--json FILE]
 
 Each figure is the median of --reps repetitions; the machine may be shared, so
 compare the ratios taken in the same run rather than absolute numbers.
@@ -74,15 +74,20 @@ def command_parse(mod: ModuleType) -> Callable[[bytes], object]:
     return parser.feed
 
 
-def timeit(fn: Callable[[bytes], object], arg: bytes, inner: int, reps: int) -> float:
-    """Median seconds per call over `reps` repetitions of `inner` calls."""
-    samples = []
+def timeit(fns: dict[str, Callable[[bytes], object]], arg: bytes, inner: int, reps: int) -> dict[str, float]:
+    """Median seconds per call of each function, over `reps` rounds of `inner` calls.
+
+    The candidates take turns inside every round, so load from other processes
+    on a shared machine hits them alike and the ratios stay meaningful.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        t0 = time.perf_counter_ns()
-        for _ in range(inner):
-            fn(arg)
-        samples.append((time.perf_counter_ns() - t0) / inner / 1e9)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(inner):
+                fn(arg)
+            samples[name].append((time.perf_counter_ns() - t0) / inner / 1e9)
+    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def verify(wire: bytes, body: bytes) -> None:
@@ -94,12 +99,13 @@ def verify(wire: bytes, body: bytes) -> None:
 def bench_workload(name: str, body: bytes, inner: int, reps: int) -> dict[str, object]:
     wire = stuff(body)
     verify(wire, body)
-    rows = {
-        "cython": timeit(data_parse(_parser), wire, inner, reps),
-        "python": timeit(data_parse(_parser_py), wire, inner, reps),
-        "copy": timeit(lambda w: w[1:], wire, inner, reps),
-        "find": timeit(lambda w: w.find(b"\r\n.\r\n"), wire, inner, reps),
+    fns = {
+        "cython": data_parse(_parser),
+        "python": data_parse(_parser_py),
+        "copy": lambda w: w[1:],
+        "find": lambda w: w.find(b"\r\n.\r\n"),
     }
+    rows = timeit(fns, wire, inner, reps)
     return {
         "workload": name,
         "octets": len(wire),
@@ -112,8 +118,10 @@ def bench_workload(name: str, body: bytes, inner: int, reps: int) -> dict[str, o
     }
 
 
-def bench_extra(name: str, arg: bytes, makers: dict[str, Callable[[], Callable[[bytes], object]]], inner: int, reps: int):
-    rows = {k: timeit(make(), arg, inner, reps) for k, make in makers.items()}
+def bench_extra(
+    name: str, arg: bytes, makers: dict[str, Callable[[], Callable[[bytes], object]]], inner: int, reps: int
+) -> dict[str, object]:
+    rows = timeit({k: make() for k, make in makers.items()}, arg, inner, reps)
     return {
         "workload": name,
         "octets": len(arg),
@@ -177,7 +185,7 @@ def print_table(report: dict[str, object]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="fastmta parser benchmark")
-    ap.add_argument("--reps", type=int, default=7, help="repetitions (median is reported), >= 5")
+    ap.add_argument("--reps", type=int, default=9, help="repetitions (median is reported), >= 5")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args()
     report = run(max(args.reps, 5))

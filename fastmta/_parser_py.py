@@ -19,6 +19,8 @@ Conventions (shared with the Cython twin, see docs/interfaces.md §Parser):
 
 from __future__ import annotations
 
+from itertools import islice
+
 from fastmta._events import (
     BARE_LF_NORMALISE,
     BDAT_CHUNK,
@@ -251,17 +253,24 @@ class CommandParser:
         """Account one run of DATA octets that never splits a CRLF or a line-start dot."""
         if self._bare and not self._normalise:
             return  # rejected already: only the terminator matters now
-        crlf = raw.count(b"\r\n")
-        bare = raw.count(b"\n") != crlf or raw.count(b"\r") != crlf
+        # No bare CR/LF iff splitlines() (which breaks at CRLF, CR and LF) sees as
+        # many breaks as there are LFs and as there are CRs. Three C-speed passes.
+        lines = raw.splitlines()
+        breaks = len(lines) if raw[-1] in (10, 13) else len(lines) - 1
+        bare = not (raw.count(b"\n") == breaks == raw.count(b"\r"))
         if bare and not self._normalise:
             self._bare = True
             self._chunks = []
             return
         if self._too_big:
             return  # keep looking for bare CR/LF only: that verdict wins
+        if bare:
+            lines = raw.split(b"\r\n")
+        elif raw[-1] == 10:
+            lines.append(b"")
+        self._lines(lines)
         # RFC 5321 §4.5.2: drop the first dot of every line that starts with one.
-        data = raw.replace(b"\r\n.", b"\r\n")
-        self._lines(data)
+        data = b"\r\n".join(raw.split(b"\r\n."))
         if bare:
             data = _normalise(data)
         if self._virtual:
@@ -275,18 +284,21 @@ class CommandParser:
         else:
             self._chunks.append(data)
 
-    def _lines(self, data: bytes) -> None:
+    def _lines(self, parts: list[bytes]) -> None:
+        """Count long lines; parts are `raw` split at CRLF, so parts[0] continues
+        the current line and every later part starts a line (maybe with a stuffed dot)."""
         limit = self._max_body_line
-        if b"\r\n" not in data:
-            self._line_len += len(data)
+        last = parts[-1]
+        if len(parts) == 1:
+            self._line_len += len(last)
             return
-        head, _, rest = data.partition(b"\r\n")
-        body, _, tail = rest.rpartition(b"\r\n")
-        count = self._line_len + len(head) > limit
-        if body:
-            count += _count_long(body, limit)
+        count = self._line_len + len(parts[0]) > limit
+        # Raw lengths bound the unstuffed ones, so the exact count is rarely needed.
+        if max(map(len, parts)) > limit:
+            middle = islice(parts, 1, len(parts) - 1)
+            count += sum(1 for line in middle if len(line) - (line[:1] == b".") > limit)
         self.long_lines += count
-        self._line_len = len(tail)
+        self._line_len = len(last) - (last[:1] == b".")
 
     def _finish(self, events: list[tuple[int, object]]) -> None:
         if self._bare and not self._normalise:
