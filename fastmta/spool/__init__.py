@@ -3,8 +3,9 @@
 
 ``put`` resolves only after the message is in an fsync'd LMDB transaction (rule 1
 of DESIGN.md §3.3). Reads (``envelope``, ``body``, ``due``) are short read
-transactions on the caller's thread; every write goes through the committer
-thread. The scheduler sees envelopes and the schedule index, never bodies.
+transactions in this process; every write goes through the writer process
+(``writer.py`` says why a process). The scheduler sees envelopes and the
+schedule index, never bodies.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Read-modify-write operations on one message, run inside a write transaction.
 
-The committer thread runs them for the scheduler; ``fastmta queue`` runs them in
+The writer process runs them for the scheduler; ``fastmta queue`` runs them in
 its own short write transaction. Each keeps envelope and schedule index in step:
 the schedule key is always derived from the stored ``next_attempt``. A message
 that vanished meanwhile (deleted by an administrator) is not an error: the

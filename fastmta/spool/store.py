@@ -12,7 +12,7 @@ All synchronous. Keys:
 * ``quar``  id → damaged envelope record moved aside by recovery
 * ``meta``  spool-wide facts (schema version)
 
-Write transactions run on one thread per process (the committer, or a short
+Write transactions run on one thread per process (the writer process, or a short
 ``fastmta queue`` command). ``set_mapsize`` needs every transaction of this
 process closed, so readers hold ``lock`` for their (short) read transactions and
 the resizer takes it too.
