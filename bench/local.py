@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from fastmta import config  # noqa: E402
 from fastmta.delivery import Destination  # noqa: E402
 from fastmta.delivery.local import LocalDeliverer, maildir_write  # noqa: E402
+from fastmta.spool import admin  # noqa: E402
 from fastmta.spool.records import Envelope, Recipient  # noqa: E402
 
 BODY = ((b"Subject: bench\r\n\r\n" + b"x" * 74 + b"\r\n") * 44)[:4096]
@@ -138,6 +139,7 @@ def bench_sendmail(workdir: Path, runs: int) -> dict[str, Any]:
     cfg = workdir / "sm.toml"
     cfg.write_text(f'hostname = "bench.test"\n[spool]\npath = "{workdir / "spool"}"\nmap_size = "64MiB"\n'
                    '[metrics]\naddress = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n')  # fmt: skip
+    admin.open_store(config.load(str(cfg)).spool).close()  # sendmail writes only into an existing spool
     msg = b"Subject: s\nTo: a@b.test\n\n" + BODY
 
     def timed(cmd: list[str], data: bytes) -> float:

@@ -241,11 +241,10 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
 
 
 def spool_writable(cfg: Config) -> bool:
-    """Cheap pre-check: may this user write the spool (or create it)?"""
+    """May this user write into the spool, and does it exist? A missing spool is never
+    created here: a cron job's stray ``./fastmta-spool`` would be read by no server."""
     path = cfg.spool.path
-    while not os.path.exists(path):
-        parent = os.path.dirname(os.path.abspath(path))
-        if parent == path:
-            return False
-        path = parent
-    return os.access(path, os.W_OK | os.X_OK)
+    files = [os.path.join(path, "data.mdb"), os.path.join(path, "lock.mdb")]
+    return all(os.path.isfile(f) and os.access(f, os.R_OK | os.W_OK) for f in files) and os.access(
+        path, os.W_OK | os.X_OK
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fastmta import config
-from fastmta.spool import Spool
+from fastmta.spool import Spool, admin
 from fastmta.spool.records import Envelope
 from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
 
@@ -45,7 +45,10 @@ def sendmail(cfg_path: Path, *args: str, input: bytes = MSG) -> subprocess.Compl
 
 @pytest.fixture
 def cfg(make_config: Callable[..., Path]) -> Path:
-    return make_config(f'[[listener]]\naddress = "127.0.0.1:{free_port()}"\n')
+    """A config whose spool exists (as after the first ``serve``) and whose listener is down."""
+    path = make_config(f'[[listener]]\naddress = "127.0.0.1:{free_port()}"\n')
+    admin.open_store(config.load(str(path)).spool).close()
+    return path
 
 
 def test_recipients_from_argv_with_sender_and_headers_added(cfg: Path) -> None:
@@ -148,6 +151,16 @@ def test_falls_back_to_the_local_listener(make_config: Callable[..., Path], tmp_
     assert msg.mail_from == "app@fastmta.test"
     assert sorted(msg.rcpt_tos) == ["ann@a.test", "cc@a.test", "hidden@b.test"]
     assert b"hidden" not in msg.data and b"Message-ID:" in msg.data
+
+
+def test_missing_spool_is_not_created_and_smtp_is_used(make_config: Callable[..., Path], tmp_path: Path,
+                                                       sinks: Callable[..., Any]) -> None:  # fmt: skip
+    port = free_port()
+    sink = sinks("127.0.0.1", port)
+    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{port}"\n')
+    assert sendmail(cfg, "a@c.test").returncode == 0
+    assert len(sink.wait_messages(1)) == 1
+    assert not Path(config.load(str(cfg)).spool.path).exists()
 
 
 def test_fallback_all_recipients_refused(make_config: Callable[..., Path], tmp_path: Path,
