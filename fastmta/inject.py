@@ -175,7 +175,8 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
         rcpt_options = [f"NOTIFY={dsn['NOTIFY']}"] if dsn.get("NOTIFY") else []
     code, resp = client.mail(sender, options)
     if code != 250:
-        raise InjectError(_status_of(code, EX_DATAERR), f"sender refused: {code} {_text(resp)}")
+        permanent = EX_NOPERM if code == 530 else EX_DATAERR  # 530: the listener wants AUTH
+        raise InjectError(_status_of(code, permanent), f"sender refused: {code} {_text(resp)}")
     refused: dict[str, tuple[int, str]] = {}
     for rcpt in rcpts:
         code, resp = client.rcpt(rcpt, rcpt_options)

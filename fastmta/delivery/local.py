@@ -364,6 +364,7 @@ class LocalDeliverer:
             _lmtp_target(cfg.local.lmtp) if cfg.local.lmtp else (None, None, "maildir")
         )
         self._idle: list[_LmtpConnection] = []
+        self._quitting: set[asyncio.Task[None]] = set()  # QUITs in flight (kept: tasks are weak)
 
     async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt:
         start = time.monotonic()
@@ -502,7 +503,9 @@ class LocalDeliverer:
     def _release(self, conn: _LmtpConnection) -> None:
         conn.used += 1
         if conn.used >= self.cfg.delivery.max_messages_per_connection or not conn.alive():
-            asyncio.get_running_loop().create_task(conn.close())
+            task = asyncio.get_running_loop().create_task(conn.close())
+            self._quitting.add(task)
+            task.add_done_callback(self._quitting.discard)
             return
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
@@ -569,7 +572,7 @@ class LocalDeliverer:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(c.close() for c in idle), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in idle), *self._quitting, return_exceptions=True)
         self._pool.shutdown(wait=True)
 
 
