@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drivers", default=",".join(DRIVERS))
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
     args = ap.parse_args(argv)
+    peers.stop_on_sigterm()
     scenarios = SCENARIOS + (FULL_EXTRA if args.full else [])
     if args.scenarios:
         wanted = args.scenarios.split(",")

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.peers import PYTHON, ROOT, tool
+from bench.peers import PYTHON, ROOT, die_with_parent, tool
 
 SENDER = "bench@source.fastmta.test"
 RECIPIENT = "sink@sink.fastmta.test"
@@ -42,8 +42,14 @@ class Result:
 def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float]:
     """Run one driver process; on timeout kill exactly that process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        preexec_fn=die_with_parent,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

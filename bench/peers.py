@@ -11,6 +11,7 @@ Nothing here talks to anything but 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -39,6 +40,20 @@ def tool(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"benchmark needs {name!r} (apt-get install postfix swaks ...)")
     return path
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM if the bench process dies, even by SIGKILL."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``finally`` blocks stop every peer (Postfix daemonises)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def free_port() -> int:
@@ -132,7 +147,12 @@ class Peer:
 
     def start(self) -> Peer:
         self.proc = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env()
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env(),
+            preexec_fn=die_with_parent,
         )
         wait_port(self.port, proc=self.proc)
         return self
@@ -207,7 +227,11 @@ class SmtpSink(Peer):
 
     def start(self) -> SmtpSink:
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=self._log, cwd=self.workdir
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=self.workdir,
+            preexec_fn=die_with_parent,
         )
         threading.Thread(target=self._follow, name="smtp-sink-counters", daemon=True).start()
         wait_port(self.port, proc=self.proc)
@@ -236,10 +260,21 @@ class SmtpSink(Peer):
                 self.sessions, self.messages = int(m.group(1)), msgs
                 self._changed.notify_all()
 
-    def wait_messages(self, n: int, timeout: float) -> bool:
-        """Block until the sink has counted ``n`` messages in total (False on timeout)."""
+    def wait_messages(self, n: int, timeout: float, stall: float | None = None) -> bool:
+        """Block until the sink has counted ``n`` messages in total.
+
+        False after ``timeout``, or once no message arrived for ``stall`` seconds
+        (a broken MTA ends the wait early instead of using the whole bound).
+        """
+        start = time.perf_counter()
+        deadline = start + timeout
         with self._changed:
-            return self._changed.wait_for(lambda: self.messages >= n, timeout)
+            while self.messages < n:
+                now = time.perf_counter()
+                if now >= deadline or (stall and now - max(start, self.last_message_at) > stall):
+                    return False
+                self._changed.wait(min(0.5, deadline - now))
+            return True
 
     def counts(self) -> tuple[int, int]:
         with self._changed:

@@ -35,6 +35,7 @@ from bench import drivers, peers  # noqa: E402
 SIZE = 4096
 CONNECTIONS = 50
 SCENARIOS = {"4k-50c-1m": False, "4k-50c-100m": True}  # name → reuse connections
+STALL = 20.0  # seconds without a message at the sink: the MTA is stuck, stop waiting
 
 
 def established(port: int) -> int:
@@ -79,7 +80,7 @@ def end_to_end(
     start = time.perf_counter()
     res = drivers.smtp_source(mta.address, count, CONNECTIONS, reuse, SIZE, timeout)
     accepted_in = time.perf_counter() - start
-    arrived = sink.wait_messages(before + count, timeout) if res.ok else False
+    arrived = sink.wait_messages(before + count, timeout, stall=STALL) if res.ok else False
     _, after = sink.counts()
     elapsed = (sink.last_message_at - start) if arrived else time.perf_counter() - start
     return {
@@ -113,7 +114,7 @@ def drain(sink: peers.SmtpSink, n: int, timeout: float, log: Callable[[str], Non
         mta.start()
         try:
             with RssSampler(mta.pid) as rss:
-                done = sink.wait_messages(before + queued, timeout)
+                done = sink.wait_messages(before + queued, timeout, stall=STALL)
                 end = sink.last_message_at if done else time.perf_counter()
                 sessions, after = sink.counts()
                 opened = sessions - sessions_before + established(sink.port) - open_before
@@ -135,10 +136,10 @@ def drain(sink: peers.SmtpSink, n: int, timeout: float, log: Callable[[str], Non
         filler.stop()
 
 
-def run(
-    quick: bool, reps: int, drain_n: int, systems: list[str], log: Callable[[str], None]
-) -> dict[str, Any]:
-    count = 2000 if quick else 10_000
+def run(quick: bool, reps: int, drain_n: int, systems: list[str], log: Callable[[str], None],
+        count: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Start the sink and the MTAs, run the alternating end-to-end matrix, then the drain."""
+    count = count or (2000 if quick else 10_000)
     timeout = 120.0 if quick else 600.0
     runs: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
@@ -212,11 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--drain", type=int, default=None, help="messages in the drain test (0 = skip)")
     ap.add_argument("--systems", default="fastmta,postfix")
+    ap.add_argument(
+        "--count", type=int, default=None, help="messages per end-to-end run [2,000 quick; 10,000]"
+    )
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
     args = ap.parse_args(argv)
+    peers.stop_on_sigterm()
     drain_n = args.drain if args.drain is not None else (10_000 if args.quick else 100_000)
     result = run(args.quick, args.reps, drain_n, args.systems.split(","),
-                 lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+                 lambda line: print(line, file=sys.stderr, flush=True), args.count)  # fmt: skip
     text = json.dumps(result, indent=1)
     if args.json in (None, "-"):
         print(text)

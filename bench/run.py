@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import report  # noqa: E402
+from bench import peers, report  # noqa: E402
 
 # name → (script, extra args, timeout quick, timeout full); parser and spool belong to their areas.
 BENCHES: dict[str, tuple[str, list[str], float, float]] = {
@@ -51,20 +51,23 @@ def run_bench(name: str, quick: bool, reps: int | None, extra: list[str]) -> dic
     cmd += extra
     print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     start = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT))
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env, preexec_fn=peers.die_with_parent
     )
     try:
         rc = proc.wait(timeout=t_quick if quick else t_full)
     except subprocess.TimeoutExpired:
-        proc.terminate()  # lets the bench stop its peers by pid in its finally blocks
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         out.unlink(missing_ok=True)
         return {"error": f"timed out after {time.monotonic() - start:.0f} s"}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # the bench stops its peers by pid in its finally blocks
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     try:
         data: dict[str, Any] = json.loads(out.read_text())
     except (OSError, ValueError):
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accept-args", default="", help="extra arguments for bench/accept.py")
     ap.add_argument("--relay-args", default="", help="extra arguments for bench/relay.py")
     args = ap.parse_args(argv)
+    peers.stop_on_sigterm()
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
