@@ -1,8 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Typed public API of both parser twins (fastmta._parser and fastmta._parser_py)."""
 
-from typing import Final
-
 _Buffer = bytes | bytearray | memoryview
 
 class CommandParser:
@@ -29,5 +27,3 @@ class ReplyParser:
     def feed(self, data: _Buffer) -> list[tuple[int, list[bytes]]]: ...
 
 def encode_data(body: _Buffer) -> bytes: ...
-
-backend: Final[str]

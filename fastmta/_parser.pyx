@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, auto_pickle=False, autotestdict=False
 # SPDX-License-Identifier: MIT
 """Cython SMTP parser: the fast twin of `_parser_py.py`, with byte-identical events.
 
@@ -17,22 +17,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.string cimport memchr, memcpy
 
-from fastmta._events import (
-    BARE_LF_NORMALISE,
-    BDAT_CHUNK,
-    DATA_BARE_LF,
-    DATA_END,
-    DATA_TOO_BIG,
-    DEFAULT_MAX_BODY_LINE,
-    DEFAULT_MAX_LINE,
-    DEFAULT_MAX_SIZE,
-    LINE,
-    LINE_TOO_LONG,
-    MAX_REPLY_LINE,
-    MAX_REPLY_LINES,
-    ParserError,
-    check_limits,
-)
+from fastmta import _events as _ev
 
 cdef extern from "string.h":
     # GNU extension; Python.h defines _GNU_SOURCE before string.h is read.
@@ -49,16 +34,13 @@ cdef enum:
     _CR = 13
     _DOT = 46
 
-cdef object _LINE = LINE
-cdef object _LINE_TOO_LONG = LINE_TOO_LONG
-cdef object _DATA_END = DATA_END
-cdef object _DATA_TOO_BIG = DATA_TOO_BIG
-cdef object _DATA_BARE_LF = DATA_BARE_LF
-cdef object _BDAT_CHUNK = BDAT_CHUNK
-cdef tuple _EV_TOO_LONG = (LINE_TOO_LONG, None)
-cdef tuple _EV_TOO_BIG = (DATA_TOO_BIG, None)
-cdef tuple _EV_BARE = (DATA_BARE_LF, None)
-cdef tuple _EV_CHUNK_DROPPED = (BDAT_CHUNK, None)
+cdef object _LINE = _ev.LINE
+cdef object _DATA_END = _ev.DATA_END
+cdef object _BDAT_CHUNK = _ev.BDAT_CHUNK
+cdef tuple _EV_TOO_LONG = (_ev.LINE_TOO_LONG, None)
+cdef tuple _EV_TOO_BIG = (_ev.DATA_TOO_BIG, None)
+cdef tuple _EV_BARE = (_ev.DATA_BARE_LF, None)
+cdef tuple _EV_CHUNK_DROPPED = (_ev.BDAT_CHUNK, None)
 
 
 cdef inline bint _word_at(const unsigned char* p, Py_ssize_t n, const char* word, Py_ssize_t k):
@@ -138,15 +120,15 @@ cdef class CommandParser:
 
     def __init__(
         self,
-        Py_ssize_t max_line=DEFAULT_MAX_LINE,
-        Py_ssize_t max_size=DEFAULT_MAX_SIZE,
+        Py_ssize_t max_line=_ev.DEFAULT_MAX_LINE,
+        Py_ssize_t max_size=_ev.DEFAULT_MAX_SIZE,
         str bare_lf="reject",
-        Py_ssize_t max_body_line=DEFAULT_MAX_BODY_LINE,
+        Py_ssize_t max_body_line=_ev.DEFAULT_MAX_BODY_LINE,
     ):
-        check_limits(max_line, max_size, bare_lf, max_body_line)
+        _ev.check_limits(max_line, max_size, bare_lf, max_body_line)
         self._max_line = max_line
         self._max_size = max_size
-        self._normalise = bare_lf == BARE_LF_NORMALISE
+        self._normalise = bare_lf == _ev.BARE_LF_NORMALISE
         self._max_body_line = max_body_line
         self._mode = _CMD
         self._buf = b""
@@ -580,7 +562,7 @@ cdef class ReplyParser:
         self._error = None
 
     cdef object _fail(self, str why):
-        self._error = ParserError(why)
+        self._error = _ev.ParserError(why)
         return self._error
 
     @cython.boundscheck(False)
@@ -607,14 +589,14 @@ cdef class ReplyParser:
         while pos < n:
             hit = <const unsigned char*>memchr(p + pos, _LF, n - pos)
             if hit == NULL:
-                if n - pos > MAX_REPLY_LINE:
+                if n - pos > _ev.MAX_REPLY_LINE:
                     raise self._fail("reply line too long")
                 break
             end = hit - p
             stop = end - 1 if end > pos and p[end - 1] == _CR else end
             line = PyBytes_FromStringAndSize(<const char*>p + pos, stop - pos)
             pos = end + 1
-            if PyBytes_GET_SIZE(line) > MAX_REPLY_LINE:
+            if PyBytes_GET_SIZE(line) > _ev.MAX_REPLY_LINE:
                 raise self._fail("reply line too long")
             if PyBytes_GET_SIZE(line) < 3 or not (
                 49 <= line[0] <= 53 and 48 <= line[1] <= 57 and 48 <= line[2] <= 57
@@ -629,7 +611,7 @@ cdef class ReplyParser:
             self._code = code
             self._lines.append(line[4:])
             if sep == 45:
-                if len(self._lines) >= MAX_REPLY_LINES:
+                if len(self._lines) >= _ev.MAX_REPLY_LINES:
                     raise self._fail("too many lines in one reply")
                 continue
             replies.append((code, self._lines))

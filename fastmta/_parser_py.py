@@ -292,7 +292,7 @@ class CommandParser:
         if len(parts) == 1:
             self._line_len += len(last)
             return
-        count = self._line_len + len(parts[0]) > limit
+        count = int(self._line_len + len(parts[0]) > limit)
         # Raw lengths bound the unstuffed ones, so the exact count is rarely needed.
         if max(map(len, parts)) > limit:
             middle = islice(parts, 1, len(parts) - 1)

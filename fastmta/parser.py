@@ -3,16 +3,22 @@
 
 FASTMTA_PURE_PYTHON=1 forces the twin. Otherwise the extension is used when it
 is built; FASTMTA_REQUIRE_CYTHON=1 makes a missing extension fatal (CI), so a
-broken build can never hide behind the slower twin.
+broken build can never hide behind the slower twin. Type checkers see the API
+declared once in `_parser.pyi`.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from fastmta import _events as events
 
-if os.environ.get("FASTMTA_PURE_PYTHON") == "1":
+if TYPE_CHECKING:
+    from fastmta._parser import CommandParser, ReplyParser, encode_data
+
+    backend: str
+elif os.environ.get("FASTMTA_PURE_PYTHON") == "1":
     from fastmta._parser_py import CommandParser, ReplyParser, encode_data
 
     backend = "python"
