@@ -282,10 +282,13 @@ class SmtpClient(asyncio.Protocol):
         raise HostError(reply or Reply(421, "4.4.2", f"{self.host} closed the connection at EHLO"), "ehlo")
 
     async def starttls(self, context: ssl.SSLContext, server_hostname: str | None, helo: str) -> None:
-        """STARTTLS, handshake, EHLO again. Raises HostError(kind="tls") on any failure."""
+        """STARTTLS, handshake, EHLO again. Raises HostError: kind "starttls" when the
+        command was refused (the session is still usable), "tls" for anything else."""
         reply = await self.command(b"STARTTLS\r\n")
         if reply is None or reply.code != 220:
-            raise HostError(reply or Reply(421, "4.4.2", "lost at STARTTLS"), "tls")
+            if reply is None:
+                raise HostError(Reply(421, "4.4.2", "lost at STARTTLS"), "tls")
+            raise HostError(reply, "starttls")  # refused; the plaintext session still stands
         assert self._transport is not None
         try:
             transport = await self._loop.start_tls(

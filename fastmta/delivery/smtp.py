@@ -160,10 +160,11 @@ class SmtpDeliverer:
                 if until is None or until < time.monotonic():
                     try:
                         await client.starttls(self._opportunistic, host.name, self.cfg.hostname)
-                    except HostError:  # as MTAs do: the same host again, in plaintext
-                        client.abort()
+                    except HostError as e:  # as MTAs do: go on in plaintext
                         self._no_tls[key] = time.monotonic() + NO_TLS_MEMORY
-                        client = await self._open(host)
+                        if e.kind != "starttls" or not client.usable:
+                            client.abort()
+                            client = await self._open(host)
             if route is not None and route.auth_file:
                 await self._authenticate(client, route)
         except BaseException:
@@ -241,7 +242,7 @@ def _connect_failure(failures: list[HostError]) -> Deferred:
     reply = last.reply
     if reply.code >= 500 or reply.code < 400:  # a 5xx greeting only skips the host (as Postfix)
         reply = Reply(451, "4" + reply.enhanced[1:] if reply.enhanced else "4.0.0", reply.text)
-    cls = "tls" if last.kind == "tls" else classify(reply)
+    cls = "tls" if last.kind in ("tls", "starttls") else classify(reply)
     return Deferred(reply, cls)
 
 

@@ -223,3 +223,18 @@ def test_5xx_greeting_skips_to_next_mx_then_defers(zone: Any, sinks: Any, sink_p
     o = run(lambda: deliver_once(make_cfg(zone.address, sink_port), bodies, A, env)).outcomes[0]
     assert isinstance(o, Deferred) and not isinstance(o, Bounced)
     assert o.reply.code == 451 and o.reply.enhanced == "4.7.1" and o.bounce_class == "policy"
+
+
+def test_opportunistic_starttls_refused_goes_on_in_plaintext(zone: Any, sinks: Any, sink_port: int) -> None:
+    mx1 = sinks("127.0.0.2", sink_port, starttls=True)
+    mx1.script.starttls_reply = "454 4.7.0 TLS not available due to temporary reason"
+    bodies = Bodies()
+    env = envelope(bodies, ["b@a.test"])
+    cfg = make_cfg(zone.address, sink_port, tls="opportunistic")
+    attempt = run(lambda: deliver_once(cfg, bodies, A, env))
+    assert isinstance(attempt.outcomes[0], Delivered) and attempt.tls is None
+    assert mx1.connections == 1 and mx1.commands[:3] == [
+        "EHLO out.fastmta.test",
+        "STARTTLS",
+        "MAIL FROM:<a@src.test>",
+    ]
