@@ -256,7 +256,12 @@ def _needs_smtputf8(envelope: Any, rcpts: list[int], body: bytes) -> bool:
 
 
 def _unfit(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> Bounced | None:
-    """A reason this hop cannot take this message at all, checked before MAIL."""
+    """A reason this hop cannot take this message at all, checked before MAIL.
+
+    8-bit bodies are not downgraded to quoted-printable (that rewrites MIME parts and
+    breaks signatures); they bounce with 5.6.3, as RFC 6152 allows. Bodies in the
+    spool are already CRLF-canonical (the listener made them so), so BDAT sends them as is.
+    """
     ext = client.ext
     size = ext.get("SIZE", "")
     if size.isdigit() and 0 < int(size) < len(body):
