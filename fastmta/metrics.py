@@ -21,7 +21,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import (
@@ -253,10 +253,6 @@ def set_spool_stats_source(source: Callable[[], Mapping[str, float]] | None) -> 
 # --- the exporter ---------------------------------------------------------------
 
 
-class Closer(Protocol):
-    def close(self) -> None: ...
-
-
 class _Handler(BaseHTTPRequestHandler):
     """GET /metrics (content-negotiated, optionally gzipped) and GET /healthz."""
 
@@ -344,6 +340,8 @@ class Exporter:
 
 
 class _Disabled:
+    """What serve() returns when the exporter is off: nothing to close, no address."""
+
     address = None
 
     def close(self) -> None:
