@@ -31,6 +31,7 @@ from fastmta.smtp.commands import xtext_encode
 log = logging.getLogger("fastmta.delivery")
 
 NO_TLS_MEMORY = 3600.0  # seconds a host whose TLS handshake failed is tried in plaintext
+DEAD_HOST_MEMORY = 60.0  # seconds a host that refused or timed out is tried after the others
 
 
 class BodySource(Protocol):
@@ -47,6 +48,7 @@ class SmtpDeliverer:
         d = cfg.delivery
         self.pool = Pool(d.max_messages_per_connection, d.idle_timeout)
         self._no_tls: dict[tuple[str, int], float] = {}  # opportunistic TLS broken → plaintext until
+        self._dead: dict[tuple[str, int], float] = {}  # unreachable → tried last until
         self._opportunistic = _opportunistic_context()
         self._verified: ssl.SSLContext | None = None
         self._credentials: dict[str, tuple[str, str] | None] = {}
@@ -125,15 +127,29 @@ class SmtpDeliverer:
         policy = (route.tls if route is not None and route.tls else "") or self.cfg.delivery.tls
         failures: list[HostError] = []
         last_host = ""
-        for host in hosts:
+        for host in self._alive_first(hosts):
             last_host = str(host)
             try:
                 client = await self._session(host, policy, route)
             except HostError as e:
                 failures.append(e)
+                if e.kind in ("refused", "timeout"):
+                    self._dead[(host.address, host.port)] = time.monotonic() + DEAD_HOST_MEMORY
                 continue
+            self._dead.pop((host.address, host.port), None)
             return client
         return Attempt(_all_dict(rcpts, _connect_failure(failures)), last_host)
+
+    def _alive_first(self, hosts: list[Host]) -> list[Host]:
+        """Hosts that recently refused or timed out go last (a blackholed primary MX would
+        otherwise cost a full connect timeout on every new connection)."""
+        if not self._dead:
+            return hosts
+        now = time.monotonic()
+        for key in [k for k, until in self._dead.items() if until < now]:
+            del self._dead[key]
+        dead = [h for h in hosts if (h.address, h.port) in self._dead]
+        return [h for h in hosts if (h.address, h.port) not in self._dead] + dead if dead else hosts
 
     async def _hosts(self, dest: Destination) -> list[Host]:
         port = self.cfg.delivery.port

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from fastmta import config
+from fastmta import config, metrics
 from fastmta.delivery import Attempt, Destination
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
@@ -440,8 +440,6 @@ def test_ipv6_mx(dnsmasq: Any, sinks: Any, sink_port: int) -> None:
 
 
 def test_idle_connections_quit_after_idle_timeout(zone: Any, sinks: Any, sink_port: int) -> None:
-    from fastmta import metrics
-
     mx1 = sinks("127.0.0.2", sink_port)
     bodies = Bodies()
     env = envelope(bodies, ["b@a.test"])
@@ -498,3 +496,31 @@ def test_reuse_after_a_failed_transaction_resets(zone: Any, sinks: Any, sink_por
     assert [type(x.outcomes[0]) for x in a] == [Deferred, Delivered, Deferred, Delivered]
     assert mx1.connections == 1 and mx1.rcpts() == ["ok@a.test", "ok@a.test"]
     assert mx1.commands.count("RSET") == 2
+
+
+def test_unreachable_mx_is_tried_last_for_a_while(zone: Any, sinks: Any, sink_port: int) -> None:
+    mx2 = sinks("127.0.0.3", sink_port)
+    bodies = Bodies()
+    cfg = make_cfg(zone.address, sink_port, max_messages_per_connection=1)
+    envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}") for i in range(3)]
+
+    async def go() -> list[Attempt]:
+        d = SmtpDeliverer(cfg, bodies)
+        try:
+            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
+        finally:
+            await d.close()
+
+    refused_counter = metrics.delivery_connections_total.labels("refused")
+    before = refused_counter._value.get()
+    attempts = run(go)
+    assert all(isinstance(a.outcomes[0], Delivered) for a in attempts)
+    assert len(mx2.messages) == 3
+    refused = refused_counter._value.get()
+    assert refused - before == 1  # only the first connection tried the dead primary
+    mx1 = sinks("127.0.0.2", sink_port)
+    attempts = run(go)  # a new deliverer has no memory: mx1 (now up) is first again
+    assert (
+        len(mx1.messages) == 3
+        and metrics.delivery_connections_total.labels("refused")._value.get() == refused
+    )
