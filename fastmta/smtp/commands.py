@@ -24,6 +24,13 @@ _SOURCE_ROUTE = re.compile(r"^@[^:,]+(?:,@[^:,]+)*:")
 _XTEXT = re.compile(r"^(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*$")
 _KEYWORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
+# The everyday address (ASCII dot-atom @ LDH labels): a strict subset of what the
+# full check accepts, matched by one regex so the common case costs one call.
+_COMMON = re.compile(
+    r"([A-Za-z0-9_+=-]+(?:\.[A-Za-z0-9_+=-]+)*)@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+)
+
 MAX_LOCAL = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # §4.5.3.1.2
 MAX_PATH = 256  # §4.5.3.1.3
@@ -41,6 +48,11 @@ def split_path(arg: str) -> tuple[str, str]:
     """``<a@b> SIZE=10`` → (``a@b``, ``SIZE=10``). Tolerates a space after the colon
     and a bare address without brackets (as Postfix does by default)."""
     arg = arg.lstrip(" ")
+    if arg.startswith("<") and '"' not in arg:
+        end = arg.find(">")
+        if end < 0:
+            raise ArgError(R.R_501_BAD_ADDRESS)
+        return arg[1:end], arg[end + 1 :].strip(" ")
     if arg.startswith("<"):
         # a quoted local part may contain ">"; find the closing bracket outside quotes
         i, quoted, n = 1, False, len(arg)
@@ -61,6 +73,9 @@ def split_path(arg: str) -> tuple[str, str]:
 
 def check_mailbox(addr: str, utf8: bool, allow_bare_postmaster: bool = False) -> str:
     """Validate ``local@domain`` (source route already removed); return it unchanged."""
+    m = _COMMON.fullmatch(addr)
+    if m is not None and m.end(1) <= MAX_LOCAL and len(addr) <= MAX_PATH:
+        return addr
     if not utf8 and not addr.isascii():
         raise ArgError(R.R_553_NEED_SMTPUTF8)
     if len(addr.encode()) > MAX_PATH:
@@ -82,6 +97,8 @@ def check_mailbox(addr: str, utf8: bool, allow_bare_postmaster: bool = False) ->
 
 def strip_source_route(addr: str) -> str:
     """RFC 5321 §4.1.1.3 / appendix C: ``@a,@b:user@c`` → ``user@c`` (routes are ignored)."""
+    if not addr.startswith("@"):
+        return addr
     m = _SOURCE_ROUTE.match(addr)
     return addr[m.end() :] if m else addr
 

@@ -4,9 +4,9 @@
 This is the hot path (DESIGN.md §4): one ``data_received`` makes one parser call,
 every event of it is handled in order, and all replies go out in ONE
 ``transport.write``. Only two things wait: the spool commit (a future callback,
-no task) and the AUTH check; while either is pending, reading is paused and the
-events already parsed are held, so PIPELINING keeps its order and memory stays
-bounded. After STARTTLS the parser drops buffered plaintext (``discard``), so no
+no task) and the AUTH check; while either is pending, the events already parsed
+are held and newly arrived bytes wait unparsed (reading pauses only past a bound),
+so PIPELINING keeps its order and memory stays bounded. After STARTTLS the parser drops buffered plaintext (``discard``), so no
 command sent before the handshake is ever run inside TLS.
 """
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fastmta.smtp")
 
+_EARLY_LIMIT = 256 * 1024  # bytes taken in while a commit or AUTH check is pending
 _LINE, _LINE_TOO_LONG, _DATA_END = ev.LINE, ev.LINE_TOO_LONG, ev.DATA_END
 _DATA_TOO_BIG, _DATA_BARE_LF, _BDAT_CHUNK = ev.DATA_TOO_BIG, ev.DATA_BARE_LF, ev.BDAT_CHUNK
 
@@ -51,7 +52,8 @@ class SmtpProtocol(asyncio.Protocol):
     """One inbound connection."""
 
     __slots__ = ("hub", "settings", "transport", "parser", "session", "peer", "last_active",
-                 "_held", "_waiting", "_paused_write", "_admitted", "_closed")  # fmt: skip
+                 "_held", "_early", "_waiting", "_paused_write", "_paused_early", "_admitted",
+                 "_closed")  # fmt: skip
 
     def __init__(self, hub: Hub, settings: ListenerSettings) -> None:
         self.hub = hub
@@ -62,8 +64,10 @@ class SmtpProtocol(asyncio.Protocol):
         self.peer = ""
         self.last_active = 0.0
         self._held: list[tuple[int, object]] = []  # events parsed but not yet handled
+        self._early = bytearray()  # bytes that arrived during a wait, not yet parsed
         self._waiting = False  # a commit, AUTH check or TLS handshake is pending
-        self._paused_write = False
+        self._paused_write = False  # the peer does not read its replies
+        self._paused_early = False  # too many bytes arrived during a wait
         self._admitted = False
         self._closed = False
 
@@ -111,7 +115,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused_write = False
-        if not self._waiting and not self._closed:
+        if not self._paused_early and not self._closed:
             self.transport.resume_reading()
 
     # --- the hot path -----------------------------------------------------------------
@@ -119,8 +123,15 @@ class SmtpProtocol(asyncio.Protocol):
         if self._closed or self.session is None:
             return
         self.last_active = self.hub.now
-        if self._waiting:  # raced with pause_reading: keep the order, parse later
-            self._held.extend(self.parser.feed(data))
+        if self._waiting:
+            # Not parsed yet: the held events may end at a DATA barrier the session has
+            # not seen, and parsing on would read a body as commands. Reading goes on
+            # (no epoll change per message) until the backlog passes its bound.
+            early = self._early
+            early += data
+            if len(early) > _EARLY_LIMIT and not self._paused_early:
+                self._paused_early = True
+                self.transport.pause_reading()
             return
         self._run(self.parser.feed(data))
 
@@ -171,7 +182,7 @@ class SmtpProtocol(asyncio.Protocol):
                     parser.discard()  # no plaintext command survives into TLS (RFC 3207 §5)
                     self._held = []
                     self._waiting = True
-                    self.transport.pause_reading()
+                    self.transport.pause_reading()  # the handshake bytes are for the TLS layer
                     self._flush()
                     self.hub.loop.create_task(self._start_tls())
                     return
@@ -200,7 +211,6 @@ class SmtpProtocol(asyncio.Protocol):
     def _hold(self, events: list[tuple[int, object]], i: int) -> None:
         self._held = events[i:] if i < len(events) else []
         self._waiting = True
-        self.transport.pause_reading()
 
     def _resume(self) -> None:
         """The wait is over: handle the held events, then read again."""
@@ -210,8 +220,15 @@ class SmtpProtocol(asyncio.Protocol):
         self.last_active = self.hub.now
         held, self._held = self._held, []
         self._run(held)
-        if not self._waiting and not self._closed and not self._paused_write:
-            self.transport.resume_reading()
+        early = self._early
+        while early and not self._waiting and not self._closed:
+            data = bytes(early)
+            early.clear()
+            self._run(self.parser.feed(data))
+        if self._paused_early and not self._waiting and not self._closed:
+            self._paused_early = False
+            if not self._paused_write:
+                self.transport.resume_reading()
 
     def _close(self) -> None:
         self._flush()
@@ -292,6 +309,7 @@ class SmtpProtocol(asyncio.Protocol):
             return
         settings.metrics.tls_ok.inc()
         self.transport = transport
+        self._paused_write = self._paused_early = False
         self.session.tls_started(tls_description(transport.get_extra_info("ssl_object")))  # type: ignore[union-attr]
         self._resume()
 

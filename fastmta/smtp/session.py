@@ -209,12 +209,12 @@ class Session:
         verb = line[:4].upper()
         if len(line) > 4 and line[4] != 32:  # not "VERB" or "VERB ..."
             verb = line.split(b" ", 1)[0].upper()
-        handler = TABLE.get(self.state, {}).get(verb)
+        handler = _HANDLERS[self.state].get(verb)
         if handler is None:
             if verb not in KNOWN_VERBS:
                 return self._error(R.R_500_UNKNOWN, "syntax")
             return self._error(_MISPLACED.get((self.state, verb), R.R_503_BAD_SEQUENCE), "sequence")
-        result: Action | None = getattr(self, handler)(line[len(verb) + 1 :])
+        result: Action | None = handler(self, line[len(verb) + 1 :])
         return result
 
     def line_too_long(self) -> Action | None:
@@ -535,3 +535,10 @@ class Session:
             head += f"\r\n\tfor <{txn.rcpts[0][0]}>"
         head += f"; {_rfc5322_date()}\r\n"
         return head.encode("utf-8")
+
+
+# TABLE resolved to functions once, indexed by state: one list index and one dict
+# lookup per command on the hot path.
+_HANDLERS: list[dict[bytes, Callable[..., Action | None]]] = [
+    {verb: getattr(Session, name) for verb, name in TABLE.get(state, {}).items()} for state in range(S_CLOSED + 1)
+]

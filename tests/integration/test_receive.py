@@ -248,3 +248,20 @@ def test_relay_policy(closed_srv: Running) -> None:
         assert c.cmd(b"RCPT TO:<b@relay.test>").startswith(b"250 2.1.5")
         assert c.cmd(b"RCPT TO:<b@LOCAL.test>").startswith(b"250 2.1.5")
         assert c.cmd(b"RCPT TO:<postmaster>").startswith(b"250 2.1.5")
+
+
+def test_bytes_arriving_during_the_commit_wait(srv: Running) -> None:
+    """Commands sent while the spool commits wait unparsed, in order; a flood past the bound pauses reading."""
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO w.test")
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")
+        assert [r[:3] for r in c.replies(3)] == [b"250", b"250", b"354"]
+        c.send(b"Subject: w\r\n\r\nx\r\n.\r\n")
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")  # likely lands mid-commit
+        c.send(b"body of the second\r\n.\r\n" + b"NOOP\r\n" * 60_000)  # 360 KB flood
+        assert c.reply().startswith(b"250 2.0.0 Ok: queued as ")
+        assert [r[:3] for r in c.replies(3)] == [b"250", b"250", b"354"]
+        assert c.reply().startswith(b"250 2.0.0 Ok: queued as ")
+        for _ in range(60_000):
+            assert c.reply() == b"250 2.0.0 Ok\r\n"
+        assert c.cmd(b"QUIT").startswith(b"221")
