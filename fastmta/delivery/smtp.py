@@ -26,7 +26,7 @@ from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
 from fastmta.dns import Resolver
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
-from fastmta.smtp.commands import xtext_encode
+from fastmta.smtp.commands import format_path, xtext_encode
 
 log = logging.getLogger("fastmta.delivery")
 
@@ -293,31 +293,29 @@ def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) 
     """MAIL and RCPT lines with the parameters this hop understands."""
     ext = client.ext
     params = envelope.params
-    mail = f"MAIL FROM:<{envelope.sender}>"
+    mail: dict[str, str] = {}
     if "SIZE" in ext:
-        mail += f" SIZE={len(body)}"
+        mail["SIZE"] = str(len(body))
     if params.get("BODY") == "8BITMIME" and "8BITMIME" in ext:
-        mail += " BODY=8BITMIME"
+        mail["BODY"] = "8BITMIME"
     if "SMTPUTF8" in params and "SMTPUTF8" in ext:
-        mail += " SMTPUTF8"
+        mail["SMTPUTF8"] = ""
     dsn = "DSN" in ext
-    if dsn:
-        if params.get("RET"):
-            mail += f" RET={params['RET']}"
-        if params.get("ENVID"):
-            mail += f" ENVID={xtext_encode(params['ENVID'])}"
+    if dsn and params.get("RET"):
+        mail["RET"] = params["RET"]
+    if dsn and params.get("ENVID"):
+        mail["ENVID"] = xtext_encode(params["ENVID"])
     lines = []
     for i in rcpts:
         r = envelope.rcpts[i]
-        line = f"RCPT TO:<{r.addr}>"
-        if dsn:
-            if r.notify:
-                line += f" NOTIFY={r.notify}"
-            if r.orcpt:
-                kind, _, addr = r.orcpt.partition(";")
-                line += f" ORCPT={kind};{xtext_encode(addr)}"
-        lines.append((line + "\r\n").encode("utf-8"))
-    return (mail + "\r\n").encode("utf-8"), lines
+        rparams: dict[str, str] = {}
+        if dsn and r.notify:
+            rparams["NOTIFY"] = r.notify
+        if dsn and r.orcpt:
+            kind, _, addr = r.orcpt.partition(";")
+            rparams["ORCPT"] = f"{kind};{xtext_encode(addr)}"
+        lines.append(f"RCPT TO:{format_path(r.addr, rparams)}\r\n".encode())
+    return f"MAIL FROM:{format_path(envelope.sender, mail)}\r\n".encode(), lines
 
 
 def _outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
