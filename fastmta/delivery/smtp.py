@@ -14,6 +14,7 @@ with a 421 reply, which the scheduler reads as "throttle this destination".
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from typing import Any, Protocol
@@ -51,7 +52,7 @@ class SmtpDeliverer:
         self._dead: dict[tuple[str, int], float] = {}  # unreachable → tried last until
         self._opportunistic = _opportunistic_context()
         self._verified: ssl.SSLContext | None = None
-        self._credentials: dict[str, tuple[str, str] | None] = {}
+        self._credentials: dict[str, tuple[int, tuple[str, str] | None]] = {}  # path → (mtime, creds)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -204,21 +205,29 @@ class SmtpDeliverer:
             raise HostError(Reply(replies.AUTH_FAILED.code, replies.AUTH_FAILED.enhanced, text), "auth")
 
     def _read_credentials(self, path: str) -> tuple[str, str] | None:
-        """``user:password`` from the first non-comment line; cached; never logged."""
-        if path not in self._credentials:
-            creds = None
-            try:
-                with open(path, encoding="utf-8") as f:
-                    for line in f:
-                        line = line.strip()
-                        if line and not line.startswith("#") and ":" in line:
-                            user, _, password = line.partition(":")
-                            creds = (user, password)
-                            break
-            except OSError:
-                log.error("cannot read route auth_file %s", path)
-            self._credentials[path] = creds
-        return self._credentials[path]
+        """``user:password`` from the first non-comment line; re-read when the file changes;
+        never logged."""
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except OSError:
+            log.error("cannot read route auth_file %s", path)
+            return None
+        cached = self._credentials.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        creds = None
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#") and ":" in line:
+                        user, _, password = line.partition(":")
+                        creds = (user, password)
+                        break
+        except (OSError, UnicodeDecodeError):
+            log.error("cannot read route auth_file %s", path)
+        self._credentials[path] = (stamp, creds)
+        return creds
 
     def _verified_context(self) -> ssl.SSLContext:
         if self._verified is None:

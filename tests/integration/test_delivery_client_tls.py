@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fastmta.delivery import Destination, destination_for
+from fastmta.delivery import Attempt, Destination, destination_for
+from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
 from tests.integration.test_delivery_client import Bodies, deliver_once, envelope, make_cfg, run
 
@@ -115,16 +118,26 @@ def test_smarthost_route_with_auth(zone: Any, sinks: Any, sink_port: int, tmp_pa
     route = {"domain": "*", "nexthop": f"smarthost.test:{sink_port}", "auth_file": str(auth)}
     cfg = make_cfg(zone.address, sink_port, routes=[route])
     dest = destination_for(cfg.route_for("anywhere.test"), "anywhere.test")
-    attempt = run(lambda: deliver_once(cfg, bodies, dest, env))
+
+    async def twice() -> tuple[Attempt, Attempt]:
+        d = SmtpDeliverer(cfg, bodies)
+        try:
+            first = await d.deliver(dest, env, [0, 1])
+            await d.pool.close()  # force a new session: AUTH again
+            auth.write_text("relayuser:wrong\n")  # the file changed: read again
+            os.utime(auth, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+            return first, await d.deliver(dest, env, [0, 1])
+        finally:
+            await d.close()
+
+    attempt, second = run(twice)
     assert all(isinstance(o, Delivered) for o in attempt.outcomes.values()), attempt
     assert attempt.nexthop == f"smarthost.test[127.0.0.6]:{sink_port}"
     [msg] = hop.messages
     assert msg.auth_user == "relayuser" and msg.rcpt_tos == ["x@anywhere.test", "y@else.test"]
     assert "AUTH PLAIN" in hop.commands and not any("s3cret" in c for c in hop.commands)
     # a wrong password defers (never bounces) as a policy problem, and never shows the secret
-    auth.write_text("relayuser:wrong\n")
-    attempt = run(lambda: deliver_once(cfg, bodies, dest, env))
-    o = attempt.outcomes[0]
+    o = second.outcomes[0]
     assert isinstance(o, Deferred) and o.reply.code == 451 and o.bounce_class == "policy"
     assert "wrong" not in str(o.reply)
 
