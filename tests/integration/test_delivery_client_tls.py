@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fastmta.delivery import Attempt, Destination, destination_for
-from fastmta.delivery.smtp import SmtpDeliverer
+from fastmta.delivery.smtp import SmtpDeliverer, _commands, _outcomes
 from fastmta.errors import Bounced, Deferred, Delivered
 from tests.integration.test_delivery_client import Bodies, deliver_once, envelope, make_cfg, run
 
@@ -152,8 +152,6 @@ def test_auth_login_when_plain_is_not_offered(zone: Any, sinks: Any, sink_port: 
     dest = destination_for(cfg.route_for("far.test"), "far.test")
 
     async def go() -> Any:
-        from fastmta.delivery.smtp import SmtpDeliverer
-
         d = SmtpDeliverer(cfg, bodies)
         try:
             client = await d._open(next(iter(await d._hosts(dest))))
@@ -186,15 +184,11 @@ def test_slow_final_reply_times_out(zone: Any, sinks: Any, sink_port: int) -> No
     cfg = make_cfg(zone.address, sink_port, command_timeout="0.7s")
 
     async def go() -> Any:
-        from fastmta.delivery.smtp import SmtpDeliverer
-
         d = SmtpDeliverer(cfg, bodies)
         try:
             client = await d._open(next(iter(await d._hosts(A))))
             mx1.script.data = None
             mx1.script.delay = 1.5  # now every reply is late
-            from fastmta.delivery.smtp import _commands, _outcomes
-
             mail, rcpts = _commands(client, env, [0], bodies.data["m1"])
             tx = await client.send(mail, rcpts, bodies.data["m1"], reset=False)
             return tx, client.usable, _outcomes(tx, [0])
