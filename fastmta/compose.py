@@ -42,10 +42,11 @@ class Message:
     body: bytes
 
     @classmethod
-    def parse(cls, data: bytes) -> Message:
+    def parse(cls, data: bytes, strict: bool = True) -> Message:
         """Split CRLF ``data``. The header ends at the empty line, or at the first line that
         is not a field (that line starts the body, as in Postfix). A leading mbox
-        ``From `` line is dropped. NUL in the header → MessageError."""
+        ``From `` line is dropped. NUL in the header → MessageError when ``strict``
+        (an SMTP peer's message is taken as the listener takes it: not strict)."""
         lines = data.split(b"\r\n")
         if lines and lines[0].startswith(b"From "):
             lines.pop(0)
@@ -60,7 +61,7 @@ class Message:
                 break
         else:
             n = len(lines)
-        if any(b"\x00" in f for f in fields):
+        if strict and any(b"\x00" in f for f in fields):
             raise MessageError("NUL byte in the message header")
         rest = lines[n:]
         if rest and rest[0] == b"":

@@ -36,6 +36,9 @@ _QUEUED_RE = re.compile(r"(?:queued as |\bid=)([0-9A-Za-z][0-9A-Za-z._-]*)", re.
 _ID_RE = re.compile(r"^(?=.*[0-9])[0-9A-Za-z][0-9A-Za-z._-]{5,}$")  # ids carry digits; words do not
 
 
+Rcpt = tuple[str, str, str]  # (address, NOTIFY, ORCPT) as the SMTP session's Transaction holds them
+
+
 class InjectError(Exception):
     """The message was not queued; ``status`` is the sendmail exit code to return."""
 
@@ -104,13 +107,19 @@ def _text(resp: bytes | str) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
 
 
-def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes,
-                dsn: dict[str, str] | None = None) -> Submitted:  # fmt: skip
+def rcpt_list(addrs: list[str], notify: str = "") -> list[Rcpt]:
+    """Plain addresses as ``Rcpt`` tuples (one NOTIFY for all, no ORCPT)."""
+    return [(a, notify, "") for a in addrs]
+
+
+def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[Rcpt], data: bytes,
+                params: dict[str, str] | None = None) -> Submitted:  # fmt: skip
     """Submit one message over SMTP; some refused recipients are reported, all refused raise.
 
     ``data`` is the message in CRLF form (smtplib dot-stuffs it). 8-bit content gets
     ``BODY=8BITMIME`` and non-ASCII addresses ``SMTPUTF8`` when the server offers them;
-    ``dsn`` (NOTIFY, RET, ENVID) goes along when it offers DSN (RFC 3461).
+    RET/ENVID from ``params`` and each recipient's NOTIFY/ORCPT go along when it
+    offers DSN (RFC 3461).
     """
     try:
         if target.tls == "implicit":
@@ -124,7 +133,7 @@ def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes,
     except (OSError, smtplib.SMTPException) as e:
         raise InjectError(EX_TEMPFAIL, f"cannot connect to {target.host}:{target.port}: {e}") from None
     try:
-        return _transaction(client, target, sender, rcpts, data, dsn or {})
+        return _transaction(client, target, sender, rcpts, data, params or {})
     except smtplib.SMTPServerDisconnected as e:
         raise InjectError(EX_TEMPFAIL, f"connection lost: {e}") from None
     except ssl.SSLError as e:
@@ -138,8 +147,8 @@ def smtp_submit(target: SmtpTarget, sender: str, rcpts: list[str], data: bytes,
             client.close()
 
 
-def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: list[str],
-                 data: bytes, dsn: dict[str, str]) -> Submitted:  # fmt: skip
+def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: list[Rcpt],
+                 data: bytes, params: dict[str, str]) -> Submitted:  # fmt: skip
     code, resp = client.ehlo()
     if code != 250:
         code, resp = client.helo()
@@ -163,25 +172,30 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
     if client.does_esmtp:
         if any(b > 127 for b in data) and client.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
-        if not (sender.isascii() and all(r.isascii() for r in rcpts)):
+        if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
             if not client.has_extn("smtputf8"):
                 raise InjectError(EX_DATAERR, "non-ASCII address but the server lacks SMTPUTF8")
             options.append("SMTPUTF8")
         if client.has_extn("size"):
             options.append(f"SIZE={len(data)}")
-    rcpt_options = []
-    if client.has_extn("dsn"):
-        options += [f"{k}={xtext_encode(dsn[k])}" for k in ("RET", "ENVID") if dsn.get(k)]
-        rcpt_options = [f"NOTIFY={dsn['NOTIFY']}"] if dsn.get("NOTIFY") else []
+    dsn = client.has_extn("dsn")
+    if dsn:
+        options += [f"{k}={xtext_encode(params[k])}" for k in ("RET", "ENVID") if params.get(k)]
     code, resp = client.mail(sender, options)
     if code != 250:
         permanent = EX_NOPERM if code == 530 else EX_DATAERR  # 530: the listener wants AUTH
         raise InjectError(_status_of(code, permanent), f"sender refused: {code} {_text(resp)}")
     refused: dict[str, tuple[int, str]] = {}
-    for rcpt in rcpts:
-        code, resp = client.rcpt(rcpt, rcpt_options)
+    for addr, notify, orcpt in rcpts:
+        rcpt_options = []
+        if dsn and notify:
+            rcpt_options.append(f"NOTIFY={notify}")
+        if dsn and orcpt:
+            addr_type, _, original = orcpt.partition(";")
+            rcpt_options.append(f"ORCPT={addr_type};{xtext_encode(original)}")
+        code, resp = client.rcpt(addr, rcpt_options)
         if code not in (250, 251):
-            refused[rcpt] = (code, _text(resp))
+            refused[addr] = (code, _text(resp))
     if len(refused) == len(rcpts):
         temporary = any(c < 500 for c, _ in refused.values())
         detail = "; ".join(f"{r}: {c} {t}" for r, (c, t) in refused.items())
@@ -195,8 +209,8 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
 # --- the spool ---------------------------------------------------------------------
 
 
-def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params: dict[str, str],
-                 msg_id: str, notify: str = "") -> str:  # fmt: skip
+def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, params: dict[str, str],
+                 msg_id: str) -> str:  # fmt: skip
     """Commit one message durably to the spool (fsync'd before this returns); its id.
 
     One synchronous LMDB write transaction in this process, as ``fastmta queue``
@@ -215,7 +229,7 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[str], data: bytes, params
 
     now = time.time()
     env = Envelope(
-        id=msg_id, sender=sender, rcpts=[Recipient(r, notify=notify) for r in rcpts], arrived=now,
+        id=msg_id, sender=sender, rcpts=[Recipient(a, orcpt=o, notify=n) for a, n, o in rcpts], arrived=now,
         size=len(data), next_attempt=now, helo=socket.gethostname(), listener="sendmail", params=params,
     )  # fmt: skip
     id_b = msg_id.encode("ascii")

@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         return _fail(EX_USAGE, str(e))
     try:
-        done = inject.smtp_submit(target, sender, rcpts, data)
+        done = inject.smtp_submit(target, sender, inject.rcpt_list(rcpts), data)
     except InjectError as e:
         return _fail(e.status, str(e))
     for rcpt, (code, text) in done.refused.items():

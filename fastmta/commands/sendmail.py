@@ -168,18 +168,20 @@ class Injector:
         if not rcpts:
             return _fail(EX_DATAERR, "no recipient addresses found in the message header")
         try:
-            msg_id = self.submit(sender, list(dict.fromkeys(rcpts)), msg, {})
+            unique = list(dict.fromkeys(rcpts))
+            msg_id = self.submit(sender, inject.rcpt_list(unique, self.opts.dsn.get("NOTIFY", "")), msg, {})
         except InjectError as e:
             return _fail(e.status, str(e))
         if self.opts.verbose:
             print(f"sendmail: queued as {msg_id}", file=sys.stderr)
         return EX_OK
 
-    def submit(self, sender: str, rcpts: list[str], msg: compose.Message, params: dict[str, str]) -> str:
+    def submit(self, sender: str, rcpts: list[inject.Rcpt], msg: compose.Message, params: dict[str, str],
+               msg_id: str | None = None) -> str:  # fmt: skip
         """Fix the header and queue: spool first, the local listener second. Returns the queue id."""
         from fastmta.spool.ids import new_id
 
-        msg_id = new_id()
+        msg_id = msg_id or new_id()
         msg.hide_bcc()
         compose.add_missing(msg, hostname=self.hostname, sender=sender or f"MAILER-DAEMON@{self.hostname}",
                             full_name=self.opts.full_name, msg_id=msg_id, uid=os.getuid())  # fmt: skip
@@ -188,16 +190,13 @@ class Injector:
             raise InjectError(EX_DATAERR, "message exceeds the size limit")
         if any(b > 127 for b in data):
             params.setdefault("BODY", "8BITMIME")
-        if not (sender.isascii() and all(r.isascii() for r in rcpts)):
+        if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
             params["SMTPUTF8"] = ""
-        dsn = self.opts.dsn
-        params.update({k: dsn[k] for k in ("RET", "ENVID") if k in dsn})
+        params.update({k: v for k, v in self.opts.dsn.items() if k in ("RET", "ENVID")})
         errors = []
         if inject.spool_writable(self.cfg):
             try:
-                return inject.spool_submit(
-                    self.cfg, sender, rcpts, data, params, msg_id, dsn.get("NOTIFY", "")
-                )
+                return inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
             except InjectError as e:
                 errors.append(str(e))
         listener = inject.local_listener(self.cfg)
@@ -207,7 +206,7 @@ class Injector:
             verify=False, helo=self.hostname,
         )  # fmt: skip
         try:
-            done = inject.smtp_submit(target, sender, rcpts, data, dsn)
+            done = inject.smtp_submit(target, sender, rcpts, data, params)
         except InjectError as e:
             if e.status == EX_TEMPFAIL and errors:
                 raise InjectError(EX_TEMPFAIL, "; ".join([*errors, str(e)])) from None

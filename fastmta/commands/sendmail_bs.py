@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: MIT
-"""``fastmta sendmail -bs``: an SMTP dialogue on stdin/stdout for local clients.
+"""``fastmta sendmail -bs``: the server's own SMTP session, spoken on stdin/stdout.
 
-The peer is a local process that already may inject mail, so there is no relay
-policy and no AUTH here; each accepted message goes through the same Injector as
-plain ``sendmail`` (header fix-ups, spool or local listener). Argument parsing
-and reply bytes are the server's (``smtp.commands``, ``smtp.replies``), so the
-dialogue answers exactly as the listener would. Lines may end in CRLF or LF.
+The same parser and table-driven ``smtp.session.Session`` as a listener, so a
+local client gets exactly the listener's replies, limits, PIPELINING, CHUNKING,
+DSN parameters and bare-LF policy. Only the edges differ: the peer is a local
+process that may already inject mail, so it relays anywhere without AUTH (no
+TLS either), and each committed message goes through the same Injector as plain
+``sendmail`` (header fix-ups; spool, else the local listener).
 """
 
 from __future__ import annotations
@@ -13,131 +14,131 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, BinaryIO
 
 from fastmta import compose
+from fastmta.config import Config
 from fastmta.inject import EX_OK, EX_TEMPFAIL, InjectError
+from fastmta.parser import CommandParser
+from fastmta.parser import events as ev
+from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
-from fastmta.smtp.commands import ArgError, parse_mail, parse_rcpt
+from fastmta.smtp.auth import Users
+from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Action, Session, Transaction
+from fastmta.spool.ids import new_id
 
 if TYPE_CHECKING:
     from fastmta.commands.sendmail import Injector
 
-_R_BAD_HEADER = b"554 5.6.0 Message header not acceptable\r\n"
-_R_FAILED = b"554 5.0.0 Transaction failed\r\n"
 _READ = 65536
 
 
-def _read_data(inp: BinaryIO, limit: int) -> bytes | None:
-    """DATA lines up to the lone ".", dot-unstuffed (RFC 5321 §4.5.2); None when over
-    ``limit`` (the rest is still read, so it is never taken for commands). EOFError at EOF."""
-    out: list[bytes] = []
-    size, at_start = 0, True
-    while True:
-        chunk = inp.readline(_READ)
-        if not chunk:
-            raise EOFError
-        if at_start:
-            if chunk.rstrip(b"\r\n") == b".":
-                return None if size > limit else b"".join(out)
-            if chunk[:1] == b".":
-                chunk = chunk[1:]
-        at_start = chunk.endswith(b"\n")
-        size += len(chunk)
-        if size <= limit:
-            out.append(chunk)
+class _LocalPolicy(Policy):
+    """A local process relays anywhere, as it could with plain ``sendmail``."""
+
+    def is_relay_client(self, ip: str) -> bool:
+        return True
+
+
+class StdioSettings:
+    """``session.Settings`` for the stdin/stdout peer: the listener's limits, no TLS, no AUTH."""
+
+    listener = "sendmail"
+    submission = False
+    starttls = False
+
+    def __init__(self, cfg: Config) -> None:
+        limits = cfg.limits
+        self.hostname = cfg.hostname
+        self.max_size = limits.max_message_size
+        self.max_recipients = limits.max_recipients
+        self.max_errors = limits.max_errors
+        self.policy: Policy = _LocalPolicy(cfg)
+        self.users = Users()
+        self.auth_failures = AuthFailures(cfg.policy.max_auth_failures_per_ip)
+        self.new_id = new_id
+        features = ["PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
+                    "CHUNKING", "DSN"]  # fmt: skip
+        self._ehlo = R.ehlo(cfg.hostname, features)
+
+    def unhealthy(self) -> str | None:
+        return None  # the injector finds out, and falls back to the listener
+
+    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
+        return self._ehlo
+
+    def rejected(self, reason: str) -> None:
+        """No metrics from a one-shot command."""
 
 
 def serve_stdio(injector: Injector, inp: BinaryIO, out: BinaryIO) -> int:
-    """Run one SMTP session over the two streams until QUIT or EOF."""
+    """Run one SMTP session over the two streams until QUIT, a forced close or EOF.
+
+    Exit status 0, or 75 when stdin ends inside a transaction (nothing of it queued).
+    """
     cfg = injector.cfg
-    limit = cfg.limits.max_message_size
-    features = ["PIPELINING", f"SIZE {limit}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-
-    def send(reply: bytes) -> None:
-        out.write(reply)
-        out.flush()
-
-    send(R.banner(injector.hostname))
-    sender: str | None = None
-    params: dict[str, str] = {}
-    rcpts: list[str] = []
+    session = Session(StdioSettings(cfg), "127.0.0.1")
+    limits = cfg.limits
+    parser = CommandParser(limits.max_line_length, limits.max_message_size, limits.bare_lf)
+    out.write(R.banner(cfg.hostname))
+    out.flush()
+    read = getattr(inp, "read1", inp.read)
     while True:
-        line = inp.readline(cfg.limits.max_line_length + 2)
-        if not line:
+        data = read(_READ)
+        if not data:
+            return EX_TEMPFAIL if session.in_transaction else EX_OK
+        closed = _run(injector, session, parser, parser.feed(data))
+        if session.out:
+            out.write(b"".join(session.out))
+            out.flush()
+            session.out.clear()
+        if closed:
             return EX_OK
-        if not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):  # drop the rest of an over-long line
-                line = inp.readline(_READ)
-            send(R.R_500_LINE_TOO_LONG)
-            continue
-        text = line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        verb, _, arg = text.partition(" ")
-        verb = verb.upper()
-        try:
-            if verb == "EHLO":
-                sender, params, rcpts = None, {}, []
-                send(R.ehlo(injector.hostname, features) if arg.strip() else R.R_501_EHLO_SYNTAX)
-            elif verb == "HELO":
-                sender, params, rcpts = None, {}, []
-                send(R.helo(injector.hostname) if arg.strip() else R.R_501_SYNTAX)
-            elif verb == "MAIL":
-                if sender is not None:
-                    send(R.R_503_NESTED_MAIL)
-                elif not arg.upper().startswith("FROM:"):
-                    send(R.R_501_SYNTAX)
-                else:
-                    sender, params = parse_mail(arg[5:], limit)
-                    params.pop("SIZE", None)
-                    send(R.R_250_SENDER_OK)
-            elif verb == "RCPT":
-                if sender is None:
-                    send(R.R_503_NEED_MAIL)
-                elif not arg.upper().startswith("TO:"):
-                    send(R.R_501_SYNTAX)
-                elif len(rcpts) >= cfg.limits.max_recipients:
-                    send(R.R_452_TOO_MANY_RCPTS)
-                else:
-                    addr, _, _ = parse_rcpt(arg[3:], utf8=True)
-                    rcpts.append(addr if "@" in addr else f"{addr}@{injector.hostname}")
-                    send(R.R_250_RCPT_OK)
-            elif verb == "DATA":
-                if sender is None:
-                    send(R.R_503_NEED_MAIL)
-                elif not rcpts:
-                    send(R.R_503_NEED_RCPT)
-                else:
-                    send(R.R_354_DATA)
-                    send(_accept(injector, sender, rcpts, params, _read_data(inp, limit)))
-                    sender, params, rcpts = None, {}, []
-            elif verb == "RSET":
-                sender, params, rcpts = None, {}, []
-                send(R.R_250_RESET)
-            elif verb == "NOOP":
-                send(R.R_250_OK)
-            elif verb == "VRFY":
-                send(R.R_252_VRFY)
-            elif verb == "EXPN":
-                send(R.R_502_EXPN)
-            elif verb == "HELP":
-                send(R.R_214_HELP)
-            elif verb == "QUIT":
-                send(R.R_221_BYE)
-                return EX_OK
+
+
+def _run(
+    injector: Injector, session: Session, parser: CommandParser, events: list[tuple[int, object]]
+) -> bool:
+    """Handle a batch of parser events in order (as smtp/protocol.py does); True once closed."""
+    while True:
+        kick = False  # "BDAT 0": an empty chunk to report without new bytes
+        for kind, payload in events:
+            act: Action | None
+            if kind == ev.LINE:
+                act = session.line(payload)  # type: ignore[arg-type]
+            elif kind == ev.DATA_END:
+                act = session.data_end(payload)  # type: ignore[arg-type]
+            elif kind == ev.BDAT_CHUNK:
+                act = session.bdat_chunk()
+            elif kind == ev.LINE_TOO_LONG:
+                act = session.line_too_long()
+            elif kind == ev.DATA_TOO_BIG:
+                act = session.data_too_big()
             else:
-                send(R.R_500_UNKNOWN)
-        except ArgError as e:
-            send(e.reply)
-        except EOFError:
-            return EX_TEMPFAIL  # stdin closed inside DATA: nothing was queued
+                act = session.data_bare_lf()
+            if act is None:
+                continue
+            if act[0] == A_DATA:
+                parser.start_data()
+            elif act[0] == A_BDAT:
+                parser.start_bdat(act[1], act[2])
+                kick = act[1] == 0
+            elif act[0] == A_RESET_BODY:
+                parser.reset_body()
+            elif act[0] == A_COMMIT:
+                _commit(injector, session, act[1], act[2], act[3])
+            elif act[0] == A_CLOSE:
+                return True
+        if not (parser.pending or kick):  # else: stopped at a DATA/BDAT barrier with bytes left
+            return False
+        events = parser.feed(b"")
 
 
-def _accept(injector: Injector, sender: str, rcpts: list[str], params: dict[str, str],
-            data: bytes | None) -> bytes:  # fmt: skip
-    """Queue one message from the dialogue; the reply to send for it."""
-    if data is None:
-        return R.R_552_TOO_BIG
+def _commit(injector: Injector, session: Session, msg_id: str, txn: Transaction, data: bytes) -> None:
+    """Queue one message of the dialogue and tell the session how it went."""
+    msg = compose.Message.parse(data, strict=False)
+    if msg.fields and msg.fields[0].startswith(b"Received: from"):
+        msg.fields.pop(0)  # the session's trace line; the injector adds the "from userid" one
     try:
-        msg = compose.Message.parse(compose.to_crlf(data))
-        return R.queued(injector.submit(sender, rcpts, msg, params))
-    except compose.MessageError:
-        return _R_BAD_HEADER
+        qid = injector.submit(txn.sender, list(txn.rcpts), msg, dict(txn.params), msg_id=msg_id)
     except InjectError as e:
-        return R.R_451_LOCAL_ERROR if e.status == EX_TEMPFAIL else _R_FAILED
+        session.commit_failed(e)  # 451 4.3.0: the client keeps the message and retries
+        return
+    session.commit_done(qid)

@@ -173,6 +173,11 @@ def test_fallback_all_recipients_refused(make_config: Callable[..., Path], tmp_p
     assert sendmail(cfg, "a@c.test").returncode == 67
 
 
+def finals(stdout: bytes) -> list[str]:
+    """The last line of every reply (multi-line replies have "-" after the code)."""
+    return [ln for ln in stdout.decode().split("\r\n") if len(ln) > 3 and ln[3] == " "]
+
+
 def test_bs_speaks_smtp_on_stdin_stdout(cfg: Path) -> None:
     dialogue = (
         b"EHLO client.test\r\n"
@@ -183,17 +188,43 @@ def test_bs_speaks_smtp_on_stdin_stdout(cfg: Path) -> None:
     )
     r = sendmail(cfg, "-bs", input=dialogue)
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.decode().split("\r\n")
-    assert lines[0] == "220 mx.fastmta.test ESMTP fastmta"
-    assert "250-PIPELINING" in lines and any(ln.startswith("250 ") for ln in lines[1:8])
-    finals = [ln for ln in lines if ln and ln[3] == " "][1:]  # past the greeting; EHLO ends in "250 "
-    assert [f[:3] for f in finals] == ["250", "250", "250", "501", "250", "354", "250", "503", "252", "250",
-                                       "500", "221"]  # fmt: skip
-    assert "queued as" in finals[6]
+    assert r.stdout.startswith(b"220 mx.fastmta.test ESMTP fastmta\r\n250-mx.fastmta.test\r\n")
+    assert b"250-PIPELINING\r\n" in r.stdout and b"CHUNKING" in r.stdout and b"STARTTLS" not in r.stdout
+    got = finals(r.stdout)[2:]  # past the greeting and EHLO
+    assert [f[:3] for f in got] == [
+        "250",
+        "250",
+        "501",
+        "250",
+        "354",
+        "250",
+        "503",
+        "252",
+        "250",
+        "500",
+        "221",
+    ]
     [(env, body)] = queued(cfg)
+    assert got[5] == f"250 2.0.0 Ok: queued as {env.id}"
     assert env.sender == "app@fastmta.test" and [rc.addr for rc in env.rcpts] == ["one@c.test", "two@c.test"]
-    assert f"queued as {env.id}" in finals[6]
+    assert [rc.notify for rc in env.rcpts] == ["", "NEVER"]
     assert b"\r\n.leading dot\r\nbody\r\n" in body and b"Bcc" not in body
+    assert body.startswith(b"Received: by mx.fastmta.test (fastmta sendmail, from userid")
+    assert body.count(b"Received:") == 1
+
+
+def test_bs_bdat_and_bare_lf_follow_the_listener_rules(cfg: Path) -> None:
+    dialogue = (
+        b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n"
+        b"BDAT 20\r\nSubject: chunked\r\n\r\nBDAT 6 LAST\r\nbody\r\n"
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nbare\nlf\r\n.\r\nQUIT\r\n"
+    )
+    r = sendmail(cfg, "-bs", input=dialogue)
+    assert r.returncode == 0, r.stderr
+    got = [f[:3] for f in finals(r.stdout)[2:]]
+    assert got == ["250", "250", "250", "250", "250", "250", "354", "550", "221"]
+    [(_, body)] = queued(cfg)
+    assert b"Subject: chunked\r\n" in body and body.endswith(b"\r\n\r\nbody\r\n")
 
 
 def test_bs_eof_inside_data_queues_nothing(cfg: Path) -> None:
