@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastmta.delivery.client import HostError, SmtpClient, parse_ehlo, to_reply
 from fastmta.delivery.mx import Host
@@ -171,3 +173,17 @@ def test_silent_peer_times_out() -> None:
         return tx.error, tx.mail, c.usable
 
     assert with_peer(peer, body, timeout=0.3) == ("timeout", None, False)
+
+
+@given(
+    code=st.integers(200, 599),
+    lines=st.lists(
+        st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b), min_size=1, max_size=4
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_to_reply_never_fails_and_keeps_the_class(code: int, lines: list[bytes]) -> None:
+    reply = to_reply(code, lines)
+    assert reply.code == code
+    assert reply.enhanced.split(".")[0] == str(code // 100) and len(reply.enhanced.split(".")) == 3
+    assert "\n" not in reply.text and "\r" not in reply.text
