@@ -448,7 +448,7 @@ cdef class CommandParser:
         self._reserve(n - pos + self._carry_len)
         # A carried tail (≤ 2 octets) is resolved on a small joined copy, so the
         # big buffer itself is always scanned in place.
-        while self._carry_len and pos < n:
+        if self._carry_len and pos < n:
             old = self._carry_len
             k = n - pos if n - pos < 8 else 8
             memcpy(tmp, self._carry, old)
@@ -459,9 +459,14 @@ cdef class CommandParser:
             if self._ended:
                 self._finish(events)
                 return pos + used - old
-            self._carry_len = m - used
-            memcpy(self._carry, tmp + used, self._carry_len)
-            pos += k
+            if used >= old:
+                # The old tail is consumed; what tmp left over is still in buf.
+                pos += used - old
+            else:
+                # Too few new octets to decide (then k == n - pos): carry them all.
+                self._carry_len = m - used
+                memcpy(self._carry, tmp + used, self._carry_len)
+                return n
         if pos >= n:
             return n
         used = self._scan(p + pos, n - pos)
@@ -551,12 +556,16 @@ cdef class ReplyParser:
     """
 
     cdef bytes _buf
+    cdef list _held                  # pieces of a line still without its LF
+    cdef Py_ssize_t _held_len
     cdef int _code
     cdef list _lines
     cdef object _error
 
     def __init__(self):
         self._buf = b""
+        self._held = []
+        self._held_len = 0
         self._code = -1
         self._lines = []
         self._error = None
@@ -578,12 +587,21 @@ cdef class ReplyParser:
         cdef unsigned char sep
         if self._error is not None:
             raise self._error
+        buf = <bytes>data if type(data) is bytes else bytes(data)
+        if memchr(PyBytes_AS_STRING(buf), _LF, PyBytes_GET_SIZE(buf)) == NULL:
+            # Hold pieces until the LF arrives, so a line sent one octet at a
+            # time costs linear, not quadratic, time.
+            self._held.append(buf)
+            self._held_len += PyBytes_GET_SIZE(buf)
+            if PyBytes_GET_SIZE(self._buf) + self._held_len > _ev.MAX_REPLY_LINE:
+                raise self._fail("reply line too long")
+            return replies
+        if self._held:
+            buf = b"".join(self._held) + buf
+            self._held = []
+            self._held_len = 0
         if PyBytes_GET_SIZE(self._buf):
-            buf = self._buf + data
-        elif type(data) is bytes:
-            buf = <bytes>data
-        else:
-            buf = bytes(data)
+            buf = self._buf + buf
         p = <const unsigned char*>PyBytes_AS_STRING(buf)
         n = PyBytes_GET_SIZE(buf)
         while pos < n:

@@ -359,10 +359,12 @@ class ReplyParser:
     Anything else malformed raises ParserError, and the parser stays broken.
     """
 
-    __slots__ = ("_buf", "_code", "_lines", "_error")
+    __slots__ = ("_buf", "_held", "_held_len", "_code", "_lines", "_error")
 
     def __init__(self) -> None:
         self._buf = b""
+        self._held: list[bytes] = []  # pieces of a line still without its LF
+        self._held_len = 0
         self._code = -1
         self._lines: list[bytes] = []
         self._error: ParserError | None = None
@@ -374,7 +376,20 @@ class ReplyParser:
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, list[bytes]]]:
         if self._error is not None:
             raise self._error
-        buf = self._buf + data if self._buf else (data if type(data) is bytes else bytes(data))
+        data = data if type(data) is bytes else bytes(data)
+        if b"\n" not in data:
+            # Hold pieces until the LF arrives, so a line sent one octet at a
+            # time costs linear, not quadratic, time.
+            self._held.append(data)
+            self._held_len += len(data)
+            if len(self._buf) + self._held_len > MAX_REPLY_LINE:
+                raise self._fail("reply line too long")
+            return []
+        if self._held:
+            data = b"".join(self._held) + data
+            self._held = []
+            self._held_len = 0
+        buf = self._buf + data if self._buf else data
         replies: list[tuple[int, list[bytes]]] = []
         pos = 0
         n = len(buf)

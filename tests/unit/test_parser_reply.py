@@ -84,3 +84,19 @@ def test_endless_continuation_is_an_error(parser_impl: ModuleType) -> None:
     parser = parser_impl.ReplyParser()
     with pytest.raises(ParserError):
         parser.feed(b"250-x\r\n" * 2000)
+
+
+def test_long_line_one_octet_at_a_time(parser_impl: ModuleType) -> None:
+    parser = parser_impl.ReplyParser()
+    text = b"x" * 20000
+    for octet in b"250 " + text + b"\r":
+        assert parser.feed(bytes([octet])) == []
+    assert parser.feed(b"\n") == [(250, [text])]
+
+
+def test_held_pieces_count_toward_the_line_limit(parser_impl: ModuleType) -> None:
+    parser = parser_impl.ReplyParser()
+    piece = b"x" * 4096
+    with pytest.raises(ParserError):
+        for _ in range(MAX_REPLY_LINE // len(piece) + 2):
+            parser.feed(piece)
