@@ -11,6 +11,7 @@ TLS either), and each committed message goes through the same Injector as plain
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from fastmta import compose
@@ -54,12 +55,10 @@ class StdioSettings:
         self.users = Users()
         self.auth_failures = AuthFailures(cfg.policy.max_auth_failures_per_ip)
         self.new_id = new_id
+        self.unhealthy: Callable[[], str | None] = lambda: None  # the injector finds out, then falls back
         features = ["PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
                     "CHUNKING", "DSN"]  # fmt: skip
         self._ehlo = R.ehlo(cfg.hostname, features)
-
-    def unhealthy(self) -> str | None:
-        return None  # the injector finds out, and falls back to the listener
 
     def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
         return self._ehlo
