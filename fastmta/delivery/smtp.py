@@ -69,6 +69,8 @@ class SmtpDeliverer:
 
     # --- the attempt ------------------------------------------------------------------------
     async def _deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
+        if not rcpts:
+            return Attempt()
         body = self.spool.body(envelope.id)
         if body is None:
             return _all(rcpts, Deferred(replies.NO_BODY, "other"))
