@@ -428,7 +428,7 @@ class LocalDeliverer:
             except OSError as e:
                 log.warning("maildir delivery of %s failed: %s", envelope.id, e)
                 reply = _os_error_reply(e)
-                outcomes[i] = Deferred(reply, "mailbox_full" if reply is not R_LOCAL_ERROR else "other")
+                outcomes[i] = Deferred(reply, classify(reply))
             except Exception:  # never let one recipient's failure redo the others' deliveries
                 log.exception("maildir delivery of %s failed", envelope.id)
                 outcomes[i] = Deferred(R_LOCAL_ERROR, "other")
@@ -449,7 +449,7 @@ class LocalDeliverer:
             greeting = await conn.reply()
             if greeting.code != 220:
                 raise _Refused(greeting)
-            await conn.send(b"LHLO " + self.cfg.hostname.encode("idna") + b"\r\n")
+            await conn.send(b"LHLO " + self.cfg.hostname.encode("utf-8") + b"\r\n")
             code, lines = await conn.raw_reply()
             if code != 250:
                 raise _Refused(to_reply(code, lines))
