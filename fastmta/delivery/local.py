@@ -261,7 +261,7 @@ def maildir_write(box: str, host: str, parts: Sequence[bytes]) -> str:
 
 
 def _os_error_reply(e: OSError) -> Reply:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EFBIG):  # EFBIG: a file-size limit (RLIMIT_FSIZE) hit
         return R_DISK_FULL
     if e.errno == getattr(errno, "EDQUOT", -1):
         return R_QUOTA

@@ -138,3 +138,46 @@ def test_processes_writing_one_mailbox_never_collide(tmp_path: Path) -> None:
     bodies = sorted(f.read_bytes() for f in files)
     assert bodies == sorted(f"p{n} {i}\n".encode() + b"x" * 5000 for n in range(6) for i in range(60))
     assert list((box / "tmp").iterdir()) == []
+
+
+FULL_DISK = """
+import asyncio, json, resource, signal, sys
+from fastmta import config
+from fastmta.delivery import Destination
+from fastmta.delivery.local import LocalDeliverer
+from fastmta.spool.records import Envelope, Recipient
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+cfg = config.from_dict({"hostname": "mx.test", "policy": {"local_domains": ["local.test"]},
+                        "local": {"maildir": sys.argv[1]}, "metrics": {"address": ""}})
+
+class Spool:
+    def body(self, msg_id):
+        return b"Subject: s\\r\\n\\r\\n" + (b"x" * 5000 if msg_id == "BIG" else b"ok") + b"\\r\\n"
+
+async def main():
+    d = LocalDeliverer(cfg, Spool())
+    out = {}
+    for msg_id in ("BIG", "SMALL"):
+        env = Envelope(msg_id, "a@x.test", [Recipient("bob@local.test")])
+        a = await d.deliver(Destination("local", "local.test"), env, [0])
+        o = a.outcomes[0]
+        out[msg_id] = [type(o).__name__, o.reply.code, o.reply.enhanced]
+    await d.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_storage_exhausted_defers_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A real write failure (a file-size limit: EFBIG, as ENOSPC would be) defers with 452 4.3.1."""
+    mail = tmp_path / "mail"
+    r = subprocess.run([PYTHON, "-c", FULL_DISK, str(mail)], capture_output=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["BIG"] == ["Deferred", 452, "4.3.1"]
+    assert out["SMALL"] == ["Delivered", 250, "2.0.0"]
+    box = mail / "local.test" / "bob"
+    assert len(list((box / "new").iterdir())) == 1 and list((box / "tmp").iterdir()) == []
