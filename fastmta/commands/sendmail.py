@@ -25,6 +25,7 @@ from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, 
 # getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
 _SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"
 _LONG = ["config="]
+SYSTEM_CONFIG = "/etc/fastmta/fastmta.toml"  # where deploy/ installs it
 USAGE = (
     "usage: fastmta sendmail [-t] [-i] [-f sender] [-F name] [-bm|-bs|-bp] [--config FILE] [--] [rcpt ...]"
 )
@@ -73,6 +74,13 @@ def parse_args(argv: list[str]) -> Options:
     return o
 
 
+def config_path(opts: Options, system: str = SYSTEM_CONFIG) -> str | None:
+    """``-C``/``--config``, else ``$FASTMTA_CONFIG``, else the system file when it exists:
+    programs that run /usr/sbin/sendmail pass neither flag nor environment."""
+    path = opts.config_path or os.environ.get(config.ENV_VAR)
+    return path or (system if os.path.isfile(system) else None)
+
+
 def _fail(status: int, message: str) -> int:
     print(f"sendmail: {message}", file=sys.stderr)
     return status
@@ -86,13 +94,14 @@ def main(argv: list[str]) -> int:
     if opts.mode == "p":
         from fastmta.commands import queue
 
-        return int(queue.main(["list", *(["--config", opts.config_path] if opts.config_path else [])]) or 0)
+        path = config_path(opts)
+        return int(queue.main(["list", *(["--config", path] if path else [])]) or 0)
     if opts.mode == "i":  # newaliases: there is no aliases database
         return EX_OK
     if opts.mode not in ("m", "s"):
         return _fail(EX_USAGE, f"-b{opts.mode} is not supported\n{USAGE}")
     try:
-        cfg = config.load(opts.config_path)
+        cfg = config.load(config_path(opts))
     except config.ConfigError as e:
         return _fail(inject.EX_CONFIG, "bad configuration: " + "; ".join(e.errors))
     injector = Injector(cfg, opts)

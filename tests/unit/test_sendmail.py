@@ -6,11 +6,12 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+from pathlib import Path
 
 import pytest
 
 from fastmta import compose
-from fastmta.commands.sendmail import parse_args, read_message
+from fastmta.commands.sendmail import config_path, parse_args, read_message
 from fastmta.inject import connect_host, queue_id
 
 
@@ -42,6 +43,16 @@ def test_parse_args_rejects_unknown_flag() -> None:
 
     with pytest.raises(getopt.GetoptError):
         parse_args(["-Z"])
+
+
+def test_config_path_falls_back_to_the_system_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "fastmta.toml"
+    assert config_path(parse_args([]), str(system)) is None
+    system.write_text("")
+    assert config_path(parse_args([]), str(system)) == str(system)
+    monkeypatch.setenv("FASTMTA_CONFIG", "/env.toml")
+    assert config_path(parse_args([]), str(system)) == "/env.toml"
+    assert config_path(parse_args(["-C", "/flag.toml"]), str(system)) == "/flag.toml"
 
 
 def test_read_message_stops_at_lone_dot_without_i() -> None:
