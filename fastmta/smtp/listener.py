@@ -18,7 +18,7 @@ import ssl
 from typing import Any
 
 from fastmta import metrics
-from fastmta.config import Config, ListenerConfig
+from fastmta.config import Config, ConfigError, ListenerConfig
 from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import Users
@@ -34,6 +34,7 @@ class ListenerSettings:
         self.hostname = cfg.hostname
         self.listener = lcfg.label
         self.submission = lcfg.mode == "submission"
+        self.proxy_protocol = lcfg.proxy_protocol
         self.starttls = lcfg.tls == "starttls" and ssl_context is not None
         self.ssl_context = ssl_context
         self.max_size = limits.max_message_size
@@ -134,6 +135,9 @@ async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Ab
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     settings = settings_of()
     implicit = settings.ssl_context if lcfg.tls == "implicit" else None
+    if implicit is not None and lcfg.proxy_protocol:
+        # the PROXY header precedes the TLS handshake, which the TLS layer would swallow
+        raise ConfigError([f"listener {lcfg.label}: proxy_protocol is not supported with tls = \"implicit\""])
     return await hub.loop.create_server(
         lambda: SmtpProtocol(hub, settings_of()),
         host=host, port=port, family=family, reuse_address=True,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fastmta.errors import SmtpError
 from fastmta.parser import CommandParser
 from fastmta.parser import events as ev
+from fastmta.smtp import proxy
 from fastmta.smtp import replies as R
 from fastmta.smtp.session import (A_AUTH, A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, A_STARTTLS,
                                   S_BDAT, S_DATA, Session, Transaction)  # fmt: skip
@@ -53,7 +54,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     __slots__ = ("hub", "settings", "transport", "parser", "session", "peer", "last_active",
                  "_held", "_early", "_waiting", "_paused_write", "_paused_early", "_admitted",
-                 "_closed")  # fmt: skip
+                 "_closed", "_proxy")  # fmt: skip
 
     def __init__(self, hub: Hub, settings: ListenerSettings) -> None:
         self.hub = hub
@@ -70,25 +71,37 @@ class SmtpProtocol(asyncio.Protocol):
         self._paused_early = False  # too many bytes arrived during a wait
         self._admitted = False
         self._closed = False
+        self._proxy: bytes | None = None  # PROXY header bytes so far, while waiting for it
 
     # --- connection life ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         self.transport = transport
-        settings = self.settings
-        hub = self.hub
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
-        settings.metrics.connections.inc()
+        self.settings.metrics.connections.inc()
+        if self.settings.proxy_protocol:
+            # The balancer speaks first: admission and the banner wait for the real client address.
+            self._proxy = b""
+            self.last_active = self.hub.now
+            self.hub.connections.add(self)
+            return
+        self._open()
+
+    def _open(self) -> bool:
+        """Admit the client (limits, draining), start its session and send the banner."""
+        transport = self.transport
+        settings = self.settings
+        hub = self.hub
         if hub.draining:
             transport.write(R.R_421_SHUTDOWN)
             transport.close()
-            return
+            return False
         refused = hub.limits.admit(self.peer)
         if refused is not None:
             settings.rejected("connection_limit")
             transport.write(R.R_421_IP_LIMIT if refused == "per_ip" else R.R_421_BUSY)
             transport.close()
-            return
+            return False
         self._admitted = True
         settings.metrics.active.inc()
         self.parser = CommandParser(settings.max_line, settings.max_size, settings.bare_lf)
@@ -96,9 +109,38 @@ class SmtpProtocol(asyncio.Protocol):
         self.last_active = hub.now
         hub.connections.add(self)
         transport.write(settings.banner)
+        return True
+
+    def _proxy_header(self, data: bytes) -> None:
+        buf = self._proxy + data  # type: ignore[operator]
+        try:
+            parsed = proxy.parse(buf)
+            if parsed is None and len(buf) > proxy.V2_MAX:
+                raise proxy.ProxyError("header too long")
+        except proxy.ProxyError as e:
+            log.info("bad PROXY header from %s: %s", self.peer, e)
+            self.settings.rejected("proxy_header")
+            self._close_now()
+            return
+        if parsed is None:
+            self._proxy = buf
+            return
+        used, client = parsed
+        self._proxy = None
+        self.hub.connections.discard(self)
+        if client:
+            self.peer = client
+        if self._open() and len(buf) > used:
+            self.data_received(buf[used:])
+
+    def _close_now(self) -> None:
+        self._closed = True
+        self.hub.connections.discard(self)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self.hub.connections.discard(self)
         if not self._admitted:
             return
         self._admitted = False
@@ -121,6 +163,8 @@ class SmtpProtocol(asyncio.Protocol):
     # --- the hot path -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._closed or self.session is None:
+            if self._proxy is not None and not self._closed:
+                self._proxy_header(data)
             return
         self.last_active = self.hub.now
         if self._waiting:
@@ -316,6 +360,9 @@ class SmtpProtocol(asyncio.Protocol):
     # --- called by the hub -------------------------------------------------------------
     def check_timeout(self, now: float) -> None:
         session = self.session
+        if self._proxy is not None and now - self.last_active > self.settings.command_timeout:
+            self._close_now()
+            return
         if self._waiting or self._closed or session is None:
             return
         settings = self.settings
