@@ -145,3 +145,20 @@ def test_default_server_is_the_first_listener(
     assert r.returncode == 0, r.stderr
     [got] = sink.wait_messages(1)
     assert got.mail_from.endswith("@mx.fastmta.test")
+
+
+def test_implicit_tls_listener_is_used_by_default(make_config: Callable[..., Path], tls_ca: Any,
+                                                  tls_ca_file: str, tmp_path: Path) -> None:  # fmt: skip
+    """``--config`` alone: the first listener, with its implicit TLS, verified against --cafile."""
+    cert = tls_ca.issue_cert("127.0.0.1", "mx.fastmta.test")
+    pem = tmp_path / "server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    port = free_port()
+    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+                      f'[tls]\ncert_file = "{pem}"\nkey_file = "{pem}"\n[delivery]\nhold = true\n')  # fmt: skip
+    with fastmta_server(cfg, ("127.0.0.1", port)):
+        r = send("--config", str(cfg), "--cafile", tls_ca_file, "--to", "b@remote.test", "--body", "x")
+        assert r.returncode == 0, r.stderr
+        qid = r.stdout.decode().strip()
+        listed = run_fastmta("queue", "list", "--config", str(cfg), "--json", timeout=30)
+    assert qid in listed.stdout.decode()
