@@ -169,3 +169,48 @@ def test_live_spool_sees_flush_and_delete_within_a_second(
     rc, out, _ = q(cfg_path, "stats", "--json")
     assert json.loads(out)["messages"] == 3
     assert "Traceback" not in h.stop()
+
+
+def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[..., Any]) -> None:
+    """Real ``fastmta serve``: deferred mail is listed, a delete is honoured, a flush delivers now."""
+    import smtplib
+
+    from tests.fixtures.server import running
+    from tests.support import free_port
+
+    sink_port = free_port()
+    sink = sinks("127.0.0.1", sink_port, rcpt_default="451 4.3.0 try again later")
+    extra = f"""
+    [delivery]
+    retry_schedule = ["1h"]
+    [[route]]
+    domain = "*"
+    nexthop = "127.0.0.1:{sink_port}"
+    """
+    with running(tmp_path / "srv", extra) as srv:
+        cfg_path = srv.proc.config_path
+        with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+            for n in range(3):
+                s.sendmail(f"s{n}@src.test", [f"r{n}@dst.test"], message_body(n, 2000))
+
+        def deferred() -> bool:
+            rows = listed(cfg_path).values()
+            return len(rows) == 3 and all(r["attempts"] >= 1 and "451" in r["last_error"] for r in rows)
+
+        wait_for(deferred, 30, "three deferred messages")
+        rows = listed(cfg_path)
+        assert all(r["next_attempt"] > r["arrived"] for r in rows.values())
+        doomed = next(i for i, r in rows.items() if r["from"] == "s1@src.test")
+        rc, _, err = q(cfg_path, "delete", doomed)
+        assert rc == 0, err
+        sink.script.rcpt_default = None  # the next hop accepts now
+        t0 = time.monotonic()
+        rc, _, err = q(cfg_path, "flush")
+        assert rc == 0 and "flushed 2 messages" in err
+        got = sink.wait_messages(2, timeout=20)
+        took = time.monotonic() - t0
+        assert sorted(m.mail_from for m in got) == ["s0@src.test", "s2@src.test"]
+        assert took < 5, f"flush took {took:.1f}s to reach the next hop"
+        wait_for(lambda: listed(cfg_path) == {}, 10, "the queue to empty")
+        time.sleep(0.5)
+        assert len(sink.messages) == 2  # the deleted message never went out
