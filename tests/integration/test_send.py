@@ -154,8 +154,9 @@ def test_implicit_tls_listener_is_used_by_default(make_config: Callable[..., Pat
     pem = tmp_path / "server.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
     port = free_port()
-    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n[delivery]\nhold = true\n'
-                      f'[tls]\ncert_file = "{pem}"\nkey_file = "{pem}"\n')  # fmt: skip
+    cfg = make_config(f'[[listener]]\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+                      f'[tls]\ncert_file = "{pem}"\nkey_file = "{pem}"\n'
+                      '[delivery]\nhold = true\n')  # fmt: skip
     with fastmta_server(cfg, ("127.0.0.1", port)):
         r = send("--config", str(cfg), "--cafile", tls_ca_file, "--to", "b@remote.test", "--body", "x")
         assert r.returncode == 0, r.stderr
