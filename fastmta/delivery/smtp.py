@@ -335,13 +335,16 @@ def _outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
         return _all_dict(rcpts, _failure(tx.mail, tx.error))
     out: dict[int, Outcome] = {}
     final = tx.data
+    # a 421 closes the channel: recipients left unanswered share it (the throttle cue)
+    closing = next((r for r in tx.rcpts if r is not None and r.code == 421), None)
+    unanswered = _failure(closing, "") if closing is not None else _failure(None, tx.error)
     for i, r in zip(rcpts, tx.rcpts, strict=True):
         if r is None:
-            out[i] = _failure(None, tx.error)
+            out[i] = unanswered
         elif r.code >= 400:
             out[i] = _failure(r, "")
         elif final is None:
-            out[i] = _failure(None, tx.error)
+            out[i] = unanswered
         elif final.code < 400:
             out[i] = Delivered(final)
         else:
