@@ -111,6 +111,9 @@ def test_prometheus_scrapes_fastmta_and_answers_queries(
 
 def test_every_dashboard_query_runs(prometheus: Prometheus) -> None:
     wait_until(lambda: prometheus.scalar('up{job="fastmta"}') == 1, timeout=30, what="first scrape")
+    # The dashboard's instance selector: label_values(fastmta_build_info, instance).
+    instances = prometheus.api("label/instance/values", **{"match[]": "fastmta_build_info"})
+    assert len(instances) == 1 and instances[0].startswith("127.0.0.1:")
     for title, expr in dashboard_exprs():
         if title.startswith("variable"):
             continue
