@@ -35,6 +35,9 @@ class ListenerSettings:
         self.listener = lcfg.label
         self.submission = lcfg.mode == "submission"
         self.proxy_protocol = lcfg.proxy_protocol
+        # bytes waiting at accept mean the client did not wait for the banner; with
+        # implicit TLS (ClientHello) or PROXY (the header) they are expected
+        self.pregreet_check = lcfg.tls != "implicit" and not lcfg.proxy_protocol
         self.starttls = lcfg.tls == "starttls" and ssl_context is not None
         self.ssl_context = ssl_context
         self.max_size = limits.max_message_size

@@ -12,9 +12,12 @@ command sent before the handshake is ever run inside TLS.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import logging
 import ssl
+import termios
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastmta.errors import SmtpError
@@ -39,6 +42,19 @@ class Store(Protocol):
     """Where accepted messages go (server.py adapts the spool to this)."""
 
     def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[Any]: ...
+
+
+def _bytes_waiting(transport: Any) -> int:
+    """Octets already queued on the socket (FIONREAD): one ioctl, about a microsecond."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
 
 
 def tls_description(ssl_object: Any) -> str:
@@ -108,6 +124,11 @@ class SmtpProtocol(asyncio.Protocol):
         self.session = Session(settings, self.peer, tls_description(transport.get_extra_info("ssl_object")))
         self.last_active = hub.now
         hub.connections.add(self)
+        if settings.pregreet_check:
+            early = _bytes_waiting(transport)
+            if early:  # sent before we even accepted: a legitimate client waits for the 220
+                settings.rejected("pregreet")
+                log.warning("client %s talked before the banner (%d bytes waiting at accept)", self.peer, early)
         transport.write(settings.banner)
         return True
 

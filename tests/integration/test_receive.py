@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import smtplib
 import subprocess
 import time
@@ -265,3 +266,21 @@ def test_bytes_arriving_during_the_commit_wait(srv: Running) -> None:
         for _ in range(60_000):
             assert c.reply() == b"250 2.0.0 Ok\r\n"
         assert c.cmd(b"QUIT").startswith(b"221")
+
+
+def test_talking_before_the_banner_is_logged(srv: Running) -> None:
+    polite = RawClient(srv.host, srv.port)  # reads the banner first: never flagged
+    polite.cmd(b"NOOP")
+    polite.close()
+    assert "talked before the banner" not in srv.proc.stderr()
+    for _ in range(30):  # the bytes must be queued before the accept: retry until the race is won
+        s = socket.create_connection((srv.host, srv.port), timeout=5)
+        s.sendall(b"EHLO eager.test\r\n")
+        data = b""
+        while b"250 " not in data:
+            data += s.recv(4096)
+        s.close()
+        assert data.startswith(b"220 ")  # answered normally all the same
+        if "talked before the banner" in srv.proc.stderr():
+            break
+    assert "client 127.0.0.1 talked before the banner" in srv.proc.stderr()
