@@ -106,8 +106,8 @@ class SmtpDeliverer:
         while True:
             mail, rcpt_lines = _commands(client, envelope, pending, body)
             tx = await client.send(mail, rcpt_lines, body, reset=reused and client.needs_reset)
-            if reused and tx.error and tx.mail is None and not outcomes:
-                client.abort()  # died while idle: the caller opens a fresh one
+            if reused and not outcomes and (tx.mail is None or tx.mail.code == 421):
+                client.abort()  # died while idle, or "421 reconnect": the caller opens a fresh one
                 return None
             outcomes.update(_outcomes(tx, pending))
             # RFC 5321 §4.5.3.1.10: "452 too many recipients" → the rest in another transaction

@@ -524,3 +524,23 @@ def test_unreachable_mx_is_tried_last_for_a_while(zone: Any, sinks: Any, sink_po
         len(mx1.messages) == 3
         and metrics.delivery_connections_total.labels("refused")._value.get() == refused
     )
+
+
+def test_421_on_a_reused_connection_reconnects_without_deferring(
+    zone: Any, sinks: Any, sink_port: int
+) -> None:
+    mx1 = sinks("127.0.0.2", sink_port, max_messages=2)
+    bodies = Bodies()
+    cfg = make_cfg(zone.address, sink_port)
+    envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}") for i in range(5)]
+
+    async def go() -> list[Attempt]:
+        d = SmtpDeliverer(cfg, bodies)
+        try:
+            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
+        finally:
+            await d.close()
+
+    attempts = run(go)
+    assert all(isinstance(a.outcomes[0], Delivered) for a in attempts), attempts
+    assert mx1.connections == 3 and len(mx1.messages) == 5
