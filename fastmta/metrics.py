@@ -83,7 +83,7 @@ destination_connections_active = Gauge(
 )
 delivery_connections_total = Counter(
     "fastmta_delivery_connections_total",
-    "Outbound SMTP connection attempts by result (ok|refused|timeout|greeting|tls|error)",
+    "Outbound SMTP connection attempts by result (ok|refused|timeout|greeting)",
     ["result"],
 )
 
