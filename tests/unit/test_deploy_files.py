@@ -12,6 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -242,3 +243,13 @@ def test_k8s_readme_covers_scaling_out() -> None:
     text = deploy_path("kubernetes", "README.md").read_text()
     for needle in ("MX records", "PROXY protocol", "own", "spool"):
         assert needle in text, needle
+
+
+@pytest.mark.parametrize("version", ["1.25.0", kubernetes_validate.latest_version()])
+def test_k8s_manifests_match_the_api_schema(k8s: dict, version: str) -> None:
+    # Strict: an unknown or misspelt field is an error, as `kubectl apply --validate=strict` has it.
+    for (kind, name), doc in k8s.items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{kind}/{name} against {version}: {e.message}")
