@@ -57,6 +57,19 @@ class SmtpDeliverer:
     async def close(self) -> None:
         await self.pool.close()
 
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: new settings apply from the next connection; idle ones finish as they are.
+
+        The DNS cache survives unless ``[dns]`` changed; CA file and credentials are re-read.
+        """
+        if cfg.dns != self.cfg.dns:
+            self.resolver = Resolver(cfg.dns)
+        self.cfg = cfg
+        self.pool.max_messages = cfg.delivery.max_messages_per_connection
+        self.pool.idle_timeout = cfg.delivery.idle_timeout
+        self._verified = None
+        self._credentials.clear()
+
     async def deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
         start = time.monotonic()
         try:

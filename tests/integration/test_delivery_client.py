@@ -21,6 +21,7 @@ from fastmta.delivery import Attempt, Destination
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
 from fastmta.spool.records import Envelope, Recipient
+from tests.fixtures.sink import free_port_on
 
 BODY = b"From: a@src.test\r\nTo: b@a.test\r\nSubject: hi\r\n\r\nHello.\r\n.leading dot\r\n"
 
@@ -544,3 +545,25 @@ def test_421_on_a_reused_connection_reconnects_without_deferring(
     attempts = run(go)
     assert all(isinstance(a.outcomes[0], Delivered) for a in attempts), attempts
     assert mx1.connections == 3 and len(mx1.messages) == 5
+
+
+def test_reload_applies_to_new_connections(zone: Any, sinks: Any, sink_port: int) -> None:
+    mx1 = sinks("127.0.0.2", sink_port)
+    other_port = free_port_on("127.0.0.2")
+    mx1_new = sinks("127.0.0.2", other_port)
+    bodies = Bodies()
+    env = envelope(bodies, ["b@a.test"])
+    cfg = make_cfg(zone.address, sink_port)
+
+    async def go() -> None:
+        d = SmtpDeliverer(cfg, bodies)
+        try:
+            await d.deliver(Destination("a.test", "a.test"), env, [0])
+            d.reload(make_cfg(zone.address, other_port))
+            await d.pool.close()
+            await d.deliver(Destination("a.test", "a.test"), env, [0])
+        finally:
+            await d.close()
+
+    run(go)
+    assert len(mx1.messages) == 1 and len(mx1_new.messages) == 1
