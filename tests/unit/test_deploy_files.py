@@ -127,6 +127,13 @@ def test_compose_services_mounts_and_ports() -> None:
     assert "${GRAFANA_ADMIN_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
 
 
+def test_compose_matches_the_compose_spec() -> None:
+    cmd = [PYTHON, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+           str(deploy_path("docker-compose.yml"))]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- systemd ----------------------------------------------------------------------------------
 
 
