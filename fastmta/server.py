@@ -61,7 +61,7 @@ class Server:
         self.ready = False
         self._stop = asyncio.Event()
         self._settings: dict[str, ListenerSettings] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self.hub: Hub | None = None
         self.delivery: Any = None
 
@@ -92,10 +92,14 @@ class Server:
         say(f"spool at {os.path.abspath(cfg.spool.path)} ({spool.recovery.messages} queued message(s))")
         say(f"parser backend {parser.backend}; event loop {type(loop).__module__}")
         if cfg.metrics.address is not None:
-            say(f"metrics on http://{_fmt(exporter.address)}/metrics")  # type: ignore[union-attr]
+            say(f"metrics on http://{_fmt(exporter.address)}/metrics")
         if cfg.delivery.hold:
             say("delivery on hold: accepting and queueing only")
-        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop), (signal.SIGHUP, self.reload)):
+        for sig, handler in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self.reload),
+        ):
             loop.add_signal_handler(sig, handler)
         self.ready = True
         await self._stop.wait()
@@ -166,7 +170,7 @@ class Server:
         self.dlog.close()
 
 
-def _where(server: asyncio.AbstractServer) -> str:
+def _where(server: asyncio.Server) -> str:
     return ", ".join(_fmt(s.getsockname()) for s in server.sockets)
 
 

@@ -132,7 +132,7 @@ class Hub:
         self.auth_executor.shutdown(wait=False)
 
 
-async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.AbstractServer:
+async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Server:
     """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it)."""
     host, port = lcfg.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -140,7 +140,7 @@ async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Ab
     implicit = settings.ssl_context if lcfg.tls == "implicit" else None
     if implicit is not None and lcfg.proxy_protocol:
         # the PROXY header precedes the TLS handshake, which the TLS layer would swallow
-        raise ConfigError([f"listener {lcfg.label}: proxy_protocol is not supported with tls = \"implicit\""])
+        raise ConfigError([f'listener {lcfg.label}: proxy_protocol is not supported with tls = "implicit"'])
     return await hub.loop.create_server(
         lambda: SmtpProtocol(hub, settings_of()),
         host=host, port=port, family=family, reuse_address=True,

@@ -5,9 +5,10 @@ This is the hot path (DESIGN.md §4): one ``data_received`` makes one parser cal
 every event of it is handled in order, and all replies go out in ONE
 ``transport.write``. Only two things wait: the spool commit (a future callback,
 no task) and the AUTH check; while either is pending, the events already parsed
-are held and newly arrived bytes wait unparsed (reading pauses only past a bound),
-so PIPELINING keeps its order and memory stays bounded. After STARTTLS the parser drops buffered plaintext (``discard``), so no
-command sent before the handshake is ever run inside TLS.
+are held and newly arrived bytes wait unparsed (reading pauses only past a
+bound), so PIPELINING keeps its order and memory stays bounded. After STARTTLS
+the parser drops buffered plaintext (``discard``), so no command sent before the
+handshake is ever run inside TLS.
 """
 
 from __future__ import annotations
@@ -25,8 +26,19 @@ from fastmta.parser import CommandParser
 from fastmta.parser import events as ev
 from fastmta.smtp import proxy
 from fastmta.smtp import replies as R
-from fastmta.smtp.session import (A_AUTH, A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, A_STARTTLS,
-                                  S_BDAT, S_DATA, Session, Transaction)  # fmt: skip
+from fastmta.smtp.session import (
+    A_AUTH,
+    A_BDAT,
+    A_CLOSE,
+    A_COMMIT,
+    A_DATA,
+    A_RESET_BODY,
+    A_STARTTLS,
+    S_BDAT,  # fmt: skip
+    S_DATA,
+    Session,
+    Transaction,
+)
 
 if TYPE_CHECKING:
     from fastmta.smtp.listener import Hub, ListenerSettings
@@ -90,7 +102,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._proxy: bytes | None = None  # PROXY header bytes so far, while waiting for it
 
     # --- connection life ----------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
@@ -128,7 +140,9 @@ class SmtpProtocol(asyncio.Protocol):
             early = _bytes_waiting(transport)
             if early:  # sent before we even accepted: a legitimate client waits for the 220
                 settings.rejected("pregreet")
-                log.warning("client %s talked before the banner (%d bytes waiting at accept)", self.peer, early)
+                log.warning(
+                    "client %s talked before the banner (%d bytes waiting at accept)", self.peer, early
+                )
         transport.write(settings.banner)
         return True
 
@@ -361,9 +375,10 @@ class SmtpProtocol(asyncio.Protocol):
         ctx: ssl.SSLContext | None = settings.ssl_context
         assert ctx is not None
         try:
-            transport = await self.hub.loop.start_tls(self.transport, self, ctx, server_side=True,
-                                                      ssl_handshake_timeout=settings.command_timeout)  # fmt: skip
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            transport = await self.hub.loop.start_tls(
+                self.transport, self, ctx, server_side=True, ssl_handshake_timeout=settings.command_timeout
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             settings.metrics.tls_failed.inc()
             log.info("STARTTLS handshake with %s failed: %s", self.peer, e)
             self._closed = True

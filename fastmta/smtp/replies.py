@@ -33,7 +33,9 @@ R_250_SENDER_OK = _r("R_250_SENDER_OK", 250, "2.1.0", "Sender ok")
 R_250_RCPT_OK = _r("R_250_RCPT_OK", 250, "2.1.5", "Recipient ok")
 R_250_RESET = _r("R_250_RESET", 250, "2.0.0", "Reset")
 R_252_VRFY = _r("R_252_VRFY", 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
-R_214_HELP = _r("R_214_HELP", 214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT")
+R_214_HELP = _r(
+    "R_214_HELP", 214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT"
+)
 R_220_TLS_GO = _r("R_220_TLS_GO", 220, "2.0.0", "Ready to start TLS")
 R_235_AUTH_OK = _r("R_235_AUTH_OK", 235, "2.7.0", "Authentication successful")
 R_354_DATA = b"354 End data with <CR><LF>.<CR><LF>\r\n"  # RFC 3463 §1: no enhanced code on 354

@@ -55,7 +55,13 @@ _ANYTIME = {b"NOOP": "_noop", b"RSET": "_rset", b"QUIT": "_quit", b"HELP": "_hel
 # chunk read (and refused): otherwise the chunk's bytes would be read as commands.
 TABLE: dict[int, dict[bytes, str]] = {
     S_INIT: {**_ANYTIME, b"BDAT": "_bdat_refused"},
-    S_READY: {**_ANYTIME, b"MAIL": "_mail", b"STARTTLS": "_starttls", b"AUTH": "_auth", b"BDAT": "_bdat_refused"},
+    S_READY: {
+        **_ANYTIME,
+        b"MAIL": "_mail",
+        b"STARTTLS": "_starttls",
+        b"AUTH": "_auth",
+        b"BDAT": "_bdat_refused",
+    },
     S_MAIL: {**_ANYTIME, b"RCPT": "_rcpt", b"BDAT": "_bdat_refused"},
     S_RCPT: {**_ANYTIME, b"RCPT": "_rcpt", b"DATA": "_data", b"BDAT": "_bdat"},
     S_BDAT: {b"BDAT": "_bdat", b"RSET": "_rset", b"QUIT": "_quit", b"NOOP": "_noop"},
@@ -540,5 +546,6 @@ class Session:
 # TABLE resolved to functions once, indexed by state: one list index and one dict
 # lookup per command on the hot path.
 _HANDLERS: list[dict[bytes, Callable[..., Action | None]]] = [
-    {verb: getattr(Session, name) for verb, name in TABLE.get(state, {}).items()} for state in range(S_CLOSED + 1)
+    {verb: getattr(Session, name) for verb, name in TABLE.get(state, {}).items()}
+    for state in range(S_CLOSED + 1)
 ]

@@ -42,8 +42,10 @@ max_auth_failures_per_ip = 3
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("auth")
     users = tmp / "users"
-    users.write_text(f"alice:{sha512_crypt.using(rounds=5000).hash('wonderland')}\n"
-                     f"bob:{sha256_crypt.using(rounds=5000).hash('builder')}\n")  # passlib defaults to 656000 rounds
+    users.write_text(
+        f"alice:{sha512_crypt.using(rounds=5000).hash('wonderland')}\n"
+        f"bob:{sha256_crypt.using(rounds=5000).hash('builder')}\n"
+    )  # passlib defaults to 656000 rounds
     extra = EXTRA.replace("USERS", str(users))
     with running(tmp, extra, ports=("relay",), tls=True, mx='mode = "submission"\ntls = "starttls"') as s:
         yield s
@@ -104,7 +106,7 @@ def test_plain_with_continuation_and_cancel(srv: Running) -> None:
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
         assert c.cmd(b"*") == b"501 5.0.0 Authentication cancelled\r\n"
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
-        assert c.cmd(b"!!notbase64") .startswith(b"501 5.5.2")
+        assert c.cmd(b"!!notbase64").startswith(b"501 5.5.2")
         assert c.cmd(b"AUTH CRAM-MD5").startswith(b"504 5.5.4")
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
         assert c.cmd(plain("alice", "wonderland")).startswith(b"235 2.7.0")
@@ -116,7 +118,10 @@ def test_wrong_password_is_delayed_535(srv: Running) -> None:
         c.starttls(ctx(srv))
         c.cmd(b"EHLO a.test")
         t0 = time.monotonic()
-        assert c.cmd(b"AUTH PLAIN " + plain("alice", "wrong")) == b"535 5.7.8 Authentication credentials invalid\r\n"
+        assert (
+            c.cmd(b"AUTH PLAIN " + plain("alice", "wrong"))
+            == b"535 5.7.8 Authentication credentials invalid\r\n"
+        )
         assert time.monotonic() - t0 >= 0.3
         assert c.cmd(b"AUTH PLAIN " + plain("nobody", "x")).startswith(b"535 5.7.8")
         assert c.cmd(b"MAIL FROM:<a@x.test>").startswith(b"530 5.7.0")
@@ -130,7 +135,9 @@ def test_failure_limit_per_ip(srv: Running) -> None:
         c.cmd(b"EHLO a.test")
         for _ in range(2):
             assert c.cmd(b"AUTH PLAIN " + plain("alice", "bad")).startswith(b"535 5.7.8")
-        assert c.cmd(b"AUTH PLAIN " + plain("alice", "bad")) == b"421 4.7.0 Too many authentication failures\r\n"
+        assert (
+            c.cmd(b"AUTH PLAIN " + plain("alice", "bad")) == b"421 4.7.0 Too many authentication failures\r\n"
+        )
         assert c.closed()
     with RawClient(srv.host, srv.port, source=source) as c:  # even the right password, from that IP
         c.cmd(b"EHLO a.test")

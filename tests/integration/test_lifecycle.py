@@ -73,7 +73,8 @@ def test_shutdown_grace_is_bounded(tmp_path: Path) -> None:
 
 
 def test_sighup_reloads_policy_and_certificates(tmp_path: Path) -> None:
-    extra = '[policy]\nrelay_networks = []\nrelay_domains = ["one.test"]\n[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    extra = '[policy]\nrelay_networks = []\nrelay_domains = ["one.test"]\n'
+    extra += '[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
     with running(tmp_path, extra, tls=True, mx='tls = "starttls"') as srv:
         assert srv.ca is not None
         kept = RawClient(srv.host, srv.port)
@@ -85,7 +86,9 @@ def test_sighup_reloads_policy_and_certificates(tmp_path: Path) -> None:
         new_dir.mkdir()
         new_ca, cert, key, _ = make_certs(new_dir)
         text = srv.proc.config_path.read_text().replace('"one.test"', '"two.test"')
-        text = text.replace(str(tmp_path / "cert.pem"), str(cert)).replace(str(tmp_path / "key.pem"), str(key))
+        text = text.replace(str(tmp_path / "cert.pem"), str(cert)).replace(
+            str(tmp_path / "key.pem"), str(key)
+        )
         srv.proc.config_path.write_text(text)
         srv.proc.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
@@ -130,7 +133,9 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(ROOT)
     err = tmp_path / "err"
     with open(err, "wb") as ef:
-        proc = subprocess.Popen(fastmta_cmd("serve"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=ef)
+        proc = subprocess.Popen(
+            fastmta_cmd("serve"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=ef
+        )
         try:
             deadline = time.monotonic() + 20
             while "listening on" not in err.read_text() and time.monotonic() < deadline:

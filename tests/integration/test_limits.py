@@ -61,7 +61,11 @@ def test_message_size_at_and_past(srv: Running, size: int, ok: bool) -> None:
         assert c.cmd(b"DATA").startswith(b"354")
         c.send(body_of(size) + b".\r\n")
         reply = c.reply()
-        assert reply.startswith(b"250 2.0.0 Ok: queued") if ok else reply == b"552 5.3.4 Message size exceeds fixed limit\r\n"
+        assert (
+            reply.startswith(b"250 2.0.0 Ok: queued")
+            if ok
+            else reply == b"552 5.3.4 Message size exceeds fixed limit\r\n"
+        )
         assert c.cmd(b"NOOP").startswith(b"250")
 
 

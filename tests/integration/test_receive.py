@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import smtplib
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -124,7 +124,9 @@ def test_bdat_chunking(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO raw.test")
         assert c.cmd(b"MAIL FROM:<a@x.test> BODY=8BITMIME").startswith(b"250 2.1.0")
-        assert c.cmd(b"RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@y.test").startswith(b"250 2.1.5")
+        assert c.cmd(b"RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bx@y.test").startswith(
+            b"250 2.1.5"
+        )
         c.send(b"BDAT 10\r\n0123456789")
         assert c.reply() == b"250 2.0.0 10 octets received\r\n"
         c.send(b"BDAT 7 LAST\r\n\r\n.\r\nab")  # binary-safe: no dot handling in BDAT
@@ -252,7 +254,7 @@ def test_relay_policy(closed_srv: Running) -> None:
 
 
 def test_bytes_arriving_during_the_commit_wait(srv: Running) -> None:
-    """Commands sent while the spool commits wait unparsed, in order; a flood past the bound pauses reading."""
+    """Commands sent during the spool commit wait unparsed, in order; a flood pauses reading."""
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO w.test")
         c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")

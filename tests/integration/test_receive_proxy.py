@@ -95,9 +95,17 @@ def test_limits_count_the_real_client(srv: Running) -> None:
         b.close()
 
 
-@pytest.mark.parametrize("junk", [b"EHLO not.a.proxy\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"PROXY TCP9 a b 1 2\r\n",
-                                  b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n", b"X" * 200,
-                                  proxy.V2_SIGNATURE + b"\x11\x11\x00\x0c" + b"\x00" * 12])  # fmt: skip
+JUNK = [
+    b"EHLO not.a.proxy\r\n",
+    b"PROXY TCP4 1.2.3.4\r\n",
+    b"PROXY TCP9 a b 1 2\r\n",
+    b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n",
+    b"X" * 200,
+    proxy.V2_SIGNATURE + b"\x11\x11\x00\x0c" + b"\x00" * 12,
+]
+
+
+@pytest.mark.parametrize("junk", JUNK)
 def test_bad_headers_close_without_reply(srv: Running, junk: bytes) -> None:
     s = socket.create_connection((srv.host, srv.port), timeout=5)
     s.sendall(junk)
@@ -129,9 +137,17 @@ def test_parse(buf: bytes, expect: tuple[int, str] | None) -> None:
     assert proxy.parse(buf) == expect
 
 
-@pytest.mark.parametrize("bad", [b"PROXY TCP4 192.0.2.1 192.0.2.2 01 2\r\n", b"PROXY TCP4 192.0.2.1 192.0.2.2 1 70000\r\n",
-                                 b"GET / HTTP/1.0\r\n", b"PROXY " + b"1" * 120,
-                                 proxy.V2_SIGNATURE + b"\x31\x11\x00\x00", proxy.V2_SIGNATURE + b"\x22\x11\x00\x00"])  # fmt: skip
+BAD = [
+    b"PROXY TCP4 192.0.2.1 192.0.2.2 01 2\r\n",
+    b"PROXY TCP4 192.0.2.1 192.0.2.2 1 70000\r\n",
+    b"GET / HTTP/1.0\r\n",
+    b"PROXY " + b"1" * 120,
+    proxy.V2_SIGNATURE + b"\x31\x11\x00\x00",
+    proxy.V2_SIGNATURE + b"\x22\x11\x00\x00",
+]
+
+
+@pytest.mark.parametrize("bad", BAD)
 def test_parse_errors(bad: bytes) -> None:
     with pytest.raises(proxy.ProxyError):
         proxy.parse(bad)

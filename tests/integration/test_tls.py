@@ -36,7 +36,9 @@ key_file = "{key}"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with running(tmp_path_factory.mktemp("tls"), TLS, ports=("smtps", "v6"), tls=True, mx='tls = "starttls"') as s:
+    with running(
+        tmp_path_factory.mktemp("tls"), TLS, ports=("smtps", "v6"), tls=True, mx='tls = "starttls"'
+    ) as s:
         yield s
 
 
@@ -55,7 +57,7 @@ def test_starttls_smtplib(srv: Running) -> None:
         assert code == 220
         s.ehlo("t.test")
         assert not s.has_extn("starttls")  # not offered again once TLS is up
-        _, reply = s.sendmail("a@x.test", ["b@y.test"], b"Subject: tls\r\n\r\nsecret\r\n"), None
+        assert s.sendmail("a@x.test", ["b@y.test"], b"Subject: tls\r\n\r\nsecret\r\n") == {}
     lines = [x for x in srv.proc.log_lines() if '"b@y.test"' in x]
     assert lines
 

@@ -24,9 +24,11 @@ def test_sha_crypt_matches_passlib(password: str) -> None:
 def test_drepper_reference_vector() -> None:
     # From the SHA-crypt specification's test vectors.
     assert sha_crypt(b"Hello world!", "saltstring", None, "6") == (
-        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1")
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
+    )
     assert sha_crypt(b"Hello world!", "saltstringsaltstring", 10000, "5") == (
-        "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA")
+        "$5$rounds=10000$saltstringsaltst$3xv.VbSHBb41AL9AvLeujZkZRBAwqFMz2.opqey6IcA"
+    )
 
 
 def test_users_file(tmp_path: Path) -> None:
@@ -40,8 +42,11 @@ def test_users_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("alice\n", ":1: expected user:hash"), ("alice:{MD5}abc\n", "unsupported hash scheme"),
-     ("alice:$2b$12$abcdefghijklmnopqrstuv\n", "bcrypt")],  # fmt: skip
+    [
+        ("alice\n", ":1: expected user:hash"),
+        ("alice:{MD5}abc\n", "unsupported hash scheme"),
+        ("alice:$2b$12$abcdefghijklmnopqrstuv\n", "bcrypt"),
+    ],  # fmt: skip
 )
 def test_users_file_errors(tmp_path: Path, text: str, needle: str) -> None:
     f = tmp_path / "users"

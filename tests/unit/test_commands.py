@@ -8,8 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmta.smtp import replies as R
-from fastmta.smtp.commands import (ArgError, domain_of, format_path, parse_mail, parse_params, parse_rcpt,
-                                   split_path, xtext_decode, xtext_encode)  # fmt: skip
+from fastmta.smtp.commands import (
+    ArgError,
+    domain_of,
+    format_path,
+    parse_mail,
+    parse_params,
+    parse_rcpt,
+    split_path,  # fmt: skip
+    xtext_decode,
+    xtext_encode,
+)
 
 BIG = 1000
 
@@ -92,7 +101,12 @@ _local = st.from_regex(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]{1,10}(\.[a-z0-9_-]{1,8}){0,
 _domain = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z]{2,6}){1,2}", fullmatch=True)
 
 
-@given(_local, _domain, st.sampled_from(["7BIT", "8BITMIME"]), st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=20))
+@given(
+    _local,
+    _domain,
+    st.sampled_from(["7BIT", "8BITMIME"]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=20),
+)
 def test_round_trip(local: str, domain: str, body: str, envid: str) -> None:
     """parse ∘ format = id for paths and params (the delivery client formats, we parse)."""
     addr = f"{local}@{domain}"

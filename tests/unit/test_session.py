@@ -26,7 +26,9 @@ class FakeSettings:
     max_size: int = 1000
     max_recipients: int = 2
     max_errors: int = 3
-    policy: Policy = field(default_factory=lambda: Policy(from_dict({"policy": {"relay_domains": ["in.test"]}})))
+    policy: Policy = field(
+        default_factory=lambda: Policy(from_dict({"policy": {"relay_domains": ["in.test"]}}))
+    )
     users: Users = field(default_factory=lambda: Users({"u": lambda pw: pw == b"p"}))
     auth_failures: AuthFailures = field(default_factory=lambda: AuthFailures(2))
     unhealthy_reason: str | None = None
@@ -115,7 +117,9 @@ def test_commit_flow_and_received_header() -> None:
     _, msg_id, txn, data = act
     assert msg_id == "ID1" and txn.sender == "a@x.test" and txn.rcpts == [("b@y.test", "", "")]
     head, _, rest = data.partition(b"Subject:")
-    assert head.startswith(b"Received: from c.test ([127.0.0.1])\r\n\tby mx.test (fastmta) with ESMTP id ID1\r\n")
+    assert head.startswith(
+        b"Received: from c.test ([127.0.0.1])\r\n\tby mx.test (fastmta) with ESMTP id ID1\r\n"
+    )
     assert b"\tfor <b@y.test>; " in head and rest.endswith(b"body\r\n")
     s.commit_done(msg_id)
     assert s.out == [R.queued("ID1")] and s.state == S.S_READY and s.txn is None
