@@ -21,6 +21,7 @@ import re
 import secrets
 import socket
 import time
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
@@ -70,14 +71,15 @@ def normalise_user(local: str) -> str | None:
 
     ``user+tag`` → ``user``; an unquoted local part is case-folded (mailboxes are
     case-insensitive in practice, RFC 5321 §2.4 lets the receiver decide); a
-    quoted one keeps its case. The result is a single path component: no ``/``,
-    no ``..``, no leading dot, no NUL or control characters.
+    quoted one keeps its case; UTF-8 names are NFC-normalised. The result is a
+    single path component: no ``/``, no ``..``, no leading dot, no NUL or control
+    characters.
     """
     if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
         user = re.sub(r"\\(.)", r"\1", local[1:-1])
     else:
         user = local.lower()
-    user = user.split("+", 1)[0]
+    user = unicodedata.normalize("NFC", user.split("+", 1)[0])  # one mailbox per name (RFC 6532 §3.1)
     if (
         not user
         or user[0] == "."

@@ -87,6 +87,8 @@ def messages(box: Path) -> list[bytes]:
         ('"a\\"b"', 'a"b'),
         ("first.last", "first.last"),
         ("x" * 64, "x" * 64),
+        ("Jo\u0308rg", "j\u00f6rg"),  # decomposed umlaut: the same mailbox as the composed one
+        ("J\u00d6RG", "j\u00f6rg"),
         ("",  None),
         ("+tag", None),
         (".hidden", None),
