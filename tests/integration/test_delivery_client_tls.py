@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fastmta import metrics
 from fastmta.delivery import Attempt, Destination, destination_for
 from fastmta.delivery.smtp import SmtpDeliverer, _commands, _outcomes
 from fastmta.errors import Bounced, Deferred, Delivered
@@ -85,7 +86,9 @@ def test_required_tls_failures_defer_as_tls(zone: Any, sinks: Any, sink_port: in
     bodies = Bodies()
     env = envelope(bodies, ["b@a.test"])
     cfg = make_cfg(zone.address, sink_port, tls="required", tls_ca_file=tls_ca_file)
+    active = metrics.destination_connections_active._value.get()
     attempt = run(lambda: deliver_once(cfg, bodies, A, env))
+    assert metrics.destination_connections_active._value.get() == active  # failed upgrades are counted out
     o = attempt.outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls" and o.reply.code == 451
     assert mx1.messages == [] and mx2.messages == []
