@@ -207,7 +207,7 @@ def test_concurrent_writers_to_one_mailbox_never_collide(tmp_path: Path) -> None
 
     def writer(n: int) -> None:
         try:
-            for i in range(50):
+            for i in range(25):
                 maildir_write(box, "h", [f"writer {n} message {i}\n".encode()])
         except BaseException as e:  # pragma: no cover (reported below)
             errors.append(e)
@@ -219,7 +219,7 @@ def test_concurrent_writers_to_one_mailbox_never_collide(tmp_path: Path) -> None
         t.join()
     assert errors == []
     got = sorted(p.read_bytes() for p in (Path(box) / "new").iterdir())
-    assert got == sorted(f"writer {n} message {i}\n".encode() for n in range(8) for i in range(50))
+    assert got == sorted(f"writer {n} message {i}\n".encode() for n in range(8) for i in range(25))
 
 
 def _race_writer(box: str, barrier: threading.Barrier, errors: list[BaseException]) -> None:
@@ -232,7 +232,7 @@ def _race_writer(box: str, barrier: threading.Barrier, errors: list[BaseExceptio
 
 def test_writers_racing_to_create_a_new_mailbox(tmp_path: Path) -> None:
     """Every writer that finds tmp/ must also find new/ (tmp/ is created last)."""
-    for round_ in range(15):
+    for round_ in range(8):
         box = str(tmp_path / f"r{round_}" / "local.test" / "new-user")
         barrier = threading.Barrier(8)
         errors: list[BaseException] = []
