@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -132,7 +133,7 @@ def bench_extra(
     }
 
 
-def run(reps: int) -> dict[str, object]:
+def run(reps: int) -> dict[str, Any]:
     big = make_body(1 << 20)
     small = make_body(4096)
     commands = b"".join(
@@ -174,7 +175,7 @@ def run(reps: int) -> dict[str, object]:
     }
 
 
-def print_table(report: dict[str, object]) -> None:
+def print_table(report: dict[str, Any]) -> None:
     print(f"{'workload':<20}{'impl':<8}{'MB/s':>10}{'ns/msg':>14}")
     for res in report["results"]:
         for impl, mbps in res["mb_per_s"].items():

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -74,7 +75,7 @@ def chunk(rng: random.Random, data: bytes) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-def run_commands(mod: ModuleType, chunks: list[bytes], limits: dict[str, object]) -> list[object]:
+def run_commands(mod: ModuleType, chunks: list[bytes], limits: dict[str, Any]) -> list[object]:
     """Act on barriers like a session; any exception here is a bug."""
     parser = mod.CommandParser(**limits)
     out: list[object] = []
@@ -85,6 +86,7 @@ def run_commands(mod: ModuleType, chunks: list[bytes], limits: dict[str, object]
             out.append((kind, payload, parser.long_lines if kind == 3 else None))
             if kind != 1:
                 continue
+            assert isinstance(payload, bytes)
             words = payload.split()
             verb = words[0].upper() if words else b""
             acted = True
@@ -123,7 +125,7 @@ def run_replies(mod: ModuleType, chunks: list[bytes]) -> list[object]:
 def check(rng: random.Random, data: bytes) -> None:
     """One differential round over `data`; raises Mismatch on any disagreement."""
     chunks = chunk(rng, data)
-    limits = {
+    limits: dict[str, Any] = {
         "max_line": rng.choice(MAX_LINES),
         "max_size": rng.choice(MAX_SIZES),
         "bare_lf": rng.choice(("reject", "normalise")),

@@ -8,6 +8,7 @@ chunking must never change meaning.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,7 @@ def lines(*items: bytes) -> list[tuple[object, object]]:
 R = {"bare_lf": "reject"}
 N = {"bare_lf": "normalise"}
 
-CASES: list[tuple[str, bytes, dict[str, object], list[tuple[object, object]]]] = [
+CASES: list[tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]] = [
     # -- command mode ------------------------------------------------------------
     ("commands", b"EHLO a.test\r\nNOOP\r\nQUIT\r\n", {}, lines(b"EHLO a.test", b"NOOP", b"QUIT")),
     ("empty-line", b"\r\n\r\n", {}, lines(b"", b"")),
@@ -301,7 +302,7 @@ CASES: list[tuple[str, bytes, dict[str, object], list[tuple[object, object]]]] =
 ]
 
 
-def _ids(case: tuple[str, bytes, dict[str, object], list[tuple[object, object]]]) -> str:
+def _ids(case: tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]) -> str:
     return case[0]
 
 

@@ -5,7 +5,9 @@ encode_data and DATA parsing are inverses, and the terminator is found at any sp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -65,7 +67,7 @@ LIMITS = st.fixed_dictionaries(
 POINTS = st.lists(st.integers(min_value=0, max_value=20_000), max_size=12)
 
 
-def _run(mod: ModuleType, chunks: list[bytes], limits: dict[str, object]) -> tuple[object, ...]:
+def _run(mod: ModuleType, chunks: list[bytes], limits: Mapping[str, Any]) -> tuple[object, ...]:
     # long_lines is only defined at DATA_END (drive records it there).
     out, parser = drive(mod, chunks, **limits)
     return out, parser.pending
