@@ -62,7 +62,7 @@ def _cuts(n: int) -> list[int]:
     return cuts
 
 
-def body_items(id_b: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
+def body_items(id_b: bytes, body: bytes | memoryview) -> list[tuple[bytes, bytes | memoryview]]:
     """The (key, value) pairs storing one body."""
     cuts = _cuts(len(body))
     if not cuts:
@@ -209,11 +209,11 @@ class Store:
     def put_many(
         self,
         txn: lmdb.Transaction,
-        envs: list[tuple[bytes, bytes]],
-        bodies: list[tuple[bytes, bytes]],
+        envs: list[tuple[bytes, bytes | memoryview]],
+        bodies: list[tuple[bytes, bytes | memoryview]],
         sched: list[tuple[bytes, bytes]],
     ) -> None:
-        """Three C-level loops for a whole batch: few GIL hand-overs (DESIGN.md §4)."""
+        """A whole batch in three C-level loops (one ``putmulti`` per database)."""
         txn.cursor(self.envs).putmulti(envs)
         txn.cursor(self.bodies).putmulti(bodies)
         txn.cursor(self.sched).putmulti(sched)

@@ -58,10 +58,11 @@ class Request:
     def __init__(self, seq: int, kind: int, payload: bytes) -> None:
         self.seq, self.kind, self.nbytes = seq, kind, len(payload)
         if kind == PUT:
+            view = memoryview(payload)  # LMDB takes buffers: no second copy of the body
             self.id_b = payload[:16]
             (n,) = REC_LEN.unpack_from(payload, 16)
-            self.record = payload[20 : 20 + n]
-            self.body = payload[20 + n :]
+            self.record = view[20 : 20 + n]
+            self.body = view[20 + n :]
         else:
             self.name, self.args = pickle.loads(payload)
             if self.name not in OPERATIONS:
