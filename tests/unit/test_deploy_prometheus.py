@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -80,3 +81,21 @@ def test_promql_name_extraction() -> None:
     expr = 'sum by (le) (rate(a_bucket{x="y{z}"}[5m] offset 1h)) / on(i) group_left(j) b > 1e3 and c_total'
     assert promql_names(expr) == {"a_bucket", "b", "c_total"}
     assert promql_names("histogram_quantile(0.99, sum(rate(d[$__rate_interval])))") == {"d"}
+
+
+def test_kubernetes_scrape_config(tmp_path: Path) -> None:
+    # Debian's Prometheus is built without Kubernetes discovery, so promtool checks a
+    # copy with the discovery block swapped for a static target; the relabelling,
+    # rule files and the rest are checked as shipped.
+    cfg = yaml.safe_load(deploy_path("prometheus", "prometheus-kubernetes.yml").read_text())
+    (job,) = cfg["scrape_configs"]
+    assert job["job_name"] == "fastmta" and job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    keep = {r["source_labels"][0]: r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    assert keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"] == "fastmta"
+    del job["kubernetes_sd_configs"]
+    job["static_configs"] = [{"targets": ["fastmta-0:9025"]}]
+    cfg["rule_files"] = [str(ALERT_RULES)]
+    copy = tmp_path / "prometheus.yml"
+    copy.write_text(yaml.safe_dump(cfg))
+    result = _promtool("check", "config", str(copy))
+    assert result.returncode == 0, result.stdout + result.stderr
