@@ -24,8 +24,9 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from fastmta import metrics
 from fastmta.config import Config, parse_hostport
 from fastmta.delivery import Attempt, Destination, replies
 from fastmta.delivery.classify import classify
@@ -309,6 +310,8 @@ class _LmtpConnection:
         self.ext: dict[str, str] = {}
         self.used = 0
         self.idle_since = 0.0
+        self._active: Any = metrics.bound(metrics.destination_connections_active)
+        self._active.inc()
 
     async def raw_reply(self) -> tuple[int, list[bytes]]:
         while not self._ready:
@@ -328,12 +331,19 @@ class _LmtpConnection:
     def alive(self) -> bool:
         return not self.reader.at_eof() and not self.writer.is_closing() and not self._ready
 
+    def abort(self) -> None:
+        """Close without QUIT; the active-connections gauge counts each connection once."""
+        if self._active is not None:
+            self._active.dec()
+            self._active = None
+        self.writer.close()
+
     async def close(self, quit: bool = True) -> None:
         if quit and not self.writer.is_closing():
             with contextlib.suppress(Exception):
                 await self.send(b"QUIT\r\n")
                 await asyncio.wait_for(self.reply(), 1.0)
-        self.writer.close()
+        self.abort()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
@@ -445,7 +455,15 @@ class LocalDeliverer:
         else:
             assert self._lmtp_addr is not None
             opening = asyncio.open_connection(*self._lmtp_addr)
-        reader, writer = await asyncio.wait_for(opening, timeout)
+        attempts = metrics.delivery_connections_total
+        try:
+            reader, writer = await asyncio.wait_for(opening, timeout)
+        except TimeoutError:
+            metrics.bound(attempts, "timeout").inc()
+            raise
+        except OSError:
+            metrics.bound(attempts, "refused").inc()
+            raise
         conn = _LmtpConnection(reader, writer, self.cfg.delivery.command_timeout)
         try:
             greeting = await conn.reply()
@@ -456,8 +474,10 @@ class LocalDeliverer:
             if code != 250:
                 raise _Refused(to_reply(code, lines))
         except BaseException:
+            metrics.bound(attempts, "greeting").inc()
             await conn.close(quit=False)
             raise
+        metrics.bound(attempts, "ok").inc()
         conn.ext = parse_ehlo(lines)
         return conn
 
@@ -467,7 +487,7 @@ class LocalDeliverer:
             conn = self._idle.pop()
             if conn.alive() and now - conn.idle_since < self.cfg.delivery.idle_timeout:
                 return conn
-            conn.writer.close()
+            conn.abort()
         return None
 
     async def _deliver_lmtp(self, envelope: Envelope, rcpts: list[int], body: bytes) -> dict[int, Outcome]:
@@ -587,7 +607,7 @@ def _failure_outcome(e: Exception, connected: bool) -> Outcome:
     """The outcome for the recipients still open when the LMTP session failed with ``e``."""
     if isinstance(e, _Refused):
         return _outcome(e.reply)
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+    if isinstance(e, TimeoutError):
         return Deferred(replies.TIMEOUT, "timeout")
     if isinstance(e, (OSError, _LmtpClosed)):
         return Deferred(replies.CONNECTION_LOST if connected else R_LMTP_DOWN, "connection")

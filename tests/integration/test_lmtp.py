@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from fastmta import config
+from fastmta import config, metrics
 from fastmta.delivery import Destination
 from fastmta.delivery.local import LocalDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
@@ -249,3 +250,23 @@ def test_connection_lost_after_some_replies_keeps_them(tmp_path: Path) -> None:
     out = asyncio.run(go())
     assert isinstance(out[0], Delivered) and out[0].reply.text == "first delivered"
     assert isinstance(out[1], Deferred) and out[1].bounce_class == "connection"
+
+
+def test_connection_metrics(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    active, ok = "fastmta_destination_connections_active", "fastmta_delivery_connections_total"
+    before_active, before_ok = sample(active), sample(ok, result="ok")
+    before_refused = sample(ok, result="refused")
+    srv = lmtp_server()
+    run(
+        make_cfg(tmp_path, srv.spec),
+        envelope("a@local.test", msg_id="M1"),
+        envelope("b@local.test", msg_id="M2"),
+    )
+    run(make_cfg(tmp_path, f"127.0.0.1:{free_port()}"), envelope("c@local.test", msg_id="M3"))
+    on = 1.0 if metrics.ENABLED else 0.0
+    assert sample(active) == before_active  # every connection closed is counted down once
+    assert sample(ok, result="ok") == before_ok + on  # one reused session for both messages
+    assert sample(ok, result="refused") == before_refused + on
