@@ -165,3 +165,20 @@ def _backend(env: dict[str, str]) -> str:
 def test_import_site_picks_the_backend() -> None:
     assert _backend({"FASTMTA_PURE_PYTHON": "1"}) == "python fastmta._parser_py"
     assert _backend({"FASTMTA_PURE_PYTHON": "0", "FASTMTA_REQUIRE_CYTHON": "1"}) == "cython fastmta._parser"
+
+
+def test_discard_mid_data_returns_to_command_mode(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    parser.start_data()
+    assert parser.feed(b"half a body\r\n.") == []
+    parser.discard()
+    assert parser.feed(b"NOOP\r\n") == [(LINE, b"NOOP")]
+
+
+def test_normalised_smuggling_is_stored_harmlessly(parser_impl: ModuleType) -> None:
+    """With "normalise" a false end is kept as body text, and re-encoding stuffs it."""
+    parser = parser_impl.CommandParser(bare_lf="normalise")
+    parser.start_data()
+    events = parser.feed(b"a\n.\r\nMAIL FROM:<e@x.test>\r\n.\r\nNOOP\r\n")
+    assert events == [(DATA_END, b"a\r\n.\r\nMAIL FROM:<e@x.test>\r\n"), (LINE, b"NOOP")]
+    assert parser_impl.encode_data(events[0][1]) == b"a\r\n..\r\nMAIL FROM:<e@x.test>\r\n.\r\n"

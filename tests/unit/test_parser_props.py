@@ -153,10 +153,22 @@ def test_terminator_in_three_pieces(parser_impl: ModuleType) -> None:
             assert drive(parser_impl, [WIRE[:i], WIRE[i:j], WIRE[j:]])[0] == expected, (i, j)
 
 
-@pytest.mark.parametrize(
-    "false_end",
-    [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n\n", b"\r\r"],
-)
+# SMTP smuggling (SEC Consult, Dec 2023): each receiver took one false end of data.
+SMUGGLING = {
+    "cve-2023-51764-postfix-lf-dot-crlf": b"\n.\r\n",
+    "cve-2023-51765-sendmail-lf-dot-crlf": b"\n.\r\n",
+    "cve-2023-51766-exim-lf-dot-lf": b"\n.\n",
+    "lf-dot-lf": b"\n.\n",
+    "cr-dot-cr": b"\r.\r",
+    "crlf-dot-lf": b"\r\n.\n",
+    "cr-dot-crlf": b"\r.\r\n",
+    "crlf-dot-cr": b"\r\n.\r",
+    "lf-lf": b"\n\n",
+    "cr-cr": b"\r\r",
+}
+
+
+@pytest.mark.parametrize("false_end", list(SMUGGLING.values()), ids=list(SMUGGLING))
 def test_smuggled_command_never_becomes_a_command(parser_impl: ModuleType, false_end: bytes) -> None:
     """Every split of a smuggling attempt: one DATA_BARE_LF at the real end, nothing else."""
     wire = b"DATA\r\nhello" + false_end + b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\n.\r\nNOOP\r\n"
