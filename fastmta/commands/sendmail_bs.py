@@ -2,11 +2,11 @@
 """``fastmta sendmail -bs``: the server's own SMTP session, spoken on stdin/stdout.
 
 The same parser and table-driven ``smtp.session.Session`` as a listener, so a
-local client gets exactly the listener's replies, limits, PIPELINING, CHUNKING,
-DSN parameters and bare-LF policy. Only the edges differ: the peer is a local
-process that may already inject mail, so it relays anywhere without AUTH (no
-TLS either), and each committed message goes through the same Injector as plain
-``sendmail`` (header fix-ups; spool, else the local listener).
+local client gets exactly the listener's replies, limits, PIPELINING, CHUNKING
+and DSN parameters. Only the edges differ: the peer is a local process that may
+already inject mail, so it relays anywhere without AUTH (no TLS either), its LF
+line ends count as CRLF, and each committed message goes through the same
+Injector as plain ``sendmail`` (header fix-ups; spool, else the local listener).
 """
 
 from __future__ import annotations
@@ -79,10 +79,17 @@ def serve_stdio(injector: Injector, inp: BinaryIO, out: BinaryIO) -> int:
     out.write(R.banner(cfg.hostname))
     out.flush()
     read = getattr(inp, "read1", inp.read)
+    held = b""  # a trailing CR, until we know whether LF follows
     while True:
-        data = read(_READ)
-        if not data:
+        data = held + read(_READ)
+        if data == held:
+            if held:
+                _run(injector, session, parser, parser.feed(held))
             return EX_TEMPFAIL if session.in_transaction else EX_OK
+        held = b"\r" if data.endswith(b"\r") else b""
+        # Local scripts write LF line ends (printf, PHP): take them as CRLF, as Postfix's
+        # -bs does. Smuggling is no concern with a peer that may inject anything anyway.
+        data = data[: len(data) - len(held)].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         closed = _run(injector, session, parser, parser.feed(data))
         if session.out:
             out.write(b"".join(session.out))
