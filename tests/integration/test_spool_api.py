@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""The spool API on a real LMDB environment and a real writer process."""
+"""The spool API on a real LMDB environment and a real writer process (integration: it
+spawns writer processes and moves a 50 MiB message, so it is not a sub-second unit file)."""
 
 from __future__ import annotations
 
