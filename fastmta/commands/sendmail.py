@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from fastmta import compose, config, inject
 from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
+from fastmta.log import DeliveryLog
 
 # getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
 _SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"
@@ -205,9 +206,12 @@ class Injector:
         errors = []
         if inject.spool_writable(self.cfg):
             try:
-                return inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
+                inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
             except InjectError as e:
                 errors.append(str(e))
+            else:
+                self._log_received(msg_id, sender, rcpts, len(data))
+                return msg_id
         listener = inject.local_listener(self.cfg)
         host, port = listener.address
         target = inject.SmtpTarget(
@@ -223,3 +227,19 @@ class Injector:
         for rcpt, (code, text) in done.refused.items():
             print(f"sendmail: {rcpt}: refused: {code} {text}", file=sys.stderr)
         return done.queue_id
+
+    def _log_received(self, msg_id: str, sender: str, rcpts: list[inject.Rcpt], size: int) -> None:
+        """The ``received`` line serve writes for SMTP mail, when the delivery log is a file
+        (appends of whole lines are safe beside a running server); on stdout it goes nowhere."""
+        if not self.cfg.log.file:
+            return
+        try:
+            dlog = DeliveryLog(self.cfg.log.file)
+        except OSError as e:
+            print(f"sendmail: delivery log not written: {e.strerror}", file=sys.stderr)
+            return
+        try:
+            dlog.event("received", msg_id, sender, [r[0] for r in rcpts], size=size, client_ip="",
+                       listener="sendmail")  # fmt: skip
+        finally:
+            dlog.close()

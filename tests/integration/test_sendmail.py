@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -270,3 +271,17 @@ def test_newaliases_is_a_no_op(tmp_path: Path) -> None:
     link = tmp_path / "newaliases"
     link.symlink_to(Path(fastmta_cmd()[0]).parent / "fastmta")
     assert subprocess.run([str(link)], capture_output=True, timeout=30, cwd=ROOT).returncode == 0
+
+
+def test_received_line_goes_to_a_delivery_log_file(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    log = tmp_path / "delivery.log"
+    cfg = make_config(f'[log]\nfile = "{log}"\n')
+    admin.open_store(config.load(str(cfg)).spool).close()
+    assert sendmail(cfg, "-f", "cron@x.test", "a@c.test", "b@c.test").returncode == 0
+    [(env, _)] = queued(cfg)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["event"], e["id"], e["from"], e["rcpt"]) for e in lines] == [
+        ("received", env.id, "cron@x.test", "a@c.test"),
+        ("received", env.id, "cron@x.test", "b@c.test"),
+    ]
+    assert lines[0]["listener"] == "sendmail" and lines[0]["size"] == env.size
