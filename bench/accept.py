@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
         ap.error(f"unknown systems {bad}; known: {list(SYSTEMS)}")
-    seconds = args.seconds or (1.0 if args.quick else 4.0)
+    seconds = args.seconds or (0.8 if args.quick else 4.0)
     result = run(args.quick, args.reps, seconds, systems, scenarios, tuple(args.drivers.split(",")),
                  lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
     text = json.dumps(result, indent=1)

@@ -154,7 +154,10 @@ class Peer:
             env=self.env(),
             preexec_fn=die_with_parent,
         )
-        wait_port(self.port, proc=self.proc)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; its log ends: {self.log_tail(6)}") from None
         return self
 
     def cpu(self) -> float:

@@ -111,6 +111,87 @@ def accept_tables(acc: dict[str, Any]) -> list[str]:
     return out
 
 
+# The "must show" targets of issues 4 and 5: (bench, scenario, peer, minimum fastmta ÷ peer).
+GOALS = [
+    ("accept", "4k-50c-1m", "postfix", 4.0), ("accept", "4k-50c-1m", "aiosmtpd-sink", 2.0),
+    ("accept", "4k-50c-1m", "limit", 0.5), ("accept", "4k-50c-100m", "postfix", 10.0),
+    ("accept", "4k-50c-100m", "limit", 0.4), ("accept", "100k-50c-1m", "postfix", 4.0),
+    ("accept", "100k-50c-1m", "limit", 0.5), ("accept", "4k-1c-100m", "postfix", 2.0),
+    ("relay", "4k-50c-1m", "postfix", 4.0), ("relay", "4k-50c-100m", "postfix", 4.0),
+]  # fmt: skip
+
+
+def goal_lines(benches: dict[str, Any]) -> list[str]:
+    """Each target with the measured ratio per driver and whether it is met."""
+    rows = [["target", "smtp-source", "fastmta load", "met"]]
+    for bench, sc, peer, want in GOALS:
+        data = benches.get(bench, {})
+        if bench == "accept":
+            got = {
+                d: data.get("ratios", {}).get(sc, {}).get(d, {}).get(peer)
+                for d in ("smtp-source", "fastmta-load")
+            }
+        else:
+            got = {"smtp-source": data.get("ratios_fastmta_over_postfix", {}).get(sc), "fastmta-load": None}
+        if all(v is None for v in got.values()):
+            continue
+        met = all(v >= want for v in got.values() if v is not None)
+        unit = " (MB/s)" if sc.startswith("100k") else ""
+        shown = [f"{v:.2f}×" if v is not None else "–" for v in got.values()]
+        rows.append([f"{bench} {sc}: fastmta ≥ {want:g}× {peer}{unit}", *shown, "yes" if met else "**no**"])
+    return (
+        ["", "**Targets** (issues 4 and 5, ratios of medians in this run)", "", *_md(rows)]
+        if len(rows) > 1
+        else []
+    )
+
+
+def metrics_cost_lines(acc: dict[str, Any]) -> list[str]:
+    """Throughput with metrics on ÷ off, per scenario (the budget is ≥ 0.95)."""
+    cells = []
+    for sc in acc["scenarios"]:
+        by = acc["summary"].get(sc, {}).get("smtp-source", {})
+        on = by.get("fastmta", {}).get("rate", {}).get("median")
+        off = by.get("fastmta-nometrics", {}).get("rate", {}).get("median")
+        if on and off:
+            cells.append(f"{sc} {on / off:.2f}")
+    return ["", "Metrics on ÷ off (smtp-source msg/s): " + ", ".join(cells)] if cells else []
+
+
+def stored_lines(acc: dict[str, Any]) -> list[str]:
+    """Durable systems: messages on disk at the end against the 250s they gave (warm-ups included)."""
+    cells = []
+    for system, stored in acc.get("stored_check", {}).items():
+        if stored is None:
+            continue
+        acked = sum(r["ok"] for r in acc["runs"] if r["system"] == system)
+        flag = "" if stored == acked else " **MISMATCH**"
+        cells.append(f"{system} {stored:,}/{acked:,}{flag}")
+    return ["", "Stored at the end / acknowledged with 250: " + ", ".join(cells)] if cells else []
+
+
+def ceiling_lines(acc: dict[str, Any]) -> list[str]:
+    """The load tools' own ceiling: each driver against smtp-sink and the limit, beside fastmta."""
+    rows = [["scenario", "driver", "→ smtp-sink", "→ limit", "→ fastmta", "headroom over fastmta"]]
+    for sc, label in acc["scenarios"].items():
+        for drv in ("smtp-source", "fastmta-load"):
+            by = acc["summary"].get(sc, {}).get(drv, {})
+            med = {s: by.get(s, {}).get("rate", {}).get("median") for s in ("smtp-sink", "limit", "fastmta")}
+            if not med["smtp-sink"] and not med["limit"]:
+                continue
+            top = max(v for v in (med["smtp-sink"], med["limit"]) if v)
+            room = f"{top / med['fastmta']:.1f}×" if med["fastmta"] else "–"
+            rows.append([label, drv, *(f"{v:,.0f}" if v else "–" for v in med.values()), room])
+    if len(rows) == 1:
+        return []
+    return [
+        "",
+        "**Load tools' ceiling** (msg/s; the generator must outrun the server it measures)",
+        "",
+        *_md(rows),
+    ]
+
+
 def relay_tables(rel: dict[str, Any]) -> list[str]:
     out = ["", f"**End-to-end relay** (smtp-source → MTA → smtp-sink, 4 KiB, 50 connections, "
            f"{rel['count_per_run']} msgs per run): msg/s from first sent to last received", ""]  # fmt: skip
@@ -158,6 +239,23 @@ def spool_lines(sp: dict[str, Any]) -> list[str]:
     return out
 
 
+def parser_lines(pa: dict[str, Any]) -> list[str]:
+    """bench/parser.py: MB/s per workload and implementation, with the Cython ratios."""
+    results = pa.get("results", [])
+    impls: list[str] = []
+    for res in results:
+        impls += [k for k in res.get("mb_per_s", {}) if k not in impls]
+    out = ["", f"**Parser** (MB/s, median of {pa.get('reps', '?')}; Cython vs pure twin vs baselines)", ""]
+    rows = [["workload", *impls, "Cython ÷ others"]]
+    for res in results:
+        ratios = ", ".join(
+            f"{k[len('cython_vs_') :]} {v:.2f}×" for k, v in res.items() if k.startswith("cython_vs_")
+        )
+        speeds = [f"{res['mb_per_s'][i]:,.0f}" if i in res["mb_per_s"] else "–" for i in impls]
+        rows.append([res["workload"], *speeds, ratios])
+    return out + _md(rows)
+
+
 def generic_lines(name: str, data: dict[str, Any]) -> list[str]:
     """Benches this report does not know in detail: their throughput-like numbers, flattened."""
     found: list[str] = []
@@ -193,15 +291,18 @@ def render(result: dict[str, Any]) -> str:
     if result.get("note"):
         lines.append(f"note: {result['note']}")
     benches = result.get("benches", {})
+    lines += goal_lines(benches)
     for name, data in benches.items():
         if "error" in data:
             lines += ["", f"**{name}**: failed: {data['error']}"]
         elif name == "accept":
-            lines += accept_tables(data)
+            lines += accept_tables(data) + metrics_cost_lines(data) + stored_lines(data) + ceiling_lines(data)
         elif name == "relay":
             lines += relay_tables(data)
         elif name == "spool":
             lines += spool_lines(data)
+        elif name == "parser" and "results" in data:
+            lines += parser_lines(data)
         else:
             lines += generic_lines(name, data)
     return "\n".join(lines) + "\n"
