@@ -111,7 +111,10 @@ def main(argv: list[str]) -> int:
         return _fail(EX_NOUSER, str(e))
     if not rcpts:
         return _fail(EX_USAGE, "no recipients (use --to, --cc or --bcc)")
-    body = args.body if args.body is not None else ("" if sys.stdin.isatty() else sys.stdin.read())
+    if args.body is not None:
+        body = args.body
+    else:  # stdin as UTF-8 whatever the locale; a pipe from cron may be anything
+        body = "" if sys.stdin.isatty() else sys.stdin.buffer.read().decode("utf-8", "replace")
     try:
         msg = compose_message(args, sender, hostname, body)
     except OSError as e:
