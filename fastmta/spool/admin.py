@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import lmdb
 
@@ -46,7 +47,7 @@ def iter_envelopes(store: Store, on_damaged: Callable[[str, str], None] | None =
             for key, value in cur:
                 if key == after:
                     continue
-                rows.append((key, value))
+                rows.append((cast(bytes, key), cast(bytes, value)))
                 if len(rows) >= page:
                     break
         if not rows:
@@ -72,13 +73,14 @@ def headers(body: bytes | None) -> bytes:
 def first_chunk(store: Store, msg_id: str) -> bytes | None:
     """The start of a body (enough for its headers) without reading a 50 MiB message whole."""
     with store.read() as txn:
-        return txn.get(msg_id.encode("ascii") + b"\x00\x00", db=store.bodies)
+        return cast("bytes | None", txn.get(msg_id.encode("ascii") + b"\x00\x00", db=store.bodies))
 
 
 def apply(store: Store, ids: Iterable[str], fn: Callable[[Store, lmdb.Transaction, bytes], bool],
           page: int = 200) -> tuple[int, list[str]]:  # fmt: skip
     """Run ``fn`` on each id, ``page`` ids per write transaction; (changed, ids not found)."""
-    changed, missing = 0, []
+    changed = 0
+    missing: list[str] = []
     batch: list[str] = []
 
     def flush() -> None:

@@ -121,7 +121,7 @@ class Committer:
             theirs.close()
         self._raw = ours.dup()  # to shut down the write side without the loop (close())
         transport, link = await self.loop.create_unix_connection(lambda: _Link(self), sock=ours)
-        self._transport, self._link = transport, link  # type: ignore[assignment]
+        self._transport, self._link = transport, link
         msg = await asyncio.wait_for(link.ready, 60)
         if "error" in msg:
             self.failure = str(msg["error"])

@@ -122,7 +122,7 @@ def check(data: bytes | memoryview) -> bool:
     if len(data) < _CRC.size + _HDR.size:
         return False
     version, crc = _CRC.unpack_from(data, 0)
-    return version == VERSION and zlib.crc32(memoryview(data)[_CRC.size :]) == crc
+    return bool(version == VERSION and zlib.crc32(memoryview(data)[_CRC.size :]) == crc)
 
 
 def decode(msg_id: str, data: bytes | memoryview) -> Envelope:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from fastmta import metrics
 from fastmta.spool import ops, records
@@ -37,7 +38,8 @@ def recover(store: Store) -> RecoveryReport:
     missing: list[bytes] = []
     with store.read() as txn:
         sched = txn.cursor(store.sched)
-        for key, value in txn.cursor(store.envs).iternext():
+        for k, value in txn.cursor(store.envs).iternext():
+            key = cast(bytes, k)
             if len(key) != ID_LEN or not records.check(value):
                 bad.append(key)
                 continue

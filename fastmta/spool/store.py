@@ -28,6 +28,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import lmdb
 
@@ -174,16 +175,16 @@ class Store:
 
     def envelope_raw(self, id_b: bytes) -> bytes | None:
         with self.read() as txn:
-            return txn.get(id_b, db=self.envs)
+            return cast("bytes | None", txn.get(id_b, db=self.envs))
 
     def body(self, id_b: bytes) -> bytes | None:
         with self.read() as txn:
             cur = txn.cursor(self.bodies)
             if not cur.set_key(id_b + b"\x00\x00"):
                 return None
-            parts = [cur.value()]
+            parts: list[bytes] = [cast(bytes, cur.value())]
             while cur.next() and cur.key()[:ID_LEN] == id_b:
-                parts.append(cur.value())
+                parts.append(cast(bytes, cur.value()))
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def due(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str]]:
@@ -194,7 +195,8 @@ class Store:
             cur = txn.cursor(self.sched)
             if not cur.set_range(start):
                 return out
-            for key in cur.iternext(values=False):
+            for k in cur.iternext(values=False):
+                key = cast(bytes, k)
                 if key[:8] > hi:
                     break
                 if key == start:

@@ -123,7 +123,9 @@ class BatchWriter:
     def _write(self, batch: list[Request]) -> list[tuple[int, Any]]:
         """One transaction: a handful of calls for all puts, one function per operation."""
         results: list[tuple[int, Any]] = []
-        envs, bodies, sched = [], [], []
+        envs: list[tuple[bytes, bytes | memoryview]] = []
+        bodies: list[tuple[bytes, bytes | memoryview]] = []
+        sched: list[tuple[bytes, bytes]] = []
         store = self.store
         with store.write() as txn:
             for req in batch:
