@@ -256,6 +256,23 @@ def parser_lines(pa: dict[str, Any]) -> list[str]:
     return out + _md(rows)
 
 
+def profile_lines(pr: dict[str, Any]) -> list[str]:
+    """bench/profile.py: server CPU µs per accepted message, split by area (py-spy samples)."""
+    scen = pr.get("scenarios", {})
+    areas: list[str] = []
+    for res in scen.values():
+        areas += [a for a in res.get("us_per_msg_by_area", {}) if a not in areas]
+    out = ["", "**Where fastmta's accept CPU goes** (µs per message by area, py-spy --native; "
+           "spool writer = the separate writer process)", ""]  # fmt: skip
+    rows = [["scenario", "total µs/msg", *areas, "spool writer", "in syscalls"]]
+    for name, res in scen.items():
+        by = res.get("us_per_msg_by_area", {})
+        rows.append([name, f"{res.get('cpu_us_per_msg') or 0:,.0f}", *(f"{by.get(a, 0):,.1f}" for a in areas),
+                     f"{res.get('us_per_msg_spool_writer_process', 0):,.1f}",
+                     f"{res.get('syscall_share', 0) * 100:.0f} %"])  # fmt: skip
+    return out + _md(rows)
+
+
 def generic_lines(name: str, data: dict[str, Any]) -> list[str]:
     """Benches this report does not know in detail: their throughput-like numbers, flattened."""
     found: list[str] = []
@@ -303,6 +320,8 @@ def render(result: dict[str, Any]) -> str:
             lines += spool_lines(data)
         elif name == "parser" and "results" in data:
             lines += parser_lines(data)
+        elif name == "profile" and "scenarios" in data:
+            lines += profile_lines(data)
         else:
             lines += generic_lines(name, data)
     return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], float, float]] = {
     "spool": ("spool.py", ["--quick"], [], 180, 1800),
     "accept": ("accept.py", ["--quick"], [], 450, 3600),
     "relay": ("relay.py", ["--quick"], [], 240, 3600),
+    "profile": ("profile.py", ["--quick"], [], 90, 300),
 }
 
 
