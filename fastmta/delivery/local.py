@@ -58,6 +58,7 @@ class SpoolReader(Protocol):
 # --- addresses and the recipient list ---------------------------------------------
 
 _MAX_USER_BYTES = 64  # RFC 5321 §4.5.3.1.1
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DOMAIN_RE = re.compile(r"^[^./\\\x00-\x20\x7f][^/\\\x00-\x20\x7f]*$")
 
 
@@ -94,7 +95,13 @@ def normalise_user(local: str) -> str | None:
 
 
 def mailbox_of(addr: str) -> tuple[str, str] | None:
-    """(domain, user) of a recipient address, both safe as path components; None if unsafe."""
+    """(domain, user) of a recipient address, both safe as path components; None if unsafe.
+
+    Control characters anywhere (the ``+tag`` too) refuse it: the address goes into
+    a ``Delivered-To:`` line and must not be able to add header lines of its own.
+    """
+    if _CONTROL_RE.search(addr):
+        return None
     local, domain = split_address(addr)
     domain = domain.lower().rstrip(".")
     user = normalise_user(local)
@@ -416,7 +423,8 @@ class LocalDeliverer:
         text = body.replace(b"\r\n", b"\n")
         end = text.find(b"\n\n")
         seen = _header_values(text if end < 0 else text[: end + 1], b"Delivered-To")
-        return_path = b"Return-Path: <" + envelope.sender.encode("utf-8", "surrogateescape") + b">\n"
+        sender = _CONTROL_RE.sub("", envelope.sender)  # header-safe, whatever the spool holds
+        return_path = b"Return-Path: <" + sender.encode("utf-8", "surrogateescape") + b">\n"
         loop = asyncio.get_running_loop()
         outcomes: dict[int, Outcome] = {}
         jobs = []
@@ -542,7 +550,8 @@ class LocalDeliverer:
         some per-recipient replies keeps those (no duplicate for a delivered one).
         """
         params = envelope.params or {}
-        mail = b"MAIL FROM:<" + envelope.sender.encode("utf-8", "surrogateescape") + b">"
+        sender = _CONTROL_RE.sub("", envelope.sender)  # never a second command line
+        mail = b"MAIL FROM:<" + sender.encode("utf-8", "surrogateescape") + b">"
         if params.get("BODY") and "8BITMIME" in conn.ext:
             mail += b" BODY=" + str(params["BODY"]).encode()
         if "SMTPUTF8" in params and "SMTPUTF8" in conn.ext:

@@ -270,3 +270,15 @@ def test_connection_metrics(lmtp_server: Callable[..., Any], tmp_path: Path) -> 
     assert sample(active) == before_active  # every connection closed is counted down once
     assert sample(ok, result="ok") == before_ok + on  # one reused session for both messages
     assert sample(ok, result="refused") == before_refused + on
+
+
+def test_control_characters_never_reach_the_lmtp_command_stream(
+    lmtp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    srv = lmtp_server()
+    env = Envelope("X1", "a@x.test>\r\nRSET\r\nMAIL FROM:<evil@x.test", [Recipient("ok@local.test"),
+                   Recipient("b+\r\nDATA@local.test")])  # fmt: skip
+    [out] = run(make_cfg(tmp_path, srv.spec), env)
+    assert isinstance(out[1], Bounced) and out[1].reply.enhanced == "5.1.3"  # refused before LMTP
+    assert out[0].reply.code == 501  # one (odd) MAIL command, refused by the server: no injection
+    assert not any(c.startswith(("RSET", "DATA")) or "evil" in c for c in srv.commands)

@@ -108,8 +108,10 @@ def test_normalise_user(local: str, user: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "addr", ["bob@../x", "bob@a/b", "bob@.local.test", "bob@", "bob@a..b", "bob@lo\x00cal.test", "nobody"]
-)
+    "addr",
+    ["bob@../x", "bob@a/b", "bob@.local.test", "bob@", "bob@a..b", "bob@lo\x00cal.test", "nobody",
+     "bob+x\r\nX-Evil: 1@local.test", "bob+\x7f@local.test"],
+)  # fmt: skip
 def test_mailbox_of_refuses_unsafe_domains(addr: str) -> None:
     assert mailbox_of(addr) is None
 
@@ -268,6 +270,13 @@ def test_delivers_with_return_path_and_delivered_to(tmp_path: Path) -> None:
     assert parsed["Subject"] == "hi" and parsed.get_payload() == "line 1\n.dot line\n"
     [alice] = messages(tmp_path / "mail" / "other.test" / "alice")
     assert b"Delivered-To: alice@other.test\n" in alice
+
+
+def test_sender_cannot_inject_header_lines(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    deliver(cfg, envelope("bob@local.test", sender="a@x.test>\nX-Evil: 1\n<"))
+    [msg] = messages(tmp_path / "mail" / "local.test" / "bob")
+    assert msg.startswith(b"Return-Path: <a@x.test>X-Evil: 1<>\nDelivered-To: bob@local.test\n")
 
 
 def test_null_sender_gets_empty_return_path(tmp_path: Path) -> None:
