@@ -111,3 +111,66 @@ def test_run_py_writes_json_chart_and_table(tmp_path: Path) -> None:
     assert (tmp_path / result_file.with_suffix(".png").name).read_bytes()[:4] == b"\x89PNG"
     out = out_b.decode()
     assert "fastmta ÷ postfix" in out and "End-to-end relay" in out and "Drain" in out and "smoke test" in out
+
+
+def test_profile_charges_samples_to_areas() -> None:
+    from bench import profile
+
+    srv = 'process 10:"python -m fastmta serve"'
+    writer = f'{srv};process 11:"python -c writer"'
+    rx = f"{srv};main (fastmta/cli.py:1);data_received (fastmta/smtp/protocol.py:9)"
+    raw = "\n".join([
+        f"{rx};feed (fastmta/_parser.pyx:5) 4",
+        f"{rx};write (libc.so.6) 3",
+        f"{srv};_mail (fastmta/smtp/session.py:3);inc (prometheus_client/values.py:2) 2",
+        f"{srv};uv_run (core.c:464);epoll_pwait (libc.so.6) 50",
+        f"{srv};uv_run (core.c:464);uv__read (stream.c:1) 1",
+        f"{writer};serve (fastmta/spool/writer.py:1);fdatasync (libc.so.6) 5",
+        f"{writer};serve (fastmta/spool/writer.py:1);recv (libc.so.6) 7",
+        f"{writer};serve (fastmta/spool/writer.py:1);epoll_wait (libc.so.6) 9",
+        "garbage line",
+    ])  # fmt: skip
+    res = profile.analyse(raw, 10)
+    assert res["samples"] == 10 and res["idle_samples"] == 50
+    assert res["child_process_samples"] == 12  # its epoll wait is idle
+    assert res["shares"] == {"parser": 0.4, "protocol": 0.3, "metrics+log": 0.2, "event loop+other": 0.1}
+    assert res["syscall_share"] == 0.3
+    assert res["top_leaves"][0] == ["feed (_parser.pyx)", 0.4]
+
+
+def test_report_targets_ratios_and_stored_check() -> None:
+    from bench import accept, report
+
+    def cell(rate: float) -> dict[str, object]:
+        return {"reps": 1, "good_reps": 1, "rate": {"median": rate, "min": rate, "max": rate},
+                "mb_s": {"median": rate / 100, "min": rate / 100, "max": rate / 100}}  # fmt: skip
+
+    summary = {
+        "4k-50c-1m": {"smtp-source": {"fastmta": cell(5000), "postfix": cell(1000), "limit": cell(8000)}},
+        "4k-50c-100m": {"smtp-source": {"fastmta": cell(3000), "postfix": cell(1000), "limit": cell(9000)}},
+    }
+    runs = [
+        {"system": "fastmta", "ok": 7, "driver": "smtp-source"},
+        {"system": "postfix", "ok": 5, "driver": "x"},
+    ]
+    acc = {"summary": summary, "ratios": accept.ratios(summary), "systems": ["fastmta", "postfix", "limit"],
+           "scenarios": {k: k for k in summary}, "reps": 1, "runs": runs,
+           "stored_check": {"fastmta": 7, "postfix": 4, "limit": None}}  # fmt: skip
+    assert acc["ratios"]["4k-50c-1m"]["smtp-source"] == {"postfix": 5.0, "limit": 0.62}
+    text = "\n".join(report.goal_lines({"accept": acc}) + report.stored_lines(acc))
+    assert "| accept 4k-50c-1m: fastmta ≥ 4× postfix | 5.00× | – | yes |" in text
+    assert "| accept 4k-50c-100m: fastmta ≥ 10× postfix | 3.00× | – | **no** |" in text
+    assert "fastmta 7/7, postfix 4/5 **MISMATCH**" in text
+
+
+def test_accept_run_sizes_and_order() -> None:
+    from bench import accept
+
+    sc = accept.Scenario("x", 4096, 50, 100)
+    assert accept.plan_count(sc, 0, 0, 30_000) == 1000  # the floor: 10 rounds of 2 per connection
+    assert accept.plan_count(sc, 4321, 1.0, 30_000) == 4300  # whole rounds of 50 connections
+    assert accept.plan_count(sc, 1e6, 1.0, 30_000) == 30_000
+    systems = ["a", "b", "c"]
+    orders = [accept.order(systems, r) for r in range(3)]
+    assert orders == [["a", "b", "c"], ["a", "c", "b"], ["c", "a", "b"]]
+    assert {o[0] for o in orders} == {"a", "c"} and all(sorted(o) == systems for o in orders)
