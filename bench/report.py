@@ -327,6 +327,53 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme(result: dict[str, Any]) -> str:
+    """The short table for README's "Performance" section (accept by smtp-source, relay, drain)."""
+    m = result["machine"]
+    benches = result.get("benches", {})
+    lines = [
+        f"`{result.get('command', 'bench/run.py')}` on {result['date']}: "
+        f"{m['usable_cores']} cores {m['cpu_model']}, "
+        f"Linux {m['kernel']}, Python {m['python']}, Postfix {m['versions'].get('postfix', '?')}, "
+        f"aiosmtpd {m['versions'].get('aiosmtpd', '?')}; load average "
+        f"{m['load_average_at_start'][0]} at start{'; ' + result['note'] if result.get('note') else ''}. "
+        "Medians of 3 runs (msg/s, smtp-source); ratios are what to compare.",
+        "",
+    ]
+    acc = benches.get("accept", {})
+    if "summary" in acc:
+        cols = [
+            s
+            for s in ("fastmta", "postfix", "aiosmtpd-sink", "aiosmtpd-durable", "limit")
+            if s in acc["systems"]
+        ]
+        rows = [["accept (durable)", *cols, "÷ Postfix", "÷ limit", "p99 ms fastmta / Postfix"]]
+        for sc, label in acc["scenarios"].items():
+            by = acc["summary"].get(sc, {}).get("smtp-source", {})
+            lat = acc["summary"].get(sc, {}).get("fastmta-load", {})
+            rat = acc["ratios"].get(sc, {}).get("smtp-source", {})
+            p99 = [lat.get(s, {}).get("p99_ms", {}).get("median") for s in ("fastmta", "postfix")]
+            rows.append([label, *(f"{by[s]['rate']['median']:,.0f}" if s in by and "rate" in by[s] else "–"
+                                  for s in cols),
+                         *(f"{rat[p]:.2f}×" if p in rat else "–" for p in ("postfix", "limit")),
+                         " / ".join(f"{v:g}" if v is not None else "–" for v in p99)])  # fmt: skip
+        lines += _md(rows)
+    rel = benches.get("relay", {})
+    if "summary" in rel:
+        lines += [""]
+        rows = [["relay end to end", "fastmta", "postfix", "÷ Postfix"]]
+        for sc, cell in rel["summary"].items():
+            ratio = rel["ratios_fastmta_over_postfix"].get(sc)
+            rates = [f"{cell[s]['median']:,.0f}" if s in cell else "–" for s in ("fastmta", "postfix")]
+            rows.append([sc, *rates, f"{ratio:.2f}×" if ratio else "–"])
+        lines += _md(rows)
+        d = rel.get("drain") or {}
+        if "rate" in d:
+            lines += ["", f"Drain of {d['queued']:,} queued messages: {d['rate']:,.0f} msg/s over "
+                      f"{d['connections_opened']} connections, peak RSS {d['peak_rss_mb']} MiB."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def chart(result: dict[str, Any], path: Path) -> None:
     """Throughput and p99 latency per scenario and system (accept), plus relay rates; one PNG."""
     import matplotlib
@@ -389,9 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("result", help="a bench/results/<date>.json file")
     ap.add_argument("--png", help="also write the chart here")
+    ap.add_argument("--readme", action="store_true", help="print only the short README table")
     args = ap.parse_args(argv)
     result = json.loads(Path(args.result).read_text())
-    print(render(result))
+    print(readme(result) if args.readme else render(result))
     if args.png:
         chart(result, Path(args.png))
     return 0
