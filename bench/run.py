@@ -1,12 +1,13 @@
 # SPDX-License-Identifier: MIT
-"""The one benchmark command: parser, spool, accept and relay, then a table, JSON and a chart.
+"""The one benchmark command: parser, spool, accept, relay and profile; then a table, JSON and a chart.
 
     .venv/bin/python bench/run.py [--quick] [--only accept,relay] [--reps 3]
 
 Each bench runs as its own subprocess with ``--json`` (its progress lines go to
 this terminal) under a wall-clock bound, so one broken bench is reported and the
-others still run. Writes ``bench/results/<date>.json`` and ``<date>.png`` and
-prints the Markdown report (the README "Performance" table comes from it).
+others still run. Writes ``bench/results/<date>.json``, ``<date>.md`` (the
+Markdown report it also prints) and ``<date>.png``; ``bench/report.py
+<date>.json --readme`` gives the short table of README's "Performance" section.
 ``--quick`` finishes in under 10 minutes on 2 cores.
 """
 
@@ -33,7 +34,7 @@ from bench import peers, report  # noqa: E402
 BENCHES: dict[str, tuple[str, list[str], list[str], float, float]] = {
     "parser": ("parser.py", ["--reps", "5"], [], 120, 900),
     "spool": ("spool.py", ["--quick"], [], 180, 1800),
-    "accept": ("accept.py", ["--quick"], [], 450, 3600),
+    "accept": ("accept.py", ["--quick"], ["--full"], 450, 7200),
     "relay": ("relay.py", ["--quick"], [], 240, 3600),
     "profile": ("profile.py", ["--quick"], [], 90, 300),
 }
@@ -120,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out_dir / f"{result['date']}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     png_path = out_dir / f"{result['date']}.png"
+    text = report.render(result)
+    (out_dir / f"{result['date']}.md").write_text(text)
     try:
         report.chart(result, png_path)
     except Exception as e:  # a chart problem must not lose the numbers
         print(f"chart failed: {type(e).__name__}: {e}", file=sys.stderr)
-    print(report.render(result))
-    print(f"wrote {json_path} and {png_path} in {result['elapsed_s']} s", file=sys.stderr)
+    print(text)
+    print(f"wrote {json_path}, .md and .png in {result['elapsed_s']} s", file=sys.stderr)
     return 0 if all("error" not in b for b in result["benches"].values()) else 1
 
 
