@@ -66,9 +66,9 @@ class Stats:
     connections: int = 0
     connect_failures: int = 0
     elapsed: float = 0.0
-    connect: array = field(default_factory=lambda: array("d"))  # TCP connect → banner
-    data: array = field(default_factory=lambda: array("d"))  # end of DATA sent → its reply
-    txn: array = field(default_factory=lambda: array("d"))  # MAIL sent → reply to end of DATA
+    connect: array[float] = field(default_factory=lambda: array("d"))  # TCP connect → banner
+    data: array[float] = field(default_factory=lambda: array("d"))  # end of DATA sent → its reply
+    txn: array[float] = field(default_factory=lambda: array("d"))  # MAIL sent → reply to end of DATA
     errors: Counter[str] = field(default_factory=Counter)  # reply code or failure kind → count
 
     def merge(self, other: Stats) -> None:
@@ -219,6 +219,10 @@ class _Client(asyncio.Protocol):
         self.t_mail = 0.0
         self.t_body = 0.0
         self.payload = b""
+
+    def factory(self) -> Callable[[], _Client]:
+        """``create_connection`` wants a factory; this connection is already built."""
+        return lambda: self
 
     # -- transport callbacks -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -482,7 +486,7 @@ class _Run:
             client = _Client(self, time.perf_counter())
             try:
                 await asyncio.wait_for(
-                    self.loop.create_connection(lambda c=client: c, spec.host, spec.port),
+                    self.loop.create_connection(client.factory(), spec.host, spec.port),
                     spec.timeout,
                 )
             except (TimeoutError, OSError) as e:
