@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -171,3 +172,31 @@ def test_start_errors(tmp_path: Path) -> None:
                        '[metrics]\naddress = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n')  # fmt: skip
         r = run_fastmta("serve", "--config", str(cfg))
     assert r.returncode == 1 and b"cannot start" in r.stderr
+
+
+def test_metrics_per_listener(tmp_path: Path) -> None:
+    mport = free_port()
+    extra = f'[metrics]\naddress = "127.0.0.1:{mport}"\n[policy]\nrelay_networks = []\nlocal_domains = ["l.test"]\n'
+    with running(tmp_path, extra) as srv:
+        with RawClient(srv.host, srv.port) as c:
+            c.cmd(b"EHLO m.test")
+            c.cmd(b"MAIL FROM:<a@x.test>")
+            assert c.cmd(b"RCPT TO:<b@far.test>").startswith(b"554")
+            c.cmd(b"RCPT TO:<b@l.test>")
+            c.cmd(b"DATA")
+            assert c.cmd(b"Subject: m\r\n\r\nx\r\n.").startswith(b"250")
+            c.cmd(b"BOGUS")
+        time.sleep(0.2)
+        text = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{mport}/metrics"], capture_output=True,
+                              text=True, timeout=10).stdout  # fmt: skip
+        assert f"http://127.0.0.1:{mport}/metrics" in srv.proc.stderr()
+    want = [
+        'fastmta_messages_received_total{listener="mx"} 1.0',
+        'fastmta_messages_rejected_total{listener="mx",reason="relay_denied"} 1.0',
+        'fastmta_messages_rejected_total{listener="mx",reason="syntax"} 1.0',
+        'fastmta_smtp_connections_active{listener="mx"} 0.0',
+    ]
+    for line in want:
+        assert line in text, line
+    # the start-up probes of the test harness connect too
+    assert re.search(r'^fastmta_smtp_connections_total\{listener="mx"\} [1-9]', text, re.M)

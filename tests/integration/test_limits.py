@@ -189,3 +189,54 @@ def test_data_timeout(srv: Running) -> None:
         assert c.reply().startswith(b"421 4.4.2")
         assert time.monotonic() - t0 >= 1.0
     assert len(srv.bodies()) == before  # the cut message was not queued
+
+
+def test_spool_full_is_452(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("full")
+    extra = f'[spool]\npath = "{tmp / "spool"}"\nmap_size = "2MiB"\nmax_map_size = "2MiB"\n'
+    with running(tmp, extra) as srv, RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO f.test")
+        body = (b"z" * 998 + b"\r\n") * 200  # 200 KB
+        replies = []
+        for _ in range(30):
+            c.cmd(b"MAIL FROM:<a@x.test>")
+            c.cmd(b"RCPT TO:<b@y.test>")
+            reply = c.cmd(b"DATA")
+            if reply.startswith(b"354"):
+                c.send(body)
+                reply = c.cmd(b".")
+            replies.append(reply)
+            if reply.startswith(b"452"):
+                break
+            c.cmd(b"RSET")
+        assert replies[0].startswith(b"250 2.0.0 Ok: queued")
+        assert replies[-1] == b"452 4.3.1 Insufficient system storage, try again later\r\n"
+        assert c.cmd(b"RSET").startswith(b"250") and c.cmd(b"NOOP").startswith(b"250")  # session goes on
+
+
+def test_memory_bounded_when_the_client_never_reads(srv: Running) -> None:
+    """A client that floods commands and never reads replies: the server stops reading, RSS stays flat."""
+
+    def rss_kib() -> int:
+        for line in open(f"/proc/{srv.proc.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    before = rss_kib()
+    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    sent, chunk = 0, b"NOOP\r\n" * 10_000
+    deadline = time.monotonic() + 3
+    while sent < 50 * 1024**2 and time.monotonic() < deadline:
+        try:
+            sent += s.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    grown = rss_kib() - before
+    s.close()
+    assert sent < 50 * 1024**2  # the server stopped taking bytes: TCP back-pressure reached the client
+    assert grown < 20 * 1024, f"server RSS grew {grown} KiB"
+    with RawClient(srv.host, srv.port) as c:
+        assert c.cmd(b"NOOP").startswith(b"250")
