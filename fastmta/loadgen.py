@@ -91,7 +91,7 @@ class Stats:
         """The JSON report: throughput, percentiles and histograms in ms, errors by code."""
         out: dict[str, Any] = {}
         if spec is not None:
-            out["target"] = f"{spec.host}:{spec.port}"
+            out["target"] = f"[{spec.host}]:{spec.port}" if ":" in spec.host else f"{spec.host}:{spec.port}"
             out["connections"] = spec.connections
             out["per_connection"] = spec.per_connection
             out["size"] = round(sum(map(len, spec.messages)) / max(1, len(spec.messages)))
