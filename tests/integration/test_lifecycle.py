@@ -176,7 +176,8 @@ def test_start_errors(tmp_path: Path) -> None:
 
 def test_metrics_per_listener(tmp_path: Path) -> None:
     mport = free_port()
-    extra = f'[metrics]\naddress = "127.0.0.1:{mport}"\n[policy]\nrelay_networks = []\nlocal_domains = ["l.test"]\n'
+    extra = f'[metrics]\naddress = "127.0.0.1:{mport}"\n'
+    extra += '[policy]\nrelay_networks = []\nlocal_domains = ["l.test"]\n'
     with running(tmp_path, extra) as srv:
         with RawClient(srv.host, srv.port) as c:
             c.cmd(b"EHLO m.test")

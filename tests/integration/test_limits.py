@@ -7,6 +7,7 @@ import smtplib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -218,7 +219,7 @@ def test_memory_bounded_when_the_client_never_reads(srv: Running) -> None:
     """A client that floods commands and never reads replies: the server stops reading, RSS stays flat."""
 
     def rss_kib() -> int:
-        for line in open(f"/proc/{srv.proc.proc.pid}/status"):
+        for line in Path(f"/proc/{srv.proc.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
