@@ -223,7 +223,7 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
     """
     import lmdb
 
-    from fastmta.spool import admin, records
+    from fastmta.spool import admin, records, shards
     from fastmta.spool.records import Envelope, Recipient
     from fastmta.spool.store import body_items, is_no_space, sched_key
 
@@ -234,7 +234,7 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
     )  # fmt: skip
     id_b = msg_id.encode("ascii")
     try:
-        store = admin.open_store(cfg.spool)
+        store = admin.open_store(shards.injection_config(cfg))
     except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
         raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
     try:
@@ -257,8 +257,11 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
 
 def spool_writable(cfg: Config) -> bool:
     """May this user write into the spool, and does it exist? A missing spool is never
-    created here: a cron job's stray ``./fastmta-spool`` would be read by no server."""
-    path = cfg.spool.path
+    created here: a cron job's stray ``./fastmta-spool`` would be read by no server.
+    With several workers it is this process's shard (spool/shards.py)."""
+    from fastmta.spool import shards
+
+    path = shards.injection_config(cfg).path
     files = [os.path.join(path, "data.mdb"), os.path.join(path, "lock.mdb")]
     return all(os.path.isfile(f) and os.access(f, os.R_OK | os.W_OK) for f in files) and os.access(
         path, os.W_OK | os.X_OK

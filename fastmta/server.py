@@ -127,10 +127,14 @@ class Server:
         self.stopping = True
         self._stop.set()
 
+    def load_config(self) -> Config:
+        """The configuration a SIGHUP applies (a worker narrows it to its share)."""
+        return config_mod.load(self.config_path)
+
     def reload(self) -> None:
         """SIGHUP: new policy, limits, users and certificates for new sessions; nobody is dropped."""
         try:
-            cfg = config_mod.load(self.config_path)
+            cfg = self.load_config()
             users = Users.load(cfg.policy.users_file)
             if self.ssl_context is not None:
                 tls.reload(self.ssl_context, cfg)

@@ -2,7 +2,8 @@
 """``fastmta queue list|show|flush|delete|bounce|stats``: inspect and steer the spool.
 
 Works while ``serve`` runs (LMDB is multi-process; the server sees a flush or a
-delete within about a second) and when it does not. ``list`` streams, so a queue
+delete within about a second) and when it does not, over every spool shard on
+disk (``<path>`` and ``<path>/<n>/`` of ``[server] workers``, spool/shards.py). ``list`` streams, so a queue
 of a million messages prints without being loaded. Exit status: 0 done, 1 some
 ids not found (or no spool), 2 bad configuration, 64 usage.
 """
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastmta.commands import add_config_arg, load_config_or_exit
-from fastmta.spool import admin, ops, records
+from fastmta.spool import admin, ops, records, shards
 from fastmta.spool.ids import is_valid
 from fastmta.spool.records import Envelope
 from fastmta.spool.store import Store
@@ -79,30 +80,31 @@ def main(argv: list[str]) -> int:
     if args.cmd == "flush" and ids and args.domain:
         print("fastmta queue flush: give ids or --domain, not both", file=sys.stderr)
         return EX_USAGE
-    if not admin.exists(cfg):
+    if not shards.present(cfg):
         if args.cmd in ("list", "stats"):
             return _stats_empty(args) if args.cmd == "stats" else 0
         print(f"fastmta queue: no spool at {cfg.path}", file=sys.stderr)
         return 1
-    store = admin.open_store(cfg)
+    stores = shards.open_all(cfg)
     try:
-        return _COMMANDS[args.cmd](store, args, ids)
+        return _COMMANDS[args.cmd](stores, args, ids)
     except BrokenPipeError:  # `fastmta queue list | head`: the reader has what it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        store.close()
+        for store in stores:
+            store.close()
 
 
 def _warn_damaged(msg_id: str, why: str) -> None:
     print(f"fastmta queue: {msg_id}: damaged record ({why}); the server quarantines it", file=sys.stderr)
 
 
-def _list(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
+def _list(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
     out = sys.stdout
     if not args.json:
         out.write(f"{'ID':<16} {'Size':>9} {'Arrived':<20} {'Next attempt':<20} {'Tries':>5}  Sender\n")
-    for n, env in enumerate(admin.iter_envelopes(store, _warn_damaged)):
+    for n, env in enumerate(shards.iter_envelopes(stores, _warn_damaged)):
         if args.json:
             out.write(json.dumps(row(env), ensure_ascii=False) + "\n")
         else:
@@ -119,9 +121,10 @@ def _list(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
     return 0
 
 
-def _show(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
-    raw = store.envelope_raw(args.id.encode("ascii"))
-    if raw is None:
+def _show(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    store = shards.locate(stores, args.id)
+    raw = None if store is None else store.envelope_raw(args.id.encode("ascii"))
+    if store is None or raw is None:
         print(f"fastmta queue: {args.id}: not in the queue", file=sys.stderr)
         return 1
     env = records.decode(args.id, raw)
@@ -162,25 +165,35 @@ def _report(verb: str, changed: int, missing: list[str]) -> int:
     return 1 if missing else 0
 
 
-def _flush(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
-    if args.domain:
-        targets: Any = list(admin.ids_for_domain(store, args.domain))
-    elif ids:
-        targets = ids
-    else:
-        targets = (env.id for env in admin.iter_envelopes(store, _warn_damaged))
-    changed, missing = admin.apply(store, targets, admin.flush_fn(time.time()))
-    return _report("flushed", changed, missing)
+def _flush(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    now = time.time()
+    if ids:
+        return _report("flushed", *_apply_ids(stores, ids, admin.flush_fn(now)))
+    changed = 0
+    for store in stores:
+        if args.domain:
+            targets: Any = list(admin.ids_for_domain(store, args.domain))
+        else:
+            targets = (env.id for env in admin.iter_envelopes(store, _warn_damaged))
+        changed += admin.apply(store, targets, admin.flush_fn(now))[0]
+    return _report("flushed", changed, [])
 
 
-def _delete(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
-    changed, missing = admin.apply(store, ids, ops.remove)
-    return _report("deleted", changed, missing)
+def _apply_ids(stores: list[Store], ids: list[str], fn: Any) -> tuple[int, list[str]]:
+    """``admin.apply`` over every shard: an id is missing only if no shard held it."""
+    changed, missing = 0, ids
+    for store in stores:
+        n, missing = admin.apply(store, missing, fn)
+        changed += n
+    return changed, missing
 
 
-def _bounce(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
-    changed, missing = admin.apply(store, ids, admin.bounce_fn(time.time()))
-    return _report("bounce requested for", changed, missing)
+def _delete(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    return _report("deleted", *_apply_ids(stores, ids, ops.remove))
+
+
+def _bounce(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    return _report("bounce requested for", *_apply_ids(stores, ids, admin.bounce_fn(time.time())))
 
 
 def _stats_doc(st: admin.Stats) -> dict[str, Any]:
@@ -192,8 +205,8 @@ def _stats_doc(st: admin.Stats) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _stats(store: Store, args: argparse.Namespace, ids: list[str]) -> int:
-    return _print_stats(_stats_doc(admin.stats(store)), args.json)
+def _stats(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    return _print_stats(_stats_doc(shards.merged_stats(stores)), args.json)
 
 
 def _stats_empty(args: argparse.Namespace) -> int:

@@ -18,17 +18,32 @@ def main(argv: list[str]) -> int:
     cfg = load_config_or_exit(args.config)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
 
+    from fastmta import supervisor
+
+    worker = supervisor.worker_identity()
+    if worker is None and cfg.server.workers > 1:
+        try:
+            return supervisor.Supervisor(cfg, args.config).run()
+        except OSError as e:
+            print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
+            return 1
+
     import uvloop
 
     from fastmta.config import ConfigError
     from fastmta.server import Server
     from fastmta.smtp.auth import AuthConfigError
+    from fastmta.spool.shards import adopt_orphans
+    from fastmta.worker import WorkerServer
 
     # DESIGN.md §4: the spool writer thread must get the GIL back quickly from a busy loop.
     sys.setswitchinterval(0.0005)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
     async def run() -> int:
+        if worker is not None:
+            return await WorkerServer(cfg, args.config, *worker).run()
+        adopt_orphans(cfg.spool, 1)  # mail left in <path>/<n>/ by an earlier workers = N
         return await Server(cfg, args.config).run()
 
     try:

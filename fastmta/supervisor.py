@@ -1,0 +1,317 @@
+# SPDX-License-Identifier: MIT
+"""The supervisor of ``[server] workers = N > 1``: N worker processes, one per core (issue 9).
+
+Each worker is a fresh ``fastmta serve`` process (spawned, not forked: no
+threads or loop state cross a fork) that binds every listener with
+SO_REUSEPORT, so the kernel spreads connections over the workers, and runs its
+own loop, parser, spool shard ``<spool path>/<n>/`` and scheduler. The
+supervisor itself touches no mail. It:
+
+* moves queued mail out of shards no worker will serve (a changed ``workers``);
+* restarts a worker that dies (with a growing pause if it keeps dying); the new
+  worker recovers the shard, so nothing acknowledged is lost;
+* forwards SIGTERM/SIGINT (then waits for every worker) and SIGHUP;
+* serves ``/metrics`` for the whole node (prometheus-client multiprocess mode in
+  a fresh directory) and ``/healthz``, which is 200 only while every worker is ready;
+* relays the workers' JSON delivery log line by line when stdout is a pipe or a
+  socket (journald, Docker), where writes from several processes could interleave.
+
+Workers inherit ``PROMETHEUS_MULTIPROC_DIR`` at spawn, before they import
+prometheus-client (which picks its value storage at import time); the
+supervisor only reads their files. A worker that fails before it was ever ready
+(a port in use, a bad certificate) stops the whole start with its exit status,
+instead of being restarted forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastmta.config import Config
+from fastmta.spool import shards
+from fastmta.spool.store import ensure_dir
+
+WORKER_ENV = "FASTMTA_WORKER"  # "<index>/<count>/<lifeline fd>", set for workers only
+READY = b"R"  # a worker's one message on its lifeline
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_FIRST_PAUSE = 0.1  # before restarting a worker that died
+_MAX_PAUSE = 30.0  # a worker that keeps dying at start is retried at most this often
+_STABLE = 10.0  # a worker that lived this long resets the pause
+_KILL_MARGIN = 15.0  # after shutdown_grace, workers still running get SIGKILL
+
+
+def worker_identity() -> tuple[int, int, int] | None:
+    """(index, count, lifeline fd) when this process is a worker, else None."""
+    raw = os.environ.get(WORKER_ENV)
+    if not raw:
+        return None
+    index, count, fd = (int(x) for x in raw.split("/"))
+    return index, count, fd
+
+
+def say(text: str) -> None:
+    print(f"fastmta: supervisor: {text}", file=sys.stderr, flush=True)
+
+
+class Worker:
+    """One worker slot: the current process, its lifeline, whether it said it is ready."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lifeline: socket.socket | None = None
+        self.ready = False
+        self.ever_ready = False
+        self.restarts = 0
+        self.started = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+
+class Supervisor:
+    """Runs N workers until SIGTERM; see the module docstring."""
+
+    def __init__(self, cfg: Config, config_path: str | None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.count = cfg.server.workers
+        self.workers = [Worker(i) for i in range(self.count)]
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._relay = _is_stream(sys.stdout.fileno())
+        self._own_multiproc_dir: str | None = None
+        self.failed = 0  # exit status of a worker that could not start
+
+    def run(self) -> int:
+        try:
+            return asyncio.run(self._main())
+        finally:
+            if self._own_multiproc_dir is not None:
+                shutil.rmtree(self._own_multiproc_dir, ignore_errors=True)
+
+    async def _main(self) -> int:
+        ensure_dir(self.cfg.spool.path)
+        shards.adopt_orphans(self.cfg.spool, self.count)
+        self._prepare_multiproc_dir()
+        exporter = self._start_exporter()
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                             (signal.SIGHUP, self._forward_hup)):  # fmt: skip
+            loop.add_signal_handler(sig, handler)
+        say(f"starting {self.count} workers (spool shards {self.cfg.spool.path}/0..{self.count - 1})")
+        keepers = [loop.create_task(self._keep(w)) for w in self.workers]
+        await self._stop.wait()
+        say("SIGTERM: stopping every worker")
+        for w in self.workers:
+            self._signal(w, signal.SIGTERM)
+        done, pending = await asyncio.wait(keepers, timeout=self.cfg.server.shutdown_grace + _KILL_MARGIN)
+        if pending:
+            say(f"{len(pending)} worker(s) still running after the grace period: killing them")
+            for w in self.workers:
+                self._signal(w, signal.SIGKILL)
+            await asyncio.wait(pending, timeout=10)
+        exporter.close()
+        say("stopped")
+        return self.failed
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._stop.set()
+
+    def healthy(self) -> bool:
+        """Every worker is up and has said it is ready (called from the exporter thread)."""
+        return not self.stopping and all(w.ready for w in self.workers)
+
+    def _forward_hup(self) -> None:
+        say("SIGHUP: asking every worker to reload")
+        for w in self.workers:
+            self._signal(w, signal.SIGHUP)
+
+    @staticmethod
+    def _signal(w: Worker, sig: int) -> None:
+        if w.proc is not None and w.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(sig)
+
+    # --- one worker slot ----------------------------------------------------------
+
+    async def _keep(self, w: Worker) -> None:
+        """Run worker ``w``; while not stopping, restart it whenever it exits."""
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                code = await self._run_once(w)
+            except OSError as e:  # cannot even spawn (fd or process limit): try again later
+                say(f"worker {w.index}: cannot start: {e}")
+                code = None
+            if self.stopping:
+                return
+            if not w.ever_ready:
+                say(f"worker {w.index} failed to start ({_describe(code)}): stopping")
+                self.failed = code if code and code > 0 else 1
+                self.stop()
+                return
+            lived = time.monotonic() - w.started
+            pause = _FIRST_PAUSE if lived >= _STABLE else min(_MAX_PAUSE, pause * 2)
+            w.restarts += 1
+            say(f"worker {w.index} exited ({_describe(code)}) after {lived:.1f}s; restarting in {pause:.1f}s")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+            if self.stopping:
+                return
+
+    async def _run_once(self, w: Worker) -> int | None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env[WORKER_ENV] = f"{w.index}/{self.count}/{theirs.fileno()}"
+        cmd = [sys.executable, "-m", "fastmta", "serve"]
+        if self.config_path is not None:
+            cmd += ["--config", self.config_path]
+        try:
+            w.proc = await asyncio.create_subprocess_exec(
+                *cmd, env=env, pass_fds=[theirs.fileno()], stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE if self._relay else None,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        w.started = time.monotonic()
+        w.lifeline = ours
+        loop = asyncio.get_running_loop()
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), self._worker_says, w)
+        relay = loop.create_task(self._relay_stdout(w.proc)) if self._relay else None
+        try:
+            code = await w.proc.wait()
+            if relay is not None:
+                await relay
+            return code
+        finally:
+            w.ready = False
+            loop.remove_reader(ours.fileno())
+            ours.close()
+            w.lifeline = None
+            self._mark_dead(w.proc.pid)
+
+    def _worker_says(self, w: Worker) -> None:
+        assert w.lifeline is not None
+        try:
+            data = w.lifeline.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if READY in data:
+            w.ready = w.ever_ready = True
+            say(f"worker {w.index} ready (pid {w.pid})")
+        elif not data:
+            w.ready = False
+            asyncio.get_running_loop().remove_reader(w.lifeline.fileno())
+
+    async def _relay_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy a worker's delivery log to ours in whole lines (one ``write`` per batch of lines)."""
+        assert proc.stdout is not None
+        tail = b""
+        while chunk := await proc.stdout.read(65536):
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if cut:
+                _write_all(1, data[:cut])
+        if tail:
+            _write_all(1, tail + b"\n")
+
+    # --- metrics ----------------------------------------------------------------------
+
+    def _prepare_multiproc_dir(self) -> None:
+        """A clean directory for the workers' metric files, set before anything imports metrics."""
+        path = os.environ.get(MULTIPROC_ENV)
+        if path:
+            os.makedirs(path, exist_ok=True)
+            for f in glob.glob(os.path.join(path, "*.db")):  # stale series of an earlier run
+                os.unlink(f)
+        else:
+            path = self._own_multiproc_dir = tempfile.mkdtemp(prefix="fastmta-metrics-")
+            os.environ[MULTIPROC_ENV] = path
+
+    def _start_exporter(self) -> Any:
+        from fastmta import metrics
+
+        registry = metrics.default_registry()
+        registry.register(_WorkersCollector(self))
+        spool_cfg = self.cfg.spool
+        metrics.set_spool_stats_source(lambda: shards.usage(spool_cfg))
+        exporter = metrics.serve(self.cfg.metrics.address, self.healthy, registry)
+        if exporter.address is not None:
+            host, port = exporter.address
+            say(f"metrics of every worker on http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+        return exporter
+
+    @staticmethod
+    def _mark_dead(pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class _WorkersCollector:
+    """``fastmta_workers``, ``fastmta_workers_ready``, ``fastmta_worker_restarts_total``."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        workers = self.sup.workers
+        yield GaugeMetricFamily("fastmta_workers", "Worker processes configured", len(workers))
+        yield GaugeMetricFamily(
+            "fastmta_workers_ready", "Worker processes up and ready", sum(w.ready for w in workers)
+        )
+        yield CounterMetricFamily(
+            "fastmta_worker_restarts",
+            "Worker processes restarted after they exited",
+            sum(w.restarts for w in workers),
+        )
+
+
+def _is_stream(fd: int) -> bool:
+    """stdout is a pipe or a socket: concurrent writes from several processes could interleave."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            time.sleep(0.001)
+        except BrokenPipeError:
+            return
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "not started"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
