@@ -111,12 +111,12 @@ class Store:
         for name in ("data.mdb", "lock.mdb"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(os.path.join(path, name), 0o600)
-        self.envs = self.env.open_db(b"env")
-        self.bodies = self.env.open_db(b"body")
-        self.sched = self.env.open_db(b"sched")
-        self.quar = self.env.open_db(b"quar")
-        self.meta = self.env.open_db(b"meta")
-        with self.write() as txn:
+        with self.write() as txn:  # another process may have grown the map: write() adopts it
+            self.envs = self.env.open_db(b"env", txn=txn)
+            self.bodies = self.env.open_db(b"body", txn=txn)
+            self.sched = self.env.open_db(b"sched", txn=txn)
+            self.quar = self.env.open_db(b"quar", txn=txn)
+            self.meta = self.env.open_db(b"meta", txn=txn)
             if txn.get(b"schema", db=self.meta) is None:
                 txn.put(b"schema", SCHEMA, db=self.meta)
         self.page_size = self.env.stat()["psize"]

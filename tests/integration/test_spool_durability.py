@@ -113,3 +113,21 @@ def test_readers_see_a_consistent_spool_while_it_is_written(
     finally:
         env.close()
         h.stop()
+
+
+def test_two_serving_processes_share_one_spool_through_a_crash(
+    tmp_path: Path, spool_holder: Callable[..., Holder]
+) -> None:
+    """Workers (server.workers > 1) each run their own writer on one spool; one dies mid-stream."""
+    spool_dir = tmp_path / "spool"
+    acks = [tmp_path / "acks-a", tmp_path / "acks-b"]
+    a = spool_holder("produce", str(spool_dir), str(acks[0]), "4")
+    b = spool_holder("produce", str(spool_dir), str(acks[1]), "4")
+    for f in acks:
+        wait_for(lambda f=f: f.exists() and len(f.read_text().splitlines()) > 40, 60, "puts from both")
+    a.kill9_group()
+    time.sleep(0.3)  # b keeps writing beside the dead one's leftovers
+    b.stop()
+    b.wait_group_gone()
+    got = {**acked(acks[0]), **acked(acks[1])}
+    assert check_spool(spool_dir, got) >= len(got)
