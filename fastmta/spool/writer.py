@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = Store(args.path, args.map_size, args.max_map_size, sync=not args.no_sync)
     except Exception as e:
+        log.error("cannot open the spool at %s: %s", args.path, e)
         _send(sock, {"error": f"cannot open spool: {e}"})
         return 1
     try:
