@@ -19,8 +19,11 @@ from fastmta.config import Config
 class Policy:
     """Relay rules from ``[policy]`` (DESIGN.md §3.2); rebuilt on SIGHUP."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, mailbox_exists: Callable[[str], bool] | None = None) -> None:
+        """``mailbox_exists(addr)`` answers for ``local_domains`` addresses (the composition root
+        passes delivery.local's check; policy itself never imports delivery)."""
         p = cfg.policy
+        self._mailbox_exists = mailbox_exists
         self._networks = p.relay_networks
         self._accept_domains = frozenset(p.relay_domains) | frozenset(p.local_domains)
         self.local_domains = frozenset(p.local_domains)
@@ -42,6 +45,12 @@ class Policy:
     def accepts_domain(self, domain: str) -> bool:
         """True for ``relay_domains`` and ``local_domains``: accepted from anyone."""
         return domain in self._accept_domains
+
+    def mailbox_exists(self, domain: str, addr: str) -> bool:
+        """False only for a ``local_domains`` address with no mailbox (550 5.1.1 at RCPT)."""
+        if self._mailbox_exists is None or domain not in self.local_domains:
+            return True
+        return self._mailbox_exists(addr)
 
     def may_send_to(self, domain: str, relay_client: bool, authenticated: bool) -> bool:
         """RCPT rule: accepted domains from anyone, everything else only from trusted clients."""

@@ -21,6 +21,7 @@ from typing import Any
 from fastmta import config as config_mod
 from fastmta import metrics, parser
 from fastmta.config import Config, ConfigError
+from fastmta.delivery.local import local_recipient_exists
 from fastmta.log import DeliveryLog, iso_ts
 from fastmta.policy import Policy
 from fastmta.scheduler import start_delivery
@@ -77,7 +78,7 @@ class Server:
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
-        policy = Policy(cfg)
+        policy = _policy(cfg)
         try:
             for lcfg in cfg.listeners:
                 self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, ssl_context)
@@ -142,7 +143,7 @@ class Server:
             for line in str(e).splitlines():
                 say(f"reload refused, keeping the running configuration: {line}")
             return
-        policy = Policy(cfg)
+        policy = _policy(cfg)
         hub = self.hub
         assert hub is not None
         for lcfg in cfg.listeners:
@@ -172,6 +173,11 @@ class Server:
             await self.delivery.stop()
         self.spool.close()
         self.dlog.close()
+
+
+def _policy(cfg: Config) -> Policy:
+    """The relay policy, with delivery.local's RCPT-time mailbox check for local_domains."""
+    return Policy(cfg, lambda addr: local_recipient_exists(cfg, addr))
 
 
 def _where(server: asyncio.Server) -> str:

@@ -76,6 +76,7 @@ R_535_AUTH_FAILED = _r("R_535_AUTH_FAILED", 535, "5.7.8", "Authentication creden
 R_538_ENCRYPTION_REQUIRED = _r(
     "R_538_ENCRYPTION_REQUIRED", 538, "5.7.11", "Encryption required for requested authentication mechanism"
 )
+R_550_NO_MAILBOX = _r("R_550_NO_MAILBOX", 550, "5.1.1", "Mailbox unavailable")
 R_550_SMUGGLING = _r("R_550_SMUGGLING", 550, "5.6.0", "Message refused: bare CR or LF in message data")
 R_552_TOO_BIG = _r("R_552_TOO_BIG", 552, "5.3.4", "Message size exceeds fixed limit")
 R_553_NEED_SMTPUTF8 = _r("R_553_NEED_SMTPUTF8", 553, "5.6.7", "Non-ASCII address requires SMTPUTF8")

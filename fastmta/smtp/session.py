@@ -396,8 +396,13 @@ class Session:
             return self._error(R.R_555_BAD_PARAM, "syntax")
         if "@" not in addr:  # RFC 5321 §4.5.1: <postmaster> must be accepted
             addr = f"{addr}@{self.cfg.hostname}"
-        elif not self.cfg.policy.may_send_to(domain_of(addr), self.relay_client, bool(self.user)):
-            return self._error(R.R_554_RELAY_DENIED, "relay_denied")
+        else:
+            domain = domain_of(addr)
+            policy = self.cfg.policy
+            if not policy.may_send_to(domain, self.relay_client, bool(self.user)):
+                return self._error(R.R_554_RELAY_DENIED, "relay_denied")
+            if not policy.mailbox_exists(domain, addr):
+                return self._error(R.R_550_NO_MAILBOX, "no_mailbox")
         txn.rcpts.append((addr, notify, orcpt))
         self._set_state(S_RCPT)
         self.out.append(R.R_250_RCPT_OK)

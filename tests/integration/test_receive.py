@@ -286,3 +286,17 @@ def test_talking_before_the_banner_is_logged(srv: Running) -> None:
         if "talked before the banner" in srv.proc.stderr():
             break
     assert "client 127.0.0.1 talked before the banner" in srv.proc.stderr()
+
+
+def test_local_domain_unknown_mailbox_is_550(tmp_path: Path) -> None:
+    users = tmp_path / "local-users"
+    users.write_text("alice\n")
+    extra = '[policy]\nlocal_domains = ["l.test"]\n'
+    extra += f'[local]\nmaildir = "{tmp_path / "mail"}"\nusers_file = "{users}"\n'
+    with running(tmp_path, extra) as s, RawClient(s.host, s.port) as c:
+        c.cmd(b"EHLO a.test")
+        c.cmd(b"MAIL FROM:<a@x.test>")
+        assert c.cmd(b"RCPT TO:<alice@l.test>").startswith(b"250 2.1.5")
+        assert c.cmd(b"RCPT TO:<bob@L.test>") == b"550 5.1.1 Mailbox unavailable\r\n"
+        assert c.cmd(b"RCPT TO:<postmaster@l.test>").startswith(b"250 2.1.5")
+        assert c.cmd(b"RCPT TO:<bob@elsewhere.test>").startswith(b"250 2.1.5")  # not local: relayed

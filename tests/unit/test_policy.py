@@ -55,3 +55,11 @@ def test_auth_failures_window_and_bound() -> None:
     for i in range(10):
         af.failed(f"ip{i}")
     assert len(af._seen) <= 4
+
+
+def test_mailbox_check_only_for_local_domains() -> None:
+    cfg = from_dict({"policy": {"local_domains": ["l.test"]}})
+    p = Policy(cfg, lambda addr: addr.startswith("alice@"))
+    assert p.mailbox_exists("l.test", "alice@l.test") and not p.mailbox_exists("l.test", "bob@l.test")
+    assert p.mailbox_exists("other.test", "bob@other.test")
+    assert Policy(cfg).mailbox_exists("l.test", "bob@l.test")
