@@ -313,6 +313,7 @@ class LocalConfig:
     maildir: str = _opt(_str, "./fastmta-mail")
     lmtp: str = _opt(_str, "")
     users_file: str = _opt(_str, "")
+    require_mailbox: bool = _opt(_bool, False)  # Maildir: only to <maildir>/<domain>/<user>/ that exist
 
 
 @dataclass(frozen=True)

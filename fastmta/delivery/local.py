@@ -147,8 +147,18 @@ _users = _UsersFile()
 
 
 def _user_listed(cfg: Config, domain: str, user: str) -> bool | None:
-    """Whether the recipient list has this mailbox; True without a list; None if unreadable."""
-    if not cfg.local.users_file or user == "postmaster":  # RFC 5321 §4.5.1: always accepted
+    """Whether this mailbox may receive: listed in ``users_file`` (if set) and, with
+    ``require_mailbox`` (Maildir only), its directory exists. None: the list is unreadable."""
+    local = cfg.local
+    if user == "postmaster":  # RFC 5321 §4.5.1: always accepted
+        return True
+    if (  # mailboxes made by the admin or an MDA; one stat
+        local.require_mailbox
+        and not local.lmtp
+        and not os.path.isdir(os.path.join(local.maildir, domain, user, "new"))
+    ):
+        return False
+    if not local.users_file:
         return True
     entries = _users.entries(cfg.local.users_file)
     if entries is None:
@@ -159,11 +169,12 @@ def _user_listed(cfg: Config, domain: str, user: str) -> bool | None:
 def local_recipient_exists(cfg: Config, addr: str) -> bool:
     """Whether a local-domain address has a mailbox: the RCPT-time check (550 5.1.1 when False).
 
-    Pure apart from reading ``[local] users_file`` (cached by mtime). Without a users
-    file every safe address exists (its Maildir is created on first delivery). An
-    unreadable users file answers True so RCPT accepts, and delivery then defers
-    with 451 4.3.0 until the file is readable again: mail is queued, never lost,
-    never put in a mailbox nobody vetted.
+    Pure apart from reading ``[local] users_file`` (cached by mtime) and, with
+    ``[local] require_mailbox``, one stat of the Maildir. With neither every safe
+    address exists (its Maildir is created on first delivery). An unreadable users
+    file answers True so RCPT accepts, and delivery then defers with 451 4.3.0
+    until the file is readable again: mail is queued, never lost, never put in a
+    mailbox nobody vetted.
     """
     box = mailbox_of(addr)
     if box is None:

@@ -43,7 +43,7 @@ class FakeSpool:
         return self.bodies.get(msg_id)
 
 
-def make_cfg(tmp_path: Path, **local: str) -> config.Config:
+def make_cfg(tmp_path: Path, **local: str | bool) -> config.Config:
     raw = {
         "hostname": "mx.fastmta.test",
         "policy": {"local_domains": ["local.test", "other.test"]},
@@ -166,6 +166,18 @@ def test_without_users_file_every_safe_address_exists(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     assert local_recipient_exists(cfg, "anyone@local.test")
     assert not local_recipient_exists(cfg, ".x@local.test")
+
+
+def test_require_mailbox_accepts_only_existing_maildirs(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, require_mailbox=True)
+    (tmp_path / "mail" / "local.test" / "bob" / "new").mkdir(parents=True)
+    assert local_recipient_exists(cfg, "Bob+x@local.test")
+    assert not local_recipient_exists(cfg, "eve@local.test")
+    assert local_recipient_exists(cfg, "postmaster@local.test")
+    out = deliver(cfg, envelope("bob@local.test", "eve@local.test"))
+    assert isinstance(out[0], Delivered)
+    assert isinstance(out[1], Bounced) and out[1].reply.enhanced == "5.1.1"
+    assert not (tmp_path / "mail" / "local.test" / "eve").exists()
 
 
 def test_unreadable_users_file_accepts_at_rcpt_and_defers_at_delivery(tmp_path: Path) -> None:
