@@ -146,6 +146,15 @@ class Peer:
         return dict(os.environ)
 
     def start(self) -> Peer:
+        """Start the peer and wait for its banner; a peer that fails to start is cleaned up."""
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
         self.proc = subprocess.Popen(
             self.command(),
             stdout=self._log,
@@ -158,7 +167,6 @@ class Peer:
             wait_port(self.port, proc=self.proc)
         except RuntimeError as e:
             raise RuntimeError(f"{e}; its log ends: {self.log_tail(6)}") from None
-        return self
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
@@ -228,7 +236,7 @@ class SmtpSink(Peer):
     def command(self) -> list[str]:
         return [tool("smtp-sink"), "-u", "postfix", "-c", "-m", "2000", self.address, "4096"]
 
-    def start(self) -> SmtpSink:
+    def _launch(self) -> None:
         self.proc = subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -238,7 +246,6 @@ class SmtpSink(Peer):
         )
         threading.Thread(target=self._follow, name="smtp-sink-counters", daemon=True).start()
         wait_port(self.port, proc=self.proc)
-        return self
 
     def _follow(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -325,10 +332,9 @@ class Fastmta(Peer):
             env["FASTMTA_METRICS"] = "off"
         return env
 
-    def start(self) -> Fastmta:
+    def _launch(self) -> None:
         self.write_config()
-        super().start()
-        return self
+        super()._launch()
 
     def queued(self) -> int | None:
         """Messages in this instance's spool, from ``fastmta queue stats --json``."""
@@ -420,7 +426,7 @@ class Postfix(Peer):
             ]
         self._postconf(*settings)
 
-    def start(self) -> Postfix:
+    def _launch(self) -> None:
         self.configure()
         r = subprocess.run([tool("postfix"), "-c", str(self.conf), "start"], capture_output=True, timeout=60)
         if r.returncode != 0:
@@ -432,7 +438,6 @@ class Postfix(Peer):
                 self.master_pid = int(pid_file.read_text().strip())
             time.sleep(0.05)
         wait_port(self.port)
-        return self
 
     def queued(self) -> int:
         """Queue files written so far (hold + incoming + active + deferred)."""

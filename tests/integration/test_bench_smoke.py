@@ -174,3 +174,16 @@ def test_accept_run_sizes_and_order() -> None:
     orders = [accept.order(systems, r) for r in range(3)]
     assert orders == [["a", "b", "c"], ["a", "c", "b"], ["c", "a", "b"]]
     assert {o[0] for o in orders} == {"a", "c"} and all(sorted(o) == systems for o in orders)
+
+
+def test_a_peer_that_cannot_start_is_reported_and_cleaned_up() -> None:
+    class Broken(peers.Peer):
+        name = "broken"
+
+        def command(self) -> list[str]:
+            return [sys.executable, "-c", "import sys; print('no such listener'); sys.exit(3)"]
+
+    peer = Broken()
+    with pytest.raises(RuntimeError, match="exited with 3.*no such listener"):
+        peer.start()
+    assert not peer.workdir.exists()
