@@ -171,3 +171,19 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     assert count[0].value == 2
     assert sum(s.value for s in fams["fastmta_smtp_connections_active"].samples) == 2
     assert "fastmta_build_info" in fams
+
+
+def test_head_and_other_methods(exporter: metrics.Exporter) -> None:
+    host, port = exporter.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("HEAD", "/metrics")
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.getheader("Content-Length") or 0) > 0
+        assert resp.read() == b""
+        conn.request("POST", "/metrics", body=b"x")  # same keep-alive connection
+        resp = conn.getresponse()
+        assert resp.status == 501
+        resp.read()
+    finally:
+        conn.close()
