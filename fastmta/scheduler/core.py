@@ -33,7 +33,9 @@ from fastmta.spool.records import BOUNCE, DONE, FAILED, PENDING, Envelope, RcptS
 
 log = logging.getLogger("fastmta.scheduler")
 
-MAX_IN_MEMORY = 50_000  # messages held as Python objects; the feeder pages in the rest
+MAX_IN_MEMORY = 20_000  # messages held as Python objects; the feeder pages in the rest
+DEST_SHARE = 8  # one destination holds at most 1/8 of that
+PARKED_MAX = 200_000  # ids remembered as turned away (their destination was full); ~100 bytes each
 _NO_OUTCOME = Deferred(Reply(451, "4.3.0", "Local error: no delivery outcome"), "other")
 _CRASH = Deferred(Reply(451, "4.3.0", "Local error in delivery"), "other")
 _EXPIRED = "4.4.7"
@@ -75,6 +77,8 @@ class Scheduler:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.max_in_memory = max_in_memory
+        self.dest_cap = max(1, max_in_memory // DEST_SHARE)  # ready + in flight per destination
+        self.parked: dict[str, str] = {}  # message id -> destination key that was full
         self.held = cfg.delivery.hold
         self.rounds: dict[str, Round] = {}
         self.overflow = False  # submit() turned messages away: the feeder must look for them
@@ -105,12 +109,17 @@ class Scheduler:
             if len(rounds) >= self.max_in_memory:
                 self.overflow = True
                 return
-            self.admit(env)
+            if not self.admit(env):
+                self.overflow = True
 
-    def admit(self, env: Envelope) -> None:
-        """Open a delivery round: one work item per destination of the pending recipients."""
-        rnd = Round(env)
-        self.rounds[env.id] = rnd
+    def admit(self, env: Envelope) -> bool:
+        """Open a delivery round: one work item per destination of the pending recipients.
+
+        Returns False, doing nothing, when every destination of the message already
+        holds its share of memory (``dest_cap``): the message stays due in the spool
+        and the feeder comes back for it, so one huge backlog cannot crowd out the
+        other destinations.
+        """
         groups: dict[str, tuple[Shard, Destination, list[int]]] = {}
         admin: list[int] = []
         for i, rc in enumerate(env.rcpts):
@@ -123,17 +132,36 @@ class Scheduler:
                     g[2].append(i)
             elif rc.state == BOUNCE:
                 admin.append(i)
-        rnd.waiting = len(groups) + (1 if admin else 0)
-        if rnd.waiting == 0:
-            self._round_done(rnd)
-            return
+        work = [(shard, shard.queue(dest), idx) for shard, dest, idx in groups.values()]
+        if work and not admin and all(len(dq.ready) + dq.inflight >= self.dest_cap for _, dq, _ in work):
+            for _, dq, _ in work:
+                dq.parked = True
+            if len(self.parked) >= PARKED_MAX:
+                self.parked.clear()
+            self.parked[env.id] = work[0][1].dest.key
+            return False
+        rnd = Round(env)
+        self.rounds[env.id] = rnd
+        rnd.waiting = len(work) + (1 if admin else 0)
         if admin:
             self._admin_bounce(rnd, admin)
-            if rnd.waiting == 0:
-                self._round_done(rnd)
-                return
-        for shard, dest, idx in groups.values():
-            shard.add(shard.queue(dest), Work(rnd, idx))
+        if rnd.waiting == 0:
+            self._round_done(rnd)
+            return True
+        for shard, dq, idx in work:
+            shard.add(dq, Work(rnd, idx))
+        return True
+
+    def still_parked(self, msg_id: str) -> bool:
+        """Whether a message turned away earlier would be turned away again (no envelope read)."""
+        key = self.parked.get(msg_id)
+        if key is None:
+            return False
+        dq = self.shards[shard_of(key, len(self.shards))].dests.get(key)
+        if dq is not None and len(dq.ready) + dq.inflight >= self.dest_cap:
+            return True
+        del self.parked[msg_id]
+        return False
 
     def _destination(self, addr: str) -> tuple[Shard, Destination]:
         domain = addr.rpartition("@")[2].lower()
@@ -436,6 +464,12 @@ class Scheduler:
                 dq.max_conn = d.max_connections_per_destination
                 dq.rate = d.message_rate_per_destination
                 shard.kick(dq, self.clock())
+
+    def room_for(self, dq: DestQueue) -> None:
+        """A parked destination (it had hit ``dest_cap``) has drained to half: feed it again."""
+        dq.parked = False
+        if self.on_room is not None:
+            self.on_room()
 
     def depth(self) -> tuple[int, int]:
         """(ready, inflight) work items across shards, for the queue gauges."""

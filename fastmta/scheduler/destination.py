@@ -30,6 +30,7 @@ class DestQueue:
         "max_conn",
         "rate",
         "next_slot",
+        "parked",
         "suspended_until",
         "suspend_reply",
         "limit_until",
@@ -45,6 +46,7 @@ class DestQueue:
         self.max_conn = max_conn
         self.rate = rate  # messages/s, 0 = unlimited
         self.next_slot = 0.0  # earliest start of the next delivery under the rate
+        self.parked = False  # messages for it were left in the spool: it was at its memory share
         self.suspended_until = 0.0
         self.suspend_reply: Reply | None = None
         self.limit_until = 0.0  # a shaping "limit" lowers conn/rate until then

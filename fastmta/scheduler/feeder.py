@@ -28,6 +28,8 @@ class Feeder:
     def __init__(self, sched: Scheduler, interval: float = 1.0) -> None:
         self.sched = sched
         self.interval = interval
+        self.budget = max(10 * PAGE, 5 * sched.max_in_memory)  # index entries looked at per pass
+        self._cursor: tuple[float, str] | None = None
         self._wake = asyncio.Event()
         self._gauges = {
             s: metrics.bound(metrics.queue_messages, s) for s in ("ready", "inflight", "deferred")
@@ -55,31 +57,48 @@ class Feeder:
             self._wake.clear()
 
     async def scan(self) -> int:
-        """Admit due messages not in memory, up to the memory bound; returns how many."""
+        """Admit due messages not in memory, up to the memory bound; returns how many.
+
+        The scan resumes where the previous one stopped and wraps around once, and
+        looks at no more than ``budget`` index entries: messages left in the spool
+        (memory full, destination at its share) cost one bounded pass each second,
+        never a read of the whole queue.
+        """
         sched = self.sched
         if sched.held:
             return 0
         spool: Any = sched.spool
         now = sched.clock()
-        after = None
-        admitted = 0
-        while len(sched.rounds) < sched.max_in_memory:
+        start = after = self._cursor
+        wrapped = start is None
+        examined = admitted = 0
+        while len(sched.rounds) < sched.max_in_memory and examined < self.budget:
             page = spool.due(now, PAGE, after)
-            for _due, msg_id in page:
-                if msg_id in sched.rounds:
+            for key in page:
+                if wrapped and start is not None and key >= start:
+                    page = []  # back where this pass began
+                    break
+                examined += 1
+                after = key
+                if key[1] in sched.rounds or sched.still_parked(key[1]):
                     continue
-                env = spool.envelope(msg_id)
+                env = spool.envelope(key[1])
                 if env is None:
                     continue  # deleted meanwhile
-                sched.admit(env)
-                admitted += 1
-                if len(sched.rounds) >= sched.max_in_memory:
-                    return admitted
+                if sched.admit(env):
+                    admitted += 1
+                    if len(sched.rounds) >= sched.max_in_memory:
+                        sched.overflow = True  # more may be due: scan again as soon as room frees up
+                        break
             if len(page) < PAGE:
-                sched.overflow = False
-                break
-            after = page[-1]
+                if wrapped:
+                    after = None
+                    if examined < self.budget:
+                        sched.overflow = False
+                    break
+                wrapped, after = True, None
             await asyncio.sleep(0)  # let deliveries run between pages
+        self._cursor = after
         return admitted
 
     def update_gauges(self) -> None:

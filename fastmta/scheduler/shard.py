@@ -87,6 +87,8 @@ class Shard:
                         return
                 work = dq.ready.popleft()
                 self.ready -= 1
+                if dq.parked and len(dq.ready) < sched.dest_cap // 2:
+                    sched.room_for(dq)
                 dq.inflight += 1
                 self.inflight += 1
                 try:
