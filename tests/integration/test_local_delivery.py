@@ -84,7 +84,11 @@ def test_send_with_attachments_arrives_intact_in_the_maildir(server: tuple[Serve
     assert parts["notes.txt"].get_content_type() == "text/plain"
     for path in (blob, picture, text):
         assert parts[path.name].get_payload(decode=True) == path.read_bytes()
-    assert {e["id"] for e in log_events(srv, "delivered")} == {qid}
+    deadline = time.monotonic() + 10  # the log line follows the file's rename
+    while len(delivered := log_events(srv, "delivered")) < 2:
+        assert time.monotonic() < deadline, srv.log_lines()
+        time.sleep(0.05)
+    assert {e["id"] for e in delivered} == {qid}
 
 
 def test_sendmail_into_the_spool_of_a_running_server_is_delivered(server: tuple[ServerProcess, Path, int],
