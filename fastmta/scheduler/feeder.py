@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastmta import metrics
@@ -25,9 +26,12 @@ PAGE = 1000  # schedule-index entries per read transaction
 
 
 class Feeder:
-    def __init__(self, sched: Scheduler, interval: float = 1.0) -> None:
+    def __init__(
+        self, sched: Scheduler, interval: float = 1.0, count: Callable[[], int] | None = None
+    ) -> None:
         self.sched = sched
         self.interval = interval
+        self.count = count  # messages in the spool (cheap); None: the "deferred" gauge is not kept
         self.budget = max(10 * PAGE, 5 * sched.max_in_memory)  # index entries looked at per pass
         self._cursor: tuple[float, str] | None = None
         self._wake = asyncio.Event()
@@ -106,8 +110,7 @@ class Feeder:
         ready, inflight = sched.depth()
         self._gauges["ready"].set(ready)
         self._gauges["inflight"].set(inflight)
-        count = getattr(sched.spool, "count", None)
-        if count is not None:
-            self._gauges["deferred"].set(max(0, count() - len(sched.rounds)))
+        if self.count is not None:
+            self._gauges["deferred"].set(max(0, self.count() - len(sched.rounds)))
         for shard, gauge in zip(sched.shards, self._shard_depth, strict=False):
             gauge.set(shard.ready)

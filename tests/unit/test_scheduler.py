@@ -405,3 +405,31 @@ def test_a_huge_backlog_for_one_destination_does_not_crowd_out_others(fake_spool
         task.cancel()
 
     run(t(), timeout=20)
+
+
+def test_queue_gauges(fake_spool: FakeSpool) -> None:
+    from fastmta import metrics
+
+    gate = asyncio.Event()
+
+    async def script(d: Any, e: Any, i: int) -> Any:
+        await gate.wait()
+        return OK
+
+    def gauge(state: str) -> float:
+        return float(metrics.queue_messages.labels(state)._value.get())
+
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, script, max_connections_per_destination=2)
+        feeder = Feeder(sched, count=fake_spool.count)
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"]) for _ in range(5)])
+        fake_spool.add("a@src.test", ["b@later.test"])  # queued, not in memory
+        await asyncio.sleep(0.05)
+        feeder.update_gauges()
+        assert (gauge("ready"), gauge("inflight"), gauge("deferred")) == (3, 2, 1)
+        gate.set()
+        await settle(sched, lambda: len(fake_spool.envs) == 1)
+        feeder.update_gauges()
+        assert (gauge("ready"), gauge("inflight"), gauge("deferred")) == (0, 0, 1)
+
+    run(t())
