@@ -7,6 +7,7 @@ command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base"
 command -v swaks >/dev/null 2>&1 || need="$need swaks libnet-ssleay-perl libio-socket-ssl-perl"
 command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ] || need="$need postfix"
 command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"  # PROXY protocol tests
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"  # verifies deploy/systemd/fastmta.service
 command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
