@@ -127,7 +127,10 @@ def build(
     msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: no vacation replies to bounces
     msg["MIME-Version"] = "1.0"
     msg["Content-Type"] = "multipart/report; report-type=delivery-status"
-    parts = [_human(reports, hostname), _status(reports, hostname, arrived, envid)]
+    parts: list[Message[str, str] | str] = [
+        _human(reports, hostname),
+        _status(reports, hostname, arrived, envid),
+    ]
     returned = b""
     if original is not None:
         full = action == "failed" and ret.upper() == "FULL" and len(original) <= max_full
@@ -159,7 +162,7 @@ def _status(reports: Sequence[RcptReport], hostname: str, arrived: float, envid:
     if envid:
         head["Original-Envelope-Id"] = _xtext_decode(envid)
     head["Arrival-Date"] = _date(arrived)
-    blocks = [head]
+    blocks: list[Message[str, str] | str] = [head]
     for r in reports:
         b = Message(policy=_POLICY)
         if r.orcpt:

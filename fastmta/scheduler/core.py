@@ -255,8 +255,7 @@ class Scheduler:
                 "enhanced": reply.enhanced,
                 "response": reply.text,
             }
-            kind = type(o)
-            if kind is Delivered:
+            if isinstance(o, Delivered):
                 rnd.states[i] = RcptState(DONE, "")
                 rec["event"] = "delivered"
                 self._m_result["delivered"].inc()
@@ -272,7 +271,7 @@ class Scheduler:
                             now,
                         )
                     )
-            elif kind is Bounced:
+            elif isinstance(o, Bounced):
                 rnd.states[i] = RcptState(FAILED, str(reply))
                 rec["event"] = "bounced"
                 rec["bounce_class"] = o.bounce_class
@@ -284,12 +283,12 @@ class Scheduler:
                         )
                     )
             else:
-                rec["bounce_class"] = o.bounce_class  # type: ignore[union-attr]
+                rec["bounce_class"] = o.bounce_class
                 at = self._retry_at(env, n, now, floor)
                 if at is None:
                     rnd.states[i] = RcptState(FAILED, str(reply))
                     rec["event"] = "expired"
-                    self._count("bounced", o.bounce_class)  # type: ignore[union-attr]
+                    self._count("bounced", o.bounce_class)
                     if dsnlib.wanted(env.sender, rc.notify, "failed"):
                         rnd.report(
                             dsnlib.RcptReport(
@@ -300,7 +299,7 @@ class Scheduler:
                     rnd.states[i] = RcptState(PENDING, str(reply))
                     rnd.retry(at)
                     rec["event"] = "deferred"
-                    self._count("deferred", o.bounce_class)  # type: ignore[union-attr]
+                    self._count("deferred", o.bounce_class)
                     if env.attempts == 0 and rc.notify and dsnlib.wanted(env.sender, rc.notify, "delayed"):
                         rnd.report(
                             dsnlib.RcptReport(
