@@ -417,11 +417,26 @@ class Scheduler:
         for rep in rnd.reports or ():
             by_action.setdefault("delivered" if rep.action == "relayed" else rep.action, []).append(rep)
         original = self.spool.body(env.id)
-        for reports in by_action.values():
+        for action, reports in by_action.items():
             try:
                 await self.queue_dsn(env, reports, original)
-            except Exception as e:  # the recipients' states are still written; the DSN is lost
-                log.error("could not queue a DSN for %s: %s", env.id, e)
+            except Exception as e:
+                log.error("could not queue a %s DSN for %s: %s", action, env.id, e)
+                if action == "failed":
+                    self._unfail(rnd, reports)
+
+    def _unfail(self, rnd: Round, reports: list[dsnlib.RcptReport]) -> None:
+        """The bounce could not be queued: keep those recipients queued rather than lose the news.
+
+        They are tried again after the first retry interval and fail (with a DSN) then.
+        """
+        env = rnd.env
+        failed = {r.rcpt for r in reports}
+        for i, st in list(rnd.states.items()):
+            rc = env.rcpts[i]
+            if st.state == FAILED and rc.addr in failed:
+                rnd.states[i] = RcptState(BOUNCE if rc.state == BOUNCE else PENDING, st.last_error)
+        rnd.retry(self.clock() + retry.delay(1, self.cfg.delivery.retry_schedule, self.rng))
 
     async def queue_dsn(self, env: Envelope, reports: list[dsnlib.RcptReport], original: bytes | None) -> str:
         now = self.clock()

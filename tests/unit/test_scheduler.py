@@ -433,3 +433,22 @@ def test_queue_gauges(fake_spool: FakeSpool) -> None:
         assert (gauge("ready"), gauge("inflight"), gauge("deferred")) == (0, 0, 1)
 
     run(t())
+
+
+def test_bounce_whose_dsn_cannot_be_queued_stays_queued(fake_spool: FakeSpool) -> None:
+    from fastmta.errors import SpoolFullError
+
+    async def full(env: Any, body: bytes) -> None:
+        raise SpoolFullError()
+
+    async def t() -> None:
+        sched, _, logs = build(fake_spool, lambda d, e, i: USER_UNKNOWN)
+        fake_spool.put = full  # type: ignore[method-assign]
+        env = fake_spool.add("a@src.test", ["b@dst.test"])
+        sched.submit([env])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        stored = fake_spool.envs[env.id]
+        assert stored.rcpts[0].state == "pending" and stored.rcpts[0].last_error.startswith("550 5.1.1")
+        assert stored.next_attempt > time.time() + 0.5  # retried later, bounced (with a DSN) then
+
+    run(t())
