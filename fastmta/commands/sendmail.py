@@ -88,6 +88,9 @@ def _fail(status: int, message: str) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return EX_OK
     try:
         opts = parse_args(argv)
     except getopt.GetoptError as e:

@@ -12,6 +12,7 @@ import pytest
 
 from fastmta import compose
 from fastmta.commands.sendmail import config_path, parse_args, read_message
+from fastmta.commands.sendmail import main as sendmail_main
 from fastmta.inject import connect_host, queue_id
 
 
@@ -36,6 +37,12 @@ def test_parse_args(argv: list[str], expect: dict[str, object]) -> None:
     opts = parse_args(argv)
     for key, value in expect.items():
         assert getattr(opts, key) == value, key
+
+
+def test_help_prints_usage_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sendmail_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fastmta sendmail") and "75 temporary" in out
 
 
 def test_parse_args_rejects_unknown_flag() -> None:
