@@ -23,7 +23,6 @@ from fastmta.errors import Reply
 # Never fold into RFC 2047 encoded words: status fields are read by programs.
 _POLICY = email.policy.SMTP.clone(max_line_length=998)
 MAX_FULL = 1024 * 1024  # RET=FULL returns the whole message up to this size, else headers only
-_XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
 _CTL = re.compile(r"[\x00-\x1f\x7f]+")
 _PLACEHOLDER = b"fastmta-dsn-original-7c1d5e0f2a9b4c36"
 
@@ -52,7 +51,7 @@ class RcptReport:
     action: str  # failed | delayed | delivered | relayed
     status: str  # "5.1.1", "4.4.7", "2.0.0"
     reply: Reply | None = None
-    orcpt: str = ""  # the ORCPT= parameter as received ("rfc822;a@b.test", xtext)
+    orcpt: str = ""  # the ORCPT= parameter, xtext already decoded by the receiver ("rfc822;a@b.test")
     remote_mta: str = ""  # host name (or address) of the next hop that answered
     last_attempt: float | None = None
     will_retry_until: float | None = None
@@ -160,14 +159,14 @@ def _status(reports: Sequence[RcptReport], hostname: str, arrived: float, envid:
     head = Message(policy=_POLICY)
     head["Reporting-MTA"] = f"dns; {hostname}"
     if envid:
-        head["Original-Envelope-Id"] = _xtext_decode(envid)
+        head["Original-Envelope-Id"] = _CTL.sub(" ", envid)
     head["Arrival-Date"] = _date(arrived)
     blocks: list[Message[str, str] | str] = [head]
     for r in reports:
         b = Message(policy=_POLICY)
         if r.orcpt:
             kind, _, addr = r.orcpt.partition(";")
-            b["Original-Recipient"] = f"{kind.strip() or 'rfc822'}; {_xtext_decode(addr.strip())}"
+            b["Original-Recipient"] = f"{kind.strip() or 'rfc822'}; {_CTL.sub(' ', addr.strip())}"
         b["Final-Recipient"] = f"{'rfc822' if r.rcpt.isascii() else 'utf-8'}; {r.rcpt}"
         b["Action"] = r.action
         b["Status"] = r.status
@@ -199,11 +198,6 @@ def _original(returned: bytes, full: bool) -> MIMEPart:
         part["Content-Transfer-Encoding"] = "8bit"
     part.set_payload(_PLACEHOLDER.decode())
     return part
-
-
-def _xtext_decode(value: str) -> str:
-    """RFC 3461 §4 xtext: ``+HH`` stands for one octet."""
-    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value)
 
 
 def remote_host(nexthop: str) -> str:

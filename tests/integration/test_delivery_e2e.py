@@ -207,3 +207,28 @@ def test_shaping_rule_suspends_destination_answering_tss04(mta: Any) -> None:
     assert any("TSS04" in r["response"] for r in deferred)
     assert len(deferred) == len([r for r in recs if r["event"] == "deferred"])
     assert env.sinks["a.test"].connections == connections == 1  # the first attempt, then an hour of quiet
+
+
+def test_notify_success_envid_and_orcpt(mta: Any) -> None:
+    env = mta()
+    env.send(
+        ["x@a.test"],
+        subject="notify",
+        mail_options=["RET=HDRS", "ENVID=env+2Dtag"],
+        rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;X@a.test"],
+    )
+    env.sinks["a.test"].wait_messages(1)
+    dsn = env.sinks["src.test"].wait_messages(1)[0]
+    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
+    head, block = list(msg.iter_parts())[1].get_payload()
+    assert head["Original-Envelope-Id"] == "env-tag"
+    assert block["Action"] == "relayed" and block["Status"].startswith("2.")  # the sink offers no DSN
+    assert block["Original-Recipient"] == "rfc822; X@a.test"
+
+
+def test_notify_never_silences_the_bounce(mta: Any) -> None:
+    env = mta(a_test={"rcpt_default": "550 5.1.1 no such user"})
+    env.send(["x@a.test"], subject="quiet", rcpt_options=["NOTIFY=NEVER"])
+    env.wait_log(lambda rs: any(r["event"] == "bounced" for r in rs))
+    time.sleep(0.5)
+    assert env.sinks["src.test"].messages == []

