@@ -185,3 +185,26 @@ def test_storage_exhausted_defers_and_leaves_nothing_behind(tmp_path: Path) -> N
     assert out["SMALL"] == ["Delivered", 250, "2.0.0"]
     box = mail / "local.test" / "bob"
     assert len(list((box / "new").iterdir())) == 1 and list((box / "tmp").iterdir()) == []
+
+
+def test_parallel_sendmail_processes_beside_a_running_server(server: tuple[ServerProcess, Path, int],
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    """Several injectors and the server's writer share the LMDB spool: every message arrives once."""
+    _, cfg, _ = server
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-m", "fastmta", "sendmail", "-C", str(cfg), "-i", "bob@local.test"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )  # fmt: skip
+        for _ in range(8)
+    ]
+    for n, p in enumerate(procs):
+        _, err = p.communicate(f"Subject: parallel {n}\n\nbody {n}\n".encode(), timeout=60)
+        assert p.returncode == 0, err
+    wait_files(tmp_path / "mail" / "local.test" / "bob", 8)
+    time.sleep(0.5)  # nothing delivered twice
+    files = sorted((tmp_path / "mail" / "local.test" / "bob" / "new").iterdir())
+    bodies = sorted(f.read_bytes().rsplit(b"\n\n", 1)[1] for f in files)
+    assert bodies == sorted(f"body {n}\n".encode() for n in range(8))
