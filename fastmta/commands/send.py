@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bcc", action="append", default=[], metavar="ADDR", help="hidden recipient (repeatable)")
     p.add_argument("--subject", default="", help="Subject: text")
     p.add_argument("--body", help="body text (default: stdin when it is not a terminal)")
+    p.add_argument("--html", metavar="FILE", help="an HTML alternative of the body, read from FILE")
     p.add_argument("--attach", action="append", default=[], metavar="FILE", help="attach a file (repeatable)")
     p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra header")
     p.add_argument("--server", metavar="HOST:PORT", help="submission server (default: the first listener)")
@@ -65,7 +66,8 @@ def _fail(status: int, message: str) -> int:
 
 
 def compose_message(args: argparse.Namespace, sender: str, hostname: str, body: str) -> EmailMessage:
-    """The MIME message: text body, then each attachment as a base64 part of its guessed type."""
+    """The MIME message: text body (with an HTML alternative), then each attachment as a
+    base64 part of its guessed type."""
     msg = EmailMessage()
     msg["From"] = sender
     if args.to:
@@ -81,6 +83,9 @@ def compose_message(args: argparse.Namespace, sender: str, hostname: str, body: 
             raise ValueError(f"bad --header {header!r} (expected 'Name: value')")
         msg[name.strip()] = value.strip()
     msg.set_content(body)
+    if args.html:
+        with open(args.html, encoding="utf-8", errors="replace") as f:
+            msg.add_alternative(f.read(), subtype="html")
     for path in args.attach:
         ctype, encoding = mimetypes.guess_type(path)
         if ctype is None or encoding is not None:  # unknown, or compressed (.gz): opaque bytes

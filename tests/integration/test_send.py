@@ -94,13 +94,17 @@ def test_wrong_password_is_ex_noperm(sinks: Callable[..., Any]) -> None:
 def test_dry_run_prints_the_mime_message(tmp_path: Path) -> None:
     pic = tmp_path / "a.jpg"
     pic.write_bytes(b"\xff\xd8\xff" + bytes(100))
+    html = tmp_path / "body.html"
+    html.write_text("<p>Grüße</p>")
     r = send("--dry-run", "--from", "a@x.test", "--to", "b@y.test", "--cc", "c@y.test", "--subject", "s",
-             "--body", "text", "--attach", str(pic))  # fmt: skip
+             "--body", "text", "--html", str(html), "--attach", str(pic))  # fmt: skip
     assert r.returncode == 0, r.stderr
     msg = parse(r.stdout)
     assert msg["To"] == "b@y.test" and msg["Cc"] == "c@y.test" and msg["Message-ID"] and msg["Date"]
     [att] = msg.iter_attachments()
     assert att.get_content_type() == "image/jpeg" and att.get_payload(decode=True) == pic.read_bytes()
+    assert msg.get_body(("html",)).get_content().strip() == "<p>Grüße</p>"
+    assert msg.get_body(("plain",)).get_content().strip() == "text"
     assert b"\r\n" in r.stdout and b"\n" not in r.stdout.replace(b"\r\n", b"")
 
 
