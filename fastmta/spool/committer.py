@@ -113,7 +113,8 @@ class Committer:
         cmd = [sys.executable, "-c", _WRITER_MAIN, "--fd", str(theirs.fileno()),
                "--path", self.cfg.path, "--map-size", str(self.cfg.map_size),
                "--max-map-size", str(self.cfg.max_map_size),
-               "--max-batch-bytes", str(self.cfg.max_batch_bytes)]  # fmt: skip
+               "--max-batch-bytes", str(self.cfg.max_batch_bytes),
+               "--commit-window", str(self.cfg.commit_window)]  # fmt: skip
         if not self.cfg.sync:
             cmd.append("--no-sync")
         try:

@@ -18,9 +18,10 @@ Protocol on a stream socket (both directions little-endian):
   (fraction of the map ceiling in use), ``seconds`` (commit time), ``ops``.
   Status 0 = done (value), 1 = spool full, 2 = spool unavailable, 3 = error (text).
 
-Batching: whatever arrived while the previous commit ran is the next batch (capped
-by ``max_batch_bytes``), so batches grow with load and an idle spool commits each
-put at once. Map full → grow (no txn open) and retry; at the ceiling or on ENOSPC
+Batching: whatever arrived while the previous commit ran is the next batch, plus
+what keeps streaming in (gaps under 0.2 ms) for at most ``commit_window``; capped by
+``max_batch_bytes``. Batches grow with load and an idle spool commits at once.
+Map full → grow (no txn open) and retry; at the ceiling or on ENOSPC
 the batch is retried one operation per txn so only what does not fit fails. LMDB
 commits are atomic: nothing is ever half-written. EOF on the socket (the server
 stopped or died) → commit what was received, answer, exit.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
+import select
 import socket
 import struct
 import sys
@@ -50,6 +52,7 @@ PUT, OP = 1, 2
 OK, FULL, UNAVAILABLE, ERROR = 0, 1, 2, 3
 OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"})
 MAX_BATCH_OPS = 8192
+LINGER_GAP = 0.0002  # a pause this long ends the batch early: an idle spool does not wait
 
 
 class Request:
@@ -151,7 +154,7 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(ACK.pack(len(data)) + data)
 
 
-def serve(sock: socket.socket, store: Store, max_batch_bytes: int) -> None:
+def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float = 0.0) -> None:
     """Read requests, commit them in batches, acknowledge each batch; return at EOF."""
     writer = BatchWriter(store)
     buf = bytearray()
@@ -159,22 +162,7 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int) -> None:
     _send(sock, {"ready": True, "usage": writer.usage(), "results": []})
     while not eof or buf:
         if not eof and not _has_frame(buf):
-            data = sock.recv(1 << 20)
-            if not data:
-                eof = True
-            buf += data
-            sock.setblocking(False)
-            try:  # take everything already waiting: that is the batch
-                while len(buf) < max_batch_bytes:
-                    data = sock.recv(1 << 20)
-                    if not data:
-                        eof = True
-                        break
-                    buf += data
-            except BlockingIOError:
-                pass
-            finally:
-                sock.setblocking(True)
+            eof = _fill(sock, buf, max_batch_bytes, window)
         batch, used = _parse(buf, max_batch_bytes)
         if not batch:
             if eof:
@@ -190,6 +178,32 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int) -> None:
             _send(sock, reply)
         except OSError:
             eof = True  # the server is gone; keep committing what arrived, then stop
+
+
+def _fill(sock: socket.socket, buf: bytearray, max_bytes: int, window: float) -> bool:
+    """Wait for data, take all that is waiting, then linger while more keeps coming
+    (gaps under ``LINGER_GAP``) for at most ``window``: the batch. True at EOF."""
+    data = sock.recv(1 << 20)
+    if not data:
+        return True
+    buf += data
+    deadline = time.monotonic() + window
+    sock.setblocking(False)
+    try:
+        while len(buf) < max_bytes:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], min(left, LINGER_GAP))[0]:
+                    return False
+                continue
+            if not data:
+                return True
+            buf += data
+        return False
+    finally:
+        sock.setblocking(True)
 
 
 def _has_frame(buf: bytearray) -> bool:
@@ -221,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map-size", type=int, required=True)
     ap.add_argument("--max-map-size", type=int, required=True)
     ap.add_argument("--max-batch-bytes", type=int, required=True)
+    ap.add_argument("--commit-window", type=float, default=0.0)
     ap.add_argument("--no-sync", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="fastmta spool writer: %(message)s", level=logging.INFO)
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         _send(sock, {"error": f"cannot open spool: {e}"})
         return 1
     try:
-        serve(sock, store, args.max_batch_bytes)
+        serve(sock, store, args.max_batch_bytes, args.commit_window)
     finally:
         store.close()
     return 0
