@@ -120,6 +120,9 @@ class Store:
             if txn.get(b"schema", db=self.meta) is None:
                 txn.put(b"schema", SCHEMA, db=self.meta)
         self.page_size = self.env.stat()["psize"]
+        # Reader slots of processes killed mid-read pin old pages (the file only
+        # grows) until cleared; a crash is exactly when we are opened again.
+        self.env.reader_check()
 
     # --- transactions ---------------------------------------------------------
 
