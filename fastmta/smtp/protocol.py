@@ -212,7 +212,18 @@ class SmtpProtocol(asyncio.Protocol):
                 self._paused_early = True
                 self.transport.pause_reading()
             return
-        self._run(self.parser.feed(data))
+        try:
+            self._run(self.parser.feed(data))
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        """A bug, not bad input: log it, tell the client 451 and close this connection only."""
+        log.exception("internal error in a session with %s", self.peer)
+        if not self._closed:
+            self._closed = True
+            self.transport.write(R.R_451_LOCAL_ERROR)
+            self.transport.close()
 
     def _run(self, events: list[tuple[int, object]]) -> None:
         """Handle events in order; stop (holding the rest) at anything that must wait."""
@@ -298,12 +309,16 @@ class SmtpProtocol(asyncio.Protocol):
             return
         self.last_active = self.hub.now
         held, self._held = self._held, []
-        self._run(held)
-        early = self._early
-        while early and not self._waiting and not self._closed:
-            data = bytes(early)
-            early.clear()
-            self._run(self.parser.feed(data))
+        try:
+            self._run(held)
+            early = self._early
+            while early and not self._waiting and not self._closed:
+                data = bytes(early)
+                early.clear()
+                self._run(self.parser.feed(data))
+        except Exception:
+            self._internal_error()
+            return
         if self._paused_early and not self._waiting and not self._closed:
             self._paused_early = False
             if not self._paused_write:
@@ -378,7 +393,7 @@ class SmtpProtocol(asyncio.Protocol):
             transport = await self.hub.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=settings.command_timeout
             )
-        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
+        except Exception as e:  # a failed handshake of any kind ends this connection only
             settings.metrics.tls_failed.inc()
             log.info("STARTTLS handshake with %s failed: %s", self.peer, e)
             self._closed = True
