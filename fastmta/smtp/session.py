@@ -537,7 +537,9 @@ class Session:
             proto = "SMTP"
         else:
             proto = ("UTF8SMTP" if utf8 else "ESMTP") + ("S" if self.tls else "") + ("A" if self.user else "")
-        head = f"Received: from {self.helo or 'unknown'} ([{self.client_ip}])\r\n"
+        ip = self.client_ip
+        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"  # RFC 5321 §4.1.3 address literals
+        head = f"Received: from {self.helo or 'unknown'} ({literal})\r\n"
         head += f"\tby {self.cfg.hostname} (fastmta) with {proto} id {msg_id}"
         if self.tls:
             version, _, cipher = self.tls.partition(" ")
