@@ -199,3 +199,45 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_delivery_log_through_a_pipe_stays_whole_lines(make_config: Callable[..., Path]) -> None:
+    """stdout a pipe (journald, Docker): the supervisor relays the workers' JSON lines unbroken."""
+    import subprocess
+
+    from tests.fixtures.workers import workers_toml
+    from tests.support import fastmta_cmd, wait_port
+
+    port, metrics_port = free_port(), free_port()
+    cfg = make_config(workers_toml(port, metrics_port, hold=True))
+    proc = subprocess.Popen(fastmta_cmd("serve", "--config", str(cfg)), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(4096), b"")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_port("127.0.0.1", port, proc=proc)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        while _health(metrics_port) != 200 and time.monotonic() < deadline:  # both workers up
+            time.sleep(0.05)
+        assert len(send_many(port, 200, rcpt="x" * 60 + "@dst.test")) == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reader.join(10)
+    lines = b"".join(chunks).splitlines()
+    events = [json.loads(line) for line in lines]  # a torn line would not parse
+    assert len(events) == 200 and {e["event"] for e in events} == {"received"}
+
+
+def _health(metrics_port: int) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
