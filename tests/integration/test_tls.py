@@ -123,6 +123,7 @@ def test_ipv6_listener(srv: Running) -> None:
     with smtplib.SMTP("::1", srv.ports["v6"], timeout=10) as s:
         s.ehlo("t.test")
         s.starttls(context=client_context(srv))
+        s.ehlo("t.test")
         s.mail("a@x.test")
         s.rcpt("b@y.test")
         _, reply = s.data(b"Subject: v6\r\n\r\nx\r\n")
