@@ -111,7 +111,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for (sc, drv, system), rs in cells.items():
         good = [r for r in rs if r["ok"] and not r["failed"]]
         cell: dict[str, Any] = {"reps": len(rs), "good_reps": len(good)}
-        for key in ("rate", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_msg"):
+        for key in ("rate", "mb_s", "p50_ms", "p99_ms", "cpu_us_per_msg", "client_cpu_us_per_msg"):
             vals = [r[key] for r in good if r.get(key) is not None]
             if vals:
                 cell[key] = {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2),

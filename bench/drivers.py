@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,15 +34,21 @@ class Result:
     p50_ms: float | None = None  # whole transaction, client side (fastmta load only)
     p99_ms: float | None = None
     connect_p99_ms: float | None = None
+    client_cpu_us_per_msg: float | None = None  # the driver's own CPU cost (it shares the cores)
     errors: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float]:
-    """Run one driver process; on timeout kill exactly that process."""
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float, float]:
+    """Run one driver process; on timeout kill exactly that process. Adds the driver's CPU seconds."""
+    start, cpu0 = time.perf_counter(), _children_cpu()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -55,8 +62,8 @@ def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        return -9, out, err + b"\ndriver timed out", time.perf_counter() - start
-    return proc.returncode, out, err, time.perf_counter() - start
+        return -9, out, err + b"\ndriver timed out", time.perf_counter() - start, _children_cpu() - cpu0
+    return proc.returncode, out, err, time.perf_counter() - start, _children_cpu() - cpu0
 
 
 def smtp_source(address: str, count: int, connections: int, reuse: bool, size: int,
@@ -66,8 +73,8 @@ def smtp_source(address: str, count: int, connections: int, reuse: bool, size: i
            "-f", SENDER, "-t", RECIPIENT, "-M", "source.fastmta.test"]  # fmt: skip
     if reuse:
         cmd.append("-d")
-    rc, _, err, elapsed = _run([*cmd, address], timeout)
-    res = Result("smtp-source", elapsed=elapsed)
+    rc, _, err, elapsed, cpu = _run([*cmd, address], timeout)
+    res = Result("smtp-source", elapsed=elapsed, client_cpu_us_per_msg=round(cpu / count * 1e6, 1))
     if rc == 0 and b"fatal" not in err:
         res.ok = count
         res.rate = count / elapsed
@@ -87,8 +94,8 @@ def fastmta_load(address: str, count: int, connections: int, per_connection: int
            "--from", SENDER, "--to", RECIPIENT, "--procs", str(procs), "--timeout", "20s"]  # fmt: skip
     if pipelining:
         cmd.append("--pipelining")
-    rc, out, err, elapsed = _run(cmd, timeout)
-    res = Result("fastmta-load", elapsed=elapsed)
+    rc, out, err, elapsed, cpu = _run(cmd, timeout)
+    res = Result("fastmta-load", elapsed=elapsed, client_cpu_us_per_msg=round(cpu / count * 1e6, 1))
     try:
         summary = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -101,4 +108,6 @@ def fastmta_load(address: str, count: int, connections: int, per_connection: int
     res.p99_ms = summary["latency_ms"]["txn"]["p99"]
     res.connect_p99_ms = summary["latency_ms"]["connect"]["p99"]
     res.errors = summary["errors"]
+    if summary.get("ok"):  # its own CPU during the run, without interpreter start-up
+        res.client_cpu_us_per_msg = round(summary["cpu_s"] / summary["ok"] * 1e6, 1)
     return res

@@ -172,7 +172,8 @@ def stored_lines(acc: dict[str, Any]) -> list[str]:
 
 def ceiling_lines(acc: dict[str, Any]) -> list[str]:
     """The load tools' own ceiling: each driver against smtp-sink and the limit, beside fastmta."""
-    rows = [["scenario", "driver", "→ smtp-sink", "→ limit", "→ fastmta", "headroom over fastmta"]]
+    rows = [["scenario", "driver", "→ smtp-sink", "→ limit", "→ fastmta", "headroom over fastmta",
+             "driver CPU µs/msg"]]  # fmt: skip
     for sc, label in acc["scenarios"].items():
         for drv in ("smtp-source", "fastmta-load"):
             by = acc["summary"].get(sc, {}).get(drv, {})
@@ -181,7 +182,9 @@ def ceiling_lines(acc: dict[str, Any]) -> list[str]:
                 continue
             top = max(v for v in (med["smtp-sink"], med["limit"]) if v)
             room = f"{top / med['fastmta']:.1f}×" if med["fastmta"] else "–"
-            rows.append([label, drv, *(f"{v:,.0f}" if v else "–" for v in med.values()), room])
+            own = by.get("smtp-sink", by.get("fastmta", {})).get("client_cpu_us_per_msg", {}).get("median")
+            rows.append([label, drv, *(f"{v:,.0f}" if v else "–" for v in med.values()), room,
+                         f"{own:,.0f}" if own is not None else "–"])  # fmt: skip
     if len(rows) == 1:
         return []
     return [

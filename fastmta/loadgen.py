@@ -66,6 +66,7 @@ class Stats:
     connections: int = 0
     connect_failures: int = 0
     elapsed: float = 0.0
+    cpu: float = 0.0  # the generator's own CPU seconds during the run (all its processes)
     connect: array[float] = field(default_factory=lambda: array("d"))  # TCP connect → banner
     data: array[float] = field(default_factory=lambda: array("d"))  # end of DATA sent → its reply
     txn: array[float] = field(default_factory=lambda: array("d"))  # MAIL sent → reply to end of DATA
@@ -78,6 +79,7 @@ class Stats:
         self.connections += other.connections
         self.connect_failures += other.connect_failures
         self.elapsed = max(self.elapsed, other.elapsed)
+        self.cpu += other.cpu
         self.connect.extend(other.connect)
         self.data.extend(other.data)
         self.txn.extend(other.txn)
@@ -103,6 +105,7 @@ class Stats:
             sessions=self.connections,
             connect_failures=self.connect_failures,
             elapsed_s=round(self.elapsed, 4),
+            cpu_s=round(self.cpu, 4),
             msgs_per_s=round(self.rate, 1),
             mb_per_s=round(self.bytes_ok / self.elapsed / 1e6, 3) if self.elapsed > 0 else 0.0,
             latency_ms={k: latency_summary(getattr(self, k)) for k in ("connect", "data", "txn")},
@@ -521,13 +524,14 @@ async def run_async(spec: LoadSpec, progress: Callable[[Stats], None] | None = N
     """Run the load on the current loop and return its statistics."""
     loop = asyncio.get_running_loop()
     run = _Run(spec, loop)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     watchdog = loop.create_task(run.watchdog())
     ticker = loop.create_task(_tick(run.stats, progress)) if progress else None
     try:
         await asyncio.gather(*(run.slot() for _ in range(spec.connections)))
     finally:
         run.stats.elapsed = time.perf_counter() - start
+        run.stats.cpu = time.process_time() - cpu0
         for task in (watchdog, ticker):
             if task is not None:
                 task.cancel()
