@@ -78,7 +78,7 @@ class Scheduler:
         self.rng = rng if rng is not None else random.Random()
         self.max_in_memory = max_in_memory
         self.dest_cap = max(1, max_in_memory // DEST_SHARE)  # ready + in flight per destination
-        self.parked: dict[str, str] = {}  # message id -> destination key that was full
+        self.parked: dict[str, DestQueue] = {}  # message id -> the destination that was full
         self.held = cfg.delivery.hold
         self.rounds: dict[str, Round] = {}
         self.overflow = False  # submit() turned messages away: the feeder must look for them
@@ -138,7 +138,7 @@ class Scheduler:
                 dq.parked = True
             if len(self.parked) >= PARKED_MAX:
                 self.parked.clear()
-            self.parked[env.id] = work[0][1].dest.key
+            self.parked[env.id] = work[0][1]
             return False
         rnd = Round(env)
         self.rounds[env.id] = rnd
@@ -154,11 +154,10 @@ class Scheduler:
 
     def still_parked(self, msg_id: str) -> bool:
         """Whether a message turned away earlier would be turned away again (no envelope read)."""
-        key = self.parked.get(msg_id)
-        if key is None:
+        dq = self.parked.get(msg_id)
+        if dq is None:
             return False
-        dq = self.shards[shard_of(key, len(self.shards))].dests.get(key)
-        if dq is not None and len(dq.ready) + dq.inflight >= self.dest_cap:
+        if len(dq.ready) + dq.inflight >= self.dest_cap:
             return True
         del self.parked[msg_id]
         return False

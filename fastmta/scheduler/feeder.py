@@ -23,6 +23,7 @@ from fastmta.scheduler.core import Scheduler
 log = logging.getLogger("fastmta.scheduler")
 
 PAGE = 1000  # schedule-index entries per read transaction
+MISSES = 2 * PAGE  # a run of messages whose destinations are full ends the pass (resumed next time)
 
 
 class Feeder:
@@ -32,7 +33,7 @@ class Feeder:
         self.sched = sched
         self.interval = interval
         self.count = count  # messages in the spool (cheap); None: the "deferred" gauge is not kept
-        self.budget = max(10 * PAGE, 5 * sched.max_in_memory)  # index entries looked at per pass
+        self.budget = max(10 * PAGE, sched.max_in_memory)  # index entries looked at per pass
         self._cursor: tuple[float, str] | None = None
         self._wake = asyncio.Event()
         self._gauges = {
@@ -63,10 +64,11 @@ class Feeder:
     async def scan(self) -> int:
         """Admit due messages not in memory, up to the memory bound; returns how many.
 
-        The scan resumes where the previous one stopped and wraps around once, and
-        looks at no more than ``budget`` index entries: messages left in the spool
-        (memory full, destination at its share) cost one bounded pass each second,
-        never a read of the whole queue.
+        The scan resumes where the previous one stopped and wraps around once; it
+        looks at no more than ``budget`` index entries and stops after ``MISSES``
+        messages in a row that could not be taken (their destinations are full), so
+        a huge backlog for one destination costs a bounded pass, never a read of the
+        whole queue, while the cursor still walks past it to everything behind.
         """
         sched = self.sched
         if sched.held:
@@ -75,35 +77,48 @@ class Feeder:
         now = sched.clock()
         start = after = self._cursor
         wrapped = start is None
-        examined = admitted = 0
-        while len(sched.rounds) < sched.max_in_memory and examined < self.budget:
+        examined = admitted = misses = 0
+        stop = len(sched.rounds) >= sched.max_in_memory
+        while not stop:
             page = spool.due(now, PAGE, after)
             for key in page:
                 if wrapped and start is not None and key >= start:
-                    page = []  # back where this pass began
+                    sched.overflow, stop = False, True  # full circle: everything due was looked at
                     break
                 examined += 1
-                after = key
-                if key[1] in sched.rounds or sched.still_parked(key[1]):
-                    continue
-                env = spool.envelope(key[1])
-                if env is None:
-                    continue  # deleted meanwhile
-                if sched.admit(env):
-                    admitted += 1
-                    if len(sched.rounds) >= sched.max_in_memory:
-                        sched.overflow = True  # more may be due: scan again as soon as room frees up
-                        break
-            if len(page) < PAGE:
-                if wrapped:
-                    after = None
-                    if examined < self.budget:
-                        sched.overflow = False
+                if examined > self.budget:
+                    sched.overflow = stop = True  # more to look at next time
                     break
-                wrapped, after = True, None
-            await asyncio.sleep(0)  # let deliveries run between pages
+                after = key
+                if key[1] in sched.rounds:
+                    continue
+                if sched.still_parked(key[1]) or not self._admit(key[1]):
+                    misses += 1
+                    if misses >= MISSES:
+                        stop = True
+                        break
+                    continue
+                misses = 0
+                admitted += 1
+                if len(sched.rounds) >= sched.max_in_memory:
+                    sched.overflow = stop = True  # more may be due: scan again as soon as room frees up
+                    break
+            else:
+                if len(page) < PAGE:  # the end of what is due
+                    if wrapped:
+                        after = None
+                        sched.overflow = False
+                        stop = True
+                    else:
+                        wrapped, after = True, None
+            if not stop:
+                await asyncio.sleep(0)  # let deliveries run between pages
         self._cursor = after
         return admitted
+
+    def _admit(self, msg_id: str) -> bool:
+        env = self.sched.spool.envelope(msg_id)
+        return env is None or self.sched.admit(env)  # None: deleted meanwhile, nothing to do
 
     def update_gauges(self) -> None:
         sched = self.sched

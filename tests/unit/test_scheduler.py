@@ -452,3 +452,44 @@ def test_bounce_whose_dsn_cannot_be_queued_stays_queued(fake_spool: FakeSpool) -
         assert stored.next_attempt > time.time() + 0.5  # retried later, bounced (with a DSN) then
 
     run(t())
+
+
+def test_feeder_pass_is_bounded_and_resumes_behind_a_parked_backlog(fake_spool: FakeSpool) -> None:
+    from fastmta.scheduler import feeder as feeder_mod
+
+    gate = asyncio.Event()
+
+    async def script(d: Any, e: Any, i: int) -> Any:
+        if d.key == "slow.test":
+            await gate.wait()
+        return OK
+
+    async def t() -> None:
+        dlv = FakeDeliverer(script)
+        sched = Scheduler(make_cfg(), fake_spool, dlv, None, LogSink(), max_in_memory=16)  # type: ignore[arg-type]
+        feeder = Feeder(sched)
+        backlog = feeder_mod.MISSES + 500
+        for _ in range(backlog):
+            fake_spool.add("a@src.test", ["b@slow.test"])
+        fast = fake_spool.add("a@src.test", ["b@fast.test"])
+        reads = 0
+        real_envelope = fake_spool.envelope
+
+        def counting(msg_id: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return real_envelope(msg_id)
+
+        fake_spool.envelope = counting  # type: ignore[method-assign]
+        assert await feeder.scan() == sched.dest_cap  # then a run of MISSES full-destination messages ends it
+        assert reads == sched.dest_cap + feeder_mod.MISSES and fast.id not in sched.rounds
+        reads = 0
+        await feeder.scan()  # resumes after the cursor and reaches the message behind the backlog
+        assert fast.id in sched.rounds and reads <= 500 + 1
+        reads = 0
+        await feeder.scan()  # known-parked messages cost no envelope read
+        assert reads == 0
+        gate.set()
+        await settle(sched, lambda: True)
+
+    run(t())
