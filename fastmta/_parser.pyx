@@ -105,7 +105,7 @@ cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t lim
         return 0
     while True:
         hit = <const unsigned char*>memchr(p + start, _LF, n - start) if start < n else NULL
-        while hit != NULL and (hit - p == start or hit[-1] != _CR):
+        while hit != NULL and (hit - p == start or p[hit - p - 1] != _CR):
             j = hit - p + 1
             hit = <const unsigned char*>memchr(p + j, _LF, n - j) if j < n else NULL
         if hit == NULL:
