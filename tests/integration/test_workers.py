@@ -164,6 +164,19 @@ def test_a_worker_that_cannot_start_stops_the_start(make_config: Callable[..., P
     assert b"failed to start" in r.stderr and b"cannot start" in r.stderr
 
 
+def test_metrics_address_in_use_fails_the_start(make_config: Callable[..., Path]) -> None:
+    import socket
+
+    from tests.fixtures.workers import workers_toml
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = make_config(workers_toml(free_port(), taken.getsockname()[1], hold=True))
+        r = run_fastmta("serve", "--config", str(cfg), timeout=60)
+    assert r.returncode == 1 and b"cannot start" in r.stderr, r.stderr
+
+
 def test_sendmail_writes_into_a_shard_the_queue_sees(workers_server: Callable[..., Supervised]) -> None:
     srv = workers_server(hold=True)
     r = run_fastmta("sendmail", "--config", str(srv.config), "-f", "cron@src.test", "root@dst.test",
