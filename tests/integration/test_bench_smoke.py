@@ -72,7 +72,7 @@ def test_peer_takes_mail_and_stops_by_its_pid(make: Callable[[], peers.Peer]) ->
 
 
 def test_run_py_writes_json_chart_and_table(tmp_path: Path) -> None:
-    accept = "--systems fastmta,postfix,limit --scenarios 4k-50c-1m,4k-1c-100m --seconds 0.2"
+    accept = "--systems fastmta,postfix,limit --scenarios 4k-50c-1m --seconds 0.2"
     relay = "--systems fastmta,postfix --count 100 --drain 200"
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "accept,relay,nope"]
     assert subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=30).returncode == 2
@@ -92,7 +92,7 @@ def test_run_py_writes_json_chart_and_table(tmp_path: Path) -> None:
     assert result["machine"]["cores"] and result["machine"]["versions"]["postfix"].startswith("3.")
     acc = result["benches"]["accept"]
     assert acc["unavailable"] == {}
-    for sc in ("4k-50c-1m", "4k-1c-100m"):
+    for sc in ("4k-50c-1m",):
         for drv in ("smtp-source", "fastmta-load"):
             cells = acc["summary"][sc][drv]
             assert set(cells) == {"fastmta", "postfix", "limit"}
