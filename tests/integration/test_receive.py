@@ -300,3 +300,24 @@ def test_local_domain_unknown_mailbox_is_550(tmp_path: Path) -> None:
         assert c.cmd(b"RCPT TO:<bob@L.test>") == b"550 5.1.1 Mailbox unavailable\r\n"
         assert c.cmd(b"RCPT TO:<postmaster@l.test>").startswith(b"250 2.1.5")
         assert c.cmd(b"RCPT TO:<bob@elsewhere.test>").startswith(b"250 2.1.5")  # not local: relayed
+
+
+def test_dsn_and_utf8_parameters_reach_the_envelope(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO e.test")
+        mail = "MAIL FROM:<jörg@x.test> SMTPUTF8 BODY=8BITMIME RET=HDRS ENVID=q+2Bid SIZE=100"
+        assert c.cmd(mail.encode()).startswith(b"250")
+        assert c.cmd(b"RCPT TO:<a@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;a+2Bz@y.test").startswith(b"250")
+        assert c.cmd("RCPT TO:<ü@y.test> NOTIFY=NEVER".encode()).startswith(b"250")
+        c.cmd(b"DATA")
+        reply = c.cmd(b"Subject: e\r\n\r\nx\r\n.")
+    msg_id = reply.split()[-1].decode()
+    env = srv.envelope(msg_id)
+    assert env.sender == "jörg@x.test" and env.helo == "e.test" and env.client_ip == "127.0.0.1"
+    assert env.listener == "mx"
+    assert env.params == {"SMTPUTF8": "", "BODY": "8BITMIME", "RET": "HDRS", "ENVID": "q+id"}
+    assert [(r.addr, r.notify, r.orcpt) for r in env.rcpts] == [
+        ("a@y.test", "FAILURE,DELAY", "rfc822;a+z@y.test"),
+        ("ü@y.test", "NEVER", ""),
+    ]
+    assert b" with UTF8SMTP id " in srv.body(msg_id)
