@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from fastmta.errors import Reply
+from fastmta.errors import Bounced, Deferred, Reply
 
 CLASSES = (
     "invalid_recipient", "bad_domain", "mailbox_full", "policy", "rate_limited",
@@ -66,6 +66,13 @@ def classify(reply: Reply) -> str:
             _CACHE.clear()
         _CACHE[reply] = cls
     return cls
+
+
+def failure_outcome(reply: Reply) -> Deferred | Bounced:
+    """A failure reply as the outcome the queue acts on: 5xx bounces, anything else defers."""
+    if reply.code >= 500:
+        return Bounced(reply, classify(reply))
+    return Deferred(reply, classify(reply))
 
 
 def _classify(reply: Reply) -> str:

@@ -6,25 +6,41 @@ carried fewer than ``max_messages`` messages; it leaves on reuse (most recently
 used first, so a quiet destination lets its spare connections time out), on
 ``idle_timeout`` (QUIT), or when the peer closes it. The scheduler limits how
 many deliveries run at once per destination, so the pool never holds more than
-that many connections per key.
+that many connections per key. It holds SMTP clients and LMTP sessions alike:
+anything with the ``Reusable`` shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Generic, Protocol, TypeVar
 
-from fastmta.delivery.client import SmtpClient
+
+class Reusable(Protocol):
+    """What the pool needs of a connection."""
+
+    messages: int  # transactions started on it
+
+    @property
+    def usable(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+    async def quit(self) -> None: ...
 
 
-class Pool:
+C = TypeVar("C", bound=Reusable)
+
+
+class Pool(Generic[C]):
     def __init__(self, max_messages: int, idle_timeout: float) -> None:
         self.max_messages = max_messages
         self.idle_timeout = idle_timeout
-        self._idle: dict[str, list[tuple[SmtpClient, asyncio.TimerHandle]]] = {}
+        self._idle: dict[str, list[tuple[C, asyncio.TimerHandle]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, key: str) -> SmtpClient | None:
+    def get(self, key: str) -> C | None:
         """A live idle connection for ``key``, or None."""
         idle = self._idle.get(key)
         while idle:
@@ -38,7 +54,7 @@ class Pool:
         self._idle.pop(key, None)
         return None
 
-    def put(self, key: str, client: SmtpClient) -> None:
+    def put(self, key: str, client: C) -> None:
         """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent."""
         if not client.usable or client.messages >= self.max_messages:
             self.retire(client)
@@ -46,7 +62,7 @@ class Pool:
         timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, key, client)
         self._idle.setdefault(key, []).append((client, timer))
 
-    def retire(self, client: SmtpClient) -> None:
+    def retire(self, client: C) -> None:
         """QUIT (or just close a broken connection) in the background."""
         if not client.usable:
             client.abort()
@@ -55,7 +71,7 @@ class Pool:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def _expire(self, key: str, client: SmtpClient) -> None:
+    def _expire(self, key: str, client: C) -> None:
         idle = self._idle.get(key, [])
         for i, (c, _) in enumerate(idle):
             if c is client:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from fastmta.config import Config, RouteConfig
 from fastmta.delivery import Attempt, Destination, replies
-from fastmta.delivery.classify import classify
+from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
@@ -47,7 +47,7 @@ class SmtpDeliverer:
         self.spool = spool
         self.resolver = resolver or Resolver(cfg.dns)
         d = cfg.delivery
-        self.pool = Pool(d.max_messages_per_connection, d.idle_timeout)
+        self.pool: Pool[SmtpClient] = Pool(d.max_messages_per_connection, d.idle_timeout)
         self._no_tls: dict[tuple[str, int], float] = {}  # opportunistic TLS broken → plaintext until
         self._dead: dict[tuple[str, int], float] = {}  # unreachable → tried last until
         self._opportunistic = _opportunistic_context()
@@ -370,6 +370,4 @@ def _failure(reply: Reply | None, error: str) -> Deferred | Bounced:
         if error == "timeout":
             return Deferred(replies.TIMEOUT, "timeout")
         return Deferred(replies.CONNECTION_LOST, "connection")
-    if reply.code >= 500:
-        return Bounced(reply, classify(reply))
-    return Deferred(reply, classify(reply))
+    return failure_outcome(reply)

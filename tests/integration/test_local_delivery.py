@@ -125,7 +125,7 @@ def test_unknown_user_gets_5_1_1(server: tuple[ServerProcess, Path, int], tmp_pa
 
 WRITER = """
 import sys
-from fastmta.delivery.local import maildir_write
+from fastmta.delivery.maildir import maildir_write
 box, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 for i in range(n):
     maildir_write(box, "h", [f"{tag} {i}\\n".encode(), b"x" * 5000])

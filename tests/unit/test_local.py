@@ -22,10 +22,9 @@ from fastmta.delivery.local import (
     _os_error_reply,
     local_recipient_exists,
     mailbox_of,
-    maildir_write,
     normalise_user,
-    unique_name,
 )
+from fastmta.delivery.maildir import maildir_write, unique_name
 from fastmta.errors import Bounced, Deferred, Delivered
 from fastmta.spool.records import Envelope, Recipient
 
