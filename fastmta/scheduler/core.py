@@ -81,7 +81,7 @@ class Scheduler:
         self.parked: dict[str, DestQueue] = {}  # message id -> the destination that was full
         self.held = cfg.delivery.hold
         self.rounds: dict[str, Round] = {}
-        self.overflow = False  # submit() turned messages away: the feeder must look for them
+        self.overflow = False  # memory was full and due messages were left in the spool
         self.on_room: Callable[[], None] | None = None  # called when memory frees up after overflow
         self.shards = [Shard(i, self) for i in range(cfg.delivery.shards)]
         self._local_domains = frozenset(cfg.policy.local_domains)
@@ -109,8 +109,7 @@ class Scheduler:
             if len(rounds) >= self.max_in_memory:
                 self.overflow = True
                 return
-            if not self.admit(env):
-                self.overflow = True
+            self.admit(env)  # refused: its destination is full and will ask for more (room_for)
 
     def admit(self, env: Envelope) -> bool:
         """Open a delivery round: one work item per destination of the pending recipients.
@@ -407,6 +406,7 @@ class Scheduler:
             for r in batch:
                 rounds.pop(r.env.id, None)
             if self.overflow and len(rounds) < self.max_in_memory // 2 and self.on_room is not None:
+                self.overflow = False  # the feeder's pass sets it again if memory fills up again
                 self.on_room()
 
     async def _send_dsns(self, rnd: Round) -> None:

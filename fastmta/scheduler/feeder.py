@@ -87,7 +87,7 @@ class Feeder:
                     break
                 examined += 1
                 if examined > self.budget:
-                    sched.overflow = stop = True  # more to look at next time
+                    stop = True  # the rest next time
                     break
                 after = key
                 if key[1] in sched.rounds:
