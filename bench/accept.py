@@ -88,7 +88,7 @@ def measure(peer: peers.Peer, sc: Scenario, driver: str, count: int, timeout: fl
 
 def plan_count(sc: Scenario, rate: float, seconds: float, cap: int) -> int:
     """Messages for one run of about ``seconds``: whole rounds of connections, within [min, cap]."""
-    floor = sc.connections * min(sc.per_connection, 10) * 2
+    floor = max(200, sc.connections * min(sc.per_connection, 10) * 2)
     n = int(rate * seconds)
     n -= n % sc.connections
     return max(floor, min(cap, n))

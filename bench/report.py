@@ -390,7 +390,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
     panels = (2 if acc else 0) + (1 if rel else 0)
     if not panels:
         return
-    fig, axes = plt.subplots(panels, 1, figsize=(12, 4.2 * panels), squeeze=False)
+    width = max(12.0, 2.2 * len(benches.get("accept", {}).get("scenarios", {})))
+    fig, axes = plt.subplots(panels, 1, figsize=(width, 4.2 * panels), squeeze=False)
     ax_iter = iter(axes[:, 0])
     if acc:
         scen = list(acc["scenarios"])

@@ -168,6 +168,7 @@ def test_accept_run_sizes_and_order() -> None:
 
     sc = accept.Scenario("x", 4096, 50, 100)
     assert accept.plan_count(sc, 0, 0, 30_000) == 1000  # the floor: 10 rounds of 2 per connection
+    assert accept.plan_count(accept.Scenario("y", 4096, 1, 1), 0, 0, 30_000) == 200  # never a handful
     assert accept.plan_count(sc, 4321, 1.0, 30_000) == 4300  # whole rounds of 50 connections
     assert accept.plan_count(sc, 1e6, 1.0, 30_000) == 30_000
     systems = ["a", "b", "c"]
