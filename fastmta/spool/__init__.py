@@ -19,7 +19,7 @@ from typing import Any
 
 from fastmta import metrics
 from fastmta.config import SpoolConfig
-from fastmta.errors import SpoolUnavailableError
+from fastmta.errors import SpoolFullError, SpoolUnavailableError
 from fastmta.spool import records
 from fastmta.spool.committer import Committer, Pending, outcome
 from fastmta.spool.ids import new_id
@@ -33,6 +33,7 @@ log = logging.getLogger("fastmta.spool")
 NEARLY_FULL = 0.95  # of the map ceiling: refuse new mail before a commit can fail
 MIN_FREE_DISK = 256 * 1024**2  # refuse new mail below this free (or 5 % of a small disk)
 _DISK_CHECK_EVERY = 1.0
+FULL_HOLD = 5.0  # after a put failed for space, refuse new mail early (before DATA) this long
 
 
 class Spool:
@@ -47,6 +48,7 @@ class Spool:
         self._closed = False
         self._disk_checked = 0.0
         self._disk_low = False
+        self._full_until = 0.0
 
     @classmethod
     def open(cls, cfg: SpoolConfig, recover_now: bool = True) -> Spool:
@@ -122,6 +124,8 @@ class Spool:
         committed: list[Envelope] = []
         for p, (status, value) in zip(batch, results, strict=True):
             res = outcome(status, value)
+            if isinstance(res, SpoolFullError):
+                self._full_until = time.monotonic() + FULL_HOLD
             if isinstance(res, BaseException):
                 if not p.fut.done():
                     p.fut.set_exception(res)
@@ -183,6 +187,8 @@ class Spool:
         if c.usage >= NEARLY_FULL:
             return "spool nearly full"
         now = time.monotonic()
+        if now < self._full_until:
+            return "spool full"
         if now - self._disk_checked >= _DISK_CHECK_EVERY:
             self._disk_checked = now
             try:
@@ -191,6 +197,7 @@ class Spool:
                 self._disk_low = st.f_bavail * st.f_frsize < floor
             except OSError:
                 self._disk_low = False
+        self._full_until = 0.0
         return "disk nearly full" if self._disk_low else None
 
     def stats(self) -> dict[str, float]:

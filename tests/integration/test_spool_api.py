@@ -303,7 +303,7 @@ def test_damaged_record_found_at_run_time_is_quarantined(spool_cfg: MakeCfg) -> 
         with spool.store.write() as txn:
             txn.put(msg_id.encode(), b"\x01garbage-garbage-garbage-garbage-garbage", db=spool.store.envs)
         assert spool.envelope(msg_id) is None
-        for _ in range(200):
+        for _ in range(1000):
             with spool.store.read() as txn:
                 if txn.get(msg_id.encode(), db=spool.store.quar) is not None:
                     break
