@@ -166,8 +166,13 @@ class Committer:
         _COMMIT_SECONDS.observe(msg["seconds"])
         _BATCH_SIZE.observe(msg["ops"])
         pop = self._pending.pop
-        batch = [pop(seq) for seq, _, _ in results]
-        self.on_batch(batch, [(status, value) for _, status, value in results])
+        batch, outcomes = [], []
+        for seq, status, value in results:
+            p = pop(seq, None)
+            if p is not None:  # None: already failed by close(); the commit still happened
+                batch.append(p)
+                outcomes.append((status, value))
+        self.on_batch(batch, outcomes)
 
     def _lost(self, link: _Link) -> None:
         if link is not self._link:
