@@ -16,6 +16,7 @@ import contextlib
 import email.utils
 import multiprocessing
 import os
+import signal
 import ssl
 import sys
 import time
@@ -503,6 +504,13 @@ class _Run:
             self.stats.connections += 1
             await client.done
 
+    def stop(self) -> None:
+        """Ctrl-C: begin no new message, let those in flight finish; a second one drops every connection."""
+        if self.budget.left == 0:
+            for client in list(self.active):
+                client._abort()
+        self.budget.left = 0
+
     async def watchdog(self) -> None:
         """Drop connections silent for longer than ``timeout`` (one timer for all)."""
         while True:
@@ -527,9 +535,13 @@ async def run_async(spec: LoadSpec, progress: Callable[[Stats], None] | None = N
     start, cpu0 = time.perf_counter(), time.process_time()
     watchdog = loop.create_task(run.watchdog())
     ticker = loop.create_task(_tick(run.stats, progress)) if progress else None
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread only
+        loop.add_signal_handler(signal.SIGINT, run.stop)
     try:
         await asyncio.gather(*(run.slot() for _ in range(spec.connections)))
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
         run.stats.elapsed = time.perf_counter() - start
         run.stats.cpu = time.process_time() - cpu0
         for task in (watchdog, ticker):
@@ -548,6 +560,8 @@ async def _tick(stats: Stats, progress: Callable[[Stats], None]) -> None:
 
 def _child(spec: LoadSpec, conn: Any, shared: Any, index: int) -> None:
     import uvloop
+
+    os.setpgid(0, 0)  # the terminal's Ctrl-C goes to the parent, which forwards it once
 
     def publish(stats: Stats) -> None:
         shared[2 * index] = stats.ok
@@ -583,6 +597,27 @@ def run(spec: LoadSpec, procs: int = 1, progress: Callable[[int, int, float], No
         children.append((p, parent_end))
     total = Stats()
     pending = list(children)
+
+    # Workers sit in their own process groups; Ctrl-C reaches the parent only, which passes
+    # each one on exactly once: the workers wind down (or, the second time, hang up) and report.
+    def forward(signum: int, frame: object) -> None:
+        for p, _ in children:
+            if p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, forward)
+    try:
+        _collect(pending, total, shared, progress, start)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    total.elapsed = time.perf_counter() - start
+    return total
+
+
+def _collect(pending: list[Any], total: Stats, shared: Any,
+             progress: Callable[[int, int, float], None] | None, start: float) -> None:  # fmt: skip
+    """Merge each worker's statistics as it finishes; publish progress meanwhile."""
     while pending:
         for item in list(pending):
             p, pipe = item
@@ -597,8 +632,6 @@ def run(spec: LoadSpec, procs: int = 1, progress: Callable[[int, int, float], No
                 pending.remove(item)
         if progress:
             progress(sum(shared[0::2]), sum(shared[1::2]), time.perf_counter() - start)
-    total.elapsed = time.perf_counter() - start
-    return total
 
 
 def _split(spec: LoadSpec, procs: int) -> list[LoadSpec]:

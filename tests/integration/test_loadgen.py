@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from fastmta import loadgen
-from tests.support import free_port, run_fastmta
+from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
 
 pytestmark = pytest.mark.timeout(60)
 HOST = "127.0.0.1"
@@ -249,3 +251,25 @@ def test_cli_text_report_and_exit_codes(tmp_path: Path) -> None:
     assert run_fastmta("load", "--server", "nope:port").returncode == 64
     assert run_fastmta("load", "--corpus", str(tmp_path)).returncode == 64
     assert run_fastmta("load", "-c", "0").returncode == 64
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_ctrl_c_stops_cleanly_and_still_reports(smtp_sink: Callable[..., Any], procs: int) -> None:
+    port = free_port()
+    smtp_sink(HOST, port)
+    cmd = [*fastmta_cmd("load"), "--server", f"{HOST}:{port}", "-c", "4", "-m", "1000", "--duration", "60s",
+           "--procs", str(procs), "--json"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        time.sleep(2.0)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - t < 10
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["ok"] > 0 and report["failed"] == 0 and report["elapsed_s"] < 30
