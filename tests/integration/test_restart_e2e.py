@@ -102,3 +102,21 @@ def test_kill9_in_the_middle_of_delivery(make_config: Any, sinks: Any, sink_port
         assert sum('"event":"delivered"' in ln for ln in lines) <= 40
     finally:
         second.stop()
+
+
+def test_hold_then_sighup_lifts_it(make_config: Any, sinks: Any, sink_port: int) -> None:
+    import signal
+
+    sink = sinks(HOST, sink_port)
+    port = free_port()
+    path = config(make_config, port, sink_port, "hold.toml", "hold = true")
+    server = ServerProcess(path, ("127.0.0.1", port))
+    try:
+        want = set(inject(port, 10))
+        time.sleep(1.2)  # a feeder pass goes by: hold means nothing leaves
+        assert sink.messages == []
+        config(make_config, port, sink_port, "hold.toml")  # same file, hold gone
+        server.signal(signal.SIGHUP)
+        wait_subjects(sink, want, timeout=10)
+    finally:
+        server.stop()

@@ -493,3 +493,24 @@ def test_feeder_pass_is_bounded_and_resumes_behind_a_parked_backlog(fake_spool: 
         await settle(sched, lambda: True)
 
     run(t())
+
+
+def test_route_next_hop_groups_domains_into_one_transaction(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        dlv = FakeDeliverer(lambda d, e, i: OK)
+        cfg = config.from_dict(
+            {
+                "hostname": "mx.fastmta.test",
+                "route": [{"domain": "*", "nexthop": "127.0.0.9:2626"}],
+                "policy": {"local_domains": ["here.test"]},
+            }
+        )
+        sched = Scheduler(cfg, fake_spool, dlv, dlv, LogSink())  # type: ignore[arg-type]
+        sched.submit([fake_spool.add("a@src.test", ["x@one.test", "y@two.test", "z@here.test"])])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert sorted((c[0], tuple(c[2])) for c in dlv.calls) == [
+            ("[127.0.0.9]:2626", (0, 1)),
+            ("local", (2,)),
+        ]
+
+    run(t())
