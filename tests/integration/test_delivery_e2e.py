@@ -70,7 +70,7 @@ class Env:
 def mta(make_config: Any, dnsmasq: Any, sinks: Any, sink_port: int) -> Any:
     started: list[ServerProcess] = []
 
-    def start(delivery: str = "", **scripts: dict[str, Any]) -> Env:
+    def start(delivery: str = "", metrics_port: int = 0, **scripts: dict[str, Any]) -> Env:
         dns = dnsmasq(mx=MX, hosts=HOSTS)
         boxes = {
             name: sinks(HOSTS[f"mx.{name}"], sink_port, **scripts.get(name.replace(".", "_"), {}))
@@ -91,6 +91,9 @@ def mta(make_config: Any, dnsmasq: Any, sinks: Any, sink_port: int) -> Any:
             [dns]
             nameservers = ["{dns.address}"]
             timeout = "1s"
+
+            [metrics]
+            address = "{f"127.0.0.1:{metrics_port}" if metrics_port else ""}"
         """)
         server = ServerProcess(cfg, ("127.0.0.1", port))
         started.append(server)
@@ -232,3 +235,23 @@ def test_notify_never_silences_the_bounce(mta: Any) -> None:
     env.wait_log(lambda rs: any(r["event"] == "bounced" for r in rs))
     time.sleep(0.5)
     assert env.sinks["src.test"].messages == []
+
+
+def test_delivery_metrics(mta: Any) -> None:
+    import urllib.request
+
+    mport = free_port()
+    env = mta(metrics_port=mport, a_test={"rcpt": {"bad@a.test": "550 5.1.1 no such user"}})
+    env.send(["good@a.test", "bad@a.test"])
+    env.wait_log(lambda rs: any(r["event"] == "bounced" for r in rs))
+    env.sinks["src.test"].wait_messages(1)  # the DSN, delivered too
+    deadline = time.monotonic() + 5
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        if 'fastmta_deliveries_total{result="delivered"} 2.0' in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert 'fastmta_deliveries_total{result="delivered"} 2.0' in text  # good@ and the DSN
+    assert 'fastmta_deliveries_total{result="bounced"} 1.0' in text
+    assert 'fastmta_delivery_failures_total{bounce_class="invalid_recipient",result="bounced"} 1.0' in text
+    assert "fastmta_delivery_seconds_count" in text and 'fastmta_queue_messages{state="inflight"}' in text
