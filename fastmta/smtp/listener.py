@@ -35,6 +35,7 @@ class ListenerSettings:
         self.listener = lcfg.label
         self.submission = lcfg.mode == "submission"
         self.proxy_protocol = lcfg.proxy_protocol
+        self.implicit_tls = lcfg.tls == "implicit"
         # bytes waiting at accept mean the client did not wait for the banner; with
         # implicit TLS (ClientHello) or PROXY (the header) they are expected
         self.pregreet_check = lcfg.tls != "implicit" and not lcfg.proxy_protocol

@@ -133,7 +133,8 @@ class SmtpProtocol(asyncio.Protocol):
         self._admitted = True
         settings.metrics.active.inc()
         self.parser = CommandParser(settings.max_line, settings.max_size, settings.bare_lf)
-        self.session = Session(settings, self.peer, tls_description(transport.get_extra_info("ssl_object")))
+        tls = tls_description(transport.get_extra_info("ssl_object")) if settings.implicit_tls else ""
+        self.session = Session(settings, self.peer, tls)
         self.last_active = hub.now
         hub.connections.add(self)
         if settings.pregreet_check:
