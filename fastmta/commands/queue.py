@@ -127,7 +127,11 @@ def _show(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
     if store is None or raw is None:
         print(f"fastmta queue: {args.id}: not in the queue", file=sys.stderr)
         return 1
-    env = records.decode(args.id, raw)
+    try:
+        env = records.decode(args.id, raw)
+    except records.RecordError as e:
+        _warn_damaged(args.id, str(e))
+        return 1
     body = store.body(env.id.encode("ascii")) if args.body else admin.first_chunk(store, env.id)
     text = (body or b"") if args.body else admin.headers(body)
     if args.json:

@@ -219,3 +219,20 @@ def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[.
         wait_for(lambda: listed(cfg_path) == {}, 10, "the queue to empty")
         time.sleep(0.5)
         assert len(sink.messages) == 2  # the deleted message never went out
+
+
+def test_damaged_record_is_reported_not_fatal(cfg_path: Path) -> None:
+    import lmdb
+
+    ids = fill(cfg_path, [{}, {}, {}])
+    env = lmdb.open(config.load(str(cfg_path)).spool.path, max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(ids[1].encode(), b"\x01" + b"\x00" * 40, db=env.open_db(b"env", txn=txn))
+    env.close()
+    rc, out, err = q(cfg_path, "list", "--json")
+    assert rc == 0 and f"{ids[1]}: damaged record" in err
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [ids[0], ids[2]]
+    rc, _, err = q(cfg_path, "show", ids[1])
+    assert rc == 1 and "damaged" in err and "Traceback" not in err
+    rc, out, _ = q(cfg_path, "stats", "--json")
+    assert json.loads(out)["damaged"] == 1 and json.loads(out)["messages"] == 2
