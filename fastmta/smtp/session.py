@@ -154,7 +154,7 @@ class Session:
 
     __slots__ = ("cfg", "state", "out", "client_ip", "relay_client", "helo", "esmtp", "tls", "user",
                  "errors", "txn", "draining", "_bdat_last", "_bdat_size", "_bdat_total", "_bdat_refusal",
-                 "_sasl_mech", "_sasl_user", "_tls_implicit")  # fmt: skip
+                 "_sasl_mech", "_sasl_user")  # fmt: skip
 
     def __init__(self, cfg: Settings, client_ip: str, tls: str = "") -> None:
         self.cfg = cfg
@@ -165,7 +165,6 @@ class Session:
         self.helo = ""
         self.esmtp = False
         self.tls = tls  # "" or "TLSv1.3 TLS_AES_256_GCM_SHA384"
-        self._tls_implicit = bool(tls)
         self.user = ""
         self.errors = 0
         self.txn: Transaction | None = None
