@@ -180,7 +180,6 @@ class SmtpProtocol(asyncio.Protocol):
         if not self._admitted:
             return
         self._admitted = False
-        self.hub.connections.discard(self)
         self.hub.limits.release(self.peer)
         self.settings.metrics.active.dec()
         self.parser = None
@@ -426,6 +425,9 @@ class SmtpProtocol(asyncio.Protocol):
     def drain(self) -> None:
         """Shutdown: an idle session is told 421 now; a busy one after its transaction."""
         session = self.session
+        if self._proxy is not None and not self._closed:
+            self._close_now()  # no client behind this balancer connection yet
+            return
         if session is None or self._closed:
             return
         session.draining = True
