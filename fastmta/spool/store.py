@@ -111,18 +111,28 @@ class Store:
         for name in ("data.mdb", "lock.mdb"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(os.path.join(path, name), 0o600)
+        try:
+            self._open_dbs()
+        except BaseException:
+            self.env.close()
+            raise
+        self.page_size = self.env.stat()["psize"]
+        # Reader slots of processes killed mid-read pin old pages (the file only
+        # grows) until cleared; a crash is exactly when we are opened again.
+        self.env.reader_check()
+
+    def _open_dbs(self) -> None:
         with self.write() as txn:  # another process may have grown the map: write() adopts it
             self.envs = self.env.open_db(b"env", txn=txn)
             self.bodies = self.env.open_db(b"body", txn=txn)
             self.sched = self.env.open_db(b"sched", txn=txn)
             self.quar = self.env.open_db(b"quar", txn=txn)
             self.meta = self.env.open_db(b"meta", txn=txn)
-            if txn.get(b"schema", db=self.meta) is None:
+            schema = txn.get(b"schema", db=self.meta)
+            if schema is None:
                 txn.put(b"schema", SCHEMA, db=self.meta)
-        self.page_size = self.env.stat()["psize"]
-        # Reader slots of processes killed mid-read pin old pages (the file only
-        # grows) until cleared; a crash is exactly when we are opened again.
-        self.env.reader_check()
+            elif schema != SCHEMA:  # a newer fastmta wrote it: never guess at its layout
+                raise lmdb.Error(f"spool schema {bytes(schema)!r} is not {SCHEMA!r}: wrong fastmta version")
 
     # --- transactions ---------------------------------------------------------
 

@@ -377,3 +377,14 @@ def test_bodies_of_every_boundary_size_round_trip(spool_cfg: MakeCfg) -> None:
         await spool.aclose()
 
     run(main())
+
+
+def test_a_spool_of_another_schema_is_refused(spool_cfg: MakeCfg) -> None:
+    Spool.open(spool_cfg()).close()
+    e = lmdb.open(spool_cfg().path, max_dbs=8)
+    with e.begin(write=True) as txn:
+        txn.put(b"schema", b"99", db=e.open_db(b"meta", txn=txn))
+    e.close()
+    for _ in range(2):  # the failed open leaves nothing open behind it
+        with pytest.raises(lmdb.Error, match="schema"):
+            Spool.open(spool_cfg())
