@@ -12,6 +12,7 @@ a line start is, bare CR/LF) are documented in `_parser_py.py`.
 """
 
 cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -314,7 +315,6 @@ cdef class CommandParser:
         """
         cdef Py_ssize_t need = self._out_len + extra
         cdef Py_ssize_t cap
-        cdef object fresh
         if not self._store or extra <= 0:
             return 0
         if need > self._max_size:
@@ -322,9 +322,7 @@ cdef class CommandParser:
         if self._out == NULL:
             if need <= 0:
                 return 0
-            fresh = PyBytes_FromStringAndSize(NULL, need if need > 256 else 256)
-            Py_INCREF(fresh)  # the raw pointer owns one reference of its own
-            self._out = <PyObject*>fresh
+            self._out = _new_bytes(need if need > 256 else 256)
             return 0
         cap = PyBytes_GET_SIZE(<object>self._out)
         if need > cap:
@@ -486,6 +484,7 @@ cdef class CommandParser:
 
     cdef int _finish(self, list events) except -1:
         cdef object body
+        cdef PyObject* raw
         cdef Py_ssize_t long_lines = self.long_lines
         if self._bare:
             events.append(_EV_BARE)
@@ -497,10 +496,9 @@ cdef class CommandParser:
             if self._out == NULL:
                 body = b""
             else:
-                _PyBytes_Resize(&self._out, self._out_len)
-                body = <object>self._out
-                Py_XDECREF(self._out)
+                raw = self._out
                 self._out = NULL
+                body = _take(raw, self._out_len)
                 self._out_len = 0
             events.append((_DATA_END, body))
         self._reset_body()
@@ -645,16 +643,32 @@ cdef class ReplyParser:
         return replies
 
 
+cdef PyObject* _new_bytes(Py_ssize_t size) except NULL:
+    """A fresh, uninitialised bytes object as an owned raw pointer (refcount 1),
+    so it can be written in place and resized with _PyBytes_Resize."""
+    cdef object fresh = PyBytes_FromStringAndSize(NULL, size)
+    Py_INCREF(fresh)
+    return <PyObject*>fresh
+
+
+cdef object _take(PyObject* raw, Py_ssize_t size):
+    """Cut an owned bytes pointer from _new_bytes down to `size` and hand it over."""
+    cdef object out
+    _PyBytes_Resize(&raw, size)  # on failure it frees raw and raises MemoryError
+    out = <object>raw
+    Py_XDECREF(raw)
+    return out
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef bytes _encode_dirty(const unsigned char* p, Py_ssize_t n):
+cdef object _encode_dirty(const unsigned char* p, Py_ssize_t n):
     """Slow path of encode_data for bodies with bare CR/LF: one C pass, 2n+5 bound."""
-    cdef object out = PyBytes_FromStringAndSize(NULL, 2 * n + 5)
-    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef PyObject* raw = _new_bytes(2 * n + 5)
+    cdef unsigned char* o = <unsigned char*>PyBytes_AS_STRING(<object>raw)
     cdef Py_ssize_t i = 0, w = 0
     cdef bint bol = True
     cdef unsigned char c
-    cdef PyObject* raw
     while i < n:
         c = p[i]
         if bol and c == _DOT:
@@ -679,14 +693,7 @@ cdef bytes _encode_dirty(const unsigned char* p, Py_ssize_t n):
     o[w] = _DOT
     o[w + 1] = _CR
     o[w + 2] = _LF
-    w += 3
-    raw = <PyObject*>out
-    Py_INCREF(out)
-    out = None
-    _PyBytes_Resize(&raw, w)
-    out = <object>raw
-    Py_XDECREF(raw)
-    return out
+    return _take(raw, w + 3)
 
 
 @cython.boundscheck(False)
@@ -696,44 +703,50 @@ def encode_data(body):
     cdef bytes data = body if type(body) is bytes else bytes(body)
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i = 0, j, dots = 0, size, w, tail
-    cdef const unsigned char* hit
+    cdef Py_ssize_t i = 0, k, seg = 0, w = 0, d, ndots = 0, cap = 0, tail
+    cdef Py_ssize_t* dots = NULL
+    cdef Py_ssize_t* grown
     cdef object out
     cdef unsigned char* o
-    # Pass 1: is every CR/LF part of a CRLF, and how many lines start with a dot?
-    while i < n:
-        if p[i] == _DOT:
-            dots += 1
-        hit = <const unsigned char*>memchr(p + i, _LF, n - i)
-        j = n if hit == NULL else hit - p
-        if hit == NULL or j == i or p[j - 1] != _CR:
-            if hit != NULL or memchr(p + i, _CR, n - i) != NULL:
+    try:
+        # Pass 1: every CR/LF must belong to a CRLF (else the normalising slow
+        # path); note where lines start with a dot (RFC 5321 §4.5.2).
+        while i < n:
+            if p[i] == _DOT:
+                if ndots == cap:
+                    cap = cap * 2 + 64
+                    grown = <Py_ssize_t*>PyMem_Realloc(dots, cap * sizeof(Py_ssize_t))
+                    if grown == NULL:
+                        raise MemoryError()
+                    dots = grown
+                dots[ndots] = i
+                ndots += 1
+            k = i + fm_find_crlf(p + i, n - i)
+            if k >= n:
+                break
+            if p[k] != _CR or k + 1 >= n or p[k + 1] != _LF:
                 return _encode_dirty(p, n)
-            break
-        if j - 1 > i and memchr(p + i, _CR, j - 1 - i) != NULL:
-            return _encode_dirty(p, n)
-        i = j + 1
-    tail = 2 if n and p[n - 1] != _LF else 0
-    size = n + dots + tail + 3
-    out = PyBytes_FromStringAndSize(NULL, size)
-    o = <unsigned char*>PyBytes_AS_STRING(out)
-    # Pass 2: copy runs, doubling the dot of every line that starts with one.
-    i = 0
-    w = 0
-    while i < n:
-        if p[i] == _DOT:
+            i = k + 2
+        # Pass 2: exact size, one memcpy per run between dot lines.
+        tail = 2 if n and p[n - 1] != _LF else 0
+        out = PyBytes_FromStringAndSize(NULL, n + ndots + tail + 3)
+        o = <unsigned char*>PyBytes_AS_STRING(out)
+        for k in range(ndots):
+            d = dots[k]
+            memcpy(o + w, p + seg, d - seg)
+            w += d - seg
             o[w] = _DOT
             w += 1
-        hit = <const unsigned char*>memchr(p + i, _LF, n - i)
-        j = n if hit == NULL else hit - p + 1
-        memcpy(o + w, p + i, j - i)
-        w += j - i
-        i = j
-    if tail:
-        o[w] = _CR
-        o[w + 1] = _LF
-        w += 2
-    o[w] = _DOT
-    o[w + 1] = _CR
-    o[w + 2] = _LF
-    return out
+            seg = d
+        memcpy(o + w, p + seg, n - seg)
+        w += n - seg
+        if tail:
+            o[w] = _CR
+            o[w + 1] = _LF
+            w += 2
+        o[w] = _DOT
+        o[w + 1] = _CR
+        o[w + 2] = _LF
+        return out
+    finally:
+        PyMem_Free(dots)
