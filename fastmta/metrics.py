@@ -121,11 +121,14 @@ spool_quarantined_total = Counter(
 )
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
-# rate() over an absent series is "no data", not 0, and silences alerts.
+# rate() over an absent series is "no data", not 0, and silences alerts. Under
+# PROMETHEUS_MULTIPROC_DIR a labelled family with no child is not exported at all.
 for _result in ("delivered", "deferred", "bounced"):
     deliveries_total.labels(_result)
 for _state in ("ready", "deferred", "inflight"):
     queue_messages.labels(_state)
+for _result in ("ok", "refused", "timeout", "greeting"):
+    delivery_connections_total.labels(_result)
 
 
 # --- hot-path handles ------------------------------------------------------------
@@ -348,10 +351,16 @@ class _Disabled:
         pass
 
 
-def default_registry() -> CollectorRegistry:
-    """The registry to expose: this process's, or every worker's under PROMETHEUS_MULTIPROC_DIR."""
+def default_registry(first: Collector | None = None) -> CollectorRegistry:
+    """The registry to expose: this process's, or every worker's under PROMETHEUS_MULTIPROC_DIR.
+
+    ``first`` (multiprocess only) is collected before the workers' files are read:
+    the supervisor's collector asks the workers to write their values out.
+    """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
+        if first is not None:
+            registry.register(first)
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(_spool_stats)
         registry.register(_build_info)

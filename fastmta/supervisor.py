@@ -16,11 +16,13 @@ supervisor itself touches no mail. It:
 * relays the workers' JSON delivery log line by line when stdout is a pipe or a
   socket (journald, Docker), where writes from several processes could interleave.
 
-Workers inherit ``PROMETHEUS_MULTIPROC_DIR`` at spawn, before they import
-prometheus-client (which picks its value storage at import time); the
-supervisor only reads their files. A worker that fails before it was ever ready
-(a port in use, a bad certificate) stops the whole start with its exit status,
-instead of being restarted forever.
+Workers inherit ``PROMETHEUS_MULTIPROC_DIR`` and keep their metric values in
+memory (``metrics_buffer.py``), writing them to that directory once a second
+and when the supervisor asks before each scrape. This module imports nothing
+that creates metrics, so a worker can switch value storage before they exist.
+A worker that fails before it was ever ready (a port in use, a bad
+certificate) stops the whole start with its exit status, instead of being
+restarted forever.
 """
 
 from __future__ import annotations
@@ -29,22 +31,20 @@ import asyncio
 import contextlib
 import glob
 import os
-import shutil
 import signal
 import socket
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from fastmta.config import Config
-from fastmta.spool import shards
-from fastmta.spool.store import ensure_dir
 
 WORKER_ENV = "FASTMTA_WORKER"  # "<index>/<count>/<lifeline fd>", set for workers only
-READY = b"R"  # a worker's one message on its lifeline
+# lifeline bytes: worker → supervisor READY once, FLUSHED after each FLUSH request
+READY, FLUSH, FLUSHED = b"R", b"F", b"f"
+_FLUSH_WAIT = 0.5  # a scrape waits at most this long for the workers' values
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _FIRST_PAUSE = 0.1  # before restarting a worker that died
 _MAX_PAUSE = 30.0  # a worker that keeps dying at start is retried at most this often
@@ -59,6 +59,13 @@ def worker_identity() -> tuple[int, int, int] | None:
         return None
     index, count, fd = (int(x) for x in raw.split("/"))
     return index, count, fd
+
+
+def prepare_worker_metrics() -> None:
+    """In a worker, before anything creates a metric: buffered values (metrics_buffer.py)."""
+    from fastmta import metrics_buffer
+
+    metrics_buffer.install(os.environ[MULTIPROC_ENV])
 
 
 def say(text: str) -> None:
@@ -76,6 +83,7 @@ class Worker:
         self.ever_ready = False
         self.restarts = 0
         self.started = 0.0
+        self.flushed: asyncio.Future[None] | None = None  # answer to the pending FLUSH
 
     @property
     def pid(self) -> int | None:
@@ -93,22 +101,20 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._relay = _is_stream(sys.stdout.fileno())
-        self._own_multiproc_dir: str | None = None
         self.failed = 0  # exit status of a worker that could not start
 
     def run(self) -> int:
-        try:
-            return asyncio.run(self._main())
-        finally:
-            if self._own_multiproc_dir is not None:
-                shutil.rmtree(self._own_multiproc_dir, ignore_errors=True)
+        return asyncio.run(self._main())
 
     async def _main(self) -> int:
+        from fastmta.spool import shards
+        from fastmta.spool.store import ensure_dir
+
         ensure_dir(self.cfg.spool.path)
         shards.adopt_orphans(self.cfg.spool, self.count)
         self._prepare_multiproc_dir()
+        loop = self._loop = asyncio.get_running_loop()
         exporter = self._start_exporter()
-        loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                              (signal.SIGHUP, self._forward_hup)):  # fmt: skip
             loop.add_signal_handler(sig, handler)
@@ -217,7 +223,9 @@ class Supervisor:
         if READY in data:
             w.ready = w.ever_ready = True
             say(f"worker {w.index} ready (pid {w.pid})")
-        elif not data:
+        if FLUSHED in data and w.flushed is not None and not w.flushed.done():
+            w.flushed.set_result(None)
+        if not data:
             w.ready = False
             asyncio.get_running_loop().remove_reader(w.lifeline.fileno())
 
@@ -237,21 +245,39 @@ class Supervisor:
     # --- metrics ----------------------------------------------------------------------
 
     def _prepare_multiproc_dir(self) -> None:
-        """A clean directory for the workers' metric files, set before anything imports metrics."""
-        path = os.environ.get(MULTIPROC_ENV)
-        if path:
-            os.makedirs(path, exist_ok=True)
-            for f in glob.glob(os.path.join(path, "*.db")):  # stale series of an earlier run
-                os.unlink(f)
-        else:
-            path = self._own_multiproc_dir = tempfile.mkdtemp(prefix="fastmta-metrics-")
-            os.environ[MULTIPROC_ENV] = path
+        """A clean directory for the workers' metric files: ``$PROMETHEUS_MULTIPROC_DIR``, else
+        ``<spool path>/.metrics`` (not /tmp: a supervisor killed by SIGKILL leaves nothing
+        behind that the next start does not clear)."""
+        path = os.environ.get(MULTIPROC_ENV) or os.path.join(self.cfg.spool.path, ".metrics")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        for f in glob.glob(os.path.join(path, "*.db")):  # stale series of an earlier run
+            os.unlink(f)
+        os.environ[MULTIPROC_ENV] = path
+
+    def flush_workers(self) -> None:
+        """Have every ready worker write its metric values out (exporter thread; bounded wait)."""
+        fut = asyncio.run_coroutine_threadsafe(self._flush_all(), self._loop)
+        with contextlib.suppress(Exception):  # a slow worker's values are at most a second old
+            fut.result(_FLUSH_WAIT + 0.1)
+
+    async def _flush_all(self) -> None:
+        waits = []
+        for w in self.workers:
+            if not w.ready or w.lifeline is None:
+                continue
+            if w.flushed is None or w.flushed.done():
+                w.flushed = self._loop.create_future()
+                with contextlib.suppress(OSError):
+                    w.lifeline.send(FLUSH)
+            waits.append(w.flushed)
+        if waits:
+            await asyncio.wait(waits, timeout=_FLUSH_WAIT)
 
     def _start_exporter(self) -> Any:
         from fastmta import metrics
+        from fastmta.spool import shards
 
-        registry = metrics.default_registry()
-        registry.register(_WorkersCollector(self))
+        registry = metrics.default_registry(first=_WorkersCollector(self))
         spool_cfg = self.cfg.spool
         metrics.set_spool_stats_source(lambda: shards.usage(spool_cfg))
         exporter = metrics.serve(self.cfg.metrics.address, self.healthy, registry)
@@ -268,7 +294,8 @@ class Supervisor:
 
 
 class _WorkersCollector:
-    """``fastmta_workers``, ``fastmta_workers_ready``, ``fastmta_worker_restarts_total``."""
+    """Collected first: asks the workers to write their values out, then yields
+    ``fastmta_workers``, ``fastmta_workers_ready``, ``fastmta_worker_restarts_total``."""
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
@@ -276,6 +303,7 @@ class _WorkersCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        self.sup.flush_workers()
         workers = self.sup.workers
         yield GaugeMetricFamily("fastmta_workers", "Worker processes configured", len(workers))
         yield GaugeMetricFamily(

@@ -16,10 +16,13 @@ import contextlib
 import dataclasses
 import socket
 
+from fastmta import metrics_buffer
 from fastmta.config import Config, MetricsConfig
 from fastmta.server import Server
 from fastmta.spool.shards import shard_config
-from fastmta.supervisor import READY
+from fastmta.supervisor import FLUSH, FLUSHED, READY
+
+_FLUSH_EVERY = 1.0  # seconds between metric flushes to the node's files
 
 
 def share(total: int, workers: int) -> int:
@@ -82,12 +85,21 @@ class WorkerServer(Server):
         self._lifeline.setblocking(False)
         loop.add_reader(self._lifeline.fileno(), self._supervisor_says)
         announce = loop.create_task(self._announce_ready())
+        flusher = loop.create_task(self._flush_metrics())
         try:
             return await super().run()
         finally:
             announce.cancel()
+            flusher.cancel()
+            metrics_buffer.flush()  # the final counts of a clean stop
             loop.remove_reader(self._lifeline.fileno())
             self._lifeline.close()
+
+    @staticmethod
+    async def _flush_metrics() -> None:
+        while True:
+            metrics_buffer.flush()
+            await asyncio.sleep(_FLUSH_EVERY)
 
     async def _announce_ready(self) -> None:
         while not self.ready:
@@ -102,6 +114,10 @@ class WorkerServer(Server):
             return
         except OSError:
             data = b""
+        if FLUSH in data:  # a scrape is coming: write the metric values out now
+            metrics_buffer.flush()
+            with contextlib.suppress(OSError):
+                self._lifeline.send(FLUSHED)
         if not data:  # EOF: the supervisor died (even by SIGKILL): finish what is open, stop
             asyncio.get_running_loop().remove_reader(self._lifeline.fileno())
             self.stop()

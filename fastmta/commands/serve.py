@@ -27,6 +27,8 @@ def main(argv: list[str]) -> int:
         except OSError as e:
             print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
             return 1
+    if worker is not None:
+        supervisor.prepare_worker_metrics()
 
     import uvloop
 
