@@ -2,13 +2,15 @@
 # SPDX-License-Identifier: MIT
 """Cython SMTP parser: the fast twin of `_parser_py.py`, with byte-identical events.
 
-Sans-I/O: bytes in, lists of `(kind, payload)` events out. Scanning is memchr
-(glibc's vectorised search): one pass for LF finds the lines, a bounded pass
-for CR inside each line finds bare CRs, and only lines that start with a dot
-break the body into separate memcpy runs. The DATA body is written straight
-into one growing bytes object that becomes the DATA_END payload, so a body that
-arrives in one feed is copied exactly once. The conventions (line limits, what
-a line start is, bare CR/LF) are documented in `_parser_py.py`.
+Sans-I/O: bytes in, lists of `(kind, payload)` events out. DATA is scanned in
+one vectorised pass (SSE2, 16 octets a step) for the next CR or LF: each hit is
+a CRLF line end or a bare CR/LF, so line ends, bare-CR/LF detection and line
+lengths cost one look at every octet. Only lines that start with a dot break
+the body into separate memcpy runs, and the body is written straight into one
+bytes object (sized from the feed) that becomes the DATA_END payload, so a body
+that arrives in one feed is copied exactly once. After a rejected bare CR/LF,
+memmem jumps to the terminator. Command lines use memchr. The conventions
+(line limits, what a line start is, bare CR/LF) are documented in `_parser_py.py`.
 """
 
 cimport cython
