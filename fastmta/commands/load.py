@@ -8,6 +8,7 @@ import json
 import sys
 
 from fastmta import loadgen
+from fastmta.commands import load_config_or_exit
 from fastmta.config import parse_duration, parse_hostport, parse_size
 
 
@@ -17,7 +18,16 @@ def _parser() -> argparse.ArgumentParser:
         description="SMTP load generator (uvloop). The run stops at --count messages or after "
         "--duration, whichever comes first; at least one of them bounds it.",
     )
-    p.add_argument("--server", "-s", default="127.0.0.1:2525", help="host:port [127.0.0.1:2525]")
+    p.add_argument(
+        "--server",
+        "-s",
+        default=None,
+        help="host:port [the first listener of --config / $FASTMTA_CONFIG, else 127.0.0.1:2525]",
+    )
+    # Long form only: -c is the connection count here, as in smtp-source.
+    p.add_argument(
+        "--config", metavar="FILE", default=None, help="fastmta config whose first listener to load"
+    )
     p.add_argument("-c", "--connections", type=int, default=1, help="concurrent connections [1]")
     p.add_argument("-m", "--per-connection", type=int, default=1,
                    help="messages per connection before QUIT and reconnect [1]")  # fmt: skip
@@ -44,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        host, port = parse_hostport(args.server, 25)
+        host, port = (
+            parse_hostport(args.server, 25)
+            if args.server
+            else load_config_or_exit(args.config).listeners[0].address
+        )
         duration = parse_duration(args.duration) if args.duration else None
         timeout = parse_duration(args.timeout)
         raw = (

@@ -273,3 +273,17 @@ def test_ctrl_c_stops_cleanly_and_still_reports(smtp_sink: Callable[..., Any], p
     assert proc.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["ok"] > 0 and report["failed"] == 0 and report["elapsed_s"] < 30
+
+
+def test_cli_targets_the_first_listener_of_the_config(
+    smtp_sink: Callable[..., Any], make_config: Callable[..., Path]
+) -> None:
+    port = free_port()
+    sink = smtp_sink(HOST, port)
+    cfg = make_config(f'[[listener]]\naddress = "{HOST}:{port}"\n')
+    r = run_fastmta("load", "--config", str(cfg), "-n", "7", "-c", "2", "--json")
+    assert r.returncode == 0, r.stderr.decode()
+    assert json.loads(r.stdout)["target"] == f"{HOST}:{port}"
+    assert sink.wait_count(7) == 7
+    bad = make_config("[limits]\nmax_recipients = 0\n", name="bad.toml")
+    assert run_fastmta("load", "--config", str(bad), "-n", "1").returncode == 2
