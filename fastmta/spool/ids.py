@@ -22,9 +22,15 @@ _VALID = frozenset(ALPHABET)
 _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # two digits per divmod: 8, not 16
 
 
+_last = 0
+
+
 def new_id() -> str:
-    """A fresh, unique, time-sortable message id."""
-    n = (time.time_ns() // 1000) * _RAND_SPACE + int.from_bytes(os.urandom(8), "big") % _RAND_SPACE
+    """A fresh, unique, time-sortable message id (strictly increasing within a process)."""
+    global _last
+    t = time.time_ns() // 1000
+    t = _last = t if t > _last else _last + 1  # two ids in one microsecond keep their order
+    n = t * _RAND_SPACE + int.from_bytes(os.urandom(8), "big") % _RAND_SPACE
     out = []
     for _ in range(ID_LEN // 2):
         n, r = divmod(n, 3844)

@@ -29,12 +29,13 @@ def fill(cfg_path: Path, specs: list[dict[str, Any]]) -> list[str]:
     async def main() -> list[str]:
         spool = Spool.open(cfg.spool)
         await spool.start()
-        ids = []
-        for n, spec in enumerate(specs):
+        puts = []
+        for n, spec in enumerate(specs):  # ids follow call order: list order = specs order
             rcpts = [Recipient(a) for a in spec.get("rcpts", ["r@dst.test"])]
             env = Envelope("", spec.get("from", f"s{n}@src.test"), rcpts, params={"BODY": "8BITMIME"},
                            next_attempt=spec.get("next_attempt", 0.0))  # fmt: skip
-            ids.append(await spool.put(env, spec.get("body", message_body(n, 600))))
+            puts.append(spool.put(env, spec.get("body", message_body(n, 600))))
+        ids = list(await asyncio.gather(*puts))
         await spool.aclose()
         return ids
 

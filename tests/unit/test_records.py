@@ -79,7 +79,7 @@ def test_overlong_fields_are_capped() -> None:
 
 def test_ids_unique_sortable_and_safe() -> None:
     made = [ids.new_id() for _ in range(20000)]
-    assert len(set(made)) == len(made)
+    assert len(set(made)) == len(made) and made == sorted(made)  # strictly increasing here
     assert all(ids.is_valid(i) for i in made)
     t0 = time.time()
     later = ids.new_id()
