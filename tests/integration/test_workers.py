@@ -254,3 +254,51 @@ def _health(metrics_port: int) -> int:
         return int(e.code)
     except OSError:
         return 0
+
+
+def _established_to(port: int) -> int:
+    """Open TCP connections whose local end is ``port`` (the sink's side), from /proc/net/tcp."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+            n += 1
+    return n
+
+
+def test_per_destination_connections_are_shared_not_multiplied(
+    workers_server: Callable[..., Supervised], sinks: Callable[..., object]
+) -> None:
+    """max_connections_per_destination = 2 over 2 workers: never more than 2 connections to the
+    next hop in total (each worker gets ceil(2 / 2) = 1), while both workers deliver."""
+    sink_port = free_port("127.0.0.4")
+    sink = sinks("127.0.0.4", sink_port, delay=0.01)
+    extra = "max_connections_per_destination = 2\n"
+    srv = workers_server(hold=True, nexthop=f"127.0.0.4:{sink_port}")
+    srv.config.write_text(srv.config.read_text().replace('tls = "none"\n', 'tls = "none"\n' + extra, 1))
+    assert len(send_many(srv.port, 120)) == 120
+    assert min(shard_counts(srv.spool).values()) > 0
+    srv.config.write_text(srv.config.read_text().replace("hold = true", "hold = false"))
+    srv.server.signal(signal.SIGHUP)
+    peak = 0
+    deadline = time.monotonic() + 60
+    while len(sink.messages) < 120 and time.monotonic() < deadline:
+        peak = max(peak, _established_to(sink_port))
+        time.sleep(0.005)
+    assert len(sink.messages) == 120
+    assert peak == 2, peak  # one per worker, both busy
+
+
+def test_per_ip_connections_are_shared(workers_server: Callable[..., Supervised]) -> None:
+    """max_connections_per_ip = 2 over 2 workers: one each, so a third connection is refused."""
+    import socket
+
+    srv = workers_server(hold=True, extra="\n[limits]\nmax_connections_per_ip = 2\n")
+    conns = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(3)]
+    try:
+        banners = [c.recv(512) for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+    assert sum(b.startswith(b"220 ") for b in banners) <= 2
+    assert any(b.startswith(b"421 4.7.0") for b in banners), banners
