@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -161,7 +162,7 @@ class Peer:
     def env(self) -> dict[str, str]:
         return dict(os.environ)
 
-    def start(self) -> Peer:
+    def start(self) -> Self:
         """Start the peer and wait for its banner; a peer that fails to start is cleaned up."""
         try:
             self._launch()
@@ -205,7 +206,7 @@ class Peer:
         self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> Peer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -182,7 +182,7 @@ def run(quick: bool, reps: int, drain_n: int, systems: list[str], log: Callable[
     sink = peers.SmtpSink().start()
     mtas: dict[str, peers.Peer] = {}
     try:
-        makers = {
+        makers: dict[str, Callable[[], peers.Peer]] = {
             "fastmta": lambda: peers.Fastmta(hold=False, relay_to=sink.address),
             "postfix": lambda: peers.Postfix(hold=False, relayhost=sink.address),
         }

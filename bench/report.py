@@ -431,7 +431,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
             (next(ax_iter), "p99_ms", "fastmta-load", "p99 transaction latency (fastmta load)", "ms (log)"),
         ):
             for i, s in enumerate(systems):
-                meds, errs = [], [[], []]
+                meds: list[float] = []
+                errs: list[list[float]] = [[], []]
                 for sc in scen:
                     c = acc["summary"].get(sc, {}).get(drv, {}).get(s, {}).get(key)
                     med = c["median"] if c else 0
