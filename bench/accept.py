@@ -10,6 +10,10 @@ repetition, so drifting background load spreads over all systems alike. Reports
 accepted msgs/s and MB/s, client-side p50/p99 transaction latency (fastmta load),
 and the server's CPU time per accepted message (from /proc). ``smtp-sink`` is in
 the line-up as the load tools' own ceiling. Medians of the repetitions with min–max.
+
+"≤100 msgs/conn" cells: ``fastmta load -m 100``, and ``smtp-source -d``, which spreads
+the run's count over its connections (so up to 100, fewer in short runs). At the
+end every durable system's store is counted against the 250s it gave.
 """
 
 from __future__ import annotations
