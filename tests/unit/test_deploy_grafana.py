@@ -12,7 +12,14 @@ import yaml
 from prometheus_client import generate_latest
 
 from fastmta import metrics
-from tests.fixtures.metrics import DASHBOARD, dashboard_exprs, deploy_path, exposition_names, promql_names
+from tests.fixtures.metrics import (
+    DASHBOARD,
+    WORKER_SERIES,
+    dashboard_exprs,
+    deploy_path,
+    exposition_names,
+    promql_names,
+)
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -81,7 +88,7 @@ def test_layout_ids_unique_and_no_overlap(dash: dict) -> None:
 def defined_names() -> Iterator[set[str]]:
     metrics.set_spool_stats_source(lambda: {"used_bytes": 1, "map_size_bytes": 2})
     try:
-        yield exposition_names(generate_latest().decode())
+        yield exposition_names(generate_latest().decode()) | WORKER_SERIES
     finally:
         metrics.set_spool_stats_source(None)
 

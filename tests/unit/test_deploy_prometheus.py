@@ -15,6 +15,7 @@ from fastmta import metrics
 from tests.fixtures.metrics import (
     ALERT_RULES,
     PROMETHEUS_SERIES,
+    WORKER_SERIES,
     alert_exprs,
     deploy_path,
     exposition_names,
@@ -65,7 +66,7 @@ def test_every_alert_has_a_promtool_unit_test() -> None:
 def defined_names() -> Iterator[set[str]]:
     metrics.set_spool_stats_source(lambda: {"used_bytes": 1, "map_size_bytes": 2})
     try:
-        yield exposition_names(generate_latest().decode()) | PROMETHEUS_SERIES
+        yield exposition_names(generate_latest().decode()) | PROMETHEUS_SERIES | WORKER_SERIES
     finally:
         metrics.set_spool_stats_source(None)
 
