@@ -11,6 +11,7 @@ server; it never stores what it sends.
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import email.utils
@@ -51,6 +52,8 @@ class LoadSpec:
     recipients: tuple[str, ...] = (DEFAULT_RECIPIENT,)
     pipelining: bool = False
     starttls: bool = False
+    tls: bool = False  # implicit TLS from the first byte (submissions port 465)
+    auth: tuple[str, str] | None = None  # AUTH PLAIN user, password after EHLO (and TLS)
     rset: bool = False
     rate: float = 0.0  # messages/s over the whole run; 0 = as fast as the server answers
     helo: str = "loadgen.fastmta.test"
@@ -100,6 +103,8 @@ class Stats:
             out["size"] = round(sum(map(len, spec.messages)) / max(1, len(spec.messages)))
             out["pipelining"] = spec.pipelining
             out["starttls"] = spec.starttls
+            out["tls"] = spec.tls
+            out["auth"] = spec.auth is not None
         out.update(
             ok=self.ok,
             failed=self.failed,
@@ -196,7 +201,7 @@ class _Budget:
 
 
 # Reply expectations, queued as commands are written and matched in order.
-_BANNER, _EHLO, _HELO, _STARTTLS, _MAIL, _RCPT, _DATA, _BODY, _RSET, _PRE_RSET, _QUIT = range(11)
+_BANNER, _EHLO, _HELO, _STARTTLS, _AUTH, _MAIL, _RCPT, _DATA, _BODY, _RSET, _PRE_RSET, _QUIT = range(12)
 _IN_TXN = frozenset((_MAIL, _RCPT, _DATA, _BODY))
 
 
@@ -215,7 +220,8 @@ class _Client(asyncio.Protocol):
         self.done: asyncio.Future[None] = run.loop.create_future()
         self.sent = 0  # messages begun on this connection
         self.reserved = True  # the slot took this connection's first message from the budget
-        self.tls = False
+        self.tls = run.spec.tls
+        self.authed = False
         self.pipelining = False
         self.rcpt_ok = 0
         self.rcpt_next = 0
@@ -334,6 +340,16 @@ class _Client(asyncio.Protocol):
                 self._command(b"STARTTLS\r\n", _STARTTLS)
                 return
             self.pipelining = self.spec.pipelining and b"PIPELINING" in caps
+            if self.spec.auth and not self.authed:
+                self._command(self.run.auth_line, _AUTH)
+                return
+            self._next()
+        elif what == _AUTH:
+            if code != 235:
+                self.stats.errors[f"auth:{code}"] += 1
+                self._quit()
+                return
+            self.authed = True
             self._next()
         elif what == _STARTTLS:
             if code != 220:
@@ -470,8 +486,12 @@ class _Run:
         self.rcpt_block = b"".join(self.rcpt_lines)
         self.active: set[_Client] = set()
         self.budget = _Budget(spec, time.perf_counter())
+        self.auth_line = b""
+        if spec.auth:
+            secret = b"\0" + spec.auth[0].encode() + b"\0" + spec.auth[1].encode()
+            self.auth_line = b"AUTH PLAIN " + base64.b64encode(secret) + b"\r\n"
         self.tls_context: ssl.SSLContext | None = None
-        if spec.starttls:
+        if spec.starttls or spec.tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -490,7 +510,13 @@ class _Run:
             client = _Client(self, time.perf_counter())
             try:
                 await asyncio.wait_for(
-                    self.loop.create_connection(client.factory(), spec.host, spec.port),
+                    self.loop.create_connection(
+                        client.factory(),
+                        spec.host,
+                        spec.port,
+                        ssl=self.tls_context if spec.tls else None,
+                        server_hostname=spec.host if spec.tls else None,
+                    ),
                     spec.timeout,
                 )
             except (TimeoutError, OSError) as e:
@@ -652,7 +678,8 @@ def format_report(summary: dict[str, Any]) -> str:
         f"target {summary.get('target', '?')}  connections {summary.get('connections')}"
         f"  msgs/conn {summary.get('per_connection')}  size {summary.get('size')} B"
         f"  pipelining {'on' if summary.get('pipelining') else 'off'}"
-        f"  starttls {'on' if summary.get('starttls') else 'off'}",
+        f"  tls {'implicit' if summary.get('tls') else 'starttls' if summary.get('starttls') else 'off'}"
+        f"{'  auth' if summary.get('auth') else ''}",
         f"accepted {summary['ok']}  failed {summary['failed']}  sessions {summary['sessions']}"
         f"  connect failures {summary['connect_failures']}  in {summary['elapsed_s']:.2f} s",
         f"throughput {summary['msgs_per_s']:.1f} msg/s  {summary['mb_per_s']:.2f} MB/s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from fastmta import loadgen
@@ -37,7 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     body.add_argument("--size", default="4KiB", help='message size incl. headers, e.g. 4096, "100KiB" [4KiB]')
     body.add_argument("--corpus", metavar="DIR", help="send the *.eml files under DIR in turn")
     p.add_argument("--pipelining", action="store_true", help="send MAIL, RCPT and DATA in one write")
-    p.add_argument("--starttls", action="store_true", help="STARTTLS first (certificate not verified)")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--starttls", action="store_true", help="STARTTLS first (certificate not verified)")
+    tls.add_argument("--tls", action="store_true", help="implicit TLS, as on port 465 (not verified)")
+    p.add_argument(
+        "--auth",
+        metavar="USER[:PASS]",
+        help="AUTH PLAIN after EHLO; the password from $FASTMTA_PASSWORD when not given",
+    )
     p.add_argument("--rset", action="store_true", help="RSET between messages on one connection")
     p.add_argument("--from", dest="sender", default=loadgen.DEFAULT_SENDER, help="envelope sender")
     p.add_argument("--to", dest="recipients", action="append", metavar="ADDR",
@@ -69,6 +77,10 @@ def main(argv: list[str]) -> int:
     except (ValueError, OSError) as e:
         print(f"fastmta load: {e}", file=sys.stderr)
         return 64
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        auth = (user, password if sep else os.environ.get("FASTMTA_PASSWORD", ""))
     count = args.count if args.count is not None or duration else 1000
     if args.connections < 1 or args.per_connection < 1 or (count is not None and count < 1):
         print("fastmta load: -c, -m and --count must be at least 1", file=sys.stderr)
@@ -77,7 +89,8 @@ def main(argv: list[str]) -> int:
         host=host, port=port, connections=args.connections, per_connection=args.per_connection,
         count=count, duration=duration, messages=loadgen.payloads(raw), sender=args.sender,
         recipients=tuple(args.recipients or (loadgen.DEFAULT_RECIPIENT,)), pipelining=args.pipelining,
-        starttls=args.starttls, rset=args.rset, rate=args.rate, helo=args.helo, timeout=timeout,
+        starttls=args.starttls, tls=args.tls, auth=auth, rset=args.rset, rate=args.rate, helo=args.helo,
+        timeout=timeout,
     )  # fmt: skip
     progress = None if args.quiet else loadgen.Progress(count, duration)
     try:

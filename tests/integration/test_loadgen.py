@@ -287,3 +287,39 @@ def test_cli_targets_the_first_listener_of_the_config(
     assert sink.wait_count(7) == 7
     bad = make_config("[limits]\nmax_recipients = 0\n", name="bad.toml")
     assert run_fastmta("load", "--config", str(bad), "-n", "1").returncode == 2
+
+
+def test_auth_plain_before_mail(sinks: Callable[..., Any]) -> None:
+    port = free_port()
+    sink = sinks(HOST, port, auth={"loaduser": "s3cret"})
+    stats = loadgen.run(spec(port, count=3, connections=1, per_connection=3, auth=("loaduser", "s3cret")))
+    assert (stats.ok, stats.failed) == (3, 0)
+    assert [m.auth_user for m in sink.wait_messages(3)] == ["loaduser"] * 3
+    assert sink.commands.count("AUTH PLAIN") == 1
+    bad = loadgen.run(spec(port, count=2, auth=("loaduser", "wrong")))
+    assert (bad.ok, bad.failed, bad.errors["auth:535"]) == (0, 2, 2)
+
+
+def test_implicit_tls_from_the_first_byte(tls_ca: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    from tests.fixtures.sink import server_context
+
+    class Counter:
+        received = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            self.received += 1
+            return "250 2.0.0 OK"
+
+    port = free_port()
+    handler = Counter()
+    controller = Controller(handler, hostname=HOST, port=port, ssl_context=server_context(tls_ca, HOST))
+    controller.start()
+    try:
+        stats = loadgen.run(spec(port, count=4, connections=2, per_connection=2, tls=True))
+        assert (stats.ok, stats.failed, handler.received) == (4, 0, 4)
+        plain = loadgen.run(replace(spec(port, count=1), timeout=1.0))  # no TLS: no banner ever comes
+        assert plain.ok == 0 and plain.failed == 1
+    finally:
+        controller.stop()
