@@ -30,9 +30,10 @@ cdef extern from *:
     """
     /* Offset of the first CR or LF in p[0..n), or n. SSE2 (every x86-64) tests 16
        octets per step for both at once: one pass per line instead of a memchr
-       for LF plus a memchr for CR. */
+       for LF plus a memchr for CR. FASTMTA_NO_SIMD forces the portable
+       version (tests/fuzz/asan.sh checks both). */
     #include <string.h>
-    #if defined(__SSE2__)
+    #if defined(__SSE2__) && !defined(FASTMTA_NO_SIMD)
     #include <emmintrin.h>
     static inline Py_ssize_t fm_find_crlf(const unsigned char *p, Py_ssize_t n) {
         const __m128i cr = _mm_set1_epi8(13), lf = _mm_set1_epi8(10);
