@@ -14,6 +14,7 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import ctypes
 import email.utils
 import multiprocessing
 import os
@@ -588,6 +589,7 @@ def _child(spec: LoadSpec, conn: Any, shared: Any, index: int) -> None:
     import uvloop
 
     os.setpgid(0, 0)  # the terminal's Ctrl-C goes to the parent, which forwards it once
+    _die_with_parent()
 
     def publish(stats: Stats) -> None:
         shared[2 * index] = stats.ok
@@ -598,6 +600,12 @@ def _child(spec: LoadSpec, conn: Any, shared: Any, index: int) -> None:
         conn.send(stats)
     finally:
         conn.close()
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive the parent that would read its report (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run(spec: LoadSpec, procs: int = 1, progress: Callable[[int, int, float], None] | None = None) -> Stats:

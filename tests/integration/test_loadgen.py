@@ -323,3 +323,59 @@ def test_implicit_tls_from_the_first_byte(tls_ca: Any) -> None:
         assert plain.ok == 0 and plain.failed == 1
     finally:
         controller.stop()
+
+
+def test_workers_do_not_outlive_a_killed_parent(smtp_sink: Callable[..., Any]) -> None:
+    port = free_port()
+    smtp_sink(HOST, port)
+    cmd = [
+        *fastmta_cmd("load"),
+        "--server",
+        f"{HOST}:{port}",
+        "-c",
+        "4",
+        "--duration",
+        "60s",
+        "--procs",
+        "2",
+        "-q",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 10
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = [
+                int(p.name)
+                for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _ppid(int(p.name)) == proc.pid
+            ]
+        assert len(workers) == 2
+        proc.kill()
+        proc.wait(5)
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _ppid(pid: int) -> int:
+    st = _stat(pid)
+    return int(st[1]) if st else -1
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return bool(st) and st[0] != "Z"  # a zombie waits only for its reaper
