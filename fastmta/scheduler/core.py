@@ -34,7 +34,7 @@ from fastmta.spool.records import BOUNCE, DONE, FAILED, PENDING, Envelope, RcptS
 log = logging.getLogger("fastmta.scheduler")
 
 MAX_IN_MEMORY = 20_000  # messages held as Python objects; the feeder pages in the rest
-DEST_SHARE = 8  # one destination holds at most 1/8 of that
+DEST_SHARE = 4  # one destination holds at most a quarter of that
 PARKED_MAX = 200_000  # ids remembered as turned away (their destination was full); ~100 bytes each
 _NO_OUTCOME = Deferred(Reply(451, "4.3.0", "Local error: no delivery outcome"), "other")
 _CRASH = Deferred(Reply(451, "4.3.0", "Local error in delivery"), "other")

@@ -23,7 +23,7 @@ from fastmta.scheduler.core import Scheduler
 log = logging.getLogger("fastmta.scheduler")
 
 PAGE = 1000  # schedule-index entries per read transaction
-MISSES = 2 * PAGE  # a run of messages whose destinations are full ends the pass (resumed next time)
+MISSES = 200  # envelopes read in a row for full destinations end the pass (resumed next time)
 
 
 class Feeder:
@@ -65,10 +65,11 @@ class Feeder:
         """Admit due messages not in memory, up to the memory bound; returns how many.
 
         The scan resumes where the previous one stopped and wraps around once; it
-        looks at no more than ``budget`` index entries and stops after ``MISSES``
-        messages in a row that could not be taken (their destinations are full), so
-        a huge backlog for one destination costs a bounded pass, never a read of the
-        whole queue, while the cursor still walks past it to everything behind.
+        looks at no more than ``budget`` index entries and stops after reading
+        ``MISSES`` envelopes in a row that could not be taken (their destinations are
+        full). Those are remembered (``still_parked``) and skipped without a read on
+        later passes, so a huge backlog for one destination costs little, while the
+        cursor still walks past it to everything behind.
         """
         sched = self.sched
         if sched.held:
@@ -92,7 +93,9 @@ class Feeder:
                 after = key
                 if key[1] in sched.rounds:
                     continue
-                if sched.still_parked(key[1]) or not self._admit(key[1]):
+                if sched.still_parked(key[1]):
+                    continue  # cheap: no envelope read; the budget bounds these
+                if not self._admit(key[1]):
                     misses += 1
                     if misses >= MISSES:
                         stop = True
