@@ -3,12 +3,13 @@
 
 Nine base-62 digits of microseconds since the epoch (good until the year 2398),
 then seven random digits so that several worker processes sharing one spool never
-collide. Safe in file names, log lines and LMDB keys (always 16 ASCII bytes).
+collide (within a process the time part alone is strictly increasing). Safe in
+file names, log lines and LMDB keys (always 16 ASCII bytes).
 """
 
 from __future__ import annotations
 
-import os
+import random
 import time
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -23,6 +24,9 @@ _PAIRS = [a + b for a in ALPHABET for b in ALPHABET]  # two digits per divmod: 8
 
 
 _last = 0
+# Not secret, only distinct: Mersenne Twister, reseeded in every forked child (random.py
+# registers that), is 10x cheaper than os.urandom's system call per id.
+_rand = random.getrandbits
 
 
 def new_id() -> str:
@@ -30,7 +34,7 @@ def new_id() -> str:
     global _last
     t = time.time_ns() // 1000
     t = _last = t if t > _last else _last + 1  # two ids in one microsecond keep their order
-    n = t * _RAND_SPACE + int.from_bytes(os.urandom(8), "big") % _RAND_SPACE
+    n = t * _RAND_SPACE + _rand(48) % _RAND_SPACE
     out = []
     for _ in range(ID_LEN // 2):
         n, r = divmod(n, 3844)
