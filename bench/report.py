@@ -308,6 +308,9 @@ def profile_lines(pr: dict[str, Any]) -> list[str]:
     return out + _md(rows)
 
 
+_GENERIC_KEYS = ("mb_s", "mb_per_s", "per_s", "rate", "ratio", "_ms", "cpu", "must_show")
+
+
 def generic_lines(name: str, data: dict[str, Any]) -> list[str]:
     """Benches this report does not know in detail: their throughput-like numbers, flattened."""
     found: list[str] = []
@@ -315,17 +318,22 @@ def generic_lines(name: str, data: dict[str, Any]) -> list[str]:
     def walk(prefix: str, v: Any) -> None:
         if isinstance(v, dict):
             for k, x in v.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), x)
+                if k != "runs":  # per-run rows: the summaries above them are what to show
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
         elif isinstance(v, list):
             for i, x in enumerate(v):
                 walk(f"{prefix}[{i}]", x)
-        elif isinstance(v, int | float) and any(
-            t in prefix.lower() for t in ("mb_s", "mb_per_s", "per_s", "ratio")
-        ):
+        elif not any(t in prefix.lower() for t in _GENERIC_KEYS) or prefix.endswith((".min", ".max")):
+            return
+        elif isinstance(v, bool):
+            found.append(f"- {prefix}: {'yes' if v else '**no**'}")
+        elif isinstance(v, int | float):
             found.append(f"- {prefix}: {v:,.1f}" if isinstance(v, float) else f"- {prefix}: {v:,}")
+        elif isinstance(v, str):
+            found.append(f"- {prefix}: {v}")
 
     walk("", data)
-    return ["", f"**{name.capitalize()}**", "", *found[:40]]
+    return ["", f"**{name.capitalize()}** (bench/{name}.py; its JSON has the details)", "", *found[:40]]
 
 
 def render(result: dict[str, Any]) -> str:

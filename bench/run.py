@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The one benchmark command: parser, spool, accept, relay and profile; then a table, JSON and a chart.
+"""The one benchmark command: every bench under bench/, then a table, JSON and a chart.
 
     .venv/bin/python bench/run.py [--quick] [--only accept,relay] [--reps 3]
 
@@ -30,13 +30,15 @@ sys.path.insert(0, str(ROOT))
 from bench import peers, report  # noqa: E402
 
 # name → (script, arguments with --quick, without, timeout quick, timeout full);
-# parser.py and spool.py belong to their areas and take their own flags.
+# parser.py, spool.py, workers.py and local.py belong to their areas and take their own flags.
 BENCHES: dict[str, tuple[str, list[str], list[str], float, float]] = {
     "parser": ("parser.py", ["--reps", "5"], [], 120, 900),
     "spool": ("spool.py", ["--quick"], [], 180, 1800),
     "accept": ("accept.py", ["--quick"], ["--full"], 450, 7200),
     "relay": ("relay.py", ["--quick"], [], 240, 3600),
     "profile": ("profile.py", ["--quick"], [], 90, 300),
+    "workers": ("workers.py", ["--quick"], [], 180, 1800),
+    "local": ("local.py", ["--quick"], [], 120, 900),
 }
 
 
