@@ -18,6 +18,7 @@ import hashlib
 import random
 import sys
 import time
+import zlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -90,7 +91,9 @@ def run_commands(mod: ModuleType, chunks: list[bytes], limits: dict[str, Any]) -
             words = payload.split()
             verb = words[0].upper() if words else b""
             acted = True
-            if verb == b"DATA":
+            if zlib.crc32(payload) % 5 == 0:
+                pass  # the session refused the command (503/501): just go on
+            elif verb == b"DATA":
                 parser.start_data()
             elif verb == b"BDAT" and len(words) > 1 and words[1].isdigit() and len(words[1]) < 7:
                 parser.start_bdat(int(words[1]), len(words) > 2 and words[2].upper() == b"LAST")

@@ -182,3 +182,15 @@ def test_normalised_smuggling_is_stored_harmlessly(parser_impl: ModuleType) -> N
     events = parser.feed(b"a\n.\r\nMAIL FROM:<e@x.test>\r\n.\r\nNOOP\r\n")
     assert events == [(DATA_END, b"a\r\n.\r\nMAIL FROM:<e@x.test>\r\n"), (LINE, b"NOOP")]
     assert parser_impl.encode_data(events[0][1]) == b"a\r\n..\r\nMAIL FROM:<e@x.test>\r\n.\r\n"
+
+
+def test_caller_buffers_are_not_kept(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    parser.start_data()
+    buf = bytearray(b"Subject: x\r\n\r\nbody\r\n.")
+    assert parser.feed(buf) == []
+    buf[:] = b"X" * len(buf)  # the caller reuses its read buffer
+    assert parser.feed(memoryview(bytearray(b"\r\nQUIT\r\n"))) == [
+        (DATA_END, b"Subject: x\r\n\r\nbody\r\n"),
+        (LINE, b"QUIT"),
+    ]
