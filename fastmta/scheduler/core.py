@@ -22,7 +22,7 @@ from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
 from fastmta.delivery import dsn as dsnlib
-from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
+from fastmta.errors import Bounced, Deferred, Delivered, Reply
 from fastmta.log import DeliveryLog, iso_ts
 from fastmta.scheduler import retry
 from fastmta.scheduler.destination import DestQueue
@@ -52,7 +52,7 @@ def parse_reply(text: str, default: Reply) -> Reply:
     return Reply(int(code_s), enh, txt)
 
 
-_ADMINBOUNCE = Reply(550, "5.0.0", "Message deleted from the queue by the administrator")
+_ADMIN_BOUNCE = Reply(550, "5.0.0", "Message deleted from the queue by the administrator")
 
 
 class Scheduler:
@@ -192,8 +192,9 @@ class Scheduler:
         now = self.clock()
         self._m_seconds.observe(attempt.elapsed)
         outcomes = attempt.outcomes
-        failed = [outcomes.get(i, _NO_OUTCOME) for i in work.rcpts]
-        failed = [o for o in failed if type(o) is not Delivered]
+        failed = [
+            o for o in (outcomes.get(i, _NO_OUTCOME) for i in work.rcpts) if not isinstance(o, Delivered)
+        ]
         if failed:
             self._react(dq, failed, now)
         self._apply(dq, work, attempt, now, dq.suspended_until if dq.suspended(now) else 0.0)
@@ -202,21 +203,20 @@ class Scheduler:
 
     def skip(self, dq: DestQueue, work: Work, now: float) -> None:
         """Work for a suspended destination: deferred to the end of the suspension, not tried."""
-        reply = dq.suspend_reply or _NO_OUTCOME.reply
-        outcome = Deferred(reply, "rate_limited")
+        outcome = Deferred(dq.suspend_reply or _NO_OUTCOME.reply, dq.suspend_class)
         self._apply(dq, work, Attempt({i: outcome for i in work.rcpts}), now, dq.suspended_until, tried=False)
 
-    def _react(self, dq: DestQueue, failed: list[Outcome], now: float) -> None:
+    def _react(self, dq: DestQueue, failed: list[Deferred | Bounced], now: float) -> None:
         """Throttle on 421 / refusal everywhere; apply the first matching shaping rule."""
-        if all(o.reply.code == 421 for o in failed) and type(failed[0]) is Deferred:
-            dq.suspend(
-                now + retry.throttle_delay(self.cfg.delivery.retry_schedule, self.rng), failed[0].reply
-            )
+        first = failed[0]
+        if isinstance(first, Deferred) and all(o.reply.code == 421 for o in failed):
+            delay = retry.throttle_delay(self.cfg.delivery.retry_schedule, self.rng)
+            dq.suspend(now + delay, first.reply, first.bounce_class)
         for rule in self.cfg.delivery.shaping:
             for o in failed:
                 if rule.match.search(str(o.reply)):
                     if rule.action == "suspend":
-                        dq.suspend(now + rule.duration, o.reply)
+                        dq.suspend(now + rule.duration, o.reply, o.bounce_class)
                     else:
                         dq.limit(now + rule.duration, rule.max_connections, rule.message_rate)
                     return
@@ -333,7 +333,7 @@ class Scheduler:
         now = self.clock()
         for i in idx:
             rc = env.rcpts[i]
-            reply = parse_reply(rc.last_error, _ADMINBOUNCE)
+            reply = parse_reply(rc.last_error, _ADMIN_BOUNCE)
             rnd.states[i] = RcptState(FAILED, str(reply))
             self._log_buf.append(
                 {

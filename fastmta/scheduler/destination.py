@@ -33,6 +33,7 @@ class DestQueue:
         "parked",
         "suspended_until",
         "suspend_reply",
+        "suspend_class",
         "limit_until",
         "limit_conn",
         "limit_rate",
@@ -49,6 +50,7 @@ class DestQueue:
         self.parked = False  # messages for it were left in the spool: it was at its memory share
         self.suspended_until = 0.0
         self.suspend_reply: Reply | None = None
+        self.suspend_class = "rate_limited"  # bounce class of what caused the suspension
         self.limit_until = 0.0  # a shaping "limit" lowers conn/rate until then
         self.limit_conn = 0
         self.limit_rate = 0.0
@@ -67,10 +69,11 @@ class DestQueue:
     def suspended(self, now: float) -> bool:
         return now < self.suspended_until
 
-    def suspend(self, until: float, reply: Reply) -> None:
+    def suspend(self, until: float, reply: Reply, bounce_class: str) -> None:
         """Stop delivering until ``until`` (a 421, a refusal, or a shaping rule)."""
         if until > self.suspended_until:
             self.suspended_until = until
+            self.suspend_class = bounce_class
             self.suspend_reply = Reply(
                 reply.code, reply.enhanced, "delivery temporarily suspended: " + reply.text
             )

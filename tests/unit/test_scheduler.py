@@ -167,6 +167,7 @@ def test_421_throttles_every_queued_message_to_the_destination(fake_spool: FakeS
         deferred = logs.events("deferred")
         assert len(deferred) == 10
         assert sum("suspended" in r["response"] for r in deferred) == 9
+        assert {r["bounce_class"] for r in deferred} == {"connection"}  # the cause, also for the untried
         # new mail to it while suspended is deferred without a connection
         sched.submit([fake_spool.add("a@src.test", ["c@dead.test"])])
         await settle(sched, lambda: fake_spool.updates >= 12)
