@@ -322,10 +322,8 @@ class Scheduler:
         at = retry.next_attempt(env.arrived, n, now, d.retry_schedule, d.max_queue_lifetime, self.rng)
         if at is None:
             return None
-        if floor > at:
-            # suspended past the expiry time: that is the last chance, so expire now
-            return None if floor >= retry.expires_at(env.arrived, d.max_queue_lifetime) else floor
-        return at
+        # not before a suspension ends, nor after the expiry time (the last attempt then)
+        return min(floor, retry.expires_at(env.arrived, d.max_queue_lifetime)) if floor > at else at
 
     def _admin_bounce(self, rnd: Round, idx: list[int]) -> None:
         """``fastmta queue bounce``: those recipients fail now with a DSN, untried."""

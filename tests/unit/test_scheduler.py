@@ -518,3 +518,20 @@ def test_route_next_hop_groups_domains_into_one_transaction(fake_spool: FakeSpoo
         ]
 
     run(t())
+
+
+def test_suspension_longer_than_the_lifetime_expires_at_the_lifetime(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, logs = build(
+            fake_spool,
+            lambda d, e, i: REFUSED,
+            max_queue_lifetime="100s",
+            shaping=[{"match": "refused", "action": "suspend", "duration": "1h"}],
+        )
+        env = fake_spool.add("a@src.test", ["b@dead.test"], arrived=time.time() - 40)
+        sched.submit([env])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert abs(fake_spool.envs[env.id].next_attempt - (env.arrived + 100)) < 0.01
+        assert logs.events("expired") == []
+
+    run(t())
