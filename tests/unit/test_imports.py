@@ -1,0 +1,330 @@
+# SPDX-License-Identifier: MIT
+"""The import graph of STYLE.md §3.1, checked on the real tree with ``ast``.
+
+Every import of a ``fastmta`` module counts, wherever it stands: at module
+level, inside a function (lazy) or under ``TYPE_CHECKING`` (a typing edge is
+still a dependency). A rule lists what a module *may* import; the exceptions
+below are the documented seams where the tree departs from the table, each
+with its reason. A new edge that fits no rule fails here: move the code, or
+add a rule or an exception with its reason (docs/interfaces.md names the seam).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "fastmta"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+ALL_MODULES = set(MODULES) | {"fastmta._parser"}
+PACKAGES = {_module_name(p) for p in PKG.rglob("__init__.py")}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _resolve(base: str, names: list[str]) -> Iterator[str]:
+    """``from a.b import c``: the submodule ``a.b.c`` when there is one, else ``a.b``."""
+    for name in names:
+        sub = f"{base}.{name}"
+        yield sub if sub in ALL_MODULES else base
+
+
+class Edge:
+    """One import of a fastmta module: target, line, and where it stands."""
+
+    def __init__(self, target: str, line: int, top_level: bool) -> None:
+        self.target, self.line, self.top_level = target, line, top_level
+
+
+def _edges(tree: ast.Module, module: str) -> list[Edge]:
+    """Every fastmta import; ``top_level`` means it runs at import time."""
+    package = module if module in PACKAGES else module.rpartition(".")[0]
+    found: list[Edge] = []
+
+    def visit(node: ast.AST, top_level: bool) -> None:
+        targets: list[str] = []
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base_name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                base_name = node.module or ""
+            targets = list(_resolve(base_name, [a.name for a in node.names]))
+        for target in targets:
+            if target == "fastmta" or target.startswith("fastmta."):
+                found.append(Edge(target, line, top_level))
+        for child in ast.iter_child_nodes(node):
+            inner = top_level
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                inner = False
+            if isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body:
+                inner = False
+            visit(child, inner)
+
+    visit(tree, True)
+    return found
+
+
+def _pyx_edges() -> list[Edge]:
+    """The Cython twin is not Python: read its ``import``/``from`` lines."""
+    found = []
+    pattern = re.compile(r"^\s*(?:from\s+(fastmta[\w.]*)\s+(?:c?import)\s+(\w+)|import\s+(fastmta[\w.]*))")
+    for lineno, line in enumerate((PKG / "_parser.pyx").read_text().splitlines(), 1):
+        m = pattern.match(line)
+        if m:
+            target = m.group(3) or next(_resolve(m.group(1), [m.group(2)]))
+            found.append(Edge(target, lineno, True))
+    return found
+
+
+GRAPH: dict[str, list[Edge]] = {
+    name: _edges(ast.parse(path.read_text(), str(path)), name) for name, path in MODULES.items()
+}
+GRAPH["fastmta._parser"] = _pyx_edges()
+
+
+def _within(target: str, prefixes: set[str]) -> bool:
+    return any(target == p or target.startswith(p + ".") for p in prefixes)
+
+
+# What each layer may import (besides itself and the root package, which holds
+# only ``__version__``). Longest matching prefix wins.
+LEAF: set[str] = set()
+RULES: dict[str, set[str]] = {
+    # The parser is sans-I/O: the twins share only the event kinds and errors.
+    "fastmta._events": LEAF,
+    "fastmta._parser_py": {"fastmta._events"},
+    "fastmta._parser": {"fastmta._events"},
+    "fastmta.parser": {"fastmta._events", "fastmta._parser", "fastmta._parser_py"},
+    # Leaves: stdlib (and prometheus_client for metrics) only; see STDLIB_ONLY.
+    "fastmta.config": LEAF,
+    "fastmta.errors": LEAF,
+    "fastmta.log": LEAF,
+    "fastmta.metrics": LEAF,
+    "fastmta.metrics_buffer": LEAF,
+    "fastmta.policy": {"fastmta.config", "fastmta.errors"},
+    "fastmta.dns": {"fastmta.config", "fastmta.metrics", "fastmta.errors"},
+    # smtp never imports spool, scheduler or delivery: the session ends its job
+    # when the store's commit resolves (a typing.Protocol, smtp/protocol.py).
+    "fastmta.smtp": {
+        "fastmta.smtp",
+        "fastmta.parser",
+        "fastmta.errors",
+        "fastmta.metrics",
+        "fastmta.config",
+        "fastmta.policy",
+    },
+    # The session is a pure state machine: no transport, no metrics, no config.
+    "fastmta.smtp.session": {"fastmta.smtp", "fastmta.errors", "fastmta.policy"},
+    "fastmta.smtp.commands": {"fastmta.smtp.replies"},
+    "fastmta.smtp.replies": LEAF,
+    "fastmta.spool": {"fastmta.spool", "fastmta.config", "fastmta.metrics", "fastmta.errors"},
+    "fastmta.delivery": {
+        "fastmta.delivery",
+        "fastmta.dns",
+        "fastmta.parser",
+        "fastmta.smtp.commands",
+        "fastmta.smtp.replies",
+        "fastmta.spool.records",
+        "fastmta.metrics",
+        "fastmta.errors",
+        "fastmta.config",
+    },
+    "fastmta.scheduler": {
+        "fastmta.scheduler",
+        "fastmta.spool",
+        "fastmta.delivery",
+        "fastmta.metrics",
+        "fastmta.config",
+        "fastmta.errors",
+    },
+    # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
+    "fastmta.compose": {"fastmta.smtp.commands"},
+    "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
+    "fastmta.loadgen": {"fastmta.parser", "fastmta.smtp.proxy", "fastmta.smtp.commands", "fastmta.config"},
+    # Composition root: everything but the entry points and the process layer.
+    "fastmta.server": ALL_MODULES
+    - {"fastmta.cli", "fastmta.supervisor", "fastmta.worker", "fastmta.loadgen"}
+    - {m for m in ALL_MODULES if m.startswith("fastmta.commands")},
+    "fastmta.supervisor": {"fastmta.config", "fastmta.metrics", "fastmta.metrics_buffer", "fastmta.spool"},
+    "fastmta.worker": {
+        "fastmta.config",
+        "fastmta.metrics_buffer",
+        "fastmta.spool.shards",
+        "fastmta.supervisor",
+        # WorkerServer is a Server narrowed to one shard (docs/interfaces.md, Workers).
+        "fastmta.server",
+    },
+    # Entry points: cli dispatches to fastmta.commands.<cmd> with importlib.
+    "fastmta.__main__": {"fastmta.cli"},
+    "fastmta.cli": LEAF,
+    "fastmta.commands": {"fastmta.config"},
+}
+# Each command is an entry point: it may use anything below the dispatcher.
+for _name in MODULES:
+    if _name.startswith("fastmta.commands."):
+        RULES[_name] = ALL_MODULES - {"fastmta.cli", "fastmta.__main__"}
+
+# Documented departures from the table: (importer, imported) → why.
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("fastmta", "fastmta.parser"): "lazy fastmta.parser_backend (module __getattr__), no import-time effect",
+    ("fastmta.smtp.protocol", "fastmta.smtp.listener"): (
+        "TYPE_CHECKING only: the protocol is typed against the listener's Hub/ListenerSettings"
+    ),
+    ("fastmta.scheduler", "fastmta.dns"): (
+        "start_delivery builds SmtpDeliverer + Resolver unless given (docs/interfaces.md)"
+    ),
+    ("fastmta.scheduler", "fastmta.log"): "start_delivery takes the DeliveryLog the rounds write to",
+    ("fastmta.scheduler.core", "fastmta.log"): "one delivery-log line per attempt, where it lands",
+}
+
+# Who may import the top of the graph (entry points and process layer).
+IMPORTED_ONLY_BY: dict[str, set[str]] = {
+    "fastmta.cli": {"fastmta.__main__"},
+    "fastmta.server": {"fastmta.commands.serve", "fastmta.worker"},
+    "fastmta.worker": {"fastmta.commands.serve"},
+    "fastmta.supervisor": {"fastmta.commands.serve", "fastmta.worker"},
+    "fastmta.loadgen": {"fastmta.commands.load"},
+}
+
+STDLIB_ONLY = {
+    "fastmta._events": set(),
+    "fastmta.config": set(),
+    "fastmta.errors": set(),
+    "fastmta.log": set(),
+    "fastmta.metrics": {"prometheus_client"},
+    "fastmta.metrics_buffer": {"prometheus_client"},
+    "fastmta.smtp.replies": set(),
+    "fastmta.smtp.commands": set(),
+    "fastmta.smtp.session": set(),
+    "fastmta.policy": set(),
+    "fastmta.scheduler.retry": set(),
+    "fastmta.cli": set(),
+    "fastmta._parser_py": set(),
+    "fastmta.parser": set(),
+}
+
+
+def _rule_for(module: str) -> set[str]:
+    for prefix in sorted(RULES, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return RULES[prefix]
+    raise AssertionError(f"{module} has no rule in test_imports.RULES: add one")
+
+
+def test_every_module_has_a_rule() -> None:
+    for module in GRAPH:
+        if module != "fastmta":
+            _rule_for(module)
+
+
+def test_imports_follow_the_graph() -> None:
+    bad = []
+    for module, edges in GRAPH.items():
+        if module == "fastmta":
+            allowed: set[str] = set()
+        else:
+            allowed = _rule_for(module)
+        for e in edges:
+            if e.target == "fastmta" or e.target == module or (module, e.target) in EXCEPTIONS:
+                continue
+            if e.target.startswith(module + ".") and module in PACKAGES:
+                continue  # a package uses its own submodules
+            if not _within(e.target, allowed):
+                bad.append(f"{module}:{e.line}: imports {e.target}")
+    assert not bad, "imports outside STYLE.md §3.1:\n" + "\n".join(bad)
+
+
+def test_exceptions_are_still_needed() -> None:
+    """A stale exception hides the next real violation of the same pair."""
+    for importer, imported in EXCEPTIONS:
+        assert any(e.target == imported for e in GRAPH[importer]), (importer, imported)
+
+
+@pytest.mark.parametrize("target", sorted(IMPORTED_ONLY_BY))
+def test_entry_points_are_imported_only_from_above(target: str) -> None:
+    importers = {m for m, edges in GRAPH.items() if any(_within(e.target, {target}) for e in edges)}
+    importers.discard(target)
+    assert importers <= IMPORTED_ONLY_BY[target], importers - IMPORTED_ONLY_BY[target]
+
+
+def test_commands_are_imported_only_by_commands() -> None:
+    for module, edges in GRAPH.items():
+        if module.startswith("fastmta.commands"):
+            continue
+        assert not any(_within(e.target, {"fastmta.commands"}) for e in edges), module
+
+
+def test_smtp_and_spool_keep_their_distance() -> None:
+    """The two hard lines of §3.1, spelled out (the rules above imply them)."""
+    never = {
+        "fastmta.smtp": {"fastmta.scheduler", "fastmta.delivery", "fastmta.spool"},
+        "fastmta.spool": {"fastmta.smtp", "fastmta.scheduler", "fastmta.delivery"},
+    }
+    for module, edges in GRAPH.items():
+        for layer, forbidden in never.items():
+            if _within(module, {layer}):
+                assert not [e.target for e in edges if _within(e.target, forbidden)], module
+
+
+@pytest.mark.parametrize("module", sorted(STDLIB_ONLY))
+def test_leaves_import_only_the_stdlib(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text())
+    third_party = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        for name in names:
+            top = name.partition(".")[0]
+            if top not in sys.stdlib_module_names and top != "fastmta" and top != "__future__":
+                third_party.add(top)
+    assert third_party <= STDLIB_ONLY[module], third_party - STDLIB_ONLY[module]
+
+
+def test_no_import_cycles_at_import_time() -> None:
+    """Lazy (function-level) and TYPE_CHECKING imports may close a loop; import time may not."""
+    graph = {m: {e.target for e in edges if e.top_level and e.target in GRAPH} for m, edges in GRAPH.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            # A submodule importing its own package (``from fastmta.smtp import replies``)
+            # runs after the package's __init__ finished: not a loop.
+            if node.startswith(nxt + ".") and nxt in PACKAGES:
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " → ".join(stack[stack.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                walk(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            walk(module)
