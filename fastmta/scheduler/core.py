@@ -391,8 +391,10 @@ class Scheduler:
         spool = self.spool
         try:
             dsns = [r for r in batch if r.reports]
-            if dsns:
-                await asyncio.gather(*(self._send_dsns(r) for r in dsns))
+            sent = await asyncio.gather(*map(self._send_dsns, dsns), return_exceptions=True)
+            for r, res in zip(dsns, sent, strict=True):
+                if isinstance(res, BaseException):
+                    log.error("DSN for %s failed: %s", r.env.id, res)
             results = await asyncio.gather(
                 *(spool.update(r.env.id, r.states, r.retry_at, 1) for r in batch), return_exceptions=True
             )
