@@ -121,10 +121,10 @@ class Supervisor:
         say(f"starting {self.count} workers (spool shards {self.cfg.spool.path}/0..{self.count - 1})")
         keepers = [loop.create_task(self._keep(w)) for w in self.workers]
         await self._stop.wait()
-        say("SIGTERM: stopping every worker")
+        say("stopping every worker")
         for w in self.workers:
             self._signal(w, signal.SIGTERM)
-        done, pending = await asyncio.wait(keepers, timeout=self.cfg.server.shutdown_grace + _KILL_MARGIN)
+        _, pending = await asyncio.wait(keepers, timeout=self.cfg.server.shutdown_grace + _KILL_MARGIN)
         if pending:
             say(f"{len(pending)} worker(s) still running after the grace period: killing them")
             for w in self.workers:
@@ -207,6 +207,8 @@ class Supervisor:
             return code
         finally:
             w.ready = False
+            if w.flushed is not None and not w.flushed.done():
+                w.flushed.set_result(None)  # a scrape waiting on this worker need not wait longer
             loop.remove_reader(ours.fileno())
             ours.close()
             w.lifeline = None
