@@ -11,6 +11,7 @@ suspended or dead only ever occupies its own workers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +22,9 @@ from fastmta.scheduler.destination import DestQueue
 if TYPE_CHECKING:
     from fastmta.scheduler.core import Scheduler
     from fastmta.scheduler.rounds import Work
+
+
+log = logging.getLogger("fastmta.scheduler")
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -96,7 +100,10 @@ class Shard:
                 finally:
                     dq.inflight -= 1
                     self.inflight -= 1
-                sched.complete(self, dq, work, attempt)
+                try:
+                    sched.complete(self, dq, work, attempt)
+                except Exception:  # a bug here must not take the destination's worker down with it
+                    log.exception("applying a delivery result for %s failed", dq.dest.key)
         finally:
             dq.workers -= 1
             now = sched.clock()
@@ -106,4 +113,5 @@ class Shard:
             ):
                 # idle with no state worth keeping: forget it, so the dict does not
                 # grow with every domain ever seen
-                self.dests.pop(dq.dest.key, None)
+                if self.dests.get(dq.dest.key) is dq:
+                    del self.dests[dq.dest.key]
