@@ -107,11 +107,11 @@ class Shard:
         finally:
             dq.workers -= 1
             now = sched.clock()
+            idle = not (dq.ready or dq.workers or dq.inflight)
             if (
-                not (dq.ready or dq.workers or dq.inflight)
+                idle
                 and max(dq.suspended_until, dq.limit_until, dq.next_slot) <= now
+                and self.dests.get(dq.dest.key) is dq
             ):
-                # idle with no state worth keeping: forget it, so the dict does not
-                # grow with every domain ever seen
-                if self.dests.get(dq.dest.key) is dq:
-                    del self.dests[dq.dest.key]
+                # no state worth keeping: forget it, so the dict does not grow with every domain ever seen
+                del self.dests[dq.dest.key]
