@@ -3,11 +3,14 @@
 
 Why a process and not a thread: py-lmdb drops the GIL inside every call and must
 win it back from a busy event loop, which costs up to one switch interval (5 ms)
-per call (DESIGN.md §4). Measured with ``bench/spool.py`` (busy loop, 4 KiB): a
-writer thread gave 2.8 durable puts/s with one producer and 8,000/s with 500
-(17,000/s with ``sys.setswitchinterval(0.0005)``); this process has its own GIL
-and runs at idle-loop speed. The loop only writes frames to a socket and reads
-one acknowledgement per batch.
+per call (DESIGN.md §4). Measured with ``bench/spool.py`` (busy loop, 4 KiB, the
+same shared 2-core machine minutes apart): a writer thread gave 2.8 durable puts/s
+with one producer and 8,100/s with 500 (212 and 17,200/s with
+``sys.setswitchinterval(0.0005)``, a process-wide change we would rather not
+impose); this process gave 167 and 18,300/s with the default switch interval. It
+has its own GIL, so LMDB runs at idle-loop speed (~10 us of CPU per put on each
+side). The loop only writes frames to a socket and reads one acknowledgement per
+batch (coalescing those writes per loop iteration was measured: no gain).
 
 Protocol on a stream socket (both directions little-endian):
 
