@@ -45,7 +45,9 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 def sched_key(due: float, id_b: bytes) -> bytes:
     """Schedule-index key: big-endian milliseconds, then the id (sorts by time, then id)."""
-    return _DUE.pack(max(0, int(due * 1000))) + id_b
+    # round(), not int(): split_sched_key's float must map back to the same key, or a
+    # due() page that continues "after" it would return its last entry again.
+    return _DUE.pack(max(0, round(due * 1000))) + id_b
 
 
 def split_sched_key(key: bytes) -> tuple[float, str]:
