@@ -143,7 +143,14 @@ class Supervisor:
         return not self.stopping and all(w.ready for w in self.workers)
 
     def _forward_hup(self) -> None:
+        """SIGHUP: every worker reloads; a new ``workers`` count needs a restart (say so)."""
+        from fastmta import config as config_mod
+
         say("SIGHUP: asking every worker to reload")
+        with contextlib.suppress(config_mod.ConfigError):  # the workers report a bad file themselves
+            wanted = config_mod.load(self.config_path).server.workers
+            if wanted != self.count:
+                say(f"workers = {wanted} in the configuration: running {self.count} until a restart")
         for w in self.workers:
             self._signal(w, signal.SIGHUP)
 

@@ -83,6 +83,7 @@ def test_hold_both_shards_listed_then_released_exactly_once(
         time.sleep(0.1)
     assert sum(shard_counts(srv.spool).values()) == 0
     assert srv.metric('fastmta_deliveries_total{result="delivered"}') == 300
+    assert srv.server.stderr().count("configuration reloaded") == 2  # one per worker
 
 
 def test_kill_9_of_a_worker_loses_nothing_acknowledged(workers_server: Callable[..., Supervised],
