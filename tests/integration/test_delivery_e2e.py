@@ -14,11 +14,12 @@ import json
 import smtplib
 import time
 from collections.abc import Callable
+from email.message import EmailMessage, Message
 from typing import Any
 
 import pytest
 
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, run_fastmta
 
 SENDER = "alice@src.test"
 MX = [
@@ -33,6 +34,14 @@ HOSTS = {
     "mx.src.test": "127.0.0.4",
     "mx.dead.test": "127.0.0.5",
 }
+
+
+def _dsn(data: bytes) -> tuple[EmailMessage, list[Message]]:
+    """A DSN and the field blocks of its delivery-status part (per-message block first)."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    blocks = list(msg.iter_parts())[1].get_payload()
+    assert isinstance(blocks, list)
+    return msg, [b for b in blocks if isinstance(b, Message)]
 
 
 class Env:
@@ -70,7 +79,7 @@ class Env:
 def mta(make_config: Any, dnsmasq: Any, sinks: Any, sink_port: int) -> Any:
     started: list[ServerProcess] = []
 
-    def start(delivery: str = "", metrics_port: int = 0, **scripts: dict[str, Any]) -> Env:
+    def start(delivery: str = "", metrics_port: int = 0, retry: str = "1s", **scripts: dict[str, Any]) -> Env:
         dns = dnsmasq(mx=MX, hosts=HOSTS)
         boxes = {
             name: sinks(HOSTS[f"mx.{name}"], sink_port, **scripts.get(name.replace(".", "_"), {}))
@@ -84,7 +93,7 @@ def mta(make_config: Any, dnsmasq: Any, sinks: Any, sink_port: int) -> Any:
             [delivery]
             port = {sink_port}
             tls = "none"
-            retry_schedule = ["1s"]
+            retry_schedule = ["{retry}"]
             connect_timeout = "2s"
             {delivery}
 
@@ -149,9 +158,8 @@ def test_per_recipient_mix_and_bounce_content(mta: Any) -> None:
     )
     dsn = env.sinks["src.test"].wait_messages(1)[0]
     assert dsn.mail_from in ("", "<>") and dsn.rcpt_tos == [SENDER]
-    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
+    msg, (head, *blocks) = _dsn(dsn.data)
     assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
-    head, *blocks = list(msg.iter_parts())[1].get_payload()
     assert head["Reporting-MTA"] == "dns; mx.fastmta.test"
     assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bad@a.test"]
     assert blocks[0]["Action"] == "failed" and blocks[0]["Status"] == "5.1.1"
@@ -170,9 +178,7 @@ def test_expiry_bounces_with_4_4_7(mta: Any) -> None:
     exp = [r for r in recs if r["event"] == "expired"][0]
     assert exp["rcpt"] == "x@a.test" and exp["code"] == 451
     dsn = env.sinks["src.test"].wait_messages(1)[0]
-    block = list(email.message_from_bytes(dsn.data, policy=email.policy.default).iter_parts())[
-        1
-    ].get_payload()[1]
+    block = _dsn(dsn.data)[1][1]
     assert block["Status"] == "4.4.7" and block["Action"] == "failed"
 
 
@@ -222,8 +228,7 @@ def test_notify_success_envid_and_orcpt(mta: Any) -> None:
     )
     env.sinks["a.test"].wait_messages(1)
     dsn = env.sinks["src.test"].wait_messages(1)[0]
-    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
-    head, block = list(msg.iter_parts())[1].get_payload()
+    head, block = _dsn(dsn.data)[1]
     assert head["Original-Envelope-Id"] == "env-tag"
     assert block["Action"] == "relayed" and block["Status"].startswith("2.")  # the sink offers no DSN
     assert block["Original-Recipient"] == "rfc822; X@a.test"
@@ -255,3 +260,38 @@ def test_delivery_metrics(mta: Any) -> None:
     assert 'fastmta_deliveries_total{result="bounced"} 1.0' in text
     assert 'fastmta_delivery_failures_total{bounce_class="invalid_recipient",result="bounced"} 1.0' in text
     assert "fastmta_delivery_seconds_count" in text and 'fastmta_queue_messages{state="inflight"}' in text
+
+
+def queue_ids(env: Env) -> list[str]:
+    out = run_fastmta("queue", "list", "--json", "--config", str(env.server.config_path))
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line)["id"] for line in out.stdout.decode().splitlines() if line.strip()]
+
+
+def test_queue_flush_from_another_process_retries_now(mta: Any) -> None:
+    env = mta(retry="1h", a_test={"rcpt_default": "451 4.3.0 busy"})
+    env.send(["x@a.test"], subject="flushed")
+    env.wait_log(lambda rs: any(r["event"] == "deferred" for r in rs))
+    env.sinks["a.test"].script.rcpt_default = None
+    assert len(queue_ids(env)) == 1
+    flushed = run_fastmta("queue", "flush", "--config", str(env.server.config_path))
+    assert flushed.returncode == 0, flushed.stderr
+    env.wait_log(lambda rs: any(r["event"] == "delivered" for r in rs), timeout=10)
+    assert env.sinks["a.test"].rcpts() == ["x@a.test"]
+
+
+def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
+    env = mta(retry="1h", a_test={"rcpt_default": "451 4.3.0 busy"})
+    env.send(["x@a.test"], subject="given up")
+    env.wait_log(lambda rs: any(r["event"] == "deferred" for r in rs))
+    (msg_id,) = queue_ids(env)
+    bounced = run_fastmta("queue", "bounce", msg_id, "--config", str(env.server.config_path))
+    assert bounced.returncode == 0, bounced.stderr
+    dsn = env.sinks["src.test"].wait_messages(1)[0]
+    block = list(email.message_from_bytes(dsn.data, policy=email.policy.default).iter_parts())[
+        1
+    ].get_payload()[1]
+    assert block["Action"] == "failed" and block["Final-Recipient"] == "rfc822; x@a.test"
+    assert "administrator" in block["Diagnostic-Code"]
+    env.wait_log(lambda rs: any(r["event"] == "bounced" and r["id"] == msg_id for r in rs))
+    assert queue_ids(env) == []
