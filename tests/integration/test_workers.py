@@ -303,3 +303,31 @@ def test_per_ip_connections_are_shared(workers_server: Callable[..., Supervised]
             c.close()
     assert sum(b.startswith(b"220 ") for b in banners) <= 2
     assert any(b.startswith(b"421 4.7.0") for b in banners), banners
+
+
+def test_queue_commands_act_on_every_shard(workers_server: Callable[..., Supervised]) -> None:
+    """flush, bounce and delete find each id in whichever shard holds it."""
+    from fastmta.config import SpoolConfig
+    from fastmta.spool import admin, shards
+
+    srv = workers_server(hold=True)
+    assert len(send_many(srv.port, 30)) == 30
+    spool = SpoolConfig(path=str(srv.spool))
+    one_each = []
+    for _, sub in shards.present(spool):
+        store = admin.open_store(sub)
+        try:
+            one_each.append(next(admin.iter_envelopes(store)).id)
+        finally:
+            store.close()
+    assert len(one_each) == 2
+    cfg = str(srv.config)
+    r = run_fastmta("queue", "flush", "--domain", "dst.test", "--config", cfg)
+    assert r.returncode == 0 and b"flushed 30 messages" in r.stderr, r.stderr
+    r = run_fastmta("queue", "flush", *one_each, "--config", cfg)
+    assert r.returncode == 0 and b"flushed 2 messages" in r.stderr, r.stderr
+    r = run_fastmta("queue", "bounce", *one_each, "--config", cfg)
+    assert r.returncode == 0 and b"bounce requested for 2 messages" in r.stderr, r.stderr
+    r = run_fastmta("queue", "delete", *one_each, "0000000000000000", "--config", cfg)
+    assert r.returncode == 1 and b"deleted 2 messages" in r.stderr and b"0000000000000000: not in" in r.stderr
+    assert sum(shard_counts(srv.spool).values()) == 28
