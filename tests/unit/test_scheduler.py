@@ -535,3 +535,32 @@ def test_suspension_longer_than_the_lifetime_expires_at_the_lifetime(fake_spool:
         assert logs.events("expired") == []
 
     run(t())
+
+
+def test_shaping_limit_lowers_the_message_rate(fake_spool: FakeSpool) -> None:
+    slow_down = Deferred(Reply(451, "4.7.28", "rate limited"), "rate_limited")
+    first = [True]
+
+    def script(d: Any, e: Any, i: int) -> Any:
+        if first[0]:
+            first[0] = False
+            return slow_down
+        return OK
+
+    async def t() -> None:
+        rule = {
+            "match": "4\\.7\\.28",
+            "action": "limit",
+            "message_rate": 20,
+            "max_connections": 5,
+            "duration": "1h",
+        }
+        sched, dlv, _ = build(fake_spool, script, shaping=[rule])
+        sched.submit([fake_spool.add("a@src.test", ["b@gmail.test"])])
+        await settle(sched, lambda: bool(dlv.calls))
+        sched.submit([fake_spool.add("a@src.test", ["b@gmail.test"]) for _ in range(10)])
+        await settle(sched, lambda: len(dlv.calls) == 11)
+        span = dlv.calls[-1][3] - dlv.calls[1][3]
+        assert span >= 0.4  # 10 messages at 20/s; unlimited before the rule matched
+
+    run(t())
