@@ -380,9 +380,9 @@ class Scheduler:
             self.dlog.write(buf)
         if self._finished:
             batch, self._finished = self._finished, []
-            self.spawn(self._persist(batch))
+            self._spawn(self._persist(batch))
 
-    def spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -438,6 +438,7 @@ class Scheduler:
         rnd.retry(self.clock() + retry.delay(1, self.cfg.delivery.retry_schedule, self.rng))
 
     async def queue_dsn(self, env: Envelope, reports: list[dsnlib.RcptReport], original: bytes | None) -> str:
+        """Build one DSN about ``env`` and queue it (sender ``<>``, to the original sender); its id."""
         now = self.clock()
         body = dsnlib.build(
             reports,

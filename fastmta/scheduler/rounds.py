@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 
 class Round:
-    __slots__ = ("env", "waiting", "states", "reports", "retry_at", "nexthop")
+    """One message from the moment it is due until its results are in the spool."""
+
+    __slots__ = ("env", "waiting", "states", "reports", "retry_at")
 
     def __init__(self, env: Envelope) -> None:
         self.env = env
@@ -26,7 +28,6 @@ class Round:
         self.states: dict[int, RcptState] = {}
         self.reports: list[RcptReport] | None = None  # DSN material, rarely needed
         self.retry_at: float | None = None  # earliest retry of a deferred recipient
-        self.nexthop = ""
 
     def report(self, r: RcptReport) -> None:
         if self.reports is None:
