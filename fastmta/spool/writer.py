@@ -36,6 +36,7 @@ import argparse
 import logging
 import pickle
 import select
+import signal
 import socket
 import struct
 import sys
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--commit-window", type=float, default=0.0)
     ap.add_argument("--no-sync", action="store_true")
     args = ap.parse_args(argv)
+    # Only EOF from the server ends this process (after its last commit): a Ctrl-C or a
+    # control-group SIGTERM (systemd) reaching every process must not cut that short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(stream=sys.stderr, format="fastmta spool writer: %(message)s", level=logging.INFO)
     sock = socket.socket(fileno=args.fd)
     try:
