@@ -16,6 +16,7 @@ import bisect
 import contextlib
 import ctypes
 import email.utils
+import ipaddress
 import multiprocessing
 import os
 import signal
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmta.parser import ParserError, ReplyParser, encode_data
+from fastmta.smtp import proxy
 
 DEFAULT_SENDER = "load@loadgen.fastmta.test"
 DEFAULT_RECIPIENT = "sink@sink.fastmta.test"
@@ -55,6 +57,8 @@ class LoadSpec:
     starttls: bool = False
     tls: bool = False  # implicit TLS from the first byte (submissions port 465)
     auth: tuple[str, str] | None = None  # AUTH PLAIN user, password after EHLO (and TLS)
+    proxy: str = ""  # "v1" | "v2": a HAProxy PROXY header first, for proxy_protocol listeners
+    proxy_from: str = "127.0.0.1/32"  # the client addresses the headers claim, in turn
     rset: bool = False
     rate: float = 0.0  # messages/s over the whole run; 0 = as fast as the server answers
     helo: str = "loadgen.fastmta.test"
@@ -106,6 +110,7 @@ class Stats:
             out["starttls"] = spec.starttls
             out["tls"] = spec.tls
             out["auth"] = spec.auth is not None
+            out["proxy"] = spec.proxy or None
         out.update(
             ok=self.ok,
             failed=self.failed,
@@ -240,6 +245,8 @@ class _Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.expect.append(_BANNER)
         self.run.active.add(self)
+        if self.spec.proxy:
+            self._write(self.run.proxy_header(transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.run.active.discard(self)
@@ -487,6 +494,8 @@ class _Run:
         self.rcpt_block = b"".join(self.rcpt_lines)
         self.active: set[_Client] = set()
         self.budget = _Budget(spec, time.perf_counter())
+        self.proxy_net = ipaddress.ip_network(spec.proxy_from, strict=False)
+        self.proxy_next = 0
         self.auth_line = b""
         if spec.auth:
             secret = b"\0" + spec.auth[0].encode() + b"\0" + spec.auth[1].encode()
@@ -497,6 +506,19 @@ class _Run:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             self.tls_context = ctx
+
+    def proxy_header(self, transport: asyncio.BaseTransport) -> bytes:
+        """The PROXY header of the next connection: source addresses taken from ``proxy_from`` in turn."""
+        net = self.proxy_net
+        usable = net.num_addresses - 2 if net.num_addresses > 2 else net.num_addresses
+        first = net.network_address + (1 if net.num_addresses > 2 else 0)
+        src = str(first + self.proxy_next % usable)
+        self.proxy_next += 1
+        dst, dport = transport.get_extra_info("peername")[:2]
+        sport = 1024 + self.proxy_next % 64000
+        if self.spec.proxy == "v1":
+            return proxy.v1_header(src, dst, sport, dport)
+        return proxy.v2_header(src, dst, sport, dport)
 
     async def slot(self) -> None:
         """One connection slot: reconnect until the budget is spent.

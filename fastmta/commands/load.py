@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -46,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="USER[:PASS]",
         help="AUTH PLAIN after EHLO; the password from $FASTMTA_PASSWORD when not given",
     )
+    p.add_argument("--proxy", choices=("v1", "v2"), help="send a HAProxy PROXY header first")
+    p.add_argument(
+        "--proxy-from",
+        metavar="CIDR",
+        default="127.0.0.1/32",
+        help="client addresses the PROXY headers claim, one after another [127.0.0.1/32]",
+    )
     p.add_argument("--rset", action="store_true", help="RSET between messages on one connection")
     p.add_argument("--from", dest="sender", default=loadgen.DEFAULT_SENDER, help="envelope sender")
     p.add_argument("--to", dest="recipients", action="append", metavar="ADDR",
@@ -69,6 +77,7 @@ def main(argv: list[str]) -> int:
         )
         duration = parse_duration(args.duration) if args.duration else None
         timeout = parse_duration(args.timeout)
+        ipaddress.ip_network(args.proxy_from, strict=False)
         raw = (
             loadgen.load_corpus(args.corpus)
             if args.corpus
@@ -81,6 +90,9 @@ def main(argv: list[str]) -> int:
     if args.auth:
         user, sep, password = args.auth.partition(":")
         auth = (user, password if sep else os.environ.get("FASTMTA_PASSWORD", ""))
+    if args.proxy and args.tls:
+        print("fastmta load: --proxy goes before TLS; use it with --starttls, not --tls", file=sys.stderr)
+        return 64
     count = args.count if args.count is not None or duration else 1000
     if args.connections < 1 or args.per_connection < 1 or (count is not None and count < 1):
         print("fastmta load: -c, -m and --count must be at least 1", file=sys.stderr)
@@ -89,7 +101,8 @@ def main(argv: list[str]) -> int:
         host=host, port=port, connections=args.connections, per_connection=args.per_connection,
         count=count, duration=duration, messages=loadgen.payloads(raw), sender=args.sender,
         recipients=tuple(args.recipients or (loadgen.DEFAULT_RECIPIENT,)), pipelining=args.pipelining,
-        starttls=args.starttls, tls=args.tls, auth=auth, rset=args.rset, rate=args.rate, helo=args.helo,
+        starttls=args.starttls, tls=args.tls, auth=auth, proxy=args.proxy or "", proxy_from=args.proxy_from,
+        rset=args.rset, rate=args.rate, helo=args.helo,
         timeout=timeout,
     )  # fmt: skip
     progress = None if args.quiet else loadgen.Progress(count, duration)

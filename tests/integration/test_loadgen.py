@@ -379,3 +379,22 @@ def _ppid(pid: int) -> int:
 def _alive(pid: int) -> bool:
     st = _stat(pid)
     return bool(st) and st[0] != "Z"  # a zombie waits only for its reaper
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_headers_claim_addresses_in_turn(tmp_path: Path, version: str) -> None:
+    from tests.fixtures.server import running
+
+    with running(tmp_path / "srv", mx="proxy_protocol = true") as srv:
+        stats = loadgen.run(spec(srv.port, count=6, connections=2, proxy=version, proxy_from="127.0.0.0/29"))
+        assert (stats.ok, stats.failed) == (6, 0), dict(stats.errors)
+        clients = sorted(
+            body.split(b"[", 1)[1].split(b"]", 1)[0].decode() for body in srv.bodies().values()
+        )  # the Received: line names the client the PROXY header gave
+    assert clients == [f"127.0.0.{i}" for i in range(1, 7)]
+
+
+def test_cli_refuses_proxy_with_implicit_tls() -> None:
+    r = run_fastmta("load", "--server", f"{HOST}:{free_port()}", "--proxy", "v1", "--tls", "-n", "1")
+    assert r.returncode == 64 and b"--starttls" in r.stderr
+    assert run_fastmta("load", "--proxy-from", "not-a-net", "-n", "1").returncode == 64
