@@ -51,7 +51,7 @@ class _Invalid(ValueError):
 def parse_size(value: object) -> int:
     """``"50MiB"``, ``"1.5GB"``, ``4096`` → bytes."""
     if isinstance(value, bool):
-        raise _Invalid("expected a size such as 4096 or \"50MiB\"")
+        raise _Invalid('expected a size such as 4096 or "50MiB"')
     if isinstance(value, int):
         if value < 0:
             raise _Invalid("expected a non-negative size")
@@ -60,13 +60,13 @@ def parse_size(value: object) -> int:
         m = _SIZE_RE.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise _Invalid("expected a size such as 4096 or \"50MiB\"")
+    raise _Invalid('expected a size such as 4096 or "50MiB"')
 
 
 def parse_duration(value: object) -> float:
     """``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"2ms"`` or plain seconds → seconds."""
     if isinstance(value, bool):
-        raise _Invalid("expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"")
+        raise _Invalid('expected a duration such as 30, "30s", "5m", "2h" or "5d"')
     if isinstance(value, (int, float)):
         if value < 0:
             raise _Invalid("expected a non-negative duration")
@@ -75,30 +75,30 @@ def parse_duration(value: object) -> float:
         m = _DURATION_RE.match(value)
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
-    raise _Invalid("expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"")
+    raise _Invalid('expected a duration such as 30, "30s", "5m", "2h" or "5d"')
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
     """``"127.0.0.1:2525"``, ``"[::1]:25"``, ``"host"`` (with a default port) → (host, port)."""
     if not isinstance(value, str) or not value:
-        raise _Invalid("expected \"host:port\"")
+        raise _Invalid('expected "host:port"')
     host, port_s = value, ""
     if value.startswith("["):
         end = value.find("]")
         if end < 0:
-            raise _Invalid("expected \"[ipv6]:port\"")
+            raise _Invalid('expected "[ipv6]:port"')
         host, rest = value[1:end], value[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise _Invalid("expected \"[ipv6]:port\"")
+                raise _Invalid('expected "[ipv6]:port"')
             port_s = rest[1:]
     elif value.count(":") == 1:
         host, port_s = value.split(":")
     elif value.count(":") > 1:
-        raise _Invalid("write IPv6 addresses as \"[addr]:port\"")
+        raise _Invalid('write IPv6 addresses as "[addr]:port"')
     if not port_s:
         if default_port is None:
-            raise _Invalid("expected \"host:port\"")
+            raise _Invalid('expected "host:port"')
         return host, default_port
     if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
         raise _Invalid(f"bad port {port_s!r}")

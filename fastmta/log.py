@@ -45,7 +45,9 @@ class DeliveryLog:
     def event(self, event: str, msg_id: str, sender: str, rcpts: Iterable[str], **fields: Any) -> None:
         """One line per recipient for one event of one message."""
         ts = iso_ts()
-        self.write({"ts": ts, "event": event, "id": msg_id, "from": sender, "rcpt": r, **fields} for r in rcpts)
+        self.write(
+            {"ts": ts, "event": event, "id": msg_id, "from": sender, "rcpt": r, **fields} for r in rcpts
+        )
 
     def close(self) -> None:
         if self._own:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Wait until something accepts on host:port (or fail, showing the process's stderr)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,12 +58,24 @@ def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Pope
     raise AssertionError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL when it has not exited after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def fastmta_cmd(*args: str) -> list[str]:
     return [PYTHON, "-m", "fastmta", *args]
 
 
-def run_fastmta(*args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def run_fastmta(
+    *args: str, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     """Run one ``fastmta`` command to completion."""
     return subprocess.run(fastmta_cmd(*args), input=input, capture_output=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)  # fmt: skip
@@ -71,7 +84,9 @@ def run_fastmta(*args: str, input: bytes | None = None, env: dict[str, str] | No
 class ServerProcess:
     """``fastmta serve --config FILE`` as a real subprocess; stdout is the JSON delivery log."""
 
-    def __init__(self, config_path: Path, wait_for: tuple[str, int] | None, env: dict[str, str] | None = None):
+    def __init__(
+        self, config_path: Path, wait_for: tuple[str, int] | None, env: dict[str, str] | None = None
+    ):
         self.config_path = config_path
         self.log_path = config_path.with_suffix(".stdout")
         self.err_path = config_path.with_suffix(".stderr")
@@ -114,21 +129,16 @@ class ServerProcess:
         self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, timeout)
         self._out.close()
         self._err.close()
         return self.proc.returncode
 
 
 @contextlib.contextmanager
-def fastmta_server(config_path: Path, wait_for: tuple[str, int] | None,
-                   env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+def fastmta_server(
+    config_path: Path, wait_for: tuple[str, int] | None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
     server = ServerProcess(config_path, wait_for, env)
     try:
         yield server

@@ -121,8 +121,10 @@ class Settings(Protocol):
     policy: Policy
     users: auth.Users
     auth_failures: AuthFailures
-    new_id: Callable[[], str]
-    unhealthy: Callable[[], str | None]
+
+    def new_id(self) -> str: ...
+
+    def unhealthy(self) -> str | None: ...
 
     def ehlo_reply(self, starttls: bool, auth: bool) -> bytes: ...
 

@@ -37,7 +37,7 @@ def test_dialog(fastmta_module_server: Running, path: Path) -> None:
             if line.startswith("C:"):  # "C:" alone sends an empty line
                 c.send(line[3:].encode() + b"\r\n")
             elif line.startswith("C~ "):
-                c.send(codecs.escape_decode(line[3:].encode())[0])  # type: ignore[attr-defined]
+                c.send(codecs.escape_decode(line[3:].encode())[0])
             elif line.startswith("S: "):
                 reply = c.reply().decode("utf-8", "replace").rstrip("\r\n").replace("\r\n", "\n")
                 assert fnmatch.fnmatchcase(reply, line[3:]), f"{where}: expected {line[3:]!r}, got {reply!r}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import smtplib
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -51,13 +50,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield s
 
 
-def ctx(srv: Running) -> ssl.SSLContext:
-    assert srv.ca is not None
-    c = ssl.create_default_context()
-    srv.ca.configure_trust(c)
-    return c
-
-
 def plain(user: str, pw: str) -> bytes:
     return base64.b64encode(f"\0{user}\0{pw}".encode())
 
@@ -73,7 +65,7 @@ def test_no_auth_without_tls(srv: Running) -> None:
 def test_smtplib_login_and_relay(srv: Running) -> None:
     with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
         s.ehlo("a.test")
-        s.starttls(context=ctx(srv))
+        s.starttls(context=srv.client_context())
         s.ehlo("a.test")
         assert set(s.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
         assert s.login("alice", "wonderland")[0] == 235
@@ -83,7 +75,7 @@ def test_smtplib_login_and_relay(srv: Running) -> None:
 def test_auth_login_and_received_says_esmtpsa(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         assert b"AUTH PLAIN LOGIN" in c.cmd(b"EHLO a.test")
         assert c.cmd(b"AUTH LOGIN") == b"334 VXNlcm5hbWU6\r\n"
         assert c.cmd(base64.b64encode(b"bob")) == b"334 UGFzc3dvcmQ6\r\n"
@@ -101,7 +93,7 @@ def test_auth_login_and_received_says_esmtpsa(srv: Running) -> None:
 def test_plain_with_continuation_and_cancel(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
         assert c.cmd(b"*") == b"501 5.0.0 Authentication cancelled\r\n"
@@ -115,7 +107,7 @@ def test_plain_with_continuation_and_cancel(srv: Running) -> None:
 def test_wrong_password_is_delayed_535(srv: Running) -> None:
     with RawClient(srv.host, srv.port, source="127.0.0.7") as c:
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         t0 = time.monotonic()
         assert (
@@ -131,7 +123,7 @@ def test_failure_limit_per_ip(srv: Running) -> None:
     source = "127.0.0.9"
     with RawClient(srv.host, srv.port, source=source) as c:
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         for _ in range(2):
             assert c.cmd(b"AUTH PLAIN " + plain("alice", "bad")).startswith(b"535 5.7.8")
@@ -141,12 +133,12 @@ def test_failure_limit_per_ip(srv: Running) -> None:
         assert c.closed()
     with RawClient(srv.host, srv.port, source=source) as c:  # even the right password, from that IP
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         assert c.cmd(b"AUTH PLAIN " + plain("alice", "wonderland")).startswith(b"421 4.7.0")
     with RawClient(srv.host, srv.port, source="127.0.0.10") as c:  # other IPs are not affected
         c.cmd(b"EHLO a.test")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         assert c.cmd(b"AUTH PLAIN " + plain("alice", "wonderland")).startswith(b"235")
 
@@ -159,7 +151,7 @@ def test_relay_listener_auth_opens_relay(srv: Running) -> None:
         assert c.cmd(b"RCPT TO:<r@far.test>").startswith(b"554 5.7.1")
         assert c.cmd(b"RCPT TO:<r@local.test>").startswith(b"250")
         c.cmd(b"RSET")
-        c.starttls(ctx(srv))
+        c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
         assert c.cmd(b"AUTH PLAIN " + plain("alice", "wonderland")).startswith(b"235")
         c.cmd(b"MAIL FROM:<a@x.test>")

@@ -9,6 +9,7 @@ what the sinks really received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,7 +155,7 @@ def test_null_mx_nxdomain_and_no_address(zone: Any, sink_port: int) -> None:
     cfg = make_cfg(zone.address, sink_port)
     for domain, enhanced in (("null.test", "5.1.10"), ("nx.test", "5.1.2")):
         env = envelope(bodies, [f"x@{domain}"])
-        attempt = run(lambda d=domain, e=env: deliver_once(cfg, bodies, Destination(d, d), e))
+        attempt = run(functools.partial(deliver_once, cfg, bodies, Destination(domain, domain), env))
         o = attempt.outcomes[0]
         assert isinstance(o, Bounced), (domain, o)
         assert o.reply.enhanced == enhanced and o.bounce_class == "bad_domain"

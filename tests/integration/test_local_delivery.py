@@ -77,7 +77,8 @@ def test_send_with_attachments_arrives_intact_in_the_maildir(server: tuple[Serve
     assert raw.startswith(b"Return-Path: <a@x.test>\nDelivered-To: Bob+box@local.test\n")
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert msg["Subject"] == "Grüße & files" and msg["To"] == "Bob+box@local.test"
-    assert msg.get_body().get_content() == "Hallo Bob, ça va?\n"
+    body = msg.get_body()
+    assert body is not None and body.get_content() == "Hallo Bob, ça va?\n"
     parts = {p.get_filename(): p for p in msg.iter_attachments()}
     assert parts["blob.bin"].get_content_type() == "application/octet-stream"
     assert parts["pixel.png"].get_content_type() == "image/png"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -39,13 +38,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield s
 
 
-def _ctx(srv: Running) -> ssl.SSLContext:
-    assert srv.ca is not None
-    ctx = ssl.create_default_context()
-    srv.ca.configure_trust(ctx)
-    return ctx
-
-
 def _metric(srv: Running, name: str, **labels: str) -> float:
     return value(scrape(("127.0.0.1", srv.ports["metrics"])), name, listener="mx", **labels)
 
@@ -58,7 +50,7 @@ def test_tls_handshakes_ok_and_failed(srv: Running) -> None:
     for _ in range(3):
         with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
             s.ehlo("client.test")
-            s.starttls(context=_ctx(srv))
+            s.starttls(context=srv.client_context())
             s.ehlo("client.test")
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO client.test")
@@ -76,7 +68,7 @@ def test_auth_attempts_ok_and_failed(srv: Running) -> None:
     rejected0 = _metric(srv, "fastmta_messages_rejected_total", reason="auth_failed")
     with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
         s.ehlo("client.test")
-        s.starttls(context=_ctx(srv))
+        s.starttls(context=srv.client_context())
         s.ehlo("client.test")
         s.user, s.password = "alice", "not-the-password"
         with pytest.raises(smtplib.SMTPAuthenticationError):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.fixtures.metrics import ALERT_RULES, MetricsServer, dashboard_exprs, send_messages, wait_until
-from tests.support import free_port, require_tool, wait_port
+from tests.support import free_port, require_tool, stop_process, wait_port
 
 MESSAGES = 20
 
@@ -75,12 +75,7 @@ def prometheus(metrics_server: MetricsServer, tmp_path: Path) -> Iterator[Promet
         wait_until(prom.ready, timeout=30, what="Prometheus /-/ready")
         yield prom
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15)
         log.close()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
-import ssl
 import subprocess
 from collections.abc import Iterator
 
@@ -42,18 +41,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         yield s
 
 
-def client_context(srv: Running) -> ssl.SSLContext:
-    assert srv.ca is not None
-    ctx = ssl.create_default_context()
-    srv.ca.configure_trust(ctx)
-    return ctx
-
-
 def test_starttls_smtplib(srv: Running) -> None:
     with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
         s.ehlo("t.test")
         assert s.has_extn("starttls")
-        code, _ = s.starttls(context=client_context(srv))
+        code, _ = s.starttls(context=srv.client_context())
         assert code == 220
         s.ehlo("t.test")
         assert not s.has_extn("starttls")  # not offered again once TLS is up
@@ -66,7 +58,7 @@ def test_received_header_names_tls(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as raw:
         raw.cmd(b"EHLO t.test")
         assert raw.cmd(b"STARTTLS") == b"220 2.0.0 Ready to start TLS\r\n"
-        tls = client_context(srv).wrap_socket(raw.sock, server_hostname="mx.fastmta.test")
+        tls = srv.client_context().wrap_socket(raw.sock, server_hostname="mx.fastmta.test")
         raw.sock, raw.buf = tls, b""
         raw.cmd(b"EHLO t.test")
         raw.cmd(b"MAIL FROM:<a@x.test>")
@@ -85,7 +77,7 @@ def test_starttls_injection_is_discarded(srv: Running) -> None:
         raw.cmd(b"EHLO t.test")
         raw.send(b"STARTTLS\r\nMAIL FROM:<injected@x.test>\r\nRCPT TO:<b@y.test>\r\n")
         assert raw.reply() == b"220 2.0.0 Ready to start TLS\r\n"
-        tls = client_context(srv).wrap_socket(raw.sock, server_hostname="mx.fastmta.test")
+        tls = srv.client_context().wrap_socket(raw.sock, server_hostname="mx.fastmta.test")
         raw.sock, raw.buf = tls, b""
         raw.cmd(b"EHLO t.test")
         # had the injected MAIL run, this would be 503 nested MAIL
@@ -97,7 +89,7 @@ def test_starttls_needs_ehlo_again(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as raw:
         raw.cmd(b"EHLO t.test")
         raw.cmd(b"STARTTLS")
-        raw.sock, raw.buf = client_context(srv).wrap_socket(raw.sock, server_hostname="mx.fastmta.test"), b""
+        raw.sock, raw.buf = srv.client_context().wrap_socket(raw.sock, server_hostname="mx.fastmta.test"), b""
         assert raw.cmd(b"MAIL FROM:<a@x.test>").startswith(b"503 5.5.1")
         assert raw.cmd(b"STARTTLS").startswith(b"503")  # already TLS
 
@@ -113,7 +105,7 @@ def test_bad_handshake_does_not_hurt_the_server(srv: Running) -> None:
 
 
 def test_implicit_tls(srv: Running) -> None:
-    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=client_context(srv), timeout=10) as s:
+    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=10) as s:
         s.ehlo("t.test")
         assert not s.has_extn("starttls")
         assert s.sendmail("a@x.test", ["b@y.test"], b"Subject: smtps\r\n\r\nx\r\n") == {}
@@ -122,7 +114,7 @@ def test_implicit_tls(srv: Running) -> None:
 def test_ipv6_listener(srv: Running) -> None:
     with smtplib.SMTP("::1", srv.ports["v6"], timeout=10) as s:
         s.ehlo("t.test")
-        s.starttls(context=client_context(srv))
+        s.starttls(context=srv.client_context())
         s.ehlo("t.test")
         s.mail("a@x.test")
         s.rcpt("b@y.test")
@@ -150,5 +142,5 @@ def test_plain_socket_to_implicit_listener(srv: Running) -> None:
         data = b""
     s.close()
     assert not data.startswith(b"250")
-    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=client_context(srv), timeout=10) as c:
+    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=10) as c:
         assert c.noop()[0] == 250

@@ -68,15 +68,18 @@ def test_full_example_parses() -> None:
             "limits": {"max_message_size": "10MiB", "command_timeout": "30s", "bare_lf": "normalise"},
             "delivery": {"shaping": [{"match": "TSS04|4\\.7\\.28", "action": "suspend", "duration": "2h"}]},
             "dns": {"nameservers": ["127.0.0.1:5353", "127.0.0.2"]},
-            "route": [{"domain": "*", "nexthop": "127.0.0.1:2626"}, {"domain": "a.test", "nexthop": "127.0.0.2:25"}],
+            "route": [
+                {"domain": "*", "nexthop": "127.0.0.1:2626"},
+                {"domain": "a.test", "nexthop": "127.0.0.2:25"},
+            ],
         }
     )
     assert cfg.server.workers >= 1
     assert cfg.listeners[1].address == ("::1", 2587) and cfg.listeners[1].label == "sub"
     assert cfg.delivery.shaping[0].match.search("421 4.7.0 [TSS04] try later")
     assert cfg.dns.nameservers == (("127.0.0.1", 5353), ("127.0.0.2", 53))
-    assert cfg.route_for("a.test").nexthop == ("127.0.0.2", 25)
-    assert cfg.route_for("b.test").nexthop == ("127.0.0.1", 2626)
+    routes = [cfg.route_for("a.test"), cfg.route_for("b.test")]
+    assert [r.nexthop if r else None for r in routes] == [("127.0.0.2", 25), ("127.0.0.1", 2626)]
 
 
 def test_every_error_names_its_key() -> None:
@@ -93,7 +96,7 @@ def test_every_error_names_its_key() -> None:
         "limits.max_recipients: expected an integer",
         "limits.max_line_lenght: unknown key",
         'delivery.tls: expected one of "none", "opportunistic", "required"',
-        "delivery.retry_schedule: item 1: expected a duration such as 30, \"30s\", \"5m\", \"2h\" or \"5d\"",
+        'delivery.retry_schedule: item 1: expected a duration such as 30, "30s", "5m", "2h" or "5d"',
         'listener[0].address: expected "host:port"',
         "bogus: unknown key",
     ]
@@ -108,7 +111,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('hostname = "mx.fastmta.test"\n[limits]\nmax_recipients = 5\n')
     bad = tmp_path / "bad.toml"
-    bad.write_text("[limits]\nmax_recipients = \"x\"\n")
+    bad.write_text('[limits]\nmax_recipients = "x"\n')
     assert run_fastmta("check-config", "--config", str(good)).returncode == 0
     r = run_fastmta("check-config", "--config", str(bad))
     assert r.returncode == 2

@@ -9,6 +9,7 @@ import sys
 import timeit
 
 from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmta import metrics
@@ -34,6 +35,7 @@ UNBOUNDED = {"id", "msg_id", "message_id", "rcpt", "sender", "from", "to", "addr
 def test_contract_names_and_labels() -> None:
     for name, want in CONTRACT.items():
         collector = REGISTRY._names_to_collectors[name]  # noqa: SLF001
+        assert isinstance(collector, MetricWrapperBase)
         assert set(collector._labelnames) == want, name  # noqa: SLF001
 
 

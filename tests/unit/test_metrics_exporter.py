@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def _get(
 
 
 @pytest.fixture
-def exporter() -> metrics.Exporter:
+def exporter() -> Iterator[metrics.Exporter]:
     healthy = threading.Event()
     exp = metrics.serve(("127.0.0.1", 0), healthy.is_set)
     assert isinstance(exp, metrics.Exporter)
@@ -88,6 +89,7 @@ def test_custom_registry_and_ipv6() -> None:
     registry = CollectorRegistry()
     Counter("only_this", "x", registry=registry).inc(3)
     exp = metrics.serve(("::1", 0), lambda: True, registry=registry)
+    assert isinstance(exp, metrics.Exporter)
     try:
         with urllib.request.urlopen(f"http://[::1]:{exp.address[1]}/metrics", timeout=5) as r:
             text = r.read().decode()

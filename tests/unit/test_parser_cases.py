@@ -41,7 +41,8 @@ def lines(*items: bytes) -> list[tuple[object, object]]:
 R = {"bare_lf": "reject"}
 N = {"bare_lf": "normalise"}
 
-CASES: list[tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]] = [
+Case = tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]
+CASES: list[Case] = [
     # -- command mode ------------------------------------------------------------
     ("commands", b"EHLO a.test\r\nNOOP\r\nQUIT\r\n", {}, lines(b"EHLO a.test", b"NOOP", b"QUIT")),
     ("empty-line", b"\r\n\r\n", {}, lines(b"", b"")),
@@ -302,18 +303,18 @@ CASES: list[tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]] = [
 ]
 
 
-def _ids(case: tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]) -> str:
+def _ids(case: Case) -> str:
     return case[0]
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_case_whole(parser_impl: ModuleType, case) -> None:
+def test_case_whole(parser_impl: ModuleType, case: Case) -> None:
     _, data, limits, expected = case
     assert drive(parser_impl, [data], **limits)[0] == expected
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_case_byte_at_a_time(parser_impl: ModuleType, case) -> None:
+def test_case_byte_at_a_time(parser_impl: ModuleType, case: Case) -> None:
     _, data, limits, expected = case
     chunks = [data[i : i + 1] for i in range(len(data))]
     assert drive(parser_impl, chunks, **limits)[0] == expected
@@ -322,7 +323,7 @@ def test_case_byte_at_a_time(parser_impl: ModuleType, case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(points=st.lists(st.integers(min_value=0, max_value=200), max_size=8))
-def test_case_split(parser_impl: ModuleType, case, points: list[int]) -> None:
+def test_case_split(parser_impl: ModuleType, case: Case, points: list[int]) -> None:
     _, data, limits, expected = case
     # Bias the cuts toward the interesting start of the stream, plus some near the end.
     offsets = [p if i % 2 else len(data) - p for i, p in enumerate(points)]

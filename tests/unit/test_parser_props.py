@@ -75,7 +75,9 @@ def _run(mod: ModuleType, chunks: list[bytes], limits: Mapping[str, Any]) -> tup
 
 @SETTINGS
 @given(data=STREAMS, limits=LIMITS, points=POINTS)
-def test_twins_identical(twins: tuple[ModuleType, ModuleType], data: bytes, limits, points) -> None:
+def test_twins_identical(
+    twins: tuple[ModuleType, ModuleType], data: bytes, limits: dict[str, Any], points: list[int]
+) -> None:
     cython, python = twins
     chunks = split_at(data, points)
     assert _run(cython, chunks, limits) == _run(python, chunks, limits)
@@ -83,7 +85,9 @@ def test_twins_identical(twins: tuple[ModuleType, ModuleType], data: bytes, limi
 
 @SETTINGS
 @given(data=STREAMS, limits=LIMITS, points=POINTS)
-def test_chunking_invariant(parser_impl: ModuleType, data: bytes, limits, points) -> None:
+def test_chunking_invariant(
+    parser_impl: ModuleType, data: bytes, limits: dict[str, Any], points: list[int]
+) -> None:
     # STARTTLS discards what is buffered, so there the chunking is meaningful.
     assume(b"STARTTLS" not in data.upper())
     whole = _run(parser_impl, [data], limits)
@@ -114,7 +118,7 @@ def _normalised(body: bytes) -> bytes:
 
 @SETTINGS
 @given(body=BODIES, points=POINTS)
-def test_unstuff_of_stuff_is_identity(parser_impl: ModuleType, body: bytes, points) -> None:
+def test_unstuff_of_stuff_is_identity(parser_impl: ModuleType, body: bytes, points: list[int]) -> None:
     wire = parser_impl.encode_data(body)
     assert wire.endswith(b"\r\n.\r\n") or wire == b".\r\n"
     parser = parser_impl.CommandParser(bare_lf="reject")
