@@ -50,6 +50,7 @@ _FIRST_PAUSE = 0.1  # before restarting a worker that died
 _MAX_PAUSE = 30.0  # a worker that keeps dying at start is retried at most this often
 _STABLE = 10.0  # a worker that lived this long resets the pause
 _KILL_MARGIN = 15.0  # after shutdown_grace, workers still running get SIGKILL
+_READY_TIMEOUT = 300.0  # a worker not ready this long after its start is stuck: SIGKILL
 
 
 def worker_identity() -> tuple[int, int, int] | None:
@@ -207,12 +208,14 @@ class Supervisor:
         ours.setblocking(False)
         loop.add_reader(ours.fileno(), self._worker_says, w)
         relay = loop.create_task(self._relay_stdout(w.proc)) if self._relay else None
+        watchdog = loop.create_task(self._kill_if_stuck(w))
         try:
             code = await w.proc.wait()
             if relay is not None:
                 await relay
             return code
         finally:
+            watchdog.cancel()
             w.ready = False
             if w.flushed is not None and not w.flushed.done():
                 w.flushed.set_result(None)  # a scrape waiting on this worker need not wait longer
@@ -220,6 +223,14 @@ class Supervisor:
             ours.close()
             w.lifeline = None
             self._mark_dead(w.proc.pid)
+
+    async def _kill_if_stuck(self, w: Worker) -> None:
+        """Spool recovery takes seconds even for a million messages: minutes without
+        "ready" means a hang, which a restart (or a failed start) handles better."""
+        await asyncio.sleep(_READY_TIMEOUT)
+        if not w.ready and not self.stopping:
+            say(f"worker {w.index} not ready after {_READY_TIMEOUT:.0f}s: killing it")
+            self._signal(w, signal.SIGKILL)
 
     def _worker_says(self, w: Worker) -> None:
         assert w.lifeline is not None
