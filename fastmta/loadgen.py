@@ -190,7 +190,6 @@ class _Budget:
         self.deadline = start + spec.duration if spec.duration else float("inf")
         self.interval = 1.0 / spec.rate if spec.rate > 0 else 0.0
         self.next_at = start
-        self.issued = 0
 
     def take(self, now: float) -> float | None:
         """Delay before the next message may start (0 = now), or None when the run is over."""
@@ -198,7 +197,6 @@ class _Budget:
             return None
         if self.left > 0:
             self.left -= 1
-        self.issued += 1
         if not self.interval:
             return 0.0
         at = max(self.next_at, now)
