@@ -295,3 +295,15 @@ def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
     assert "administrator" in block["Diagnostic-Code"]
     env.wait_log(lambda rs: any(r["event"] == "bounced" and r["id"] == msg_id for r in rs))
     assert queue_ids(env) == []
+
+
+def test_slow_destination_does_not_delay_a_fast_one(mta: Any) -> None:
+    env = mta("max_connections_per_destination = 2", b_test={"delay": 1.0})
+    for i in range(6):
+        env.send([f"u{i}@b.test"], subject=f"slow {i}")
+    t0 = time.monotonic()
+    for i in range(6):
+        env.send([f"u{i}@a.test"], subject=f"fast {i}")
+    env.sinks["a.test"].wait_messages(6, timeout=5)
+    assert time.monotonic() - t0 < 4
+    assert len(env.sinks["b.test"].messages) < 6  # still crawling along on its own two connections
