@@ -298,7 +298,7 @@ def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
 
 
 def test_slow_destination_does_not_delay_a_fast_one(mta: Any) -> None:
-    env = mta("max_connections_per_destination = 2", b_test={"delay": 1.0})
+    env = mta("max_connections_per_destination = 2", b_test={"delay": 0.5})
     for i in range(6):
         env.send([f"u{i}@b.test"], subject=f"slow {i}")
     t0 = time.monotonic()
