@@ -17,11 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message, MIMEPart
+from typing import Any
 
 from fastmta.errors import Reply
 
 # Never fold into RFC 2047 encoded words: status fields are read by programs.
 _POLICY = email.policy.SMTP.clone(max_line_length=998)
+_POLICY_UTF8 = _POLICY.clone(utf8=True)  # RFC 6532 headers, for senders/recipients that need SMTPUTF8
 MAX_FULL = 1024 * 1024  # RET=FULL returns the whole message up to this size, else headers only
 _CTL = re.compile(r"[\x00-\x1f\x7f]+")
 _PLACEHOLDER = b"fastmta-dsn-original-7c1d5e0f2a9b4c36"
@@ -75,6 +77,11 @@ def wanted(sender: str, notify: str, action: str) -> bool:
     return "SUCCESS" in words  # delivered, relayed
 
 
+def needs_utf8(sender: str, reports: Sequence[RcptReport]) -> bool:
+    """Whether the DSN carries UTF-8 addresses, so it must travel with SMTPUTF8 (RFC 6533)."""
+    return not (sender.isascii() and all(r.rcpt.isascii() and r.orcpt.isascii() for r in reports))
+
+
 def status_of(reply: Reply) -> str:
     """The DSN Status for a reply: its enhanced code when it agrees with the reply class."""
     enh = reply.enhanced
@@ -117,7 +124,8 @@ def build(
     when it is gone, and then the DSN has no third part.
     """
     action = reports[0].action
-    msg = EmailMessage(policy=_POLICY)
+    pol = _POLICY_UTF8 if needs_utf8(sender, reports) else _POLICY
+    msg = EmailMessage(policy=pol)
     msg["From"] = f"Mail Delivery System <{bounce_from}>"
     msg["To"] = f"<{sender}>"
     msg["Subject"] = _SUBJECTS.get(action, "Delivery Status Notification")
@@ -127,14 +135,14 @@ def build(
     msg["MIME-Version"] = "1.0"
     msg["Content-Type"] = "multipart/report; report-type=delivery-status"
     parts: list[Message[str, str] | str] = [
-        _human(reports, hostname),
-        _status(reports, hostname, arrived, envid),
+        _human(reports, hostname, pol),
+        _status(reports, hostname, arrived, envid, pol),
     ]
     returned = b""
     if original is not None:
         full = action == "failed" and ret.upper() == "FULL" and len(original) <= max_full
         returned = original if full else headers_of(original)
-        parts.append(_original(returned, full))
+        parts.append(_original(returned, full, pol))
     msg.set_payload(parts)
     out = msg.as_bytes()
     # The generator cannot carry 8-bit bytes inside a message/rfc822 part, so the
@@ -142,28 +150,28 @@ def build(
     return out.replace(_PLACEHOLDER, returned, 1) if returned else out
 
 
-def _human(reports: Sequence[RcptReport], hostname: str) -> MIMEPart:
+def _human(reports: Sequence[RcptReport], hostname: str, pol: Any) -> MIMEPart:
     action = reports[0].action
     lines = [f"This is the mail system at host {hostname}.", "", _INTRO.get(action, ""), ""]
     for r in reports:
         why = _CTL.sub(" ", str(r.reply)) if r.reply is not None else r.status
         where = f" (from {r.remote_mta})" if r.remote_mta else ""
         lines.append(f"<{r.rcpt}>: {why}{where}")
-    part = MIMEPart(policy=_POLICY)
+    part = MIMEPart(policy=pol)
     part.set_content("\n".join(lines) + "\n", charset="utf-8")
     part["Content-Description"] = "Notification"
     return part
 
 
-def _status(reports: Sequence[RcptReport], hostname: str, arrived: float, envid: str) -> MIMEPart:
-    head = Message(policy=_POLICY)
+def _status(reports: Sequence[RcptReport], hostname: str, arrived: float, envid: str, pol: Any) -> MIMEPart:
+    head = Message(policy=pol)
     head["Reporting-MTA"] = f"dns; {hostname}"
     if envid:
         head["Original-Envelope-Id"] = _CTL.sub(" ", envid)
     head["Arrival-Date"] = _date(arrived)
     blocks: list[Message[str, str] | str] = [head]
     for r in reports:
-        b = Message(policy=_POLICY)
+        b = Message(policy=pol)
         if r.orcpt:
             kind, _, addr = r.orcpt.partition(";")
             b["Original-Recipient"] = f"{kind.strip() or 'rfc822'}; {_CTL.sub(' ', addr.strip())}"
@@ -179,15 +187,15 @@ def _status(reports: Sequence[RcptReport], hostname: str, arrived: float, envid:
         if r.will_retry_until is not None:
             b["Will-Retry-Until"] = _date(r.will_retry_until)
         blocks.append(b)
-    part = MIMEPart(policy=_POLICY)
+    part = MIMEPart(policy=pol)
     part["Content-Type"] = "message/delivery-status"
     part["Content-Description"] = "Delivery report"
     part.set_payload(blocks)
     return part
 
 
-def _original(returned: bytes, full: bool) -> MIMEPart:
-    part = MIMEPart(policy=_POLICY)
+def _original(returned: bytes, full: bool, pol: Any) -> MIMEPart:
+    part = MIMEPart(policy=pol)
     if full:
         part["Content-Type"] = "message/rfc822"
         part["Content-Description"] = "Undelivered Message"

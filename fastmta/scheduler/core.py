@@ -22,7 +22,7 @@ from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
 from fastmta.delivery import dsn as dsnlib
-from fastmta.errors import Bounced, Deferred, Delivered, Reply
+from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
 from fastmta.log import DeliveryLog, iso_ts
 from fastmta.scheduler import retry
 from fastmta.scheduler.destination import DestQueue
@@ -419,10 +419,12 @@ class Scheduler:
         for action, reports in by_action.items():
             try:
                 await self.queue_dsn(env, reports, original)
-            except Exception as e:
+            except SmtpError as e:  # spool full or down: worth trying again later
                 log.error("could not queue a %s DSN for %s: %s", action, env.id, e)
                 if action == "failed":
                     self._unfail(rnd, reports)
+            except Exception:  # a DSN that cannot be built would fail again: lose it, not the queue
+                log.exception("could not build a %s DSN for %s", action, env.id)
 
     def _unfail(self, rnd: Round, reports: list[dsnlib.RcptReport]) -> None:
         """The bounce could not be queued: keep those recipients queued rather than lose the news.
@@ -452,6 +454,9 @@ class Scheduler:
             envid=env.params.get("ENVID", ""),
             now=now,
         )
+        params = {"SMTPUTF8": ""} if dsnlib.needs_utf8(env.sender, reports) else {}
+        if not body.isascii():
+            params["BODY"] = "8BITMIME"
         dsn_env = Envelope(
             new_id(),
             "",
@@ -460,6 +465,7 @@ class Scheduler:
             size=len(body),
             next_attempt=now,
             listener="dsn",
+            params=params,
         )
         await self.spool.put(dsn_env, body)
         return dsn_env.id

@@ -191,3 +191,12 @@ def test_status_of(reply: Reply, status: str) -> None:
 )
 def test_remote_host(nexthop: str, host: str) -> None:
     assert dsn.remote_host(nexthop) == host
+
+
+def test_utf8_addresses_use_rfc6532_headers() -> None:
+    rep = dsn.RcptReport("bö@dst.test", "failed", "5.1.1", Reply(550, "5.1.1", "no such user"))
+    assert dsn.needs_utf8("älice@src.test", [rep]) and not dsn.needs_utf8("a@src.test", FAILED)
+    raw, msg = build([rep], sender="älice@src.test")
+    assert "To: <älice@src.test>".encode() in raw and b"=?utf-8?" not in raw.split(b"\r\n\r\n", 1)[0]
+    block = list(msg.iter_parts())[1].get_payload()[1]
+    assert block["Final-Recipient"] == "utf-8; bö@dst.test"

@@ -564,3 +564,15 @@ def test_shaping_limit_lowers_the_message_rate(fake_spool: FakeSpool) -> None:
         assert span >= 0.4  # 10 messages at 20/s; unlimited before the rule matched
 
     run(t())
+
+
+def test_dsn_to_a_utf8_sender_travels_with_smtputf8(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: USER_UNKNOWN)
+        sched.submit([fake_spool.add("älice@src.test", ["b@dst.test"], SMTPUTF8="")])
+        await settle(sched, lambda: not fake_spool.envs)
+        dsn_env, body = fake_spool.dsns[0]
+        assert "SMTPUTF8" in dsn_env.params and dsn_env.rcpts[0].addr == "älice@src.test"
+        assert "To: <älice@src.test>".encode() in body
+
+    run(t())
