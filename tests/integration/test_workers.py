@@ -331,3 +331,39 @@ def test_queue_commands_act_on_every_shard(workers_server: Callable[..., Supervi
     r = run_fastmta("queue", "delete", *one_each, "0000000000000000", "--config", cfg)
     assert r.returncode == 1 and b"deleted 2 messages" in r.stderr and b"0000000000000000: not in" in r.stderr
     assert sum(shard_counts(srv.spool).values()) == 28
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_stops_cleanly(
+    make_config: Callable[..., Path], sig: int
+) -> None:
+    """systemd (KillMode=control-group) and Ctrl-C signal every process: spool writers must
+    outlive their workers' last commits, and nothing is left running."""
+    import subprocess
+
+    from tests.fixtures.workers import workers_toml
+    from tests.support import fastmta_cmd
+
+    port, metrics_port = free_port(), free_port()
+    cfg = make_config(workers_toml(port, metrics_port, hold=True))
+    err = cfg.with_suffix(".stderr")
+    with open(err, "wb") as errf:
+        proc = subprocess.Popen(fastmta_cmd("serve", "--config", str(cfg)), stdout=subprocess.DEVNULL,
+                                stderr=errf, start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while _health(metrics_port) != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(send_many(port, 20, threads=2)) == 20
+            os.killpg(proc.pid, sig)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    text = err.read_text()
+    assert "Traceback" not in text and "spool writer process exited" not in text, text
+    assert "supervisor: stopped" in text
+    assert sum(shard_counts(cfg.parent / "spool").values()) == 20
+    with pytest.raises(ProcessLookupError):  # nobody of the group is left
+        os.killpg(proc.pid, 0)
