@@ -63,10 +63,14 @@ def worker_identity() -> tuple[int, int, int] | None:
 
 
 def prepare_worker_metrics() -> None:
-    """In a worker, before anything creates a metric: buffered values (metrics_buffer.py)."""
+    """In a worker, before anything creates a metric: buffered values (metrics_buffer.py).
+
+    The variable is then dropped so the worker's own children (its spool writer)
+    keep plain in-memory metrics and leave no files behind for the supervisor to read.
+    """
     from fastmta import metrics_buffer
 
-    metrics_buffer.install(os.environ[MULTIPROC_ENV])
+    metrics_buffer.install(os.environ.pop(MULTIPROC_ENV))
 
 
 def say(text: str) -> None:
