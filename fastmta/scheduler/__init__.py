@@ -69,12 +69,5 @@ async def start_delivery(
 
         local = LocalDeliverer(cfg, spool)
     sched = Scheduler(cfg, spool, remote, local, dlog)
-    feeder = Feeder(sched, interval, lambda: _queued(spool))
+    feeder = Feeder(sched, interval, spool.count)
     return DeliveryService(sched, feeder, [remote, local])
-
-
-def _queued(spool: Any) -> int:
-    """Messages in the spool: the entry count of its envelope table (O(1), no scan)."""
-    store = spool.store
-    with store.read() as txn:
-        return int(txn.stat(store.envs)["entries"])

@@ -175,6 +175,12 @@ class Spool:
         """Up to ``limit`` (due time, id) pairs with due ≤ now, in due order, after ``after``."""
         return self.store.due(now, limit, after)
 
+    def count(self) -> int:
+        """Messages in the spool: the envelope table's entry count (O(1), no scan)."""
+        store = self.store
+        with store.read() as txn:
+            return int(txn.stat(store.envs)["entries"])
+
     # --- health --------------------------------------------------------------------
 
     def unhealthy_reason(self) -> str | None:

@@ -135,6 +135,19 @@ def test_update_remove_reschedule(spool_cfg: MakeCfg) -> None:
     run(main())
 
 
+def test_count_is_the_number_of_queued_messages(spool_cfg: MakeCfg) -> None:
+    async def main() -> None:
+        spool = await started(spool_cfg())
+        assert spool.count() == 0
+        ids = await asyncio.gather(*(spool.put(env(i), b"x\r\n") for i in range(7)))
+        assert spool.count() == 7
+        assert await spool.remove(ids[0]) and await spool.update(ids[1], {0: "done"}, None)
+        assert spool.count() == 5
+        await spool.aclose()
+
+    run(main())
+
+
 def test_due_pages_with_after(spool_cfg: MakeCfg) -> None:
     async def main() -> None:
         spool = await started(spool_cfg())
