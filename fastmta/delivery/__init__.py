@@ -47,6 +47,9 @@ class Attempt:
     nexthop: str = ""  # e.g. "mx1.a.test[127.0.0.2]:2525", for the log
     tls: str | None = None  # e.g. "TLSv1.3"; None when plain
     elapsed: float = 0.0  # seconds
+    # the next hop offered DSN, so NOTIFY went with each RCPT: its success notice is the
+    # next hop's job (RFC 3461 §5.2), not ours ("relayed" only when this is False)
+    dsn_passed: bool = False
 
 
 class Deliverer(Protocol):

@@ -131,7 +131,7 @@ class SmtpDeliverer:
                 break
             pending, reused = more, True
         self.pool.put(dest.key, client)
-        return Attempt(outcomes, client.nexthop, client.tls)
+        return Attempt(outcomes, client.nexthop, client.tls, dsn_passed="DSN" in client.ext)
 
     async def _connect(self, dest: Destination, rcpts: list[int]) -> SmtpClient | Attempt:
         """A ready session to the first host that works, or the Attempt saying why none did."""

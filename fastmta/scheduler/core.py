@@ -257,7 +257,7 @@ class Scheduler:
                 rnd.states[i] = RcptState(DONE, "")
                 rec["event"] = "delivered"
                 self._m_result["delivered"].inc()
-                if rc.notify and dsnlib.wanted(env.sender, rc.notify, "delivered"):
+                if rc.notify and not attempt.dsn_passed and dsnlib.wanted(env.sender, rc.notify, "delivered"):
                     rnd.report(
                         dsnlib.RcptReport(
                             rc.addr,

@@ -234,6 +234,19 @@ def test_notify_success_envid_and_orcpt(mta: Any) -> None:
     assert block["Original-Recipient"] == "rfc822; X@a.test"
 
 
+def test_notify_success_relayed_only_where_the_next_hop_has_no_dsn(mta: Any) -> None:
+    """RFC 3461 §5.2: a hop offering DSN got NOTIFY and sends the success notice itself."""
+    env = mta(a_test={"dsn": True})
+    env.send(["x@a.test", "y@b.test"], subject="both", rcpt_options=["NOTIFY=SUCCESS"])
+    assert env.sinks["a.test"].wait_messages(1)[0].rcpt_options == [["NOTIFY=SUCCESS"]]
+    env.sinks["b.test"].wait_messages(1)
+    dsn = env.sinks["src.test"].wait_messages(1)[0]
+    blocks = _dsn(dsn.data)[1][1:]
+    assert [(b["Final-Recipient"], b["Action"]) for b in blocks] == [("rfc822; y@b.test", "relayed")]
+    env.wait_log(lambda rs: len([r for r in rs if r["event"] == "delivered"]) == 3)  # x, y, the DSN
+    assert len(env.sinks["src.test"].messages) == 1  # no notice about x@a.test
+
+
 def test_notify_never_silences_the_bounce(mta: Any) -> None:
     env = mta(a_test={"rcpt_default": "550 5.1.1 no such user"})
     env.send(["x@a.test"], subject="quiet", rcpt_options=["NOTIFY=NEVER"])
