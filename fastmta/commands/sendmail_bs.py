@@ -49,6 +49,7 @@ class StdioSettings:
         limits = cfg.limits
         self.hostname = cfg.hostname
         self.max_size = limits.max_message_size
+        self.max_line = limits.max_line_length
         self.max_recipients = limits.max_recipients
         self.max_errors = limits.max_errors
         self.policy: Policy = _LocalPolicy(cfg)

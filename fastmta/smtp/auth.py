@@ -17,6 +17,12 @@ import hmac
 import importlib
 from collections.abc import Callable
 
+# RFC 4954 §4: an AUTH command line with its initial response, and each SASL
+# response line, may be up to 12,288 octets (CRLF included), above max_line_length.
+MAX_LINE = 12_288
+# SHA-crypt's cost grows with the password length (every round hashes it): longer
+# passwords fail unhashed, so a 9 KB AUTH PLAIN response cannot buy 25x the CPU.
+MAX_PASSWORD = 1024
 _B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ROUNDS_DEFAULT, _ROUNDS_MIN, _ROUNDS_MAX = 5000, 1000, 999_999_999
 _PERM_512 = [(0, 21, 42), (22, 43, 1), (44, 2, 23), (3, 24, 45), (25, 46, 4), (47, 5, 26), (6, 27, 48),
@@ -166,6 +172,8 @@ class Users:
         """True when the password matches; slow on purpose (the hash cost), run off the loop."""
         verify = self._verifiers.get(user)
         pw = password.encode()
+        if len(pw) > MAX_PASSWORD:
+            return False
         if verify is None:
             self._dummy(pw)
             return False

@@ -21,6 +21,7 @@ from fastmta import metrics
 from fastmta.config import Config, ConfigError, ListenerConfig
 from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
+from fastmta.smtp.auth import MAX_LINE as AUTH_MAX_LINE
 from fastmta.smtp.auth import Users
 from fastmta.smtp.protocol import SmtpProtocol, Store
 
@@ -43,6 +44,9 @@ class ListenerSettings:
         self.ssl_context = ssl_context
         self.max_size = limits.max_message_size
         self.max_line = limits.max_line_length
+        # the parser's limit: AUTH lines may be longer where AUTH can be offered (over TLS)
+        auth_possible = bool(users) and (self.starttls or self.implicit_tls)
+        self.parser_max_line = max(self.max_line, AUTH_MAX_LINE) if auth_possible else self.max_line
         self.max_recipients = limits.max_recipients
         self.max_errors = limits.max_errors
         self.bare_lf = limits.bare_lf

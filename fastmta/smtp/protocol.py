@@ -132,7 +132,7 @@ class SmtpProtocol(asyncio.Protocol):
             return False
         self._admitted = True
         settings.metrics.active.inc()
-        self.parser = CommandParser(settings.max_line, settings.max_size, settings.bare_lf)
+        self.parser = CommandParser(settings.parser_max_line, settings.max_size, settings.bare_lf)
         tls = tls_description(transport.get_extra_info("ssl_object")) if settings.implicit_tls else ""
         self.session = Session(settings, self.peer, tls)
         self.last_active = hub.now
@@ -389,6 +389,10 @@ class SmtpProtocol(asyncio.Protocol):
         settings = self.settings
         ctx: ssl.SSLContext | None = settings.ssl_context
         assert ctx is not None
+        # Bytes read since the STARTTLS line (a read that raced pause_reading) are
+        # plaintext: none of it may run as a command inside TLS (RFC 3207 §5). What
+        # arrives from here on comes through the TLS layer.
+        self._early.clear()
         try:
             transport = await self.hub.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=settings.command_timeout
@@ -406,6 +410,8 @@ class SmtpProtocol(asyncio.Protocol):
         self.transport = transport
         self._paused_write = self._paused_early = False
         self.session.tls_started(tls_description(transport.get_extra_info("ssl_object")))  # type: ignore[union-attr]
+        if self.parser is not None:
+            self.parser.discard()  # defence in depth, as at the STARTTLS line
         self._resume()
 
     # --- called by the hub -------------------------------------------------------------

@@ -116,6 +116,7 @@ class Settings(Protocol):
     submission: bool
     starttls: bool  # the listener offers STARTTLS
     max_size: int
+    max_line: int  # command lines, CRLF included; AUTH lines may be longer (auth.MAX_LINE)
     max_recipients: int
     max_errors: int
     policy: Policy
@@ -156,7 +157,7 @@ class Session:
 
     __slots__ = ("cfg", "state", "out", "client_ip", "relay_client", "helo", "esmtp", "tls", "user",
                  "errors", "txn", "draining", "_bdat_last", "_bdat_size", "_bdat_total", "_bdat_refusal",
-                 "_sasl_mech", "_sasl_user")  # fmt: skip
+                 "_sasl_mech", "_sasl_user", "_max_text")  # fmt: skip
 
     def __init__(self, cfg: Settings, client_ip: str, tls: str = "") -> None:
         self.cfg = cfg
@@ -177,6 +178,7 @@ class Session:
         self._bdat_refusal: bytes | None = None
         self._sasl_mech = ""
         self._sasl_user = ""
+        self._max_text = cfg.max_line - 2  # the parser may pass longer lines: AUTH ones
 
     # --- plumbing -------------------------------------------------------------------
     def _set_state(self, new: int) -> None:
@@ -211,6 +213,8 @@ class Session:
     # --- events ----------------------------------------------------------------------
     def line(self, line: bytes) -> Action | None:
         """One command line (CRLF removed)."""
+        if len(line) > self._max_text and not self._auth_line(line):
+            return self.line_too_long()
         if self.state == S_AUTH:
             return self._sasl_response(line)
         verb = line[:4].upper()
@@ -360,6 +364,11 @@ class Session:
 
     def _offer_auth(self) -> bool:
         return bool(self.tls) and bool(self.cfg.users) and not self.user
+
+    def _auth_line(self, line: bytes) -> bool:
+        """RFC 4954 §4: an AUTH command (initial response) or SASL response may be longer
+        than other command lines, where AUTH is offered; the parser caps it at auth.MAX_LINE."""
+        return self.state == S_AUTH or (line[:5].upper() == b"AUTH " and self._offer_auth())
 
     def _mail(self, arg: bytes) -> Action | None:
         if arg[:5].upper() != b"FROM:":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import smtplib
 import subprocess
 import time
@@ -35,6 +36,7 @@ users_file = "USERS"
 auth_failure_delay = "300ms"
 max_auth_failures_per_ip = 3
 """
+LONG_PW = "correct horse battery staple " * 24  # 696 octets: its AUTH PLAIN line is over 512
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +46,21 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     users.write_text(
         f"alice:{sha512_crypt.using(rounds=5000).hash('wonderland')}\n"
         f"bob:{sha256_crypt.using(rounds=5000).hash('builder')}\n"
+        f"carol:{sha512_crypt.using(rounds=5000).hash(LONG_PW)}\n"
     )  # passlib defaults to 656000 rounds
     extra = EXTRA.replace("USERS", str(users))
     with running(tmp, extra, ports=("relay",), tls=True, mx='mode = "submission"\ntls = "starttls"') as s:
         yield s
+
+
+@contextlib.contextmanager
+def secured(srv: Running, source: str | None = None) -> Iterator[RawClient]:
+    """A raw client past EHLO, STARTTLS and the EHLO again inside TLS."""
+    with RawClient(srv.host, srv.port, source=source) as c:
+        c.cmd(b"EHLO a.test")
+        c.starttls(srv.client_context())
+        c.cmd(b"EHLO a.test")
+        yield c
 
 
 def plain(user: str, pw: str) -> bytes:
@@ -90,11 +103,25 @@ def test_auth_login_and_received_says_esmtpsa(srv: Running) -> None:
     assert b" with ESMTPSA id " in srv.body(msg_id)
 
 
-def test_plain_with_continuation_and_cancel(srv: Running) -> None:
+def test_long_plain_responses_with_max_line_512(srv: Running) -> None:
+    """RFC 4954 §4: AUTH lines may be up to 12,288 octets; max_line_length (512) holds elsewhere."""
+    line = b"AUTH PLAIN " + plain("carol", LONG_PW)
+    assert 512 < len(line) + 2 < 12_288
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO a.test")
+        assert c.cmd(line) == b"500 5.5.2 Line too long\r\n"  # AUTH is not offered before TLS
         c.starttls(srv.client_context())
         c.cmd(b"EHLO a.test")
+        assert c.cmd(b"NOOP " + b"x" * 600) == b"500 5.5.2 Line too long\r\n"
+        assert c.cmd(line).startswith(b"235 2.7.0")  # the initial response
+        assert c.cmd(b"MAIL FROM:<carol@local.test>").startswith(b"250")
+    with secured(srv) as c:
+        assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
+        assert c.cmd(plain("carol", LONG_PW)).startswith(b"235 2.7.0")  # a continuation line
+
+
+def test_plain_with_continuation_and_cancel(srv: Running) -> None:
+    with secured(srv) as c:
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
         assert c.cmd(b"*") == b"501 5.0.0 Authentication cancelled\r\n"
         assert c.cmd(b"AUTH PLAIN") == b"334 \r\n"
@@ -105,10 +132,7 @@ def test_plain_with_continuation_and_cancel(srv: Running) -> None:
 
 
 def test_wrong_password_is_delayed_535(srv: Running) -> None:
-    with RawClient(srv.host, srv.port, source="127.0.0.7") as c:
-        c.cmd(b"EHLO a.test")
-        c.starttls(srv.client_context())
-        c.cmd(b"EHLO a.test")
+    with secured(srv, source="127.0.0.7") as c:
         t0 = time.monotonic()
         assert (
             c.cmd(b"AUTH PLAIN " + plain("alice", "wrong"))
@@ -121,25 +145,16 @@ def test_wrong_password_is_delayed_535(srv: Running) -> None:
 
 def test_failure_limit_per_ip(srv: Running) -> None:
     source = "127.0.0.9"
-    with RawClient(srv.host, srv.port, source=source) as c:
-        c.cmd(b"EHLO a.test")
-        c.starttls(srv.client_context())
-        c.cmd(b"EHLO a.test")
+    with secured(srv, source=source) as c:
         for _ in range(2):
             assert c.cmd(b"AUTH PLAIN " + plain("alice", "bad")).startswith(b"535 5.7.8")
         assert (
             c.cmd(b"AUTH PLAIN " + plain("alice", "bad")) == b"421 4.7.0 Too many authentication failures\r\n"
         )
         assert c.closed()
-    with RawClient(srv.host, srv.port, source=source) as c:  # even the right password, from that IP
-        c.cmd(b"EHLO a.test")
-        c.starttls(srv.client_context())
-        c.cmd(b"EHLO a.test")
+    with secured(srv, source=source) as c:  # even the right password, from that IP
         assert c.cmd(b"AUTH PLAIN " + plain("alice", "wonderland")).startswith(b"421 4.7.0")
-    with RawClient(srv.host, srv.port, source="127.0.0.10") as c:  # other IPs are not affected
-        c.cmd(b"EHLO a.test")
-        c.starttls(srv.client_context())
-        c.cmd(b"EHLO a.test")
+    with secured(srv, source="127.0.0.10") as c:  # other IPs are not affected
         assert c.cmd(b"AUTH PLAIN " + plain("alice", "wonderland")).startswith(b"235")
 
 

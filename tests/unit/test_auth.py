@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from passlib.hash import sha256_crypt, sha512_crypt
 
-from fastmta.smtp.auth import AuthConfigError, Users, b64decode, decode_plain, make_verifier, sha_crypt
+from fastmta.smtp.auth import (
+    MAX_PASSWORD,
+    AuthConfigError,
+    Users,
+    b64decode,
+    decode_plain,
+    make_verifier,
+    sha_crypt,
+)
 
 
 @pytest.mark.parametrize("password", ["secret", "", "pässwörd" * 12, "x" * 200])
@@ -70,3 +78,16 @@ def test_sasl_decoding() -> None:
     assert b64decode("YWxpY2U=") == b"alice"
     with pytest.raises(ValueError):
         b64decode("not base64!")
+
+
+def test_overlong_password_fails_unhashed() -> None:
+    """SHA-crypt costs rounds x length: a 9 KB AUTH PLAIN password must not buy that CPU."""
+    seen: list[int] = []
+
+    def verify(pw: bytes) -> bool:
+        seen.append(len(pw))
+        return True
+
+    users = Users({"u": verify})
+    assert users.check("u", "p" * MAX_PASSWORD) and seen == [MAX_PASSWORD]
+    assert not users.check("u", "p" * (MAX_PASSWORD + 1)) and seen == [MAX_PASSWORD]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,6 +25,7 @@ class FakeSettings:
     submission: bool = False
     starttls: bool = True
     max_size: int = 1000
+    max_line: int = 512
     max_recipients: int = 2
     max_errors: int = 3
     policy: Policy = field(
@@ -204,6 +206,27 @@ def test_auth_failure_then_block() -> None:
     cfg.auth_failures.failed("192.0.2.9")
     out, act = run(s, b"AUTH PLAIN AHUAcQ==")
     assert out == R.R_421_AUTH_LIMIT and act == (S.A_CLOSE,)
+
+
+def test_auth_lines_may_pass_max_line_where_auth_is_offered() -> None:
+    """RFC 4954 §4: the parser lets AUTH lines through up to auth.MAX_LINE; the session
+    holds every other line (and AUTH where it is not offered) to max_line."""
+    long_pw = base64.b64encode(b"\0u\0" + b"p" * 600)
+    plain = S.Session(FakeSettings(), "192.0.2.1")
+    run(plain, b"EHLO c.test")
+    assert run(plain, b"AUTH PLAIN " + long_pw)[0] == R.R_500_LINE_TOO_LONG  # not offered: no TLS
+    s = S.Session(FakeSettings(), "192.0.2.1", tls="TLSv1.3 X")
+    run(s, b"EHLO c.test")
+    assert run(s, b"NOOP " + b"x" * 506)[0] == R.R_500_LINE_TOO_LONG  # 511 + CRLF > 512
+    assert run(s, b"NOOP " + b"x" * 505)[0] == R.R_250_OK  # exactly 512 with the CRLF
+    assert run(s, b"AUTH PLAIN " + long_pw)[1] == (S.A_AUTH, "u", "p" * 600)
+    s.auth_done(False, "u")
+    s.out.clear()
+    assert run(s, b"AUTH PLAIN")[0] == R.R_334_EMPTY
+    assert run(s, long_pw)[1] == (S.A_AUTH, "u", "p" * 600)  # a continuation line too
+    s.auth_done(True, "u")
+    s.out.clear()
+    assert run(s, b"AUTH PLAIN " + long_pw)[0] == R.R_500_LINE_TOO_LONG  # offered no more
 
 
 def test_starttls_then_reset() -> None:
