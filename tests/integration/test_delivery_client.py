@@ -78,6 +78,15 @@ async def deliver_once(cfg: config.Config, bodies: Bodies, dest: Destination, en
         await d.close()
 
 
+async def deliver_in_turn(cfg: config.Config, bodies: Bodies, envs: list[Envelope]) -> list[Attempt]:
+    """One deliverer, the envelopes one after the other to a.test (connection reuse)."""
+    d = SmtpDeliverer(cfg, bodies)
+    try:
+        return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
+    finally:
+        await d.close()
+
+
 @pytest.fixture
 def zone(dnsmasq: Any) -> Any:
     """a.test: MX 10 mx1 (127.0.0.2), MX 20 mx2 (127.0.0.3); imp.test: A only; null.test: null MX."""
@@ -250,14 +259,7 @@ def test_connection_reuse(zone: Any, sinks: Any, sink_port: int) -> None:
     cfg = make_cfg(zone.address, sink_port, max_messages_per_connection=4)
     envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}") for i in range(10)]
 
-    async def go() -> list[Attempt]:
-        d = SmtpDeliverer(cfg, bodies)
-        try:
-            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
-        finally:
-            await d.close()
-
-    attempts = run(go)
+    attempts = run(functools.partial(deliver_in_turn, cfg, bodies, envs))
     assert all(isinstance(a.outcomes[0], Delivered) for a in attempts)
     mx1.wait_messages(10)
     assert mx1.connections == 3  # 4 + 4 + 2 messages
@@ -487,14 +489,7 @@ def test_reuse_after_a_failed_transaction_resets(zone: Any, sinks: Any, sink_por
     cfg = make_cfg(zone.address, sink_port)
     e1, e2 = envelope(bodies, ["busy@a.test"], msg_id="m1"), envelope(bodies, ["ok@a.test"], msg_id="m2")
 
-    async def go() -> list[Attempt]:
-        d = SmtpDeliverer(cfg, bodies)
-        try:
-            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in (e1, e2, e1, e2)]
-        finally:
-            await d.close()
-
-    a = run(go)
+    a = run(functools.partial(deliver_in_turn, cfg, bodies, [e1, e2, e1, e2]))
     assert [type(x.outcomes[0]) for x in a] == [Deferred, Delivered, Deferred, Delivered]
     assert mx1.connections == 1 and mx1.rcpts() == ["ok@a.test", "ok@a.test"]
     assert mx1.commands.count("RSET") == 2
@@ -506,22 +501,16 @@ def test_unreachable_mx_is_tried_last_for_a_while(zone: Any, sinks: Any, sink_po
     cfg = make_cfg(zone.address, sink_port, max_messages_per_connection=1)
     envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}") for i in range(3)]
 
-    async def go() -> list[Attempt]:
-        d = SmtpDeliverer(cfg, bodies)
-        try:
-            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
-        finally:
-            await d.close()
-
     refused_counter = metrics.delivery_connections_total.labels("refused")
     before = refused_counter._value.get()
-    attempts = run(go)
+    attempts = run(functools.partial(deliver_in_turn, cfg, bodies, envs))
     assert all(isinstance(a.outcomes[0], Delivered) for a in attempts)
     assert len(mx2.messages) == 3
     refused = refused_counter._value.get()
     assert refused - before == 1  # only the first connection tried the dead primary
     mx1 = sinks("127.0.0.2", sink_port)
-    attempts = run(go)  # a new deliverer has no memory: mx1 (now up) is first again
+    # a new deliverer has no memory: mx1 (now up) is first again
+    attempts = run(functools.partial(deliver_in_turn, cfg, bodies, envs))
     assert (
         len(mx1.messages) == 3
         and metrics.delivery_connections_total.labels("refused")._value.get() == refused
@@ -536,14 +525,7 @@ def test_421_on_a_reused_connection_reconnects_without_deferring(
     cfg = make_cfg(zone.address, sink_port)
     envs = [envelope(bodies, [f"r{i}@a.test"], msg_id=f"m{i}") for i in range(5)]
 
-    async def go() -> list[Attempt]:
-        d = SmtpDeliverer(cfg, bodies)
-        try:
-            return [await d.deliver(Destination("a.test", "a.test"), e, [0]) for e in envs]
-        finally:
-            await d.close()
-
-    attempts = run(go)
+    attempts = run(functools.partial(deliver_in_turn, cfg, bodies, envs))
     assert all(isinstance(a.outcomes[0], Delivered) for a in attempts), attempts
     assert mx1.connections == 3 and len(mx1.messages) == 5
 
