@@ -23,7 +23,8 @@ Protocol on a stream socket (both directions little-endian):
 
 Batching: whatever arrived while the previous commit ran is the next batch, plus
 what keeps streaming in (gaps under 0.2 ms) for at most ``commit_window``; capped by
-``max_batch_bytes``. Batches grow with load and an idle spool commits at once.
+``max_batch_bytes``. Batches grow with load; an idle writer (it waited for the
+first byte after a batch of one) commits at once, without the window.
 Map full → grow (no txn open) and retry; at the ceiling or on ENOSPC
 the batch is retried one operation per txn so only what does not fit fails. LMDB
 commits are atomic: nothing is ever half-written. EOF on the socket (the server
@@ -56,7 +57,8 @@ PUT, OP = 1, 2
 OK, FULL, UNAVAILABLE, ERROR = 0, 1, 2, 3
 OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"})
 MAX_BATCH_OPS = 8192
-LINGER_GAP = 0.0002  # a pause this long ends the batch early: an idle spool does not wait
+LINGER_GAP = 0.0002  # a pause this long ends a batch under load early
+_RECV = 1 << 20
 
 
 class Request:
@@ -163,51 +165,60 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
     writer = BatchWriter(store)
     buf = bytearray()
     eof = False
+    ops = 0  # in the last batch
     _send(sock, {"ready": True, "usage": writer.usage(), "results": []})
     while not eof or buf:
         if not eof and not _has_frame(buf):
-            eof = _fill(sock, buf, max_batch_bytes, window)
+            eof = _fill(sock, buf, max_batch_bytes, window, ops > 1)
         batch, used = _parse(buf, max_batch_bytes)
         if not batch:
             if eof:
                 break  # a truncated last frame: the server died mid-send, nobody waits
             continue
         del buf[:used]
+        ops = len(batch)
         t0 = time.perf_counter()
         results = writer.commit(batch)
         seconds = time.perf_counter() - t0
         reply = {"results": [(r.seq, *res) for r, res in zip(batch, results, strict=True)],
-                 "usage": writer.usage(), "seconds": seconds, "ops": len(batch)}  # fmt: skip
+                 "usage": writer.usage(), "seconds": seconds, "ops": ops}  # fmt: skip
         try:
             _send(sock, reply)
         except OSError:
             eof = True  # the server is gone; keep committing what arrived, then stop
 
 
-def _fill(sock: socket.socket, buf: bytearray, max_bytes: int, window: float) -> bool:
-    """Wait for data, take all that is waiting, then linger while more keeps coming
-    (gaps under ``LINGER_GAP``) for at most ``window``: the batch. True at EOF."""
-    data = sock.recv(1 << 20)
+def _fill(sock: socket.socket, buf: bytearray, max_bytes: int, window: float, loaded: bool) -> bool:
+    """Take all that is waiting: the batch. True at EOF.
+
+    Under load (bytes already waiting after a commit, or ``loaded``: the last batch
+    held several operations) it also takes what keeps streaming in (gaps under
+    ``LINGER_GAP``) for at most ``window``, so batches grow with load. An idle
+    writer commits the first arrival at once: one client would otherwise wait out a
+    gap on every message.
+    """
+    try:
+        data = sock.recv(_RECV, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        data = sock.recv(_RECV)
+    else:
+        loaded = True
+    window_end = time.monotonic() + window if loaded else 0.0
     if not data:
         return True
     buf += data
-    deadline = time.monotonic() + window
-    sock.setblocking(False)
-    try:
-        while len(buf) < max_bytes:
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], min(left, LINGER_GAP))[0]:
-                    return False
-                continue
-            if not data:
-                return True
-            buf += data
-        return False
-    finally:
-        sock.setblocking(True)
+    while len(buf) < max_bytes:
+        try:
+            data = sock.recv(_RECV, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            left = window_end - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], min(left, LINGER_GAP))[0]:
+                return False
+            continue
+        if not data:
+            return True
+        buf += data
+    return False
 
 
 def _has_frame(buf: bytearray) -> bool:
