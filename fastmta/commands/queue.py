@@ -170,9 +170,16 @@ def _report(verb: str, changed: int, missing: list[str]) -> int:
 
 
 def _flush(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    """Make messages due now, then lift the throttling of their destinations (after: the
+    scheduler must find them due once it lifts it)."""
     now = time.time()
     if ids:
-        return _report("flushed", *_apply_ids(stores, ids, admin.flush_fn(now)))
+        domains: set[str] = set()
+        result = _apply_ids(stores, ids, admin.flush_fn(now, domains))
+        if domains:
+            for store in stores:
+                admin.signal_flush(store, domains)
+        return _report("flushed", *result)
     changed = 0
     for store in stores:
         if args.domain:
@@ -180,6 +187,7 @@ def _flush(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int
         else:
             targets = (env.id for env in admin.iter_envelopes(store, _warn_damaged))
         changed += admin.apply(store, targets, admin.flush_fn(now))[0]
+        admin.signal_flush(store, [args.domain] if args.domain else None)
     return _report("flushed", changed, [])
 
 

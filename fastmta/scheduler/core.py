@@ -485,6 +485,25 @@ class Scheduler:
                 dq.rate = d.message_rate_per_destination
                 shard.kick(dq, self.clock())
 
+    def lift(self, domains: frozenset[str] | None) -> None:
+        """``queue flush`` means retry now: end the suspension of these domains' destinations
+        (None: of every destination), so flushed messages are tried, not put back."""
+        now = self.clock()
+        if domains is None:
+            queues = [(s, dq) for s in self.shards for dq in s.dests.values()]
+        else:
+            queues = []
+            for domain in domains:
+                shard, dest = self._destination("@" + domain)
+                dq = shard.dests.get(dest.key)
+                if dq is not None:
+                    queues.append((shard, dq))
+        for shard, dq in queues:
+            if dq.suspended(now):
+                log.info("queue flush: delivery to %s resumed", dq.dest.key)
+                dq.suspended_until = 0.0
+                shard.kick(dq, now)
+
     def room_for(self, dq: DestQueue) -> None:
         """A parked destination (it had hit ``dest_cap``) has drained to half: feed it again."""
         dq.parked = False

@@ -3,7 +3,8 @@
 
 New mail arrives through ``submit`` without any scan; everything else comes back
 this way about once a second: retries, messages left by a crash or restart,
-``fastmta queue flush`` / ``bounce`` done by another process, and messages that
+``fastmta queue flush`` / ``bounce`` done by another process (a flush also lifts the
+suspension of its destinations: ``check_flush``), and messages that
 ``submit`` turned away because memory was full. Ids already in memory are
 skipped; ids that vanished (``queue delete``) are ignored. It also keeps the
 queue gauges current, once per pass instead of once per message.
@@ -35,6 +36,7 @@ class Feeder:
         self.count = count  # messages in the spool (cheap); None: the "deferred" gauge is not kept
         self.budget = max(10 * PAGE, sched.max_in_memory)  # index entries looked at per pass
         self._cursor: tuple[float, str] | None = None
+        self._flush_gen = 0  # the last ``queue flush`` generation acted on (spool/flush.py)
         self._wake = asyncio.Event()
         self._gauges = {
             s: metrics.bound(metrics.queue_messages, s) for s in ("ready", "inflight", "deferred")
@@ -51,6 +53,7 @@ class Feeder:
     async def run(self) -> None:
         while True:
             try:
+                self.check_flush()
                 await self.scan()
                 self.update_gauges()
             except asyncio.CancelledError:
@@ -60,6 +63,14 @@ class Feeder:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
+
+    def check_flush(self) -> None:
+        """One meta read: did ``queue flush`` ask for destinations to be retried now?"""
+        gen, domains = self.sched.spool.flushed_since(self._flush_gen)
+        if gen != self._flush_gen:
+            self._flush_gen = gen
+            if domains is None or domains:
+                self.sched.lift(domains)
 
     async def scan(self) -> int:
         """Admit due messages not in memory, up to the memory bound; returns how many.

@@ -20,7 +20,7 @@ from typing import Any
 from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
-from fastmta.spool import records
+from fastmta.spool import flush, records
 from fastmta.spool.committer import Committer, Pending, outcome
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
@@ -180,6 +180,12 @@ class Spool:
         store = self.store
         with store.read() as txn:
             return int(txn.stat(store.envs)["entries"])
+
+    def flushed_since(self, seen: int) -> tuple[int, frozenset[str] | None]:
+        """``queue flush`` signal (flush.py): (generation, domains flushed after ``seen``; None = all)."""
+        store = self.store
+        with store.read() as txn:
+            return flush.since(txn.get(flush.KEY, db=store.meta), seen)
 
     # --- health --------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ LMDB is multi-process: these helpers open the environment themselves, read in
 pages of short read transactions (a reader never pins old pages for long, and a
 million-message queue streams instead of loading) and change messages through
 their own short write transactions, a page at a time. The running server's
-scheduler notices a flush or delete at its next ``due()`` scan (about a second).
+scheduler notices a flush or delete at its next ``due()`` scan (about a second);
+a flush also lifts the suspension of its destinations (``signal_flush``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import cast
 import lmdb
 
 from fastmta.config import SpoolConfig
-from fastmta.spool import ops, records
+from fastmta.spool import flush, ops, records
 from fastmta.spool.records import Envelope, RecordError
 from fastmta.spool.store import Store
 
@@ -107,8 +108,30 @@ def apply(store: Store, ids: Iterable[str], fn: Callable[[Store, lmdb.Transactio
     return changed, missing
 
 
-def flush_fn(now: float) -> Callable[[Store, lmdb.Transaction, bytes], bool]:
-    return lambda store, txn, id_b: ops.reschedule(store, txn, id_b, now)
+def flush_fn(now: float, domains: set[str] | None = None) -> Callable[[Store, lmdb.Transaction, bytes], bool]:
+    """Make a message due at ``now``; collect its pending recipients' domains into ``domains``."""
+
+    def fn(store: Store, txn: lmdb.Transaction, id_b: bytes) -> bool:
+        if domains is not None:
+            env = ops.load(store, txn, id_b)
+            if env is not None:
+                domains.update(r.addr.rpartition("@")[2].lower() for r in env.rcpts if r.pending)
+        return ops.reschedule(store, txn, id_b, now)
+
+    return fn
+
+
+def signal_flush(store: Store, domains: Iterable[str] | None) -> None:
+    """Tell a running scheduler to lift the suspension of these destinations (None: all); flush.py."""
+    scope = None if domains is None else list(domains)
+    while True:
+        try:
+            with store.write() as txn:
+                flush.bump(txn, store.meta, scope)
+            return
+        except lmdb.MapFullError:
+            if not store.grow(1024**2):
+                raise
 
 
 def bounce_fn(now: float) -> Callable[[Store, lmdb.Transaction, bytes], bool]:

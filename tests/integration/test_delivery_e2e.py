@@ -293,6 +293,27 @@ def test_queue_flush_from_another_process_retries_now(mta: Any) -> None:
     assert env.sinks["a.test"].rcpts() == ["x@a.test"]
 
 
+@pytest.mark.parametrize("scope", ["all", "id", "domain"])
+def test_queue_flush_lifts_the_suspension_of_a_refusing_destination(
+    mta: Any, sinks: Any, sink_port: int, scope: str
+) -> None:
+    """``postqueue -f`` semantics: refused → suspended for the 1 h retry interval; the host
+    comes up, ``fastmta queue flush`` from another process → delivered within seconds."""
+    env = mta(retry="1h")
+    env.send(["x@dead.test"], subject="refused")
+    recs = env.wait_log(lambda rs: any(r["event"] == "deferred" for r in rs))
+    assert [r["code"] for r in recs if r["event"] == "deferred"] == [421]
+    box = sinks(HOSTS["mx.dead.test"], sink_port)
+    (msg_id,) = queue_ids(env)
+    args = {"all": [], "id": [msg_id], "domain": ["--domain", "dead.test"]}[scope]
+    t0 = time.monotonic()
+    flushed = run_fastmta("queue", "flush", *args, "--config", str(env.server.config_path))
+    assert flushed.returncode == 0, flushed.stderr
+    box.wait_messages(1, timeout=5)
+    assert time.monotonic() - t0 < 5 and box.rcpts() == ["x@dead.test"]
+    env.wait_log(lambda rs: any(r["event"] == "delivered" and r["id"] == msg_id for r in rs))
+
+
 def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
     env = mta(retry="1h", a_test={"rcpt_default": "451 4.3.0 busy"})
     env.send(["x@a.test"], subject="given up")

@@ -176,6 +176,43 @@ def test_421_throttles_every_queued_message_to_the_destination(fake_spool: FakeS
     run(t())
 
 
+def test_queue_flush_signal_lifts_only_the_flushed_destinations(fake_spool: FakeSpool, tmp_path: Any) -> None:
+    from fastmta.spool import admin, flush
+    from fastmta.spool.store import Store
+
+    store = Store(str(tmp_path), 1024**2, 8 * 1024**2)
+
+    def signal(domains: Any) -> None:
+        admin.signal_flush(store, domains)
+        with store.read() as txn:
+            fake_spool.flush_raw = bytes(txn.get(flush.KEY, db=store.meta))
+
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, lambda d, e, i: REFUSED, retry_schedule=["1h"])
+        feeder = Feeder(sched)
+        sched.submit([fake_spool.add("a@src.test", [f"b@{d}.test"]) for d in ("one", "two")])
+        await settle(sched, lambda: fake_spool.updates >= 2)
+        dq = {d: sched.shards[shard_of(d, len(sched.shards))].dests[d] for d in ("one.test", "two.test")}
+        assert all(q.suspended(time.time()) for q in dq.values())
+        signal(["ONE.test"])
+        feeder.check_flush()
+        assert not dq["one.test"].suspended(time.time()) and dq["two.test"].suspended(time.time())
+        feeder.check_flush()  # the same generation again: nothing more to do
+        signal(None)
+        feeder.check_flush()
+        assert not dq["two.test"].suspended(time.time())
+        for e in list(fake_spool.envs.values()):
+            e.next_attempt = time.time() - 1  # what the flush's reschedule does
+        await feeder.scan()
+        await settle(sched, lambda: fake_spool.updates >= 4)
+        assert sorted(c[0] for c in dlv.calls) == ["one.test", "one.test", "two.test", "two.test"]
+
+    try:
+        run(t())
+    finally:
+        store.close()
+
+
 def test_shaping_rule_suspends_destination_on_tss04(fake_spool: FakeSpool) -> None:
     tss = Deferred(
         Reply(421, "4.7.0", "[TSS04] Messages temporarily deferred due to user complaints"), "rate_limited"
