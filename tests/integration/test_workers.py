@@ -367,3 +367,28 @@ def test_a_signal_to_the_whole_process_group_stops_cleanly(
     assert sum(shard_counts(cfg.parent / "spool").values()) == 20
     with pytest.raises(ProcessLookupError):  # nobody of the group is left
         os.killpg(proc.pid, 0)
+
+
+def test_ipv6_listener_and_no_metrics_exporter(make_config: Callable[..., Path]) -> None:
+    """Two workers share an [::1] listener too; with [metrics] address = "" nothing is exported."""
+    import smtplib
+
+    from tests.support import ServerProcess
+
+    port = free_port("::1")
+    cfg = make_config(
+        f'[server]\nworkers = 2\n\n[[listener]]\naddress = "[::1]:{port}"\n\n[delivery]\nhold = true\n'
+    )
+    srv = ServerProcess(cfg, ("::1", port))
+    try:
+        deadline = time.monotonic() + 30
+        while srv.stderr().count(" ready (pid ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(10):
+            with smtplib.SMTP("::1", port, timeout=20) as c:
+                c.sendmail("a@src.test", ["b@dst.test"], f"Subject: v6 {i}\r\n\r\nhi\r\n".encode())
+        assert srv.stop() == 0
+    finally:
+        srv.stop()
+    assert "metrics of every worker" not in srv.err_path.read_text()
+    assert sum(shard_counts(cfg.parent / "spool").values()) == 10
