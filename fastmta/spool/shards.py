@@ -4,7 +4,7 @@
 Layout: with ``[server] workers = 1`` the spool is ``<path>`` itself, exactly as
 a single process has always used it. With N > 1 workers, worker *n* owns
 ``<path>/<n>/`` and nobody else writes through a writer process there, so the
-workers never contend for LMDB's single write lock. Message ids carry 42 random
+workers never contend for LMDB's single write lock. Message ids carry ~41 random
 bits per microsecond (ids.py), so they stay unique across shards without any
 coordination.
 
