@@ -9,8 +9,8 @@ with one producer and 8,100/s with 500 (212 and 17,200/s with
 ``sys.setswitchinterval(0.0005)``, a process-wide change we would rather not
 impose); this process gave 167 and 18,300/s with the default switch interval. It
 has its own GIL, so LMDB runs at idle-loop speed (~10 us of CPU per put on each
-side). The loop only writes frames to a socket and reads one acknowledgement per
-batch (coalescing those writes per loop iteration was measured: no gain).
+side). The loop writes the frames of one loop iteration in one write (committer.py)
+and reads one acknowledgement per batch.
 
 Protocol on a stream socket (both directions little-endian):
 
