@@ -395,9 +395,9 @@ class Scheduler:
             for r, res in zip(dsns, sent, strict=True):
                 if isinstance(res, BaseException):
                     log.error("DSN for %s failed: %s", r.env.id, res)
-            results = await asyncio.gather(
-                *(spool.update(r.env.id, r.states, r.retry_at, 1) for r in batch), return_exceptions=True
-            )
+            # plain futures, one group commit (no Task per message: this runs once per loop turn)
+            futures = spool.update_many((r.env.id, r.states, r.retry_at) for r in batch)
+            results = await asyncio.gather(*futures, return_exceptions=True)
             for r, res in zip(batch, results, strict=True):
                 if isinstance(res, BaseException):
                     log.error("spool update of %s failed: %s", r.env.id, res)

@@ -25,6 +25,7 @@ log = logging.getLogger("fastmta.scheduler")
 
 PAGE = 1000  # schedule-index entries per read transaction
 MISSES = 200  # envelopes read in a row for full destinations end the pass (resumed next time)
+READ = 250  # envelopes read per read transaction (spool.envelopes): one page of reads, bounded waste
 
 
 class Feeder:
@@ -93,6 +94,7 @@ class Feeder:
         stop = len(sched.rounds) >= sched.max_in_memory
         while not stop:
             page = spool.due(now, PAGE, after)
+            todo: list[tuple[float, str]] = []
             for key in page:
                 if wrapped and start is not None and key >= start:
                     sched.overflow, stop = False, True  # full circle: everything due was looked at
@@ -101,38 +103,47 @@ class Feeder:
                 if examined > self.budget:
                     stop = True  # the rest next time
                     break
-                after = key
-                if key[1] in sched.rounds:
-                    continue
-                if sched.still_parked(key[1]):
-                    continue  # cheap: no envelope read; the budget bounds these
-                if not self._admit(key[1]):
-                    misses += 1
-                    if misses >= MISSES:
-                        stop = True
+                todo.append(key)
+            rounds = sched.rounds
+            n = 0
+            while n < len(todo):
+                # no bigger than what could be taken before this pass must stop (little wasted reading)
+                size = min(READ, sched.max_in_memory - len(rounds) + MISSES - misses)
+                chunk, n = todo[n : n + size], n + size
+                # ids in memory, or turned away and still would be: no envelope read
+                wanted = [k[1] for k in chunk if k[1] not in rounds and not sched.still_parked(k[1])]
+                envs = dict(zip(wanted, spool.envelopes(wanted), strict=True)) if wanted else {}
+                full = False
+                for key in chunk:
+                    after = key
+                    if key[1] not in envs:
+                        continue
+                    env = envs[key[1]]
+                    if env is not None and not sched.admit(env):  # None: deleted meanwhile
+                        misses += 1
+                        if misses >= MISSES:
+                            full = True
+                            break
+                        continue
+                    misses = 0
+                    admitted += 1
+                    if len(rounds) >= sched.max_in_memory:
+                        sched.overflow = full = True  # more may be due: scan again as soon as room frees up
                         break
-                    continue
-                misses = 0
-                admitted += 1
-                if len(sched.rounds) >= sched.max_in_memory:
-                    sched.overflow = stop = True  # more may be due: scan again as soon as room frees up
+                if full:
+                    stop = True
                     break
-            else:
-                if len(page) < PAGE:  # the end of what is due
-                    if wrapped:
-                        after = None
-                        sched.overflow = False
-                        stop = True
-                    else:
-                        wrapped, after = True, None
+            if not stop and len(page) < PAGE:  # the end of what is due
+                if wrapped:
+                    after = None
+                    sched.overflow = False
+                    stop = True
+                else:
+                    wrapped, after = True, None
             if not stop:
                 await asyncio.sleep(0)  # let deliveries run between pages
         self._cursor = after
         return admitted
-
-    def _admit(self, msg_id: str) -> bool:
-        env = self.sched.spool.envelope(msg_id)
-        return env is None or self.sched.admit(env)  # None: deleted meanwhile, nothing to do
 
     def update_gauges(self) -> None:
         sched = self.sched

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fastmta import metrics
@@ -108,6 +108,17 @@ class Spool:
         """Move a message's next attempt (``queue flush`` uses due = now)."""
         return bool(await self._op("reschedule", msg_id.encode("ascii"), due))
 
+    def update_many(
+        self, items: Iterable[tuple[str, Mapping[int, RcptState | str], float | None]], attempts_inc: int = 1
+    ) -> list[asyncio.Future[Any]]:
+        """``update`` of many messages: plain futures (True, or False: gone), no coroutine
+        and so no Task per message; they share the writer's group commits as usual."""
+        out = []
+        for msg_id, rcpt_states, next_due in items:
+            states = {int(k): (v if isinstance(v, str) else tuple(v)) for k, v in rcpt_states.items()}
+            out.append(self._op("update", msg_id.encode("ascii"), states, next_due, attempts_inc))
+        return out
+
     def _op(self, name: str, *args: Any) -> asyncio.Future[Any]:
         committer = self._running()
         fut = committer.loop.create_future()
@@ -150,7 +161,16 @@ class Spool:
 
     def envelope(self, msg_id: str) -> Envelope | None:
         """The stored envelope, or None if gone (or damaged: then it is quarantined)."""
-        raw = self.store.envelope_raw(msg_id.encode("ascii"))
+        return self._decode(msg_id, self.store.envelope_raw(msg_id.encode("ascii")))
+
+    def envelopes(self, msg_ids: Sequence[str]) -> list[Envelope | None]:
+        """``envelope`` of each id, read in one read transaction (the feeder reads pages)."""
+        store = self.store
+        with store.read() as txn:
+            raws = [txn.get(i.encode("ascii"), db=store.envs) for i in msg_ids]
+        return [self._decode(i, raw) for i, raw in zip(msg_ids, raws, strict=True)]
+
+    def _decode(self, msg_id: str, raw: bytes | memoryview | None) -> Envelope | None:
         if raw is None:
             return None
         try:

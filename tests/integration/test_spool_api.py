@@ -148,6 +148,27 @@ def test_count_is_the_number_of_queued_messages(spool_cfg: MakeCfg) -> None:
     run(main())
 
 
+def test_envelopes_and_update_many_in_batches(spool_cfg: MakeCfg) -> None:
+    async def main() -> None:
+        spool = await started(spool_cfg())
+        ids = list(await asyncio.gather(*(spool.put(env(i), b"x\r\n") for i in range(5))))
+        got = spool.envelopes([ids[3], "0000000000000000", ids[0]])  # one read transaction, in order
+        assert [e and e.sender for e in got] == ["s3@src.test", None, "s0@src.test"]
+        assert spool.envelopes([]) == []
+        later = time.time() + 3600
+        futures = spool.update_many([(ids[0], {0: "done"}, None),
+                                     (ids[1], {0: RcptState("pending", "451 x")}, later),
+                                     ("0000000000000000", {0: "done"}, None)])  # fmt: skip
+        assert not any(isinstance(f, asyncio.Task) for f in futures)  # plain futures: no Task each
+        assert await asyncio.gather(*futures) == [True, True, False]
+        assert spool.envelope(ids[0]) is None
+        e1 = spool.envelope(ids[1])
+        assert e1 is not None and e1.next_attempt == later and e1.attempts == 1 and e1.last_error == "451 x"
+        await spool.aclose()
+
+    run(main())
+
+
 def test_due_pages_with_after(spool_cfg: MakeCfg) -> None:
     async def main() -> None:
         spool = await started(spool_cfg())

@@ -511,27 +511,47 @@ def test_feeder_pass_is_bounded_and_resumes_behind_a_parked_backlog(fake_spool: 
             fake_spool.add("a@src.test", ["b@slow.test"])
         fast = fake_spool.add("a@src.test", ["b@fast.test"])
         reads = 0
-        real_envelope = fake_spool.envelope
+        real_envelopes = fake_spool.envelopes
 
-        def counting(msg_id: str) -> Any:
+        def counting(msg_ids: list[str]) -> Any:
             nonlocal reads
-            reads += 1
-            return real_envelope(msg_id)
+            reads += len(msg_ids)
+            return real_envelopes(msg_ids)
 
-        fake_spool.envelope = counting  # type: ignore[method-assign]
+        fake_spool.envelopes = counting  # type: ignore[method-assign]
         assert await feeder.scan() == sched.dest_cap  # then MISSES reads for a full destination end it
-        assert reads == sched.dest_cap + feeder_mod.MISSES and fast.id not in sched.rounds
+        # read in batches no bigger than what the pass could still take: little read for nothing
+        assert sched.dest_cap + feeder_mod.MISSES <= reads <= sched.max_in_memory + feeder_mod.MISSES
+        assert fast.id not in sched.rounds
         passes = 1
         while fast.id not in sched.rounds:  # each pass resumes behind the last one
             await feeder.scan()
             passes += 1
             assert passes <= backlog // feeder_mod.MISSES + 2
-        assert reads <= backlog + 1  # every envelope read about once
+        assert reads <= backlog + 1 + passes * sched.max_in_memory  # every envelope read about once
         reads = 0
         await feeder.scan()  # known-parked messages cost no envelope read
         assert reads == 0
         gate.set()
         await settle(sched, lambda: True)
+
+    run(t())
+
+
+def test_feeder_reads_envelopes_in_batches(fake_spool: FakeSpool) -> None:
+    from fastmta.scheduler import feeder as feeder_mod
+
+    async def t() -> None:
+        sched, dlv, _ = build(fake_spool, lambda d, e, i: OK)
+        sched.held = True  # nothing delivered while the pages are read
+        n = 2 * feeder_mod.READ + 1
+        for i in range(n):
+            fake_spool.add("a@src.test", [f"b@d{i % 7}.test"])
+        sched.held = False
+        assert await Feeder(sched).scan() == n
+        assert fake_spool.envelope_reads == 3  # one read transaction per READ envelopes, not per message
+        await settle(sched, lambda: not fake_spool.envs)
+        assert len(dlv.calls) == n
 
     run(t())
 
