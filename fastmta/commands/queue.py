@@ -218,7 +218,18 @@ def _stats_doc(st: admin.Stats) -> dict[str, Any]:
 
 
 def _stats(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
-    return _print_stats(_stats_doc(shards.merged_stats(stores)), args.json)
+    per_shard = [admin.stats(store) for store in stores]
+    doc = _stats_doc(shards.merge(per_shard))
+    if len(stores) > 1:  # [server] workers > 1: how the queue spreads over the shards
+        doc["shards"] = dict(zip(_shard_names(stores), (st.messages for st in per_shard), strict=True))
+    return _print_stats(doc, args.json)
+
+
+def _shard_names(stores: list[Store]) -> list[str]:
+    """``0``, ``1``… for ``<path>/<n>``; ``.`` for ``<path>`` itself (listed first when present)."""
+    paths = [os.path.normpath(s.path) for s in stores]
+    top = paths[0] if os.path.dirname(paths[1]) == paths[0] else None
+    return ["." if p == top else os.path.basename(p) for p in paths]
 
 
 def _stats_empty(args: argparse.Namespace) -> int:

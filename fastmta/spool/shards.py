@@ -103,9 +103,13 @@ def locate(stores: list[Store], msg_id: str) -> Store | None:
 
 def merged_stats(stores: list[Store]) -> admin.Stats:
     """``admin.stats`` summed over shards (the oldest message is the oldest of all)."""
+    return merge([admin.stats(store) for store in stores])
+
+
+def merge(per_shard: list[admin.Stats]) -> admin.Stats:
+    """Several shards' ``admin.Stats`` as one."""
     total = admin.Stats()
-    for store in stores:
-        st = admin.stats(store)
+    for st in per_shard:
         for f in ("messages", "bytes", "new", "deferred", "due_now", "damaged", "quarantined",
                   "map_used_bytes", "map_size_bytes", "max_map_size_bytes"):  # fmt: skip
             setattr(total, f, getattr(total, f) + getattr(st, f))

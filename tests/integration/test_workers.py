@@ -62,6 +62,7 @@ def test_hold_both_shards_listed_then_released_exactly_once(
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)  # one arrival-ordered list
     stats = json.loads(run_fastmta("queue", "stats", "--json", "--config", str(srv.config)).stdout)
     assert stats["messages"] == 300 and stats["recipients"]["pending"] == 300
+    assert stats["shards"] == counts
 
     shown = run_fastmta("queue", "show", rows[-1]["id"], "--config", str(srv.config))
     assert shown.returncode == 0 and b"X-Test-Id" in shown.stdout
@@ -204,7 +205,7 @@ def test_changing_workers_keeps_queued_mail(workers_server: Callable[..., Superv
     counts = shard_counts(srv3.spool)
     assert counts["0"] == 40 and sum(counts.values()) == 40, counts
     stats = json.loads(run_fastmta("queue", "stats", "--json", "--config", str(srv3.config)).stdout)
-    assert stats["messages"] == 40
+    assert stats["messages"] == 40 and stats["shards"] == {".": 0, "0": 40, "1": 0, "2": 0}
 
 
 def _alive(pid: int) -> bool:
