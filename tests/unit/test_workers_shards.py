@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from fastmta import config
 from fastmta.config import ShapingRule, SpoolConfig
 from fastmta.spool import admin, records, shards
@@ -141,3 +143,26 @@ def test_usage_sums_every_shard(tmp_path: Path) -> None:
 
 def test_auto_is_the_cpu_count() -> None:
     assert config.from_dict({"server": {"workers": "auto"}}).server.workers == (os.cpu_count() or 1)
+
+
+def test_worker_identity_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastmta import supervisor
+
+    monkeypatch.delenv(supervisor.WORKER_ENV, raising=False)
+    assert supervisor.worker_identity() is None
+    monkeypatch.setenv(supervisor.WORKER_ENV, "1/4/9")
+    assert supervisor.worker_identity() == (1, 4, 9)
+
+
+def test_stdout_relay_only_for_pipes_and_sockets(tmp_path: Path) -> None:
+    import socket
+
+    from fastmta.supervisor import _is_stream
+
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    with open(tmp_path / "f", "w") as f, a, b:
+        assert _is_stream(w) and _is_stream(a.fileno())
+        assert not _is_stream(f.fileno()) and not _is_stream(987654)
+    os.close(r)
+    os.close(w)
