@@ -233,10 +233,11 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
         size=len(data), next_attempt=now, helo=socket.gethostname(), listener="sendmail", params=params,
     )  # fmt: skip
     id_b = msg_id.encode("ascii")
+    spool_cfg = shards.injection_config(cfg)
     try:
-        store = admin.open_store(shards.injection_config(cfg))
+        store = admin.open_store(spool_cfg)
     except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
-        raise InjectError(EX_CANTCREAT, f"cannot open the spool {cfg.spool.path}: {e}") from None
+        raise InjectError(EX_CANTCREAT, f"cannot open the spool {spool_cfg.path}: {e}") from None
     try:
         while True:
             try:
