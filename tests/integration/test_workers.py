@@ -393,3 +393,22 @@ def test_ipv6_listener_and_no_metrics_exporter(make_config: Callable[..., Path])
         srv.stop()
     assert "metrics of every worker" not in srv.err_path.read_text()
     assert sum(shard_counts(cfg.parent / "spool").values()) == 10
+
+
+def test_live_relay_delivers_each_message_exactly_once(
+    workers_server: Callable[..., Supervised], sinks: Callable[..., object]
+) -> None:
+    """No hold, no crash: 300 messages accepted by both workers are relayed once each."""
+    sink_port = free_port("127.0.0.5")
+    sink = sinks("127.0.0.5", sink_port)
+    srv = workers_server(nexthop=f"127.0.0.5:{sink_port}")
+    acked = send_many(srv.port, 300, tag="live")
+    assert len(acked) == 300
+    sink.wait_messages(300, timeout=60)
+    time.sleep(1.0)  # a duplicate would arrive now
+    delivered = collections.Counter(id_of(m.data) for m in sink.messages)
+    assert set(delivered) == set(acked) and max(delivered.values()) == 1
+    assert srv.metric("fastmta_messages_received_total") == 300
+    assert srv.metric('fastmta_deliveries_total{result="delivered"}') == 300
+    log = [json.loads(line) for line in srv.server.log_lines() if line.startswith("{")]
+    assert collections.Counter(e["event"] for e in log) == {"received": 300, "delivered": 300}
