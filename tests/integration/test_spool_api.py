@@ -443,3 +443,28 @@ def test_a_spool_of_another_schema_is_refused(spool_cfg: MakeCfg) -> None:
     for _ in range(2):  # the failed open leaves nothing open behind it
         with pytest.raises(lmdb.Error, match="schema"):
             Spool.open(spool_cfg())
+
+
+def test_writer_keeps_a_zeroed_runway_that_recovery_ignores(spool_cfg: MakeCfg) -> None:
+    """The file runs ahead of LMDB's last page (commits then flush data only); the
+    zeros past it are never read: every message comes back after a reopen."""
+    from fastmta.spool.writer import RUNWAY_STEP
+
+    async def main() -> dict[str, bytes]:
+        spool = await started(spool_cfg(map_size=64 * 1024**2))
+        stored = {}
+        for i in range(5):  # several batches: the runway grows by one step after each
+            body = os.urandom(3000 + i)
+            stored[await spool.put(env(i), body)] = body
+        size = os.path.getsize(os.path.join(spool.cfg.path, "data.mdb"))
+        assert size - spool.store.used_bytes() >= RUNWAY_STEP
+        await spool.aclose()
+        return stored
+
+    stored = run(main())
+    spool = Spool.open(spool_cfg(map_size=64 * 1024**2))
+    try:
+        assert (spool.recovery.messages, spool.recovery.quarantined) == (5, 0)
+        assert {m: spool.body(m) for m in stored} == stored
+    finally:
+        spool.close()
