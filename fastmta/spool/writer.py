@@ -182,20 +182,30 @@ class Runway:
             self._off(e)
 
     def top_up(self) -> None:
-        """Add one step of zeros (one write, one fdatasync) when less than ``RUNWAY`` is left."""
-        if self._fd < 0:
+        """Add one step of zeros (one write, one fdatasync) when less than ``RUNWAY`` is left.
+
+        Inside a write transaction (then aborted): LMDB's writer lock keeps every other
+        process that shares the spool (workers, ``fastmta queue``) from writing pages
+        while the zeros go in past the file's end and past the last committed page.
+        """
+        if self._fd < 0 or self._end - self.store.used_bytes() >= RUNWAY:
             return
+        store = self.store
         try:
-            used = self.store.used_bytes()
-            if used > self._end:  # LMDB wrote past the runway (a big batch)
-                self._end = os.fstat(self._fd).st_size
-            if self._end - used >= RUNWAY or self._end + RUNWAY_STEP > self.store.map_size():
-                return
-            n = os.pwrite(self._fd, _ZEROS, self._end)
-            os.fdatasync(self._fd)
-            self._end += n
+            txn = store.env.begin(write=True)
+        except lmdb.Error:
+            return  # e.g. the map was grown by another process: the next commit adopts it first
+        try:
+            used = store.used_bytes()
+            self._end = max(os.fstat(self._fd).st_size, used)
+            if self._end - used < RUNWAY and self._end + RUNWAY_STEP <= store.map_size():
+                n = os.pwrite(self._fd, _ZEROS, self._end)
+                os.fdatasync(self._fd)
+                self._end += n
         except OSError as e:
             self._off(e)
+        finally:
+            txn.abort()
 
     def _off(self, e: OSError) -> None:
         log.info("no zeroed runway ahead of the spool data (%s): commits stay durable, a little slower", e)
