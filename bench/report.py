@@ -379,7 +379,8 @@ def readme(result: dict[str, Any]) -> str:
         f"{m['usable_cores']} cores {m['cpu_model']}, "
         f"Linux {m['kernel']}, Python {m['python']}, Postfix {m['versions'].get('postfix', '?')}, "
         f"aiosmtpd {m['versions'].get('aiosmtpd', '?')}; load average "
-        f"{m['load_average_at_start'][0]} at start{'; ' + result['note'] if result.get('note') else ''}. "
+        f"{m['load_average_at_start'][0]} at start, {m.get('load_average_at_end', ['?'])[0]} at the end"
+        f"{'; ' + result['note'] if result.get('note') else ''}. "
         "Medians of 3 runs (msg/s, smtp-source); ratios are what to compare.",
         "",
     ]
