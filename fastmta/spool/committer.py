@@ -72,6 +72,7 @@ class _Link(asyncio.Protocol):
             msg = pickle.loads(buf[pos + ACK.size : pos + ACK.size + n])
             pos += ACK.size + n
             if not self.ready.done():
+                self.c._ready(msg)
                 self.ready.set_result(msg)
             else:
                 self.c._acked(msg)
@@ -128,10 +129,17 @@ class Committer:
         self._transport, self._link = transport, link
         msg = await asyncio.wait_for(link.ready, 60)
         if "error" in msg:
-            self.failure = str(msg["error"])
             raise SpoolUnavailableError()
-        self.usage = float(msg["usage"])
-        self.failure = None
+
+    def _ready(self, msg: dict[str, Any]) -> None:
+        """The writer's first message, handled at once: an acknowledgement read in the same
+        ``data_received`` may resolve a put before ``start()`` wakes up, and health must
+        already say so."""
+        if "error" in msg:
+            self.failure = str(msg["error"])
+        else:
+            self.usage = float(msg["usage"])
+            self.failure = None
 
     def put(
         self, fut: asyncio.Future[Any], envelope: Envelope, id_b: bytes, record: bytes, body: bytes
