@@ -64,6 +64,7 @@ OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"
 MAX_BATCH_OPS = 8192
 RUNWAY = 2 * 1024**2  # zeroed file space kept ahead of LMDB's last page
 RUNWAY_STEP = 1024**2
+RUNWAY_MAX_BATCH = 256 * 1024  # bigger batches skip the top-up (Runway says why)
 _ZEROS = bytes(RUNWAY_STEP)
 LINGER_GAP = 0.0002  # a pause this long ends a batch under load early
 _RECV = 1 << 20
@@ -173,6 +174,9 @@ class Runway:
     batches of 10, no change at 30. Durability is untouched (each commit's own
     fdatasync still covers its pages; LMDB never reads past its last page), and a
     failure here (full disk, file-size limit) only switches the runway off.
+    Only small batches top it up: the zeros double the bytes written, and a commit of
+    big messages (100 KiB, 50 clients: 1,760 → 1,990 msg/s with no runway, same run)
+    spreads its journal commit over enough data that the runway no longer pays.
     """
 
     def __init__(self, store: Store) -> None:
@@ -252,7 +256,8 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
             _send(sock, reply)
         except OSError:
             eof = True  # the server is gone; keep committing what arrived, then stop
-        runway.top_up()  # after the acknowledgement: off the committed batch's path
+        if used <= RUNWAY_MAX_BATCH:
+            runway.top_up()  # after the acknowledgement: off the committed batch's path
     runway.close()
 
 
