@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import drivers, peers  # noqa: E402
+from bench import drivers, peers, report  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -239,11 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (0.8 if args.quick else 4.0)
     result = run(args.quick, args.reps, seconds, systems, scenarios, tuple(args.drivers.split(",")),
                  lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
-    text = json.dumps(result, indent=1)
-    if args.json in (None, "-"):
-        print(text)
-    else:
-        Path(args.json).write_text(text)
+    report.write_json(result, args.json)
     return 0
 
 

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import peers  # noqa: E402
+from bench import peers, report  # noqa: E402
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 SCENARIOS = {  # name → (size, connections, messages per connection)
@@ -194,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(
         seconds, args.rate, args.scenarios.split(","), lambda s: print(s, file=sys.stderr, flush=True)
     )
-    text = json.dumps(result, indent=1)
-    if args.json in (None, "-"):
-        print(text)
-    else:
-        Path(args.json).write_text(text)
+    report.write_json(result, args.json)
     return 0
 
 

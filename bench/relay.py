@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import drivers, peers  # noqa: E402
+from bench import drivers, peers, report  # noqa: E402
 
 SIZE = 4096
 CONNECTIONS = 50
@@ -260,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     drain_n = args.drain if args.drain is not None else (10_000 if args.quick else 100_000)
     result = run(args.quick, args.reps, drain_n, args.systems.split(","),
                  lambda line: print(line, file=sys.stderr, flush=True), args.count)  # fmt: skip
-    text = json.dumps(result, indent=1)
-    if args.json in (None, "-"):
-        print(text)
-    else:
-        Path(args.json).write_text(text)
+    report.write_json(result, args.json)
     return 0
 
 

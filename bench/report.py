@@ -28,6 +28,15 @@ ACCEPT_SYSTEMS = ("fastmta", "fastmta-nometrics", "postfix", "aiosmtpd-sink", "a
 RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit")
 
 
+def write_json(result: dict[str, Any], dest: str | None) -> None:
+    """A bench's result as indented JSON: to stdout for ``None`` or ``-``, else to the file ``dest``."""
+    text = json.dumps(result, indent=1)
+    if dest in (None, "-"):
+        print(text)
+    else:
+        Path(dest).write_text(text)
+
+
 def machine() -> dict[str, Any]:
     """Cores, CPU model, kernel, Python and the version of every peer."""
     model = ""
