@@ -22,7 +22,7 @@ from fastmta import config as config_mod
 from fastmta import metrics, parser
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.local import local_recipient_exists
-from fastmta.log import DeliveryLog, iso_ts
+from fastmta.log import DeliveryLog
 from fastmta.policy import Policy
 from fastmta.scheduler import start_delivery
 from fastmta.smtp import tls
@@ -115,13 +115,7 @@ class Server:
 
     def _committed(self, envelopes: list[Envelope]) -> None:
         """After each group commit: one delivery-log write for the batch, then the scheduler."""
-        if self.dlog.enabled:
-            ts = iso_ts()
-            self.dlog.write(
-                {"ts": ts, "event": "received", "id": e.id, "from": e.sender, "rcpt": r.addr, "size": e.size,
-                 "client_ip": e.client_ip, "listener": e.listener}
-                for e in envelopes for r in e.rcpts
-            )  # fmt: skip
+        self.dlog.received(envelopes)
         self.delivery.submit(envelopes)
 
     def stop(self) -> None:

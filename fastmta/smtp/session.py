@@ -157,7 +157,7 @@ class Session:
 
     __slots__ = ("cfg", "state", "out", "client_ip", "relay_client", "helo", "esmtp", "tls", "user",
                  "errors", "txn", "draining", "_bdat_last", "_bdat_size", "_bdat_total", "_bdat_refusal",
-                 "_sasl_mech", "_sasl_user", "_max_text")  # fmt: skip
+                 "_sasl_mech", "_sasl_user", "_max_text", "_rcvd_key", "_rcvd_parts")  # fmt: skip
 
     def __init__(self, cfg: Settings, client_ip: str, tls: str = "") -> None:
         self.cfg = cfg
@@ -179,6 +179,8 @@ class Session:
         self._sasl_mech = ""
         self._sasl_user = ""
         self._max_text = cfg.max_line - 2  # the parser may pass longer lines: AUTH ones
+        self._rcvd_key: tuple[Any, ...] = ()
+        self._rcvd_parts = ("", "")
 
     # --- plumbing -------------------------------------------------------------------
     def _set_state(self, new: int) -> None:
@@ -543,6 +545,18 @@ class Session:
     # --- Received: (RFC 5321 §4.4, RFC 3848 protocol names) ----------------------------
     def _received(self, msg_id: str, txn: Transaction) -> bytes:
         utf8 = "SMTPUTF8" in txn.params
+        key = (self.cfg, self.helo, self.esmtp, self.tls, bool(self.user), utf8)
+        if key != self._rcvd_key:  # the parts around the id change only with EHLO, TLS, AUTH, reload
+            self._rcvd_key = key
+            self._rcvd_parts = self._received_parts(utf8)
+        head, tail = self._rcvd_parts
+        rcpts = txn.rcpts
+        if len(rcpts) == 1:
+            return f"{head}{msg_id}{tail}\r\n\tfor <{rcpts[0][0]}>; {_rfc5322_date()}\r\n".encode()
+        return f"{head}{msg_id}{tail}; {_rfc5322_date()}\r\n".encode()
+
+    def _received_parts(self, utf8: bool) -> tuple[str, str]:
+        """The text before and after the queue id, constant for a connection's state."""
         if not self.esmtp:
             proto = "SMTP"
         else:
@@ -550,14 +564,12 @@ class Session:
         ip = self.client_ip
         literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"  # RFC 5321 §4.1.3 address literals
         head = f"Received: from {self.helo or 'unknown'} ({literal})\r\n"
-        head += f"\tby {self.cfg.hostname} (fastmta) with {proto} id {msg_id}"
+        head += f"\tby {self.cfg.hostname} (fastmta) with {proto} id "
+        tail = ""
         if self.tls:
             version, _, cipher = self.tls.partition(" ")
-            head += f"\r\n\t(using {version} with cipher {cipher})"
-        if len(txn.rcpts) == 1:
-            head += f"\r\n\tfor <{txn.rcpts[0][0]}>"
-        head += f"; {_rfc5322_date()}\r\n"
-        return head.encode("utf-8")
+            tail = f"\r\n\t(using {version} with cipher {cipher})"
+        return head, tail
 
 
 # TABLE resolved to functions once, indexed by state: one list index and one dict
