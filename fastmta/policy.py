@@ -42,10 +42,6 @@ class Policy:
         """True when ``ip`` is inside ``relay_networks`` (may relay anywhere without AUTH)."""
         return bool(self._relay_client(ip))
 
-    def accepts_domain(self, domain: str) -> bool:
-        """True for ``relay_domains`` and ``local_domains``: accepted from anyone."""
-        return domain in self._accept_domains
-
     def mailbox_exists(self, domain: str, addr: str) -> bool:
         """False only for a ``local_domains`` address with no mailbox (550 5.1.1 at RCPT)."""
         if self._mailbox_exists is None or domain not in self.local_domains:
