@@ -130,6 +130,10 @@ def xtext_encode(value: str) -> str:
     return "".join(c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else f"+{ord(c):02X}" for c in value)
 
 
+# MAIL parameters whose value is one of a few keywords (RFC 6152, RFC 3461 §4.3).
+_MAIL_CHOICES = {"BODY": ("7BIT", "8BITMIME"), "RET": ("FULL", "HDRS")}
+
+
 def parse_mail(arg: str, max_size: int, esmtp: bool = True) -> tuple[str, dict[str, str]]:
     """``MAIL FROM:`` argument → (sender, params). ``<>`` is the null sender.
 
@@ -148,17 +152,13 @@ def parse_mail(arg: str, max_size: int, esmtp: bool = True) -> tuple[str, dict[s
                 raise ArgError(R.R_555_BAD_PARAM)
             if int(value) > max_size:
                 raise ArgError(R.R_552_TOO_BIG)
-        elif key == "BODY":
-            if value.upper() not in ("7BIT", "8BITMIME"):
+        elif key in _MAIL_CHOICES:
+            if value.upper() not in _MAIL_CHOICES[key]:
                 raise ArgError(R.R_555_BAD_PARAM)
             params[key] = value.upper()
         elif key == "SMTPUTF8":
             if value:
                 raise ArgError(R.R_555_BAD_PARAM)
-        elif key == "RET":
-            if value.upper() not in ("FULL", "HDRS"):
-                raise ArgError(R.R_555_BAD_PARAM)
-            params[key] = value.upper()
         elif key == "ENVID":
             params[key] = xtext_decode(value)
             if len(params[key]) > 100:  # RFC 3461 §4.4
