@@ -170,7 +170,7 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
             raise InjectError(EX_UNAVAILABLE, "the server does not offer AUTH") from None
     options = []
     if client.does_esmtp:
-        if any(b > 127 for b in data) and client.has_extn("8bitmime"):
+        if not data.isascii() and client.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
             if not client.has_extn("smtputf8"):

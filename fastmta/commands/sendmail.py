@@ -201,7 +201,7 @@ class Injector:
         data = msg.to_bytes()
         if len(data) > self.cfg.limits.max_message_size:
             raise InjectError(EX_DATAERR, "message exceeds the size limit")
-        if any(b > 127 for b in data):
+        if not data.isascii():
             params.setdefault("BODY", "8BITMIME")
         if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
             params["SMTPUTF8"] = ""
