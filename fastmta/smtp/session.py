@@ -248,19 +248,19 @@ class Session:
         return (A_COMMIT, msg_id, txn, data)
 
     def data_too_big(self) -> Action | None:
-        if self._bdat_refusal is not None:
-            return self._bdat_refused_end()
-        self._reset_txn()
-        self._set_state(S_READY)
-        return self._error(R.R_552_TOO_BIG, "size")
+        return self._body_refused(R.R_552_TOO_BIG, "size")
 
     def data_bare_lf(self) -> Action | None:
         # DESIGN.md §3.3 rule 5: refused whole after the real CRLF.CRLF; session continues.
+        return self._body_refused(R.R_550_SMUGGLING, "smuggling")
+
+    def _body_refused(self, reply: bytes, reason: str) -> Action | None:
+        """The body was read to its end but is refused: the transaction ends, the session goes on."""
         if self._bdat_refusal is not None:
             return self._bdat_refused_end()
         self._reset_txn()
         self._set_state(S_READY)
-        return self._error(R.R_550_SMUGGLING, "smuggling")
+        return self._error(reply, reason)
 
     def bdat_chunk(self) -> Action | None:
         """A BDAT chunk was read; a non-final one is acknowledged (the final one ends in data_end)."""
