@@ -17,7 +17,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from fastmta.config import Config, ListenerConfig
+from fastmta.config import Config
 from fastmta.smtp.commands import xtext_encode
 
 EX_OK = 0
@@ -62,10 +62,13 @@ def queue_id(reply: str) -> str:
 # --- SMTP --------------------------------------------------------------------------
 
 
-def local_listener(cfg: Config, mode: str = "relay") -> ListenerConfig:
-    """The listener local injection talks to: the first one in ``mode`` ("relay" needs no
-    AUTH from loopback; "submission" for an authenticated client), else the first one."""
-    return next((lst for lst in cfg.listeners if lst.mode == mode), cfg.listeners[0])
+def local_endpoint(cfg: Config, mode: str = "relay") -> tuple[str, int, str]:
+    """(host, port, tls) of the listener local injection talks to: the first one in ``mode``
+    ("relay" needs no AUTH from loopback; "submission" for an authenticated client), else
+    the first one; a wildcard bind becomes loopback, its implicit TLS is kept."""
+    listener = next((lst for lst in cfg.listeners if lst.mode == mode), cfg.listeners[0])
+    host, port = listener.address
+    return connect_host(host), port, "implicit" if listener.tls == "implicit" else "none"
 
 
 def connect_host(host: str) -> str:

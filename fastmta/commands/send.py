@@ -154,9 +154,7 @@ def _target(args: argparse.Namespace, cfg: config.Config, hostname: str) -> inje
             raise ValueError(f"bad --server {args.server!r} (expected host:port)") from None
         tls = "none"
     else:
-        listener = inject.local_listener(cfg, "submission" if args.auth else "relay")
-        (host, port), tls = listener.address, ("implicit" if listener.tls == "implicit" else "none")
-        host = inject.connect_host(host)
+        host, port, tls = inject.local_endpoint(cfg, "submission" if args.auth else "relay")
     if args.tls:
         tls = "starttls"
     elif args.ssl:

@@ -215,12 +215,8 @@ class Injector:
             else:
                 self._log_received(msg_id, sender, rcpts, len(data))
                 return msg_id
-        listener = inject.local_listener(self.cfg)
-        host, port = listener.address
-        target = inject.SmtpTarget(
-            inject.connect_host(host), port, tls="implicit" if listener.tls == "implicit" else "none",
-            verify=False, helo=self.hostname,
-        )  # fmt: skip
+        host, port, tls = inject.local_endpoint(self.cfg)
+        target = inject.SmtpTarget(host, port, tls=tls, verify=False, helo=self.hostname)
         try:
             done = inject.smtp_submit(target, sender, rcpts, data, params)
         except InjectError as e:
