@@ -14,8 +14,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-_FIELDS = ("ts", "event", "id", "from", "rcpt", "nexthop", "code", "enhanced", "response",
-           "attempt", "elapsed_ms", "bounce_class", "tls")  # fmt: skip
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # The string encoder ``_encode`` uses (ensure_ascii=False): the per-commit "received"
 # lines are formatted from a fixed template with it, byte-identical to ``_encode``.
