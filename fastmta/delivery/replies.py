@@ -16,8 +16,6 @@ NO_ADDRESS = Reply(550, "5.1.2", "Domain has no MX and no address record")
 MX_NO_ADDRESS = Reply(451, "4.4.4", "No address found for any mail exchanger of the domain")
 DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure looking up the mail exchangers")
 
-REFUSED = Reply(421, "4.4.1", "Connection refused by every mail exchanger")
-CONNECT_TIMEOUT = Reply(421, "4.4.1", "Connection timed out to every mail exchanger")
 CONNECTION_LOST = Reply(451, "4.4.2", "Lost connection with the next hop")
 TIMEOUT = Reply(451, "4.4.2", "Timed out waiting for the next hop's reply")
 PROTOCOL = Reply(451, "4.5.0", "Next hop broke the SMTP protocol")

@@ -270,15 +270,15 @@ def _all_dict(rcpts: list[int], outcome: Outcome) -> dict[int, Outcome]:
 
 
 def _connect_failure(failures: list[HostError]) -> Deferred:
-    """Every host failed: 421 if each refused or said 421 (throttle), else the last reason."""
+    """Every host failed: the last 421 if each refused, timed out or said 421, else the last reason.
+
+    Refused and timed-out connects already carry a 421 reply naming the host (SmtpClient.open).
+    """
     if not failures:
         return Deferred(replies.MX_NO_ADDRESS, "dns")
-    if all(f.kind in ("refused", "timeout") or f.reply.code == 421 for f in failures):
-        last = failures[-1]
-        if last.reply.code == 421:
-            return Deferred(last.reply, "timeout" if last.kind == "timeout" else classify(last.reply))
-        return Deferred(replies.REFUSED, "connection")
     last = failures[-1]
+    if all(f.reply.code == 421 for f in failures):
+        return Deferred(last.reply, "timeout" if last.kind == "timeout" else classify(last.reply))
     reply = last.reply
     if reply.code >= 500 or reply.code < 400:  # a 5xx greeting only skips the host (as Postfix)
         reply = Reply(451, "4" + reply.enhanced[1:] if reply.enhanced else "4.0.0", reply.text)
