@@ -16,15 +16,6 @@ DATA_TOO_BIG = 4  # payload: None; body passed max_size, reported at the real en
 DATA_BARE_LF = 5  # payload: None; bare CR or LF seen with bare_lf="reject"
 BDAT_CHUNK = 6  # payload: the chunk (bytes), or None once the body passed max_size
 
-EVENT_NAMES = {
-    LINE: "LINE",
-    LINE_TOO_LONG: "LINE_TOO_LONG",
-    DATA_END: "DATA_END",
-    DATA_TOO_BIG: "DATA_TOO_BIG",
-    DATA_BARE_LF: "DATA_BARE_LF",
-    BDAT_CHUNK: "BDAT_CHUNK",
-}
-
 # Bare CR / bare LF policy in DATA (SMTP smuggling defence).
 BARE_LF_REJECT = "reject"
 BARE_LF_NORMALISE = "normalise"
