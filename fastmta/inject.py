@@ -15,6 +15,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastmta.config import Config
@@ -110,6 +111,11 @@ def _text(resp: bytes | str) -> str:
     return resp.decode("utf-8", "replace") if isinstance(resp, bytes) else resp
 
 
+def needs_smtputf8(sender: str, addrs: Iterable[str]) -> bool:
+    """Does any envelope address carry non-ASCII (RFC 6531 SMTPUTF8)?"""
+    return not (sender.isascii() and all(a.isascii() for a in addrs))
+
+
 def rcpt_list(addrs: list[str], notify: str = "") -> list[Rcpt]:
     """Plain addresses as ``Rcpt`` tuples (one NOTIFY for all, no ORCPT)."""
     return [(a, notify, "") for a in addrs]
@@ -175,7 +181,7 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
     if client.does_esmtp:
         if not data.isascii() and client.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
-        if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
+        if needs_smtputf8(sender, (r[0] for r in rcpts)):
             if not client.has_extn("smtputf8"):
                 raise InjectError(EX_DATAERR, "non-ASCII address but the server lacks SMTPUTF8")
             options.append("SMTPUTF8")

@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
         return _fail(EX_NOINPUT, f"cannot read attachment: {e}")
     except ValueError as e:
         return _fail(EX_DATAERR, str(e))
-    utf8 = not (sender.isascii() and all(r.isascii() for r in rcpts))
+    utf8 = inject.needs_smtputf8(sender, rcpts)
     data = msg.as_bytes(policy=(email.policy.SMTPUTF8 if utf8 else email.policy.SMTP))
     if args.dry_run:
         sys.stdout.buffer.write(data)

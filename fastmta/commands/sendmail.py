@@ -203,7 +203,7 @@ class Injector:
             raise InjectError(EX_DATAERR, "message exceeds the size limit")
         if not data.isascii():
             params.setdefault("BODY", "8BITMIME")
-        if not (sender.isascii() and all(r[0].isascii() for r in rcpts)):
+        if inject.needs_smtputf8(sender, (r[0] for r in rcpts)):
             params["SMTPUTF8"] = ""
         params.update({k: v for k, v in self.opts.dsn.items() if k in ("RET", "ENVID")})
         errors = []
