@@ -86,7 +86,7 @@ class SmtpDeliverer:
             return Attempt()
         body = self.spool.body(envelope.id)
         if body is None:
-            return _all(rcpts, Deferred(replies.NO_BODY, "other"))
+            return Attempt(dict.fromkeys(rcpts, Deferred(replies.NO_BODY, "other")))
         client = self.pool.get(dest.key)
         if client is not None:
             attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)
@@ -113,7 +113,7 @@ class SmtpDeliverer:
         refusal = _unfit(client, envelope, rcpts, body)
         if refusal is not None:
             self.pool.put(dest.key, client)
-            return Attempt(_all_dict(rcpts, refusal), client.nexthop, client.tls)
+            return Attempt(dict.fromkeys(rcpts, refusal), client.nexthop, client.tls)
         outcomes: dict[int, Outcome] = {}
         pending = rcpts
         while True:
@@ -139,7 +139,7 @@ class SmtpDeliverer:
         try:
             hosts = await self._hosts(dest)
         except MxError as e:
-            return Attempt(_all_dict(rcpts, e.outcome))
+            return Attempt(dict.fromkeys(rcpts, e.outcome))
         policy = (route.tls if route is not None and route.tls else "") or self.cfg.delivery.tls
         failures: list[HostError] = []
         last_host = ""
@@ -154,7 +154,7 @@ class SmtpDeliverer:
                 continue
             self._dead.pop((host.address, host.port), None)
             return client
-        return Attempt(_all_dict(rcpts, _connect_failure(failures)), last_host)
+        return Attempt(dict.fromkeys(rcpts, _connect_failure(failures)), last_host)
 
     def _alive_first(self, hosts: list[Host]) -> list[Host]:
         """Hosts that recently refused or timed out go last (a blackholed primary MX would
@@ -261,14 +261,6 @@ def _opportunistic_context() -> ssl.SSLContext:
     return ctx
 
 
-def _all(rcpts: list[int], outcome: Outcome) -> Attempt:
-    return Attempt(_all_dict(rcpts, outcome))
-
-
-def _all_dict(rcpts: list[int], outcome: Outcome) -> dict[int, Outcome]:
-    return dict.fromkeys(rcpts, outcome)
-
-
 def _connect_failure(failures: list[HostError]) -> Deferred:
     """Every host failed: the last 421 if each refused, timed out or said 421, else the last reason.
 
@@ -345,7 +337,7 @@ def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) 
 def _outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
     """Per recipient: its RCPT reply if that failed, else the final reply."""
     if tx.mail is None or tx.mail.code >= 400:
-        return _all_dict(rcpts, _failure(tx.mail, tx.error))
+        return dict.fromkeys(rcpts, _failure(tx.mail, tx.error))
     out: dict[int, Outcome] = {}
     final = tx.data
     # a 421 closes the channel: recipients left unanswered share it (the throttle cue)
