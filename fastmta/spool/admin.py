@@ -86,15 +86,7 @@ def apply(store: Store, ids: Iterable[str], fn: Callable[[Store, lmdb.Transactio
 
     def flush() -> None:
         nonlocal changed
-        results = []
-        while True:
-            try:
-                with store.write() as txn:
-                    results = [fn(store, txn, i.encode("ascii")) for i in batch]
-                break
-            except lmdb.MapFullError:
-                if not store.grow(1024**2):
-                    raise
+        results = store.write_growing(lambda txn: [fn(store, txn, i.encode("ascii")) for i in batch], 1024**2)
         changed += sum(results)
         missing.extend(i for i, ok in zip(batch, results, strict=True) if not ok)
         batch.clear()
@@ -124,14 +116,7 @@ def flush_fn(now: float, domains: set[str] | None = None) -> Callable[[Store, lm
 def signal_flush(store: Store, domains: Iterable[str] | None) -> None:
     """Tell a running scheduler to lift the suspension of these destinations (None: all); flush.py."""
     scope = None if domains is None else list(domains)
-    while True:
-        try:
-            with store.write() as txn:
-                flush.bump(txn, store.meta, scope)
-            return
-        except lmdb.MapFullError:
-            if not store.grow(1024**2):
-                raise
+    store.write_growing(lambda txn: flush.bump(txn, store.meta, scope), 1024**2)
 
 
 def bounce_fn(now: float) -> Callable[[Store, lmdb.Transaction, bytes], bool]:

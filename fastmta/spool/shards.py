@@ -225,16 +225,12 @@ def _records(src: Store, txn: lmdb.Transaction, db_name: str, id_b: bytes) -> li
 def _copy(src: Store, dst: Store, db_name: str, ids: list[bytes]) -> None:
     with src.read() as txn:
         rows = [r for id_b in ids for r in _records(src, txn, db_name, id_b)]
-    need = sum(len(v) + len(k) for _, k, v in rows)
-    while True:
-        try:
-            with dst.write() as txn:
-                for name, key, value in rows:
-                    txn.put(key, value, db=getattr(dst, name))
-            return
-        except lmdb.MapFullError:
-            if not dst.grow(need):
-                raise
+
+    def put_rows(txn: lmdb.Transaction) -> None:
+        for name, key, value in rows:
+            txn.put(key, value, db=getattr(dst, name))
+
+    dst.write_growing(put_rows, sum(len(v) + len(k) for _, k, v in rows))
 
 
 def _delete(store: Store, txn: lmdb.Transaction, db_name: str, id_b: bytes) -> None:

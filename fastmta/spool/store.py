@@ -27,12 +27,14 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Callable, Iterator
+from typing import TypeVar, cast
 
 import lmdb
 
 from fastmta.spool.ids import ID_LEN
+
+T = TypeVar("T")
 
 PAGE = mmap.PAGESIZE  # LMDB's page size is the OS page size
 CHUNK = 256 * PAGE - 16  # a full piece: 256 overflow pages, header included
@@ -167,6 +169,16 @@ class Store:
             txn.abort()
             raise
         txn.commit()
+
+    def write_growing(self, work: Callable[[lmdb.Transaction], T], need: int = 0) -> T:
+        """``work`` in a write transaction, rerun after growing the map while it is full."""
+        while True:
+            try:
+                with self.write() as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                if not self.grow(need):
+                    raise
 
     # --- size ------------------------------------------------------------------
 
