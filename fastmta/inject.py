@@ -248,15 +248,14 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
     except Exception as e:  # PermissionError, lmdb.Error, a damaged spool: let SMTP try
         raise InjectError(EX_CANTCREAT, f"cannot open the spool {spool_cfg.path}: {e}") from None
     try:
-        while True:
-            try:
-                with store.write() as txn:
-                    store.put_many(txn, [(id_b, records.encode(env))], body_items(id_b, data),
-                                   [(sched_key(now, id_b), b"")])  # fmt: skip
-                return msg_id
-            except lmdb.MapFullError:
-                if not store.grow(len(data) + 4096):
-                    raise InjectError(EX_TEMPFAIL, "the spool is full") from None
+        store.write_growing(
+            lambda txn: store.put_many(txn, [(id_b, records.encode(env))], body_items(id_b, data),
+                                       [(sched_key(now, id_b), b"")]),
+            len(data) + 4096,
+        )  # fmt: skip
+        return msg_id
+    except lmdb.MapFullError:
+        raise InjectError(EX_TEMPFAIL, "the spool is full") from None
     except lmdb.Error as e:
         raise InjectError(
             EX_TEMPFAIL, f"spool write failed{' (disk full)' if is_no_space(e) else ''}: {e}"
