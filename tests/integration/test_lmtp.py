@@ -17,18 +17,11 @@ from fastmta.delivery import Destination
 from fastmta.delivery.local import LocalDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
 from fastmta.spool.records import Envelope, Recipient
+from tests.fixtures.spool import BodySpool
 from tests.support import free_port
 
 LOCAL = Destination("local", "local.test")
 BODY = b"From: a@x.test\r\nSubject: lmtp\r\n\r\n.leading dot\r\nline\r\n"
-
-
-class FakeSpool:
-    def __init__(self, bodies: dict[str, bytes]) -> None:
-        self.bodies = bodies
-
-    def body(self, msg_id: str) -> bytes | None:
-        return self.bodies.get(msg_id)
 
 
 def make_cfg(tmp_path: Path, lmtp: str, **delivery: Any) -> config.Config:
@@ -55,7 +48,7 @@ async def deliver_all(d: LocalDeliverer, *envs: Envelope) -> list[dict[int, Any]
 
 def run(cfg: config.Config, *envs: Envelope, body: bytes = BODY) -> list[dict[int, Any]]:
     async def go() -> list[dict[int, Any]]:
-        d = LocalDeliverer(cfg, FakeSpool({e.id: body for e in envs}))
+        d = LocalDeliverer(cfg, BodySpool({e.id: body for e in envs}))
         try:
             return await deliver_all(d, *envs)
         finally:
@@ -126,7 +119,7 @@ def test_idle_session_closed_by_server_is_retried_fresh(
     cfg = make_cfg(tmp_path, srv.spec)
 
     async def go() -> list[Any]:
-        d = LocalDeliverer(cfg, FakeSpool({"S1": BODY, "S2": BODY}))
+        d = LocalDeliverer(cfg, BodySpool({"S1": BODY, "S2": BODY}))
         try:
             [first] = await deliver_all(d, envelope("a@local.test", msg_id="S1"))
             await asyncio.sleep(0.8)  # the server says 421 and closes the idle session
@@ -164,7 +157,7 @@ def test_refusing_or_broken_server(tmp_path: Path, greeting: bytes, code: int) -
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), FakeSpool({"B1": BODY}))
+        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), BodySpool({"B1": BODY}))
         try:
             [out] = await deliver_all(d, envelope("a@local.test", msg_id="B1"))
         finally:
@@ -186,7 +179,7 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         cfg = make_cfg(tmp_path, f"127.0.0.1:{port}", command_timeout="0.5s")
-        d = LocalDeliverer(cfg, FakeSpool({"T1": BODY}))
+        d = LocalDeliverer(cfg, BodySpool({"T1": BODY}))
         try:
             [out] = await deliver_all(d, envelope("a@local.test", msg_id="T1"))
         finally:
@@ -239,7 +232,7 @@ def test_connection_lost_after_some_replies_keeps_them(tmp_path: Path) -> None:
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), FakeSpool({"P1": BODY}))
+        d = LocalDeliverer(make_cfg(tmp_path, f"127.0.0.1:{port}"), BodySpool({"P1": BODY}))
         try:
             [out] = await deliver_all(d, envelope("a@local.test", "b@local.test", msg_id="P1"))
         finally:

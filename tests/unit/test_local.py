@@ -27,19 +27,10 @@ from fastmta.delivery.local import (
 from fastmta.delivery.maildir import maildir_write, unique_name
 from fastmta.errors import Bounced, Deferred, Delivered
 from fastmta.spool.records import Envelope, Recipient
+from tests.fixtures.spool import BodySpool
 
 LOCAL = Destination("local", "local.test")
 BODY = b"From: a@x.test\r\nTo: bob@local.test\r\nSubject: hi\r\n\r\nline 1\r\n.dot line\r\n"
-
-
-class FakeSpool:
-    """Implements the deliverer's SpoolReader protocol (body by id)."""
-
-    def __init__(self, bodies: dict[str, bytes]) -> None:
-        self.bodies = bodies
-
-    def body(self, msg_id: str) -> bytes | None:
-        return self.bodies.get(msg_id)
 
 
 def make_cfg(tmp_path: Path, **local: str | bool) -> config.Config:
@@ -58,7 +49,7 @@ def envelope(*rcpts: str, sender: str = "a@x.test", msg_id: str = "M1") -> Envel
 
 def deliver(cfg: config.Config, env: Envelope, body: bytes = BODY) -> dict[int, object]:
     async def run() -> dict[int, object]:
-        d = LocalDeliverer(cfg, FakeSpool({env.id: body}))
+        d = LocalDeliverer(cfg, BodySpool({env.id: body}))
         try:
             attempt = await asyncio.wait_for(d.deliver(LOCAL, env, list(range(len(env.rcpts)))), 10)
         finally:
@@ -329,7 +320,7 @@ def test_missing_body_defers(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
 
     async def run() -> object:
-        d = LocalDeliverer(cfg, FakeSpool({}))
+        d = LocalDeliverer(cfg, BodySpool({}))
         attempt = await d.deliver(LOCAL, envelope("bob@local.test"), [0])
         await d.close()
         return attempt.outcomes[0]
@@ -352,7 +343,7 @@ def test_only_the_given_indexes_are_delivered(tmp_path: Path) -> None:
     env = envelope("a@local.test", "b@local.test", "c@local.test")
 
     async def run() -> set[int]:
-        d = LocalDeliverer(cfg, FakeSpool({env.id: BODY}))
+        d = LocalDeliverer(cfg, BodySpool({env.id: BODY}))
         attempt = await d.deliver(LOCAL, env, [0, 2])
         await d.close()
         return set(attempt.outcomes)
