@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,21 @@ def wait_port(
             return
         time.sleep(0.05)
     raise AssertionError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> float:
+    """Poll ``predicate`` until true and return the seconds it took.
+
+    The way to wait for anything a server does asynchronously (a counter, a log line,
+    a file): a sleep is either too short on a loaded machine or wastes time on an idle
+    one. The deadline only matters when something is really broken.
+    """
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - t0
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:

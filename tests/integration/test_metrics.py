@@ -21,9 +21,8 @@ from tests.fixtures.metrics import (
     send_messages,
     untouched_labelled_names,
     value,
-    wait_until,
 )
-from tests.support import require_tool
+from tests.support import require_tool, wait_until
 
 MESSAGES = 20
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.metrics import scrape, value, wait_until
+from tests.fixtures.metrics import scrape, value
 from tests.fixtures.sink import Sink
-from tests.support import fastmta_server, free_port
+from tests.support import fastmta_server, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

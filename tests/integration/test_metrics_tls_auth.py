@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from passlib.hash import sha512_crypt
 
-from tests.fixtures.metrics import scrape, value, wait_until
+from tests.fixtures.metrics import scrape, value
 from tests.fixtures.server import RawClient, Running, running
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

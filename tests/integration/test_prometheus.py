@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures.metrics import ALERT_RULES, MetricsServer, dashboard_exprs, send_messages, wait_until
-from tests.support import free_port, require_tool, stop_process, wait_port
+from tests.fixtures.metrics import ALERT_RULES, MetricsServer, dashboard_exprs, send_messages
+from tests.support import free_port, require_tool, stop_process, wait_port, wait_until
 
 MESSAGES = 20
 

@@ -15,8 +15,8 @@ import pytest
 
 from fastmta import config
 from fastmta.spool import Envelope, Recipient, Spool
-from tests.fixtures.spool import Holder, message_body, wait_for
-from tests.support import run_fastmta
+from tests.fixtures.spool import Holder, message_body
+from tests.support import run_fastmta, wait_until
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 LIST_KEYS = ["id", "from", "rcpts", "size", "attempts", "arrived", "next_attempt", "last_error"]
@@ -39,7 +39,7 @@ def fill(cfg_path: Path, specs: list[dict[str, Any]]) -> list[str]:
         await spool.aclose()
         return ids
 
-    return asyncio.run(asyncio.wait_for(main(), 60))
+    return asyncio.run(asyncio.wait_until(main(), 60))
 
 
 def q(cfg_path: Path, *args: str) -> tuple[int, str, str]:
@@ -151,18 +151,18 @@ def test_live_spool_sees_flush_and_delete_within_a_second(
     seen = tmp_path / "seen"
     spool_dir = config.load(str(cfg_path)).spool.path
     h = spool_holder("feed", spool_dir, str(seen))
-    wait_for(lambda: seen.exists() and "ready" in seen.read_text(), 30, "feeder")
+    wait_until(lambda: seen.exists() and "ready" in seen.read_text(), 30, "feeder")
     time.sleep(0.3)
     assert "due " not in seen.read_text()
 
     rc, _, err = q(cfg_path, "flush", ids[0])
     assert rc == 0, err
-    took = wait_for(lambda: f"due {ids[0]}" in seen.read_text(), 5, "the flushed message to be due")
+    took = wait_until(lambda: f"due {ids[0]}" in seen.read_text(), 5, "the flushed message to be due")
     assert took < 1.0
 
     rc, _, err = q(cfg_path, "delete", ids[1])
     assert rc == 0, err
-    took = wait_for(lambda: f"gone {ids[1]}" in seen.read_text(), 5, "the delete to be seen")
+    took = wait_until(lambda: f"gone {ids[1]}" in seen.read_text(), 5, "the delete to be seen")
     assert took < 1.0
 
     rows = listed(cfg_path)  # reading beside a live writer
@@ -198,7 +198,7 @@ def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[.
             rows = listed(cfg_path).values()
             return len(rows) == 3 and all(r["attempts"] >= 1 and "451" in r["last_error"] for r in rows)
 
-        wait_for(deferred, 30, "three deferred messages")
+        wait_until(deferred, 30, "three deferred messages")
         rows = listed(cfg_path)
         assert all(r["next_attempt"] > r["arrived"] for r in rows.values())
         doomed = next(i for i, r in rows.items() if r["from"] == "s1@src.test")
@@ -217,7 +217,7 @@ def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[.
         by_from = {m.mail_from: m for m in got}
         assert set(by_from) == {"s0@src.test", "<>"}, by_from  # s0 delivered, s2 bounced: a DSN from <>
         assert by_from["<>"].rcpt_tos == ["s2@src.test"] and b"5.0.0" in by_from["<>"].data
-        wait_for(lambda: listed(cfg_path) == {}, 10, "the queue to empty")
+        wait_until(lambda: listed(cfg_path) == {}, 10, "the queue to empty")
         time.sleep(0.5)
         assert len(sink.messages) == 2  # the deleted message never went out
 

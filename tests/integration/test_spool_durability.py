@@ -22,7 +22,8 @@ import pytest
 from fastmta.config import SpoolConfig
 from fastmta.spool import Spool, records
 from fastmta.spool.ids import ID_LEN
-from tests.fixtures.spool import Holder, wait_for
+from tests.fixtures.spool import Holder
+from tests.support import wait_until
 
 
 def acked(path: Path) -> dict[str, tuple[str, int]]:
@@ -75,7 +76,7 @@ def test_kill9_mid_stream_loses_no_acknowledged_put(
     for round_no in range(3):
         acks = tmp_path / f"acks{round_no}"
         h = spool_holder("produce", str(spool_dir), str(acks), "8")
-        wait_for(lambda a=acks: a.exists() and len(a.read_text().splitlines()) > 60, 60, "puts")
+        wait_until(lambda a=acks: a.exists() and len(a.read_text().splitlines()) > 60, 60, "puts")
         time.sleep(rnd.uniform(0.05, 0.6))
         h.kill9_group() if group else h.kill9()
         got = acked(acks)
@@ -95,7 +96,7 @@ def test_readers_see_a_consistent_spool_while_it_is_written(
     spool_dir = tmp_path / "spool"
     acks = tmp_path / "acks"
     h = spool_holder("produce", str(spool_dir), str(acks), "8")
-    wait_for(lambda: acks.exists() and len(acks.read_text().splitlines()) > 20, 60, "puts")
+    wait_until(lambda: acks.exists() and len(acks.read_text().splitlines()) > 20, 60, "puts")
     env = lmdb.open(str(spool_dir), max_dbs=8, readonly=True)
     try:
         envs, bodies = env.open_db(b"env", create=False), env.open_db(b"body", create=False)
@@ -124,7 +125,7 @@ def test_two_serving_processes_share_one_spool_through_a_crash(
     a = spool_holder("produce", str(spool_dir), str(acks[0]), "4")
     b = spool_holder("produce", str(spool_dir), str(acks[1]), "4")
     for f in acks:
-        wait_for(lambda f=f: f.exists() and len(f.read_text().splitlines()) > 40, 60, "puts from both")
+        wait_until(lambda f=f: f.exists() and len(f.read_text().splitlines()) > 40, 60, "puts from both")
     a.kill9_group()
     time.sleep(0.3)  # b keeps writing beside the dead one's leftovers
     b.stop()
