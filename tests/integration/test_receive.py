@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import smtplib
 import socket
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.server import RawClient, Running, running
-from tests.support import require_tool
+from tests.support import require_tool, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,14 +30,13 @@ def queued_id(reply: bytes | str) -> str:
     return m.group(1)
 
 
-def wait_log(srv: Running, msg_id: str, timeout: float = 5.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        recs = [json.loads(line) for line in srv.proc.log_lines() if msg_id in line]
-        if recs:
-            return recs
-        time.sleep(0.05)
-    raise AssertionError(f"no log line for {msg_id}")
+def log_records(srv: Running, needle: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in srv.proc.log_lines() if needle in line]
+
+
+def wait_log(srv: Running, msg_id: str) -> list[dict[str, object]]:
+    wait_until(lambda: bool(log_records(srv, msg_id)), what=f"a log line for {msg_id}")
+    return log_records(srv, msg_id)
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +85,8 @@ def test_multiple_recipients_and_null_sender(srv: Running) -> None:
         refused = s.sendmail("<>", ["r1@y.test", "r2@z.test", "<postmaster>"], MSG)
         assert refused == {}
     # one log line per recipient
-    time.sleep(0.2)
-    lines = [json.loads(x) for x in srv.proc.log_lines() if '"from":""' in x]
-    assert {r["rcpt"] for r in lines} >= {"r1@y.test", "r2@z.test", "postmaster@mx.fastmta.test"}
+    want = {"r1@y.test", "r2@z.test", "postmaster@mx.fastmta.test"}
+    wait_until(lambda: {r["rcpt"] for r in log_records(srv, '"from":""')} >= want, what=f"lines for {want}")
 
 
 def test_swaks_pipeline(srv: Running) -> None:
@@ -275,16 +274,22 @@ def test_talking_before_the_banner_is_logged(srv: Running) -> None:
     polite.cmd(b"NOOP")
     polite.close()
     assert "talked before the banner" not in srv.proc.stderr()
-    for _ in range(30):  # the bytes must be queued before the accept: retry until the race is won
-        s = socket.create_connection((srv.host, srv.port), timeout=5)
+    # The bytes must be queued before the accept. The kernel completes the handshake
+    # and queues them while the server is stopped, so this never depends on who is faster.
+    srv.proc.signal(signal.SIGSTOP)
+    try:
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
         s.sendall(b"EHLO eager.test\r\n")
+    finally:
+        srv.proc.signal(signal.SIGCONT)
+    with s:
         data = b""
         while b"250 " not in data:
-            data += s.recv(4096)
-        s.close()
-        assert data.startswith(b"220 ")  # answered normally all the same
-        if "talked before the banner" in srv.proc.stderr():
-            break
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"220 ")  # answered normally all the same
+    # Logged before the banner is written, so already there.
     assert "client 127.0.0.1 talked before the banner" in srv.proc.stderr()
 
 
