@@ -102,6 +102,7 @@ class Committer:
         self._started_at = 0.0
         self._restarting: asyncio.Task[None] | None = None
         self._raw: socket.socket | None = None
+        self._out: list[bytes] = []
 
     async def start(self) -> None:
         """Start the writer process and wait until it has the spool open."""
@@ -150,14 +151,32 @@ class Committer:
             head = (
                 REQ.pack(20 + len(record) + len(body), seq, PUT) + id_b + REC_LEN.pack(len(record)) + record
             )
-            self._transport.writelines((head, body))  # type: ignore[union-attr]
+            self._send(head, body)
 
     def op(self, fut: asyncio.Future[Any], name: str, *args: Any) -> None:
         """Send an ``ops.<name>(store, txn, *args)`` operation."""
         seq = self._send_check(fut, None)
         if seq:
             payload = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
-            self._transport.write(REQ.pack(len(payload), seq, OP) + payload)  # type: ignore[union-attr]
+            self._send(REQ.pack(len(payload), seq, OP) + payload)
+
+    def _send(self, *frames: bytes) -> None:
+        """To an idle writer at once (nothing else to batch with); while a commit is in
+        flight, once per loop iteration: the frames wait for that commit anyway, and one
+        write per iteration instead of one per message saves the syscall and the writer's
+        wake-up each."""
+        if self._out:
+            self._out.extend(frames)
+        elif len(self._pending) == 1:
+            self._transport.writelines(frames)  # type: ignore[union-attr]
+        else:
+            self._out.extend(frames)
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(out)
 
     def _send_check(self, fut: asyncio.Future[Any], envelope: Envelope | None) -> int:
         if self._transport is None or self._transport.is_closing():
@@ -186,6 +205,7 @@ class Committer:
         if link is not self._link:
             return
         self._transport = None
+        self._out = []
         if self._raw is not None:
             self._raw.close()
             self._raw = None
@@ -218,6 +238,7 @@ class Committer:
         """Let the writer commit and acknowledge everything sent, then stop it."""
         self._closing = True
         if self._transport is not None and self._link is not None:
+            self._flush()
             self._transport.write_eof()
             deadline = time.monotonic() + 30
             while self._pending and self._transport is not None and time.monotonic() < deadline:
