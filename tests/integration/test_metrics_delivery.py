@@ -66,5 +66,5 @@ def test_deliveries_by_result_and_class(make_config: Callable[..., Path], sinks:
         wait_until(lambda: value(text(), "fastmta_destination_connections_active") == 0, timeout=20,
                    what="outbound connections back to 0")  # fmt: skip
         # The deferred message waits in the queue for its retry.
-        wait_until(lambda: value(text(), "fastmta_queue_messages", state="deferred") == 1, timeout=10,
+        wait_until(lambda: value(text(), "fastmta_queue_messages", state="deferred") == 1, timeout=30,
                    what="one deferred message in the queue gauge")  # fmt: skip

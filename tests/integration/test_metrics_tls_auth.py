@@ -49,7 +49,7 @@ def test_tls_handshakes_ok_and_failed(srv: Running) -> None:
         _metric(srv, "fastmta_tls_handshakes_total", result="failed"),
     )
     for _ in range(3):
-        with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+        with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
             s.ehlo("client.test")
             s.starttls(context=srv.client_context())
             s.ehlo("client.test")
@@ -59,7 +59,7 @@ def test_tls_handshakes_ok_and_failed(srv: Running) -> None:
         c.send(b"this is not a TLS ClientHello\r\n" * 4)
         c.closed()
     wait_until(lambda: _metric(srv, "fastmta_tls_handshakes_total", result="failed") == failed0 + 1,
-               timeout=10, what="one failed handshake counted")  # fmt: skip
+               what="one failed handshake counted")  # fmt: skip
     assert _metric(srv, "fastmta_tls_handshakes_total", result="ok") == ok0 + 3
 
 
@@ -67,7 +67,7 @@ def test_auth_attempts_ok_and_failed(srv: Running) -> None:
     ok0 = _metric(srv, "fastmta_auth_attempts_total", result="ok")
     failed0 = _metric(srv, "fastmta_auth_attempts_total", result="failed")
     rejected0 = _metric(srv, "fastmta_messages_rejected_total", reason="auth_failed")
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         s.ehlo("client.test")
         s.starttls(context=srv.client_context())
         s.ehlo("client.test")
