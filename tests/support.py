@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
     return time.monotonic() - t0
 
 
+def caught_signals(pid: int) -> set[int]:
+    """Signals process ``pid`` has a handler for (the SigCgt mask of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            mask = int(line.split()[1], 16)
+            return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    return set()
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL when it has not exited after ``timeout`` seconds."""
     if proc.poll() is None:
@@ -114,6 +124,7 @@ class ServerProcess:
         if wait_for is not None:
             try:
                 self.wait_listening(*wait_for)
+                self.wait_signal_handlers()
             except BaseException:
                 self.stop()
                 raise
@@ -127,6 +138,18 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         raise AssertionError(f"fastmta not listening on {host}:{port} after {timeout}s:\n{self.stderr()}")
+
+    def wait_signal_handlers(self, timeout: float = 30.0) -> None:
+        """Until SIGTERM and SIGHUP are the server's own (SigCgt in /proc): it listens, and may
+        even answer, a moment before it installs its handlers, and a signal in between
+        would kill it with the default action instead of draining or reloading."""
+
+        def installed() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fastmta exited with {self.proc.returncode}:\n{self.stderr()}")
+            return {signal.SIGTERM, signal.SIGHUP} <= caught_signals(self.proc.pid)
+
+        wait_until(installed, timeout, "the server's SIGTERM and SIGHUP handlers")
 
     def stderr(self) -> str:
         self._err.flush()
