@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import ServerProcess, free_port, run_fastmta
+from tests.support import ServerProcess, free_port, run_fastmta, wait_until
 
 SENDER = "alice@src.test"
 MX = [
@@ -52,7 +52,7 @@ class Env:
 
     def send(self, rcpts: list[str], subject: str = "hello", sender: str = SENDER, **kw: Any) -> None:
         msg = f"From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as c:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as c:
             c.sendmail(sender, rcpts, msg.encode(), **kw)
 
     def log(self, event: str | None = None) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ class Env:
         return [r for r in recs if event is None or r["event"] == event]
 
     def wait_log(
-        self, cond: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0
+        self, cond: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -189,8 +189,8 @@ def test_dead_destination_does_not_delay_a_healthy_one(mta: Any) -> None:
     t0 = time.monotonic()
     for i in range(5):
         env.send([f"u{i}@a.test"], subject=f"alive {i}")
-    env.sinks["a.test"].wait_messages(5, timeout=5)
-    assert time.monotonic() - t0 < 5
+    env.sinks["a.test"].wait_messages(5, timeout=30)
+    assert time.monotonic() - t0 < 8  # not queued behind the dead one (slack for a loaded machine)
     recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "deferred"]) >= 5)
     assert rcpts_of([r for r in recs if r["event"] == "deferred"]) >= {f"u{i}@dead.test" for i in range(5)}
 
@@ -263,13 +263,13 @@ def test_delivery_metrics(mta: Any) -> None:
     env.send(["good@a.test", "bad@a.test"])
     env.wait_log(lambda rs: any(r["event"] == "bounced" for r in rs))
     env.sinks["src.test"].wait_messages(1)  # the DSN, delivered too
-    deadline = time.monotonic() + 5
-    while True:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-        if 'fastmta_deliveries_total{result="delivered"} 2.0' in text or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert 'fastmta_deliveries_total{result="delivered"} 2.0' in text  # good@ and the DSN
+
+    def scrape() -> str:
+        return str(urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=30).read().decode())
+
+    # good@ and the DSN; the DSN's count follows the sink's 250
+    wait_until(lambda: 'fastmta_deliveries_total{result="delivered"} 2.0' in scrape(), what="2 deliveries")
+    text = scrape()
     assert 'fastmta_deliveries_total{result="bounced"} 1.0' in text
     assert 'fastmta_delivery_failures_total{bounce_class="invalid_recipient",result="bounced"} 1.0' in text
     assert "fastmta_delivery_seconds_count" in text and 'fastmta_queue_messages{state="inflight"}' in text
@@ -289,7 +289,7 @@ def test_queue_flush_from_another_process_retries_now(mta: Any) -> None:
     assert len(queue_ids(env)) == 1
     flushed = run_fastmta("queue", "flush", "--config", str(env.server.config_path))
     assert flushed.returncode == 0, flushed.stderr
-    env.wait_log(lambda rs: any(r["event"] == "delivered" for r in rs), timeout=10)
+    env.wait_log(lambda rs: any(r["event"] == "delivered" for r in rs))
     assert env.sinks["a.test"].rcpts() == ["x@a.test"]
 
 
@@ -309,8 +309,8 @@ def test_queue_flush_lifts_the_suspension_of_a_refusing_destination(
     t0 = time.monotonic()
     flushed = run_fastmta("queue", "flush", *args, "--config", str(env.server.config_path))
     assert flushed.returncode == 0, flushed.stderr
-    box.wait_messages(1, timeout=5)
-    assert time.monotonic() - t0 < 5 and box.rcpts() == ["x@dead.test"]
+    box.wait_messages(1, timeout=30)
+    assert time.monotonic() - t0 < 20 and box.rcpts() == ["x@dead.test"]  # now, not in an hour
     env.wait_log(lambda rs: any(r["event"] == "delivered" and r["id"] == msg_id for r in rs))
 
 
@@ -338,6 +338,6 @@ def test_slow_destination_does_not_delay_a_fast_one(mta: Any) -> None:
     t0 = time.monotonic()
     for i in range(6):
         env.send([f"u{i}@a.test"], subject=f"fast {i}")
-    env.sinks["a.test"].wait_messages(6, timeout=5)
+    env.sinks["a.test"].wait_messages(6, timeout=30)
     assert time.monotonic() - t0 < 4
     assert len(env.sinks["b.test"].messages) < 6  # still crawling along on its own two connections
