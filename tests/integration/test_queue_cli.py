@@ -39,7 +39,7 @@ def fill(cfg_path: Path, specs: list[dict[str, Any]]) -> list[str]:
         await spool.aclose()
         return ids
 
-    return asyncio.run(asyncio.wait_until(main(), 60))
+    return asyncio.run(asyncio.wait_for(main(), 60))
 
 
 def q(cfg_path: Path, *args: str) -> tuple[int, str, str]:
@@ -157,12 +157,13 @@ def test_live_spool_sees_flush_and_delete_within_a_second(
 
     rc, _, err = q(cfg_path, "flush", ids[0])
     assert rc == 0, err
-    took = wait_until(lambda: f"due {ids[0]}" in seen.read_text(), 5, "the flushed message to be due")
+    # The holder looks every 0.1 s: a second is ten looks (and slack for a loaded machine).
+    took = wait_until(lambda: f"due {ids[0]}" in seen.read_text(), what="the flushed message to be due")
     assert took < 1.0
 
     rc, _, err = q(cfg_path, "delete", ids[1])
     assert rc == 0, err
-    took = wait_until(lambda: f"gone {ids[1]}" in seen.read_text(), 5, "the delete to be seen")
+    took = wait_until(lambda: f"gone {ids[1]}" in seen.read_text(), what="the delete to be seen")
     assert took < 1.0
 
     rows = listed(cfg_path)  # reading beside a live writer
@@ -190,7 +191,7 @@ def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[.
     """
     with running(tmp_path / "srv", extra) as srv:
         cfg_path = srv.proc.config_path
-        with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+        with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
             for n in range(3):
                 s.sendmail(f"s{n}@src.test", [f"r{n}@dst.test"], message_body(n, 2000))
 
@@ -211,13 +212,14 @@ def test_queue_commands_steer_a_running_server(tmp_path: Path, sinks: Callable[.
         t0 = time.monotonic()
         rc, _, err = q(cfg_path, "flush")  # the bounced one may be gone already: 1 or 2
         assert rc == 0 and "flushed" in err
-        got = sink.wait_messages(2, timeout=20)
+        got = sink.wait_messages(2, timeout=30)
         took = time.monotonic() - t0
-        assert took < 5, f"flush took {took:.1f}s to reach the next hop"
+        # The feeder looks once a second; the retry would be in an hour. Slack for a loaded machine.
+        assert took < 15, f"flush took {took:.1f}s to reach the next hop"
         by_from = {m.mail_from: m for m in got}
         assert set(by_from) == {"s0@src.test", "<>"}, by_from  # s0 delivered, s2 bounced: a DSN from <>
         assert by_from["<>"].rcpt_tos == ["s2@src.test"] and b"5.0.0" in by_from["<>"].data
-        wait_until(lambda: listed(cfg_path) == {}, 10, "the queue to empty")
+        wait_until(lambda: listed(cfg_path) == {}, what="the queue to empty")
         time.sleep(0.5)
         assert len(sink.messages) == 2  # the deleted message never went out
 
