@@ -40,11 +40,11 @@ class SpoolStore:
     def __init__(self, spool: Spool) -> None:
         self._put = spool.put
 
-    def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[Any]:
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
         rcpts = [Recipient(addr, orcpt=orcpt, notify=notify) for addr, notify, orcpt in txn.rcpts]
         env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
                        listener=txn.listener, params=txn.params)  # fmt: skip
-        return self._put(env, data)
+        return self._put(env, body, head)
 
 
 def say(text: str) -> None:

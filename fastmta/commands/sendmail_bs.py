@@ -130,7 +130,7 @@ def _run(
             elif act[0] == A_RESET_BODY:
                 parser.reset_body()
             elif act[0] == A_COMMIT:
-                _commit(injector, session, act[1], act[2], act[3])
+                _commit(injector, session, act[1], act[2], act[4])  # act[3]: the session's Received:
             elif act[0] == A_CLOSE:
                 return True
         if not (parser.pending or kick):  # else: stopped at a DATA/BDAT barrier with bytes left
@@ -138,11 +138,10 @@ def _run(
         events = parser.feed(b"")
 
 
-def _commit(injector: Injector, session: Session, msg_id: str, txn: Transaction, data: bytes) -> None:
-    """Queue one message of the dialogue and tell the session how it went."""
-    msg = compose.Message.parse(data, strict=False)
-    if msg.fields and msg.fields[0].startswith(b"Received: from"):
-        msg.fields.pop(0)  # the session's trace line; the injector adds the "from userid" one
+def _commit(injector: Injector, session: Session, msg_id: str, txn: Transaction, body: bytes) -> None:
+    """Queue one message of the dialogue and tell the session how it went (without the
+    session's trace line: the injector adds its own "from userid" one)."""
+    msg = compose.Message.parse(body, strict=False)
     try:
         qid = injector.submit(txn.sender, list(txn.rcpts), msg, dict(txn.params), msg_id=msg_id)
     except InjectError as e:

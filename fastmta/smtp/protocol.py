@@ -53,7 +53,8 @@ _DATA_TOO_BIG, _DATA_BARE_LF, _BDAT_CHUNK = ev.DATA_TOO_BIG, ev.DATA_BARE_LF, ev
 class Store(Protocol):
     """Where accepted messages go (server.py adapts the spool to this)."""
 
-    def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[Any]: ...
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
+        """Store ``head + body`` (the Received: line, then the message as received)."""
 
 
 def _bytes_waiting(transport: Any) -> int:
@@ -261,7 +262,7 @@ class SmtpProtocol(asyncio.Protocol):
                     parser.reset_body()
                 elif a == A_COMMIT:
                     self._hold(events, i)
-                    self._commit(act[1], act[2], act[3])
+                    self._commit(act[1], act[2], act[3], act[4])
                     return
                 elif a == A_AUTH:
                     self._hold(events, i)
@@ -330,15 +331,15 @@ class SmtpProtocol(asyncio.Protocol):
         self.transport.close()
 
     # --- waits -------------------------------------------------------------------------
-    def _commit(self, msg_id: str, txn: Transaction, data: bytes) -> None:
+    def _commit(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> None:
         self._flush()  # replies before the DATA end go out now, the 250 after the fsync
         try:
-            fut = self.hub.store.put(msg_id, txn, data)
+            fut = self.hub.store.put(msg_id, txn, head, body)
         except Exception as e:
             self._commit_failed(e)
             self._resume()
             return
-        size = len(data)
+        size = len(head) + len(body)
         fut.add_done_callback(lambda f: self._committed(f, msg_id, size))
 
     def _committed(self, fut: asyncio.Future[Any], msg_id: str, size: int) -> None:

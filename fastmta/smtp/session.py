@@ -42,7 +42,7 @@ STATE_NAMES = ("INIT", "READY", "MAIL", "RCPT", "DATA", "BDAT", "COMMIT", "AUTH"
 A_DATA = 1  # (A_DATA,): parser.start_data()
 A_BDAT = 2  # (A_BDAT, size, last): parser.start_bdat(size, last)
 A_STARTTLS = 3  # (A_STARTTLS,): parser.discard(), write replies, upgrade the transport
-A_COMMIT = 4  # (A_COMMIT, msg_id, txn, data): await the spool, then commit_done/commit_failed
+A_COMMIT = 4  # (A_COMMIT, msg_id, txn, received, body): await the spool, then commit_done/commit_failed
 A_AUTH = 5  # (A_AUTH, user, password): check off the loop, then auth_done
 A_CLOSE = 6  # (A_CLOSE,): write replies, then close
 A_RESET_BODY = 7  # (A_RESET_BODY,): parser.reset_body() (RSET inside BDAT)
@@ -243,9 +243,9 @@ class Session:
         if txn is None or self.state not in (S_DATA, S_BDAT):
             return None
         msg_id = self.cfg.new_id()
-        data = self._received(msg_id, txn) + body
         self._set_state(S_COMMIT)
-        return (A_COMMIT, msg_id, txn, data)
+        # The Received: line travels beside the body, not joined to it: no copy of the body.
+        return (A_COMMIT, msg_id, txn, self._received(msg_id, txn), body)
 
     def data_too_big(self) -> Action | None:
         return self._body_refused(R.R_552_TOO_BIG, "size")

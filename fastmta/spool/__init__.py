@@ -68,7 +68,7 @@ class Spool:
 
     # --- writes ------------------------------------------------------------------
 
-    def put(self, envelope: Envelope, body: bytes) -> asyncio.Future[str]:
+    def put(self, envelope: Envelope, body: bytes, head: bytes = b"") -> asyncio.Future[str]:
         """Store a new message; the future resolves after the fsync'd commit (to its id).
 
         Fills ``id`` (if empty), ``size``, ``arrived`` and ``next_attempt`` (if 0:
@@ -77,13 +77,13 @@ class Spool:
         committer = self._running()
         if not envelope.id:
             envelope.id = new_id()
-        envelope.size = len(body)
+        envelope.size = len(head) + len(body)
         if not envelope.arrived:
             envelope.arrived = time.time()
         if not envelope.next_attempt:
             envelope.next_attempt = envelope.arrived
         fut: asyncio.Future[str] = committer.loop.create_future()
-        committer.put(fut, envelope, envelope.id.encode("ascii"), records.encode(envelope), body)
+        committer.put(fut, envelope, envelope.id.encode("ascii"), records.encode(envelope), head, body)
         return fut
 
     async def update(

@@ -143,15 +143,20 @@ class Committer:
             self.failure = None
 
     def put(
-        self, fut: asyncio.Future[Any], envelope: Envelope, id_b: bytes, record: bytes, body: bytes
+        self,
+        fut: asyncio.Future[Any],
+        envelope: Envelope,
+        id_b: bytes,
+        record: bytes,
+        head: bytes,
+        body: bytes,
     ) -> None:
-        """Send a new message (record prepared by the caller); ``fut`` resolves after commit."""
+        """Send a new message, stored as ``head + body`` (record prepared by the caller);
+        ``fut`` resolves after commit."""
         seq = self._send_check(fut, envelope)
         if seq:
-            head = (
-                REQ.pack(20 + len(record) + len(body), seq, PUT) + id_b + REC_LEN.pack(len(record)) + record
-            )
-            self._send(head, body)
+            size = 20 + len(record) + len(head) + len(body)
+            self._send(REQ.pack(size, seq, PUT) + id_b + REC_LEN.pack(len(record)) + record, head, body)
 
     def op(self, fut: asyncio.Future[Any], name: str, *args: Any) -> None:
         """Send an ``ops.<name>(store, txn, *args)`` operation."""

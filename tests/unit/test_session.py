@@ -116,7 +116,8 @@ def test_commit_flow_and_received_header() -> None:
     assert out == R.R_354_DATA and act == (S.A_DATA,)
     act = s.data_end(b"Subject: x\r\n\r\nbody\r\n")
     assert act is not None and act[0] == S.A_COMMIT and s.state == S.S_COMMIT
-    _, msg_id, txn, data = act
+    _, msg_id, txn, received, body = act
+    data = received + body
     assert msg_id == "ID1" and txn.sender == "a@x.test" and txn.rcpts == [("b@y.test", "", "")]
     head, _, rest = data.partition(b"Subject:")
     assert head.startswith(
@@ -191,7 +192,7 @@ def test_submission_requires_auth_and_auth_flow() -> None:
     assert run(s, b"MAIL FROM:<a@x.test>")[0] == R.R_250_SENDER_OK
     assert run(s, b"RCPT TO:<x@anywhere.test>")[0] == R.R_250_RCPT_OK  # authenticated: may relay
     run(s, b"DATA")
-    _, _, _, data = s.data_end(b"")  # type: ignore[misc]
+    _, _, _, data, _ = s.data_end(b"")  # type: ignore[misc]
     assert b"with ESMTPSA id" in data and b"(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)" in data
 
 

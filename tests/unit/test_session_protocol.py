@@ -50,9 +50,9 @@ class FakeStore:
         self.loop = loop
         self.pending: list[tuple[str, asyncio.Future[str], bytes]] = []
 
-    def put(self, msg_id: str, txn: Transaction, data: bytes) -> asyncio.Future[str]:
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[str]:
         fut: asyncio.Future[str] = self.loop.create_future()
-        self.pending.append((msg_id, fut, data))
+        self.pending.append((msg_id, fut, head + body))
         return fut
 
 
