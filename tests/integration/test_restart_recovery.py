@@ -38,7 +38,7 @@ def cfg_for(path: Path, **delivery: Any) -> config.Config:
     )
 
 
-async def drain(sched: Scheduler, spool: Spool, until: Any, timeout: float = 10.0) -> None:
+async def drain(sched: Scheduler, spool: Spool, until: Any, timeout: float = 30.0) -> None:
     feeder = Feeder(sched, interval=0.05)
     task = asyncio.get_running_loop().create_task(feeder.run())
     deadline = time.monotonic() + timeout
