@@ -74,6 +74,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
     return time.monotonic() - t0
 
 
+def established(port: int) -> int:
+    """Open IPv4 TCP connections whose local end is ``port`` (a server's side), from /proc/net/tcp.
+
+    A server's close shows here at once (its side leaves ESTABLISHED), whatever the client saw.
+    """
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+            n += 1
+    return n
+
+
 def caught_signals(pid: int) -> set[int]:
     """Signals process ``pid`` has a handler for (the SigCgt mask of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.workers import Supervised, id_of, send_many
-from tests.support import free_port, run_fastmta, wait_until
+from tests.support import established, free_port, run_fastmta, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -253,16 +253,6 @@ def _health(metrics_port: int) -> int:
         return 0
 
 
-def _established_to(port: int) -> int:
-    """Open TCP connections whose local end is ``port`` (the sink's side), from /proc/net/tcp."""
-    n = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        parts = line.split()
-        if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-            n += 1
-    return n
-
-
 def test_per_destination_connections_are_shared_not_multiplied(
     workers_server: Callable[..., Supervised], sinks: Callable[..., object]
 ) -> None:
@@ -280,7 +270,7 @@ def test_per_destination_connections_are_shared_not_multiplied(
     peak = 0
     deadline = time.monotonic() + 60
     while len(sink.messages) < 120 and time.monotonic() < deadline:
-        peak = max(peak, _established_to(sink_port))
+        peak = max(peak, established(sink_port))
         time.sleep(0.005)
     assert len(sink.messages) == 120
     assert peak == 2, peak  # one per worker, both busy
