@@ -5,6 +5,7 @@ one reply per accepted recipient after the data, mapped to Delivered / Deferred 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from fastmta.delivery.local import LocalDeliverer
 from fastmta.errors import Bounced, Deferred, Delivered
 from fastmta.spool.records import Envelope, Recipient
 from tests.fixtures.spool import BodySpool
-from tests.support import free_port
+from tests.support import established, free_port
 
 LOCAL = Destination("local", "local.test")
 BODY = b"From: a@x.test\r\nSubject: lmtp\r\n\r\n.leading dot\r\nline\r\n"
@@ -29,7 +30,7 @@ def make_cfg(tmp_path: Path, lmtp: str, **delivery: Any) -> config.Config:
         "hostname": "mx.fastmta.test",
         "policy": {"local_domains": ["local.test"]},
         "local": {"maildir": str(tmp_path / "mail"), "lmtp": lmtp},
-        "delivery": {"connect_timeout": "2s", "command_timeout": "3s", **delivery},
+        "delivery": {"connect_timeout": "2s", "command_timeout": "30s", **delivery},
         "metrics": {"address": ""},
     })  # fmt: skip
 
@@ -41,7 +42,7 @@ def envelope(*rcpts: str, msg_id: str = "L1", **params: str) -> Envelope:
 async def deliver_all(d: LocalDeliverer, *envs: Envelope) -> list[dict[int, Any]]:
     out = []
     for env in envs:
-        attempt = await asyncio.wait_for(d.deliver(LOCAL, env, list(range(len(env.rcpts)))), 15)
+        attempt = await asyncio.wait_for(d.deliver(LOCAL, env, list(range(len(env.rcpts)))), 60)
         out.append(dict(attempt.outcomes))
     return out
 
@@ -117,12 +118,17 @@ def test_idle_session_closed_by_server_is_retried_fresh(
 ) -> None:
     srv = lmtp_server(idle_timeout=0.3)
     cfg = make_cfg(tmp_path, srv.spec)
+    port = int(srv.spec.rsplit(":", 1)[1])
 
     async def go() -> list[Any]:
         d = LocalDeliverer(cfg, BodySpool({"S1": BODY, "S2": BODY}))
         try:
             [first] = await deliver_all(d, envelope("a@local.test", msg_id="S1"))
-            await asyncio.sleep(0.8)  # the server says 421 and closes the idle session
+            # The server says 421 and closes the idle session after 0.3 s: wait until it has.
+            deadline = time.monotonic() + 30
+            while established(port):
+                assert time.monotonic() < deadline, "the LMTP server kept its idle session"
+                await asyncio.sleep(0.05)
             [second] = await deliver_all(d, envelope("b@local.test", msg_id="S2"))
             return [first[0], second[0]]
         finally:
