@@ -184,14 +184,16 @@ def test_slow_final_reply_times_out(zone: Any, sinks: Any, sink_port: int) -> No
     mx1 = sinks("127.0.0.2", sink_port)
     bodies = Bodies()
     env = envelope(bodies, ["b@a.test"])
-    cfg = make_cfg(zone.address, sink_port, command_timeout="0.7s")
+    cfg = make_cfg(
+        zone.address, sink_port, command_timeout="2s"
+    )  # the prompt greeting and EHLO fit, loaded or not
 
     async def go() -> Any:
         d = SmtpDeliverer(cfg, bodies)
         try:
             client = await d._open(next(iter(await d._hosts(A))))
             mx1.script.data = None
-            mx1.script.delay = 1.5  # now every reply is late
+            mx1.script.delay = 3.0  # now every reply is late
             mail, rcpts = _commands(client, env, [0], bodies.data["m1"])
             tx = await client.send(mail, rcpts, bodies.data["m1"], reset=False)
             return tx, client.usable, _outcomes(tx, [0])

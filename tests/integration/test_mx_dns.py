@@ -25,7 +25,8 @@ class Clock:
         return self.now
 
 
-def resolver(address: str, clock: Clock | None = None, timeout: str = "2s") -> Resolver:
+def resolver(address: str, clock: Clock | None = None, timeout: str = "10s") -> Resolver:
+    # A generous timeout: a retry after a slow (loaded) answer would add a query to the counts.
     cfg = config.from_dict({"dns": {"nameservers": [address], "timeout": timeout}})
     return Resolver(cfg.dns, clock=clock) if clock else Resolver(cfg.dns)
 
