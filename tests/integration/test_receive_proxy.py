@@ -12,6 +12,7 @@ import pytest
 
 from fastmta.smtp import proxy
 from tests.fixtures.server import RawClient, Running, running
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +26,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 def connect(srv: Running, header: bytes, split: bool = False) -> RawClient:
     c = RawClient.__new__(RawClient)
-    c.sock = socket.create_connection((srv.host, srv.port), timeout=10)
+    c.sock = socket.create_connection((srv.host, srv.port), timeout=30)
     c.buf = b""
     if split:
         for i in range(0, len(header), 5):
@@ -76,9 +77,12 @@ def test_received_and_log_name_the_real_client(srv: Running) -> None:
         reply = c.cmd(b"Subject: p\r\n\r\nx\r\n.")
     msg_id = reply.split()[-1].decode()
     assert b"Received: from p.test ([127.0.0.42])" in srv.body(msg_id)
-    time.sleep(0.2)
-    recs = [json.loads(x) for x in srv.proc.log_lines() if msg_id in x]
-    assert recs and recs[0]["client_ip"] == "127.0.0.42"
+
+    def recs() -> list[dict[str, object]]:
+        return [json.loads(x) for x in srv.proc.log_lines() if msg_id in x]
+
+    wait_until(lambda: bool(recs()), what=f"the log line of {msg_id}")
+    assert recs()[0]["client_ip"] == "127.0.0.42"
 
 
 def test_limits_count_the_real_client(srv: Running) -> None:
@@ -107,17 +111,19 @@ JUNK = [
 
 @pytest.mark.parametrize("junk", JUNK)
 def test_bad_headers_close_without_reply(srv: Running, junk: bytes) -> None:
-    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    s = socket.create_connection((srv.host, srv.port), timeout=30)
     s.sendall(junk)
     assert s.recv(100) == b""
     s.close()
 
 
 def test_missing_header_times_out(srv: Running) -> None:
-    s = socket.create_connection((srv.host, srv.port), timeout=5)
+    s = socket.create_connection((srv.host, srv.port), timeout=30)
     t0 = time.monotonic()
     assert s.recv(100) == b""
-    assert 0.9 <= time.monotonic() - t0 < 4
+    # command_timeout (1 s) on the server's coarse clock (a tick of 0.1 s, later when loaded):
+    # it may cut a little early, never at once, and long before the 300 s default.
+    assert 0.5 <= time.monotonic() - t0 < 15
     s.close()
 
 
