@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fastmta import loadgen
-from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
+from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 HOST = "127.0.0.1"
@@ -26,7 +26,7 @@ HOST = "127.0.0.1"
 
 def spec(port: int, **kw: Any) -> loadgen.LoadSpec:
     raw = kw.pop("raw", [loadgen.make_message(kw.pop("size", 2048))])
-    return loadgen.LoadSpec(host=HOST, port=port, messages=loadgen.payloads(raw), timeout=10.0, **kw)
+    return loadgen.LoadSpec(host=HOST, port=port, messages=loadgen.payloads(raw), timeout=30.0, **kw)
 
 
 def test_every_message_arrives_whole_with_every_recipient(sinks: Callable[..., Any]) -> None:
@@ -213,7 +213,8 @@ def test_rate_limits_the_send_rate(smtp_sink: Callable[..., Any]) -> None:
     port = free_port()
     smtp_sink(HOST, port)
     stats = loadgen.run(spec(port, count=None, duration=1.0, rate=50, connections=5, per_connection=100))
-    assert 40 <= stats.ok <= 55
+    # The limit is the upper bound; a loaded machine may start fewer than its 50 slots (no catch-up).
+    assert 30 <= stats.ok <= 55
 
 
 def test_two_processes_share_the_count(smtp_sink: Callable[..., Any]) -> None:
@@ -261,15 +262,22 @@ def test_ctrl_c_stops_cleanly_and_still_reports(smtp_sink: Callable[..., Any], p
            "--procs", str(procs), "--json"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:
-        time.sleep(2.0)
+        # Ctrl-C before the senders run (and catch it) would find Python's default handler:
+        # wait until every sending process holds a connection to the sink.
+        def sending() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""  # type: ignore[union-attr]
+            senders = [proc.pid] if procs == 1 else _children(proc.pid)
+            return len(senders) == procs and all(_connected_to(pid, port) for pid in senders)
+
+        wait_until(sending, what="every load process sending")
         t = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert time.monotonic() - t < 10
+    assert time.monotonic() - t < 20
     assert proc.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["ok"] > 0 and report["failed"] == 0 and report["elapsed_s"] < 30
@@ -342,22 +350,11 @@ def test_workers_do_not_outlive_a_killed_parent(smtp_sink: Callable[..., Any]) -
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 10
-        workers: list[int] = []
-        while len(workers) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            workers = [
-                int(p.name)
-                for p in Path("/proc").iterdir()
-                if p.name.isdigit() and _ppid(int(p.name)) == proc.pid
-            ]
-        assert len(workers) == 2
+        wait_until(lambda: len(_children(proc.pid)) == 2, what="two load workers")
+        workers = _children(proc.pid)
         proc.kill()
-        proc.wait(5)
-        deadline = time.monotonic() + 5
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(w) for w in workers)
+        proc.wait(30)
+        wait_until(lambda: not any(_alive(w) for w in workers), what="the workers to die with their parent")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -374,6 +371,26 @@ def _stat(pid: int) -> list[str]:
 def _ppid(pid: int) -> int:
     st = _stat(pid)
     return int(st[1]) if st else -1
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(int(p.name)) == pid]
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    """Process ``pid`` holds an established IPv4 TCP connection to ``port`` (/proc: its fds, net/tcp)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = fd.readlink().name
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == port and parts[9] in inodes:
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
