@@ -33,7 +33,7 @@ class Prometheus:
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
+            with urllib.request.urlopen(url, timeout=30) as resp:
                 doc = json.load(resp)
         except urllib.error.HTTPError as e:
             doc = json.load(e)
@@ -44,7 +44,7 @@ class Prometheus:
         try:
             with urllib.request.urlopen(f"{self.base}/-/ready", timeout=5) as resp:
                 return int(resp.status) == 200
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, or a slow answer (URLError and TimeoutError are OSErrors)
             return False
 
     def scalar(self, query: str) -> float | None:
