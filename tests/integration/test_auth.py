@@ -76,7 +76,7 @@ def test_no_auth_without_tls(srv: Running) -> None:
 
 
 def test_smtplib_login_and_relay(srv: Running) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         s.ehlo("a.test")
         s.starttls(context=srv.client_context())
         s.ehlo("a.test")

@@ -69,7 +69,7 @@ def body_of(total: int) -> bytes:
 
 
 def test_ehlo_advertises_size(srv: Running) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         s.ehlo("l.test")
         assert s.esmtp_features["size"] == "2000"
 

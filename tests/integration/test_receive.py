@@ -58,7 +58,7 @@ def closed_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def test_smtplib_message_is_queued_with_received_header(srv: Running) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         code, _ = s.ehlo("client.test")
         assert code == 250
         for kw in ("pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes", "chunking", "dsn"):
@@ -81,7 +81,7 @@ def test_smtplib_message_is_queued_with_received_header(srv: Running) -> None:
 
 
 def test_multiple_recipients_and_null_sender(srv: Running) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         refused = s.sendmail("<>", ["r1@y.test", "r2@z.test", "<postmaster>"], MSG)
         assert refused == {}
     # one log line per recipient

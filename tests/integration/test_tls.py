@@ -42,7 +42,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def test_starttls_smtplib(srv: Running) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=10) as s:
+    with smtplib.SMTP(srv.host, srv.port, timeout=30) as s:
         s.ehlo("t.test")
         assert s.has_extn("starttls")
         code, _ = s.starttls(context=srv.client_context())
@@ -105,14 +105,14 @@ def test_bad_handshake_does_not_hurt_the_server(srv: Running) -> None:
 
 
 def test_implicit_tls(srv: Running) -> None:
-    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=10) as s:
+    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=30) as s:
         s.ehlo("t.test")
         assert not s.has_extn("starttls")
         assert s.sendmail("a@x.test", ["b@y.test"], b"Subject: smtps\r\n\r\nx\r\n") == {}
 
 
 def test_ipv6_listener(srv: Running) -> None:
-    with smtplib.SMTP("::1", srv.ports["v6"], timeout=10) as s:
+    with smtplib.SMTP("::1", srv.ports["v6"], timeout=30) as s:
         s.ehlo("t.test")
         s.starttls(context=srv.client_context())
         s.ehlo("t.test")
@@ -142,5 +142,5 @@ def test_plain_socket_to_implicit_listener(srv: Running) -> None:
         data = b""
     s.close()
     assert not data.startswith(b"250")
-    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=10) as c:
+    with smtplib.SMTP_SSL(srv.host, srv.ports["smtps"], context=srv.client_context(), timeout=30) as c:
         assert c.noop()[0] == 250

@@ -367,7 +367,7 @@ def test_ipv6_listener_and_no_metrics_exporter(make_config: Callable[..., Path])
     try:
         wait_until(lambda: srv.stderr().count(" ready (pid ") >= 2, what="both workers ready")
         for i in range(10):
-            with smtplib.SMTP("::1", port, timeout=20) as c:
+            with smtplib.SMTP("::1", port, timeout=30) as c:
                 c.sendmail("a@src.test", ["b@dst.test"], f"Subject: v6 {i}\r\n\r\nhi\r\n".encode())
         assert srv.stop() == 0
     finally:
