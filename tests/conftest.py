@@ -9,8 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import DEAD_DNS, free_port
+
+# Timing is no property of the code under test: on a loaded CI machine an example may run
+# past Hypothesis's 200 ms deadline, or generation may trip the too_slow health check.
+settings.register_profile("fastmta", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fastmta")
 
 pytest_plugins = [
     f"tests.fixtures.{p.stem}"

@@ -321,7 +321,8 @@ def test_case_byte_at_a_time(parser_impl: ModuleType, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
 @given(points=st.lists(st.integers(min_value=0, max_value=200), max_size=8))
 def test_case_split(parser_impl: ModuleType, case: Case, points: list[int]) -> None:
     _, data, limits, expected = case

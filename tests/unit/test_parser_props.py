@@ -17,7 +17,9 @@ from fastmta._events import DATA_BARE_LF, DATA_END, LINE
 from tests.fixtures.parser import drive, split_at
 
 SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 # Tokens that sit on every boundary the parser cares about.
