@@ -65,10 +65,19 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self.hub: Hub | None = None
         self.delivery: Any = None
+        self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        # Before anything listens: a signal in the start-up window must not take its
+        # default action (a SIGHUP right after the first banner killed the process).
+        for sig, handler in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self.reload),
+        ):
+            loop.add_signal_handler(sig, handler)
         users = Users.load(cfg.policy.users_file)
         ssl_context = tls.server_context(cfg)
         spool = self.spool = Spool.open(cfg.spool)
@@ -96,13 +105,9 @@ class Server:
             say(f"metrics on http://{_fmt(exporter.address)}/metrics")
         if cfg.delivery.hold:
             say("delivery on hold: accepting and queueing only")
-        for sig, handler in (
-            (signal.SIGTERM, self.stop),
-            (signal.SIGINT, self.stop),
-            (signal.SIGHUP, self.reload),
-        ):
-            loop.add_signal_handler(sig, handler)
         self.ready = True
+        if self._reload_pending:
+            self.reload()
         await self._stop.wait()
         say("shutting down: refusing new connections, finishing transactions")
         await self._shutdown(cfg.server.shutdown_grace)
@@ -128,6 +133,10 @@ class Server:
 
     def reload(self) -> None:
         """SIGHUP: new policy, limits, users and certificates for new sessions; nobody is dropped."""
+        if not self.ready:
+            self._reload_pending = True
+            return
+        self._reload_pending = False
         try:
             cfg = self.load_config()
             users = Users.load(cfg.policy.users_file)

@@ -86,6 +86,7 @@ class Worker:
         self.lifeline: socket.socket | None = None
         self.ready = False
         self.ever_ready = False
+        self.reload_pending = False  # a SIGHUP came before this process could take one
         self.restarts = 0
         self.started = 0.0
         self.flushed: asyncio.Future[None] | None = None  # answer to the pending FLUSH
@@ -157,7 +158,10 @@ class Supervisor:
             if wanted != self.count:
                 say(f"workers = {wanted} in the configuration: running {self.count} until a restart")
         for w in self.workers:
-            self._signal(w, signal.SIGHUP)
+            if w.ready:
+                self._signal(w, signal.SIGHUP)
+            else:  # still starting (a SIGHUP could kill it before its handler is in): on "ready"
+                w.reload_pending = True
 
     @staticmethod
     def _signal(w: Worker, sig: int) -> None:
@@ -247,6 +251,9 @@ class Supervisor:
         if READY in data:
             w.ready = w.ever_ready = True
             say(f"worker {w.index} ready (pid {w.pid})")
+            if w.reload_pending:
+                w.reload_pending = False
+                self._signal(w, signal.SIGHUP)
         if FLUSHED in data and w.flushed is not None and not w.flushed.done():
             w.flushed.set_result(None)
         if not data:

@@ -87,10 +87,11 @@ def established(port: int) -> int:
     return n
 
 
-def caught_signals(pid: int) -> set[int]:
-    """Signals process ``pid`` has a handler for (the SigCgt mask of /proc/PID/status)."""
+def caught_signals(pid: int, mask: str = "SigCgt") -> set[int]:
+    """Signals process ``pid`` has a handler for (the SigCgt mask of /proc/PID/status;
+    ``mask="SigIgn"``: the signals it ignores)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigCgt:"):
+        if line.startswith(f"{mask}:"):
             mask = int(line.split()[1], 16)
             return {n for n in range(1, 65) if mask >> (n - 1) & 1}
     return set()

@@ -6,12 +6,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from fastmta.commands import add_config_arg, load_config_or_exit
 
 
 def main(argv: list[str]) -> int:
+    # Until the server's own handlers are in, a SIGHUP (a reload request) must not take
+    # its default action and kill the process; the configuration is read after this.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ap = argparse.ArgumentParser(prog="fastmta serve", description="Run the MTA.")
     add_config_arg(ap)
     args = ap.parse_args(argv)

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,51 @@ def test_metrics_per_listener(tmp_path: Path) -> None:
         assert line in text, line
     # the start-up probes of the test harness connect too
     assert re.search(r'^fastmta_smtp_connections_total\{listener="mx"\} [1-9]', text, re.M)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_from_the_first_instant_never_kills(make_config: Callable[..., Path], workers: int) -> None:
+    """A reload request can come at any moment once the process has started (a
+    config-management run, the supervisor forwarding one): through spool start,
+    listening and serving, SIGHUP every few ms must never be fatal. (Before its first
+    Python line runs a process takes any signal's default action; a service manager
+    reloads only a started service.)"""
+    port = free_port()
+    cfg = make_config(f"""
+        [server]
+        workers = {workers}
+
+        [[listener]]
+        name = "mx"
+        address = "127.0.0.1:{port}"
+        """)  # fmt: skip
+    proc = subprocess.Popen(fastmta_cmd("serve", "--config", str(cfg)), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        seen: list[str] = []  # how SIGHUP was first taken: ignored (start-up), then a handler
+
+        def takes_sighup() -> bool:
+            if signal.SIGHUP in caught_signals(proc.pid, "SigIgn"):
+                seen.append("ignored")
+            elif signal.SIGHUP in caught_signals(proc.pid):
+                seen.append("handler")
+            return bool(seen) or proc.poll() is not None
+
+        wait_until(takes_sighup, what="fastmta takes SIGHUP")
+        assert seen[:1] == ["ignored"], "no start-up window where SIGHUP is ignored"
+        deadline = time.monotonic() + 60
+        banners = 0
+        while proc.poll() is None and banners < 20 and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGHUP)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+                s.settimeout(10)
+                banners += s.recv(100).startswith(b"220")
+            time.sleep(0.003)
+        assert proc.poll() is None, f"SIGHUP killed fastmta: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+        assert banners == 20
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
