@@ -29,8 +29,7 @@ from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
 from fastmta.spool.records import Envelope
-from fastmta.spool.ring import RING_MIN_BODY, BodyRing
-from fastmta.spool.writer import ACK, ERROR, FULL, OK, OP, PUT, PUT_RING, REC_LEN, REQ, RING_REF
+from fastmta.spool.writer import ACK, ERROR, FULL, OK, OP, PUT, REC_LEN, REQ
 
 log = logging.getLogger("fastmta.spool")
 _COMMIT_SECONDS = metrics.bound(metrics.spool_commit_seconds)
@@ -104,7 +103,6 @@ class Committer:
         self._restarting: asyncio.Task[None] | None = None
         self._raw: socket.socket | None = None
         self._out: list[bytes] = []
-        self._ring: BodyRing | None = None
 
     async def start(self) -> None:
         """Start the writer process and wait until it has the spool open."""
@@ -121,15 +119,9 @@ class Committer:
                "--commit-window", str(self.cfg.commit_window)]  # fmt: skip
         if not self.cfg.sync:
             cmd.append("--no-sync")
-        fds = [theirs.fileno()]
-        ring = self._start_ring()
-        if ring is not None:
-            cmd += ["--ring-fd", str(ring.fd), "--ring-size", str(ring.size)]
-            fds.append(ring.fd)
         try:
-            self._proc = subprocess.Popen(cmd, pass_fds=fds,
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          env=env)  # fmt: skip
+            self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, env=env)  # fmt: skip
         finally:
             theirs.close()
         _widen(ours)
@@ -139,18 +131,6 @@ class Committer:
         msg = await asyncio.wait_for(link.ready, 60)
         if "error" in msg:
             raise SpoolUnavailableError()
-
-    def _start_ring(self) -> BodyRing | None:
-        """The shared body ring for a new writer (nothing in it is awaited any more);
-        without one (no memfd, a file-size limit) every body goes over the socket."""
-        if self._ring is None:
-            try:
-                self._ring = BodyRing()
-            except OSError as e:
-                log.info("no shared memory for message bodies (%s): they go over the socket", e)
-                return None
-        self._ring.reset()
-        return self._ring
 
     def _ready(self, msg: dict[str, Any]) -> None:
         """The writer's first message, handled at once: an acknowledgement read in the same
@@ -174,17 +154,9 @@ class Committer:
         """Send a new message, stored as ``head + body`` (record prepared by the caller);
         ``fut`` resolves after commit."""
         seq = self._send_check(fut, envelope)
-        if not seq:
-            return
-        n = len(head) + len(body)
-        if n >= RING_MIN_BODY and self._ring is not None:
-            off = self._ring.put(seq, (head, body), n)
-            if off >= 0:
-                frame = REQ.pack(20 + len(record) + RING_REF.size, seq, PUT_RING)
-                self._send(frame + id_b + REC_LEN.pack(len(record)) + record + RING_REF.pack(off, n))
-                return
-        frame = REQ.pack(20 + len(record) + n, seq, PUT)
-        self._send(frame + id_b + REC_LEN.pack(len(record)) + record, head, body)
+        if seq:
+            size = 20 + len(record) + len(head) + len(body)
+            self._send(REQ.pack(size, seq, PUT) + id_b + REC_LEN.pack(len(record)) + record, head, body)
 
     def op(self, fut: asyncio.Future[Any], name: str, *args: Any) -> None:
         """Send an ``ops.<name>(store, txn, *args)`` operation."""
@@ -232,8 +204,6 @@ class Committer:
             if p is not None:  # None: already failed by close(); the commit still happened
                 batch.append(p)
                 outcomes.append((status, value))
-        if results and self._ring is not None:
-            self._ring.release(results[-1][0])
         self.on_batch(batch, outcomes)
 
     def _lost(self, link: _Link) -> None:
@@ -293,9 +263,6 @@ class Committer:
             self._transport.close()
             self._transport = None
         self._reap()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
         pending, self._pending = self._pending, {}
         for p in pending.values():
             if not p.fut.done():

@@ -19,8 +19,7 @@ Protocol on a stream socket (both directions little-endian):
 
 * request ``<IIB`` (payload length, sequence number, kind) + payload; kind 1 = put
   (16-byte id, ``<I`` record length, record, body), kind 2 = operation (pickled
-  ``(name, args)`` of a function in ``ops``), kind 3 = put whose body is in the
-  shared ring (``ring.py``): as kind 1 with ``<QQ`` (offset, length) for the body.
+  ``(name, args)`` of a function in ``ops``).
 * reply ``<I`` length + pickled dict: ``results`` [(seq, status, value)], ``usage``
   (fraction of the map ceiling in use), ``seconds`` (commit time), ``ops``.
   Status 0 = done (value), 1 = spool full, 2 = spool unavailable, 3 = error (text).
@@ -53,15 +52,13 @@ from typing import Any
 import lmdb
 
 from fastmta.spool import ops, records
-from fastmta.spool.ring import view as map_ring
 from fastmta.spool.store import Store, body_items, is_no_space, sched_key
 
 log = logging.getLogger("fastmta.spool.writer")
 REQ = struct.Struct("<IIB")
 REC_LEN = struct.Struct("<I")
 ACK = struct.Struct("<I")
-RING_REF = struct.Struct("<QQ")
-PUT, OP, PUT_RING = 1, 2, 3
+PUT, OP = 1, 2
 OK, FULL, UNAVAILABLE, ERROR = 0, 1, 2, 3
 OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"})
 MAX_BATCH_OPS = 8192
@@ -76,23 +73,13 @@ _RECV = 1 << 20
 class Request:
     __slots__ = ("seq", "kind", "id_b", "record", "body", "name", "args", "nbytes")
 
-    def __init__(self, seq: int, kind: int, payload: memoryview, ring: memoryview | None = None) -> None:
+    def __init__(self, seq: int, kind: int, payload: memoryview) -> None:
         self.seq, self.kind, self.nbytes = seq, kind, len(payload)
-        if kind in (PUT, PUT_RING):  # LMDB takes buffers: views of the inbox or ring, no copy
+        if kind == PUT:  # LMDB takes buffers: views into the inbox, no copy of the body
             self.id_b = bytes(payload[:16])
             (n,) = REC_LEN.unpack_from(payload, 16)
             self.record = payload[20 : 20 + n]
-            if kind == PUT:
-                self.body = payload[20 + n :]
-            else:
-                if ring is None:
-                    raise ValueError("a body in the ring, but no ring")
-                off, size = RING_REF.unpack_from(payload, 20 + n)
-                if off + size > len(ring):
-                    raise ValueError("a body past the end of the ring")
-                self.body = ring[off : off + size]
-                self.kind = PUT
-                self.nbytes += size
+            self.body = payload[20 + n :]
         else:
             self.name, self.args = pickle.loads(payload)
             if self.name not in OPERATIONS:
@@ -241,17 +228,11 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(ACK.pack(len(data)) + data)
 
 
-def serve(
-    sock: socket.socket,
-    store: Store,
-    max_batch_bytes: int,
-    window: float = 0.0,
-    ring: memoryview | None = None,
-) -> None:
+def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float = 0.0) -> None:
     """Read requests, commit them in batches, acknowledge each batch; return at EOF."""
     writer = BatchWriter(store)
     runway = Runway(store)
-    inbox = Inbox(sock, ring)
+    inbox = Inbox(sock)
     eof = False
     ops = 0  # in the last batch
     _send(sock, {"ready": True, "usage": writer.usage(), "results": []})
@@ -289,9 +270,8 @@ class Inbox:
     reused connections). The buffer grows while batches fill it and stays grown.
     """
 
-    def __init__(self, sock: socket.socket, ring: memoryview | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.ring = ring  # bodies the server put in shared memory (``ring.py``)
         self.buf = bytearray(_RECV)
         self.start = 0  # first byte not yet handed out in a batch
         self.end = 0  # end of the received bytes
@@ -342,7 +322,7 @@ class Inbox:
             stop = pos + REQ.size + length
             if stop > end or (batch and stop - self.start > max_bytes):
                 break
-            batch.append(Request(seq, kind, view[pos + REQ.size : stop], self.ring))
+            batch.append(Request(seq, kind, view[pos + REQ.size : stop]))
             pos = stop
         used = pos - self.start
         self.start = pos
@@ -389,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch-bytes", type=int, required=True)
     ap.add_argument("--commit-window", type=float, default=0.0)
     ap.add_argument("--no-sync", action="store_true")
-    ap.add_argument("--ring-fd", type=int, default=-1)
-    ap.add_argument("--ring-size", type=int, default=0)
     args = ap.parse_args(argv)
     # Only EOF from the server ends this process (after its last commit): a Ctrl-C or a
     # control-group SIGTERM (systemd) reaching every process must not cut that short.
@@ -405,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         _send(sock, {"error": f"cannot open spool: {e}"})
         return 1
     try:
-        bodies = map_ring(args.ring_fd, args.ring_size) if args.ring_fd >= 0 else None
-        serve(sock, store, args.max_batch_bytes, args.commit_window, bodies)
+        serve(sock, store, args.max_batch_bytes, args.commit_window)
     finally:
         store.close()
     return 0

@@ -225,27 +225,6 @@ def test_fifty_mib_message_and_growth_from_a_tiny_map(spool_cfg: MakeCfg) -> Non
     run(main(), timeout=120)
 
 
-def test_big_bodies_through_the_shared_ring_and_past_it(spool_cfg: MakeCfg) -> None:
-    """Bodies of 32 KiB and up go through the shared ring; more in flight than it holds
-    (36 × 1 MiB > 32 MiB) go over the socket. Every body comes back exact, head first."""
-    bodies = [os.urandom(1024) * (1024 if i % 4 else 40) + b"%d" % i for i in range(48)]
-
-    async def main() -> None:
-        spool = await started(spool_cfg(map_size=1024**2))
-        for _ in range(2):  # the second round reuses ring space the first one freed
-            heads = [b"Received: from r%d\r\n" % i for i in range(len(bodies))]
-            ids = await asyncio.gather(
-                *(spool.put(env(i), b, head=h) for i, (h, b) in enumerate(zip(heads, bodies, strict=True)))
-            )
-            for msg_id, h, b in zip(ids, heads, bodies, strict=True):
-                assert spool.body(msg_id) == h + b
-                stored = spool.envelope(msg_id)
-                assert stored is not None and stored.size == len(h) + len(b)
-        await spool.aclose()
-
-    run(main(), timeout=120)
-
-
 def test_ceiling_fails_only_what_does_not_fit(spool_cfg: MakeCfg) -> None:
     async def main() -> None:
         spool = await started(spool_cfg(map_size=1024**2, max_map_size=12 * 1024**2))

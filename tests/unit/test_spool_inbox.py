@@ -81,5 +81,5 @@ def test_a_frame_bigger_than_the_buffer_grows_it() -> None:
     assert inbox.pending() == 0
 
 
-def _raw_request(self: object, seq: int, kind: int, payload: memoryview, ring: object = None) -> None:
+def _raw_request(self: object, seq: int, kind: int, payload: memoryview) -> None:
     self.seq, self.kind, self.nbytes, self.body = seq, kind, len(payload), payload  # type: ignore[attr-defined]
