@@ -20,10 +20,20 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _jstr = json.encoder.encode_basestring
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_ts(t: float | None = None) -> str:
-    """ISO 8601 UTC with milliseconds: ``2026-11-28T20:21:35.123Z``."""
+    """ISO 8601 UTC with milliseconds: ``2026-11-28T20:21:35.123Z``.
+
+    Every commit's "received" lines start with one: the seconds part is formatted once
+    per second (``strftime`` cost 3 % of the loop's busy time at 100 KiB messages)."""
     t = time.time() if t is None else t
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+    ms = int(t * 1000)
+    sec = ms // 1000
+    if sec != _second[0]:
+        _second[0], _second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second[1]}.{ms % 1000:03d}Z"
 
 
 class DeliveryLog:
