@@ -180,6 +180,7 @@ def test_max_connections_global(srv: Running) -> None:
     finally:
         for c in clients:
             c.close()
+    wait_no_connections(srv)  # the next test must not meet these slots still held
 
 
 # The timeouts run on a coarse clock (a sweep every tenth of the shortest timeout), so a
