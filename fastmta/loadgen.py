@@ -192,14 +192,15 @@ class _Budget:
         self.next_at = start
 
     def take(self, now: float) -> float | None:
-        """Delay before the next message may start (0 = now), or None when the run is over."""
-        if self.left == 0 or now >= self.deadline:
+        """Delay before the next message may start (0 = now), or None when the run is over
+        (no slot is handed out that would start at or past the deadline)."""
+        if self.left == 0:
+            return None
+        at = max(self.next_at, now) if self.interval else now
+        if at >= self.deadline:
             return None
         if self.left > 0:
             self.left -= 1
-        if not self.interval:
-            return 0.0
-        at = max(self.next_at, now)
         self.next_at = at + self.interval
         return at - now
 

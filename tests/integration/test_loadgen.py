@@ -214,7 +214,7 @@ def test_rate_limits_the_send_rate(smtp_sink: Callable[..., Any]) -> None:
     smtp_sink(HOST, port)
     stats = loadgen.run(spec(port, count=None, duration=1.0, rate=50, connections=5, per_connection=100))
     # The limit is the upper bound; a loaded machine may start fewer than its 50 slots (no catch-up).
-    assert 30 <= stats.ok <= 55
+    assert 30 <= stats.ok <= 50  # 50/s for 1 s: no slot starts at or past the deadline
 
 
 def test_two_processes_share_the_count(smtp_sink: Callable[..., Any]) -> None:

@@ -83,6 +83,16 @@ def test_budget_rate_spaces_messages() -> None:
     assert b.take(5.0) == pytest.approx(0.1)
 
 
+def test_budget_rate_never_schedules_past_the_deadline() -> None:
+    # 50/s for 1 s: the slots start at 0, 0.02, ..., 0.98 and no later, whatever asks.
+    b = loadgen._Budget(loadgen.LoadSpec(count=None, duration=1.0, rate=50.0), start=0.0)
+    delays = []
+    while (d := b.take(0.0)) is not None:
+        delays.append(d)
+    assert len(delays) == 50 and delays[-1] == pytest.approx(0.98)
+    assert b.take(0.5) is None  # the schedule is used up, though the clock is not
+
+
 def test_split_shares_connections_count_and_rate() -> None:
     spec = loadgen.LoadSpec(connections=5, count=11, rate=9.0)
     parts = loadgen._split(spec, 2)
