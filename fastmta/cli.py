@@ -21,8 +21,11 @@ COMMANDS = {
     "load": ("load", "SMTP load generator"),
 }
 
-USAGE = "usage: fastmta {" + ",".join(COMMANDS) + "} [--config FILE] ...\n\n" + "\n".join(
-    f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items()
+USAGE = (
+    "usage: fastmta {"
+    + ",".join(COMMANDS)
+    + "} [--config FILE] ...\n\n"
+    + "\n".join(f"  {name:<13} {text}" for name, (_, text) in COMMANDS.items())
 )
 
 
