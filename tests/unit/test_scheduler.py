@@ -50,6 +50,17 @@ def build(spool: FakeSpool, script: Any, **delivery: Any) -> tuple[Scheduler, Fa
     return sched, dlv, logs
 
 
+def gated(gate: asyncio.Event, key: str | None = "slow.test") -> Callable[..., Awaitable[Any]]:
+    """A delivery script: deliveries to ``key`` (every one with None) wait for ``gate``."""
+
+    async def script(d: Any, e: Any, i: int) -> Any:
+        if key is None or d.key == key:
+            await gate.wait()
+        return OK
+
+    return script
+
+
 def test_delivered_message_leaves_the_spool_and_is_logged(fake_spool: FakeSpool) -> None:
     async def t() -> None:
         sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
@@ -127,10 +138,7 @@ def test_concurrency_cap_per_destination(fake_spool: FakeSpool) -> None:
 def test_slow_destination_does_not_delay_a_fast_one(fake_spool: FakeSpool) -> None:
     gate = asyncio.Event()
 
-    async def script(d: Any, e: Any, i: int) -> Any:
-        if d.key == "slow.test":
-            await gate.wait()
-        return OK
+    script = gated(gate)
 
     async def t() -> None:
         sched, dlv, _ = build(fake_spool, script, max_connections_per_destination=2, shards=1)
@@ -412,10 +420,7 @@ def test_shard_of_is_stable() -> None:
 def test_a_huge_backlog_for_one_destination_does_not_crowd_out_others(fake_spool: FakeSpool) -> None:
     gate = asyncio.Event()
 
-    async def script(d: Any, e: Any, i: int) -> Any:
-        if d.key == "slow.test":
-            await gate.wait()
-        return OK
+    script = gated(gate)
 
     async def t() -> None:
         dlv = FakeDeliverer(script)
@@ -450,9 +455,7 @@ def test_queue_gauges(fake_spool: FakeSpool) -> None:
 
     gate = asyncio.Event()
 
-    async def script(d: Any, e: Any, i: int) -> Any:
-        await gate.wait()
-        return OK
+    script = gated(gate, key=None)
 
     def gauge(state: str) -> float:
         return float(metrics.queue_messages.labels(state)._value.get())
@@ -497,10 +500,7 @@ def test_feeder_pass_is_bounded_and_resumes_behind_a_parked_backlog(fake_spool: 
 
     gate = asyncio.Event()
 
-    async def script(d: Any, e: Any, i: int) -> Any:
-        if d.key == "slow.test":
-            await gate.wait()
-        return OK
+    script = gated(gate)
 
     async def t() -> None:
         dlv = FakeDeliverer(script)
