@@ -663,6 +663,19 @@ cdef object _take(PyObject* raw, Py_ssize_t size):
     return out
 
 
+cdef inline Py_ssize_t _terminate(unsigned char* o, Py_ssize_t w, bint crlf) noexcept nogil:
+    """End a DATA body written up to o[w]: CRLF if its last line lacks one, then "." CRLF.
+    Returns the new length."""
+    if crlf:
+        o[w] = _CR
+        o[w + 1] = _LF
+        w += 2
+    o[w] = _DOT
+    o[w + 1] = _CR
+    o[w + 2] = _LF
+    return w + 3
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef object _encode_dirty(const unsigned char* p, Py_ssize_t n):
@@ -689,14 +702,7 @@ cdef object _encode_dirty(const unsigned char* p, Py_ssize_t n):
             o[w] = c
             w += 1
         i += 1
-    if not bol:
-        o[w] = _CR
-        o[w + 1] = _LF
-        w += 2
-    o[w] = _DOT
-    o[w + 1] = _CR
-    o[w + 2] = _LF
-    return _take(raw, w + 3)
+    return _take(raw, _terminate(o, w, not bol))
 
 
 @cython.boundscheck(False)
@@ -742,14 +748,7 @@ def encode_data(body):
             w += 1
             seg = d
         memcpy(o + w, p + seg, n - seg)
-        w += n - seg
-        if tail:
-            o[w] = _CR
-            o[w + 1] = _LF
-            w += 2
-        o[w] = _DOT
-        o[w + 1] = _CR
-        o[w + 2] = _LF
+        _terminate(o, w + n - seg, tail)
         return out
     finally:
         PyMem_Free(dots)
