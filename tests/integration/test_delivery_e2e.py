@@ -182,15 +182,23 @@ def test_expiry_bounces_with_4_4_7(mta: Any) -> None:
     assert block["Status"] == "4.4.7" and block["Action"] == "failed"
 
 
+def seconds_beside(env: Any, stuck: str, healthy: str, n: int) -> float:
+    """Queue ``n`` messages to ``stuck``, then ``n`` to ``healthy``: seconds until the
+    healthy destination's sink has all of its ``n``."""
+    for i in range(n):
+        env.send([f"u{i}@{stuck}"], subject=f"stuck {i}")
+    t0 = time.monotonic()
+    for i in range(n):
+        env.send([f"u{i}@{healthy}"], subject=f"healthy {i}")
+    env.sinks[healthy].wait_messages(n, timeout=30)
+    return time.monotonic() - t0
+
+
 def test_dead_destination_does_not_delay_a_healthy_one(mta: Any) -> None:
     env = mta()
-    for i in range(5):
-        env.send([f"u{i}@dead.test"], subject=f"dead {i}")
-    t0 = time.monotonic()
-    for i in range(5):
-        env.send([f"u{i}@a.test"], subject=f"alive {i}")
-    env.sinks["a.test"].wait_messages(5, timeout=30)
-    assert time.monotonic() - t0 < 8  # not queued behind the dead one (slack for a loaded machine)
+    assert (
+        seconds_beside(env, "dead.test", "a.test", 5) < 8
+    )  # not queued behind the dead one (slack for a loaded machine)
     recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "deferred"]) >= 5)
     assert rcpts_of([r for r in recs if r["event"] == "deferred"]) >= {f"u{i}@dead.test" for i in range(5)}
 
@@ -333,11 +341,5 @@ def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
 
 def test_slow_destination_does_not_delay_a_fast_one(mta: Any) -> None:
     env = mta("max_connections_per_destination = 2", b_test={"delay": 0.5})
-    for i in range(6):
-        env.send([f"u{i}@b.test"], subject=f"slow {i}")
-    t0 = time.monotonic()
-    for i in range(6):
-        env.send([f"u{i}@a.test"], subject=f"fast {i}")
-    env.sinks["a.test"].wait_messages(6, timeout=30)
-    assert time.monotonic() - t0 < 4
+    assert seconds_beside(env, "b.test", "a.test", 6) < 4
     assert len(env.sinks["b.test"].messages) < 6  # still crawling along on its own two connections
