@@ -196,9 +196,8 @@ def seconds_beside(env: Any, stuck: str, healthy: str, n: int) -> float:
 
 def test_dead_destination_does_not_delay_a_healthy_one(mta: Any) -> None:
     env = mta()
-    assert (
-        seconds_beside(env, "dead.test", "a.test", 5) < 8
-    )  # not queued behind the dead one (slack for a loaded machine)
+    # Not queued behind the dead one (slack for a loaded machine).
+    assert seconds_beside(env, "dead.test", "a.test", 5) < 8
     recs = env.wait_log(lambda rs: len([r for r in rs if r["event"] == "deferred"]) >= 5)
     assert rcpts_of([r for r in recs if r["event"] == "deferred"]) >= {f"u{i}@dead.test" for i in range(5)}
 
