@@ -92,8 +92,8 @@ def caught_signals(pid: int, mask: str = "SigCgt") -> set[int]:
     ``mask="SigIgn"``: the signals it ignores)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{mask}:"):
-            mask = int(line.split()[1], 16)
-            return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+            bits = int(line.split()[1], 16)
+            return {n for n in range(1, 65) if bits >> (n - 1) & 1}
     return set()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from passlib.hash import sha256_crypt, sha512_crypt
 
-from tests.fixtures.server import RawClient, Running, running
+from tests.fixtures.server import RawClient, Running, queued_id, running
 from tests.support import require_tool
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,11 +95,8 @@ def test_auth_login_and_received_says_esmtpsa(srv: Running) -> None:
         assert c.cmd(base64.b64encode(b"builder")) == b"235 2.7.0 Authentication successful\r\n"
         assert c.cmd(b"AUTH PLAIN " + plain("bob", "builder")).startswith(b"503 5.5.1")
         assert b"AUTH" not in c.cmd(b"EHLO a.test")
-        c.cmd(b"MAIL FROM:<bob@x.test>")
-        c.cmd(b"RCPT TO:<r@far.test>")
-        c.cmd(b"DATA")
-        reply = c.cmd(b"Subject: a\r\n\r\nb\r\n.")
-    msg_id = reply.split()[-1].decode()
+        reply = c.message(b"bob@x.test", b"r@far.test", b"Subject: a\r\n\r\nb\r\n")
+    msg_id = queued_id(reply)
     assert b" with ESMTPSA id " in srv.body(msg_id)
 
 

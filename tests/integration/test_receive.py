@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import smtplib
 import socket
@@ -15,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.server import RawClient, Running, running
+from tests.fixtures.server import RawClient, Running, queued_id, running
 from tests.support import require_tool, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 MSG = b"From: a@x.test\r\nTo: b@y.test\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-def queued_id(reply: bytes | str) -> str:
-    text = reply.decode() if isinstance(reply, bytes) else reply
-    m = re.search(r"queued as ([0-9A-Za-z]+)", text)
-    assert m, text
-    return m.group(1)
 
 
 def log_records(srv: Running, needle: str) -> list[dict[str, object]]:
@@ -316,7 +308,7 @@ def test_dsn_and_utf8_parameters_reach_the_envelope(srv: Running) -> None:
         assert c.cmd("RCPT TO:<ü@y.test> NOTIFY=NEVER".encode()).startswith(b"250")
         c.cmd(b"DATA")
         reply = c.cmd(b"Subject: e\r\n\r\nx\r\n.")
-    msg_id = reply.split()[-1].decode()
+    msg_id = queued_id(reply)
     env = srv.envelope(msg_id)
     assert env.sender == "jörg@x.test" and env.helo == "e.test" and env.client_ip == "127.0.0.1"
     assert env.listener == "mx"

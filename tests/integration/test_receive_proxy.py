@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from fastmta.smtp import proxy
-from tests.fixtures.server import RawClient, Running, running
+from tests.fixtures.server import RawClient, Running, queued_id, running
 from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,23 +59,17 @@ def test_v2_local_and_v1_unknown_keep_the_socket_peer(srv: Running) -> None:
     for hdr in (local, b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"):
         with connect(srv, hdr) as c:
             c.cmd(b"EHLO p.test")
-            c.cmd(b"MAIL FROM:<a@x.test>")
-            c.cmd(b"RCPT TO:<b@far.test>")  # 127.0.0.1 may relay
-            c.cmd(b"DATA")
-            reply = c.cmd(b"Subject: p\r\n\r\nx\r\n.")
+            reply = c.message(b"a@x.test", b"b@far.test", b"Subject: p\r\n\r\nx\r\n")  # 127.0.0.1 may relay
             assert reply.startswith(b"250 2.0.0 Ok: queued as ")
-            assert b"([127.0.0.1])" in srv.body(reply.split()[-1].decode())
+            assert b"([127.0.0.1])" in srv.body(queued_id(reply))
 
 
 def test_received_and_log_name_the_real_client(srv: Running) -> None:
     # relay_networks default is loopback, so use a proxied loopback address that is not 127.0.0.1
     with connect(srv, proxy.v1_header("127.0.0.42", "127.0.0.1", 40000, 25) + b"EHLO p.test\r\n") as c:
         assert c.reply().startswith(b"250")
-        c.cmd(b"MAIL FROM:<a@x.test>")
-        c.cmd(b"RCPT TO:<b@far.test>")
-        c.cmd(b"DATA")
-        reply = c.cmd(b"Subject: p\r\n\r\nx\r\n.")
-    msg_id = reply.split()[-1].decode()
+        reply = c.message(b"a@x.test", b"b@far.test", b"Subject: p\r\n\r\nx\r\n")
+    msg_id = queued_id(reply)
     assert b"Received: from p.test ([127.0.0.42])" in srv.body(msg_id)
 
     def recs() -> list[dict[str, object]]:

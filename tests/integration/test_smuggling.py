@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.server import RawClient, Running, running
+from tests.fixtures.server import RawClient, Running, queued_id, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,7 +70,7 @@ def test_clean_message_after_refusal_is_accepted(srv: Running) -> None:
         c.send(b"Subject: ok\r\n\r\n..dot-stuffed\r\n.\r\n")
         reply = c.reply()
         assert reply.startswith(b"250 2.0.0 Ok: queued as ")
-    msg_id = reply.split()[-1].decode()
+    msg_id = queued_id(reply)
     assert srv.body(msg_id).endswith(b"\r\n.dot-stuffed\r\n")
 
 
@@ -93,4 +93,4 @@ def test_normalise_policy_accepts_and_fixes(normalising: Running) -> None:
         c.send(b"Subject: n\r\n\r\nline1\nline2\r\n.\r\n")
         reply = c.reply()
         assert reply.startswith(b"250 2.0.0 Ok: queued as ")
-    assert normalising.body(reply.split()[-1].decode()).endswith(b"line1\r\nline2\r\n")
+    assert normalising.body(queued_id(reply)).endswith(b"line1\r\nline2\r\n")

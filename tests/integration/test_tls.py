@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fixtures.server import RawClient, Running, running
+from tests.fixtures.server import RawClient, Running, queued_id, running
 from tests.support import require_tool
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,7 +65,7 @@ def test_received_header_names_tls(srv: Running) -> None:
         raw.cmd(b"RCPT TO:<b@y.test>")
         raw.cmd(b"DATA")
         reply = raw.cmd(b"Subject: t\r\n\r\nbody\r\n.")
-    msg_id = re.search(rb"queued as (\w+)", reply).group(1).decode()  # type: ignore[union-attr]
+    msg_id = queued_id(reply)
     head = srv.body(msg_id).split(b"Subject:")[0].decode()
     assert "with ESMTPS id " + msg_id in head
     assert re.search(r"\(using TLSv1\.[23] with cipher [A-Z0-9_-]+\)", head), head
@@ -119,7 +119,7 @@ def test_ipv6_listener(srv: Running) -> None:
         s.mail("a@x.test")
         s.rcpt("b@y.test")
         _, reply = s.data(b"Subject: v6\r\n\r\nx\r\n")
-    body = srv.body(reply.split()[-1].decode())
+    body = srv.body(queued_id(reply))
     assert body.startswith(b"Received: from t.test ([IPv6:::1])\r\n")
 
 
