@@ -13,6 +13,10 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
+# scripts/venv.sh needs python3's venv module, and the Cython build its headers.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
+python3 -c 'import os, sysconfig; exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  >/dev/null 2>&1 || need="$need python3-dev"
 [ -n "$need" ] || exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -29,7 +33,7 @@ if [ ! -e "$policy" ]; then
 fi
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $need python3-venv python3-dev >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 [ "$created" = 1 ] && $SUDO rm -f "$policy"
 # Debian's prometheus package may still have started a service under some init systems.
 $SUDO pkill -x prometheus 2>/dev/null || true

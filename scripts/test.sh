@@ -7,4 +7,4 @@ sh scripts/install-tools.sh
 FASTMTA_EXTRAS=test,bench sh scripts/venv.sh
 export CI="${CI:-1}"
 FASTMTA_REQUIRE_CYTHON=1 .venv/bin/python -m pytest -q "$@"
-FASTMTA_PURE_PYTHON=1 .venv/bin/python -m pytest -q -m "not slow" "$@"
+FASTMTA_PURE_PYTHON=1 .venv/bin/python -m pytest -q "$@"

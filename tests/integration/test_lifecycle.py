@@ -20,7 +20,7 @@ import pytest
 
 from tests.fixtures.metrics import scrape, value
 from tests.fixtures.server import RawClient, make_certs, running
-from tests.support import ROOT, caught_signals, fastmta_cmd, free_port, run_fastmta, wait_until
+from tests.support import ROOT, caught_signals, fastmta_cmd, free_port, require_tool, run_fastmta, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,8 +192,8 @@ def test_metrics_per_listener(tmp_path: Path) -> None:
                 text, "fastmta_smtp_connections_total") >= 2  # fmt: skip
 
         wait_until(settled, what="every connection counted and closed")
-        text = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{mport}/metrics"], capture_output=True,
-                              text=True, timeout=10).stdout  # fmt: skip
+        curl = [require_tool("curl"), "-sf", f"http://127.0.0.1:{mport}/metrics"]
+        text = subprocess.run(curl, capture_output=True, text=True, timeout=10).stdout
         assert f"http://127.0.0.1:{mport}/metrics" in srv.proc.stderr()
     want = [
         'fastmta_messages_received_total{listener="mx"} 1.0',
