@@ -211,6 +211,7 @@ class Supervisor:
         finally:
             theirs.close()
         w.started = time.monotonic()
+        w.reload_pending = False  # a new process reads the configuration as it is now
         w.lifeline = ours
         loop = asyncio.get_running_loop()
         ours.setblocking(False)
