@@ -9,7 +9,12 @@ warm-up so one run lasts about ``--seconds``), in an order that rotates each
 repetition, so drifting background load spreads over all systems alike. Reports
 accepted msgs/s and MB/s, client-side p50/p99 transaction latency (fastmta load),
 and the server's CPU time per accepted message (from /proc). ``smtp-sink`` is in
-the line-up as the load tools' own ceiling. Medians of the repetitions with min–max.
+the line-up as the load tools' own ceiling, and ``fastmta-nosync`` (``[spool] sync =
+false``, not durable) shows what the fsyncs cost. Medians of the repetitions with min–max.
+
+The disk's flush latency is measured in the same run (``bench/disk.py``): at one
+connection each message waits for its own commit, so the limit's time per message
+plus that floor bounds what any LMDB-durable server can reach there (``floors``).
 
 "≤100 msgs/conn" cells: ``fastmta load -m 100``, and ``smtp-source -d``, which spreads
 the run's count over its connections (so up to 100, fewer in short runs). At the
@@ -22,6 +27,7 @@ import argparse
 import contextlib
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import drivers, peers, report  # noqa: E402
+from bench import disk, drivers, peers, report  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ FULL_EXTRA = [
 SYSTEMS: dict[str, Callable[[], peers.Peer]] = {
     "fastmta": lambda: peers.Fastmta(hold=True),
     "fastmta-nometrics": lambda: peers.Fastmta(hold=True, metrics=False, name="fastmta-nometrics"),
+    "fastmta-nosync": lambda: peers.Fastmta(hold=True, sync=False, name="fastmta-nosync"),
     "postfix": lambda: peers.Postfix(hold=True),
     "aiosmtpd-sink": lambda: peers.Aiosmtpd(durable=False),
     "aiosmtpd-durable": lambda: peers.Aiosmtpd(durable=True),
@@ -145,6 +152,33 @@ def ratios(summary: dict[str, Any], base: str = "fastmta") -> dict[str, Any]:
     return out
 
 
+def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: float) -> dict[str, Any]:
+    """One-connection cells: the best rate a durable server could reach (limit + flush floor).
+
+    Each message there waits for its own commit before the client sends the next, so
+    the bare protocol's time per message and the disk's two ordered flushes add up.
+    """
+    out: dict[str, Any] = {}
+    for sc in scenarios:
+        if sc.connections != 1:
+            continue
+        for drv, by_sys in summary.get(sc.name, {}).items():
+            med = {
+                s: by_sys.get(s, {}).get("rate", {}).get("median") for s in ("limit", "postfix", "fastmta")
+            }
+            if not med["limit"]:
+                continue
+            best = 1 / (1 / med["limit"] + commit_floor_us / 1e6)
+            cell = {"limit_us_per_msg": round(1e6 / med["limit"], 1), "commit_floor_us": commit_floor_us,
+                    "durable_ceiling_rate": round(best, 1)}  # fmt: skip
+            if med["postfix"]:
+                cell["ceiling_over_postfix"] = round(best / med["postfix"], 2)
+            if med["fastmta"]:
+                cell["fastmta_share_of_ceiling"] = round(med["fastmta"] / best, 2)
+            out.setdefault(sc.name, {})[drv] = cell
+    return out
+
+
 def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: list[Scenario],
         driver_names: tuple[str, ...], log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Start every system, run the rotating matrix, stop every system; the JSON result."""
@@ -152,6 +186,12 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
     unavailable: dict[str, str] = {}
     runs: list[dict[str, Any]] = []
     t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fastmta-bench-disk-") as d:  # where the peers keep their stores
+        flush = disk.flush_latency(d)
+    log(
+        f"disk: one-page commit floor {flush['commit_floor_us']} µs "
+        f"(fdatasync {flush['data_page_fdatasync_us']} + O_DSYNC meta write {flush['meta_dsync_write_us']})"
+    )
     timeout = 60.0 if quick else 180.0
     cap = 30_000 if quick else 200_000
     try:
@@ -199,6 +239,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
         "stored_check": stored,
         "summary": summary,
         "ratios": ratios(summary),
+        "disk": flush,
+        "floors": floors(summary, scenarios, flush["commit_floor_us"]),
         "runs": runs,
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

@@ -312,13 +312,16 @@ class Fastmta(Peer):
     """``fastmta serve`` with a bench config: spool in a temp dir, DNS at a dead port.
 
     ``hold`` keeps delivery off (accept tests); ``relay_to`` routes every domain to a
-    sink (relay tests). ``metrics`` False sets FASTMTA_METRICS=off.
+    sink (relay tests). ``metrics`` False sets FASTMTA_METRICS=off. ``sync`` False is
+    ``[spool] sync = false``: not durable, a diagnostic of what the fsyncs cost.
     """
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
-                 spool: Path | None = None, name: str = "fastmta") -> None:  # fmt: skip
+                 spool: Path | None = None, name: str = "fastmta", sync: bool = True) -> None:  # fmt: skip
         self.name = name
+        self.durable = sync
         super().__init__()
+        self.sync = sync
         self.hold = hold
         self.relay_to = relay_to
         self.metrics = metrics
@@ -331,7 +334,8 @@ class Fastmta(Peer):
             f'hostname = "bench.fastmta.test"\n\n'
             f'[[listener]]\nname = "bench"\naddress = "{self.address}"\n\n'
             f"[limits]\nmax_connections_per_ip = 5000\n\n"
-            f'[spool]\npath = "{self.spool}"\nmap_size = "1GiB"\n\n'
+            f'[spool]\npath = "{self.spool}"\nmap_size = "1GiB"\n'
+            f"sync = {'true' if self.sync else 'false'}\n\n"
             f'[delivery]\nhold = {"true" if self.hold else "false"}\ntls = "none"\n'
             f"max_connections_per_destination = 20\n\n"
             f'[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n\n'

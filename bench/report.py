@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from bench import peers  # noqa: E402
 
 # Column order of the accept tables, and the ratios asked for (fastmta ÷ peer).
-ACCEPT_SYSTEMS = ("fastmta", "fastmta-nometrics", "postfix", "aiosmtpd-sink", "aiosmtpd-durable", "limit",
-                  "smtp-sink")  # fmt: skip
+ACCEPT_SYSTEMS = ("fastmta", "fastmta-nometrics", "fastmta-nosync", "postfix", "aiosmtpd-sink",
+                  "aiosmtpd-durable", "limit", "smtp-sink")  # fmt: skip
 RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit")
 
 
@@ -204,6 +204,27 @@ def ceiling_lines(acc: dict[str, Any]) -> list[str]:
     ]
 
 
+def floor_lines(acc: dict[str, Any]) -> list[str]:
+    """One connection: the disk's flush floor, and the best a durable server could do on top of the limit."""
+    fl = acc.get("disk")
+    if not fl:
+        return []
+    out = ["", f"**Durability floor**: a one-page LMDB-style commit on this disk takes "
+           f"{fl['commit_floor_us']} µs (fdatasync {fl['data_page_fdatasync_us']} + O_DSYNC meta write "
+           f"{fl['meta_dsync_write_us']}, medians of {fl['samples']})."]  # fmt: skip
+    for sc, by_drv in acc.get("floors", {}).items():
+        for drv, c in by_drv.items():
+            line = (f"{acc['scenarios'].get(sc, sc)}, `{drv}`: limit {c['limit_us_per_msg']} µs/msg "
+                    f"+ floor → at most {c['durable_ceiling_rate']:,.0f} msg/s "
+                    "for any durable server")  # fmt: skip
+            if "ceiling_over_postfix" in c:
+                line += f" = {c['ceiling_over_postfix']:.2f}× Postfix"
+            if "fastmta_share_of_ceiling" in c:
+                line += f"; fastmta reaches {c['fastmta_share_of_ceiling']:.0%} of it"
+            out.append(line + ".")
+    return out
+
+
 def relay_tables(rel: dict[str, Any]) -> list[str]:
     out = ["", f"**End-to-end relay** (smtp-source → MTA → smtp-sink, 4 KiB, 50 connections, "
            f"{rel['count_per_run']} msgs per run): msg/s from first sent to last received", ""]  # fmt: skip
@@ -365,7 +386,8 @@ def render(result: dict[str, Any]) -> str:
         if "error" in data:
             lines += ["", f"**{name}**: failed: {data['error']}"]
         elif name == "accept":
-            lines += accept_tables(data) + metrics_cost_lines(data) + stored_lines(data) + ceiling_lines(data)
+            lines += accept_tables(data) + metrics_cost_lines(data) + stored_lines(data)
+            lines += ceiling_lines(data) + floor_lines(data)
         elif name == "relay":
             lines += relay_tables(data)
         elif name == "spool":

@@ -92,6 +92,7 @@ def test_run_py_writes_json_chart_and_table(tmp_path: Path) -> None:
     assert result["machine"]["cores"] and result["machine"]["versions"]["postfix"].startswith("3.")
     acc = result["benches"]["accept"]
     assert acc["unavailable"] == {}
+    assert acc["disk"]["commit_floor_us"] > 0 and acc["disk"]["samples"] == 200
     for sc in ("4k-50c-1m",):
         for drv in ("smtp-source", "fastmta-load"):
             cells = acc["summary"][sc][drv]
@@ -163,6 +164,42 @@ def test_report_targets_ratios_and_stored_check() -> None:
     assert "| accept 4k-50c-1m: fastmta ≥ 4× postfix | 5.00× | – | yes |" in text
     assert "| accept 4k-50c-100m: fastmta ≥ 10× postfix | 3.00× | – | **no** |" in text
     assert "fastmta 7/7, postfix 4/5 **MISMATCH**" in text
+
+
+def test_one_connection_floor_and_its_report_line() -> None:
+    from bench import accept, report
+
+    def cell(rate: float) -> dict[str, object]:
+        return {"rate": {"median": rate, "min": rate, "max": rate}}
+
+    summary = {
+        "1c": {"smtp-source": {"fastmta": cell(1500), "postfix": cell(1000), "limit": cell(5000)}},
+        "50c": {"smtp-source": {"fastmta": cell(9000), "limit": cell(20000)}},
+    }
+    scenarios = [accept.Scenario("1c", 4096, 1, 100), accept.Scenario("50c", 4096, 50, 100)]
+    floors = accept.floors(summary, scenarios, 300.0)  # 200 µs of protocol + 300 of flushes: 2,000/s
+    assert floors == {"1c": {"smtp-source": {
+        "limit_us_per_msg": 200.0, "commit_floor_us": 300.0, "durable_ceiling_rate": 2000.0,
+        "ceiling_over_postfix": 2.0, "fastmta_share_of_ceiling": 0.75}}}  # fmt: skip
+    acc = {"scenarios": {"1c": "4 KiB, 1 conn"}, "floors": floors,
+           "disk": {"commit_floor_us": 300.0, "data_page_fdatasync_us": 180.0, "meta_dsync_write_us": 120.0,
+                    "samples": 200}}  # fmt: skip
+    text = "\n".join(report.floor_lines(acc))
+    assert "takes 300.0 µs (fdatasync 180.0 + O_DSYNC meta write 120.0, medians of 200)" in text
+    assert "4 KiB, 1 conn, `smtp-source`: limit 200.0 µs/msg + floor → at most 2,000 msg/s" in text
+    assert "= 2.00× Postfix; fastmta reaches 75% of it." in text
+    assert report.floor_lines({}) == []
+
+
+def test_disk_flush_probe_leaves_nothing_behind(tmp_path: Path) -> None:
+    from bench import disk
+
+    res = disk.flush_latency(str(tmp_path), samples=5)
+    assert res["samples"] == 5 and res["data_page_fdatasync_us"] > 0 and res["meta_dsync_write_us"] > 0
+    assert res["commit_floor_us"] == pytest.approx(
+        res["data_page_fdatasync_us"] + res["meta_dsync_write_us"], abs=0.2
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_accept_run_sizes_and_order() -> None:

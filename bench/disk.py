@@ -1,0 +1,71 @@
+# SPDX-License-Identifier: MIT
+"""The disk's flush latency: the floor under any durable commit on this machine.
+
+An LMDB commit makes two ordered flushes: ``fdatasync`` of the data pages, then the
+meta page written through an ``O_DSYNC`` descriptor. This measures both with plain
+system calls on a file that is already allocated and written (as LMDB's file is in
+steady state), one 4 KiB page each time, so no LMDB overhead is in the numbers. At
+one connection each message waits for its own commit, so no MTA that keeps LMDB's
+guarantee can answer faster than the bare protocol plus this floor.
+
+    .venv/bin/python bench/disk.py [DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+PAGE = 4096
+_FILE_PAGES = 4096  # 16 MiB written before timing: overwrites, as in a spool in steady state
+
+
+def flush_latency(directory: str, samples: int = 200) -> dict[str, Any]:
+    """Median µs of a one-page ``pwrite`` + ``fdatasync`` and of a 120-byte ``O_DSYNC`` write."""
+    fd_path = os.path.join(directory, f"flush-probe-{os.getpid()}")
+    data = os.open(fd_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.pwrite(data, os.urandom(PAGE) * _FILE_PAGES, 0)
+        os.fsync(data)
+        meta = os.open(fd_path, os.O_RDWR | os.O_DSYNC)
+        try:
+            page, rng = os.urandom(PAGE), random.Random(7)
+            data_us, meta_us = [], []
+            for _ in range(samples):
+                t0 = time.perf_counter()
+                os.pwrite(data, page, rng.randrange(_FILE_PAGES) * PAGE)
+                os.fdatasync(data)
+                t1 = time.perf_counter()
+                os.pwrite(meta, page[:120], 32)
+                t2 = time.perf_counter()
+                data_us.append((t1 - t0) * 1e6)
+                meta_us.append((t2 - t1) * 1e6)
+        finally:
+            os.close(meta)
+    finally:
+        os.close(data)
+        os.unlink(fd_path)
+    data_med, meta_med = statistics.median(data_us), statistics.median(meta_us)
+    return {
+        "samples": samples,
+        "data_page_fdatasync_us": round(data_med, 1),
+        "meta_dsync_write_us": round(meta_med, 1),
+        "commit_floor_us": round(data_med + meta_med, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    with tempfile.TemporaryDirectory(dir=args[0] if args else None) as d:
+        print(json.dumps(flush_latency(d)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
