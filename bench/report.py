@@ -292,7 +292,8 @@ def spool_lines(sp: dict[str, Any]) -> list[str]:
     rows = [["producers", "lmdb puts/s", "files puts/s", "ratio"]]
     for row in sp.get("puts", []):
         rows.append([str(row["producers"]), f"{row['lmdb']['puts_per_s']:,.0f}",
-                     f"{row['files']['puts_per_s']:,.0f}", f"{row['ratio']}×"])  # fmt: skip
+                     f"{row['files']['puts_per_s']:,.0f}",
+                     f"{row['ratio']}×" if row["ratio"] else "– (no file put finished)"])  # fmt: skip
     out += _md(rows)
     rec = sp.get("recovery")
     if rec:

@@ -227,3 +227,26 @@ def test_a_peer_that_cannot_start_is_reported_and_cleaned_up() -> None:
     with pytest.raises(RuntimeError, match="exited with 3.*no such listener"):
         peer.start()
     assert not peer.workdir.exists()
+
+
+def test_spool_bench_abandons_puts_that_outlive_the_window() -> None:
+    import asyncio
+    import time
+
+    from bench import spool
+
+    async def run() -> dict[str, object]:
+        calls = [0]
+        never = asyncio.Event()
+
+        async def put() -> None:  # the first two finish, then one hangs as a starved thread would
+            calls[0] += 1
+            if calls[0] > 2:
+                await never.wait()
+
+        return await spool.run_producers(put, 1, 0.2, 100, 0.0)
+
+    t0 = time.monotonic()
+    res = asyncio.run(run())
+    assert time.monotonic() - t0 < 10
+    assert res["puts"] == 2 and res["abandoned_in_flight"] == 1
