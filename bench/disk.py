@@ -28,12 +28,12 @@ _FILE_PAGES = 4096  # 16 MiB written before timing: overwrites, as in a spool in
 
 def flush_latency(directory: str, samples: int = 200) -> dict[str, Any]:
     """Median µs of a one-page ``pwrite`` + ``fdatasync`` and of a 120-byte ``O_DSYNC`` write."""
-    fd_path = os.path.join(directory, f"flush-probe-{os.getpid()}")
-    data = os.open(fd_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    path = os.path.join(directory, f"flush-probe-{os.getpid()}")
+    data = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.pwrite(data, os.urandom(PAGE) * _FILE_PAGES, 0)
         os.fsync(data)
-        meta = os.open(fd_path, os.O_RDWR | os.O_DSYNC)
+        meta = os.open(path, os.O_RDWR | os.O_DSYNC)
         try:
             page, rng = os.urandom(PAGE), random.Random(7)
             data_us, meta_us = [], []
@@ -50,7 +50,7 @@ def flush_latency(directory: str, samples: int = 200) -> dict[str, Any]:
             os.close(meta)
     finally:
         os.close(data)
-        os.unlink(fd_path)
+        os.unlink(path)
     data_med, meta_med = statistics.median(data_us), statistics.median(meta_us)
     return {
         "samples": samples,

@@ -321,7 +321,6 @@ class Fastmta(Peer):
         self.name = name
         self.durable = sync
         super().__init__()
-        self.sync = sync
         self.hold = hold
         self.relay_to = relay_to
         self.metrics = metrics
@@ -335,7 +334,7 @@ class Fastmta(Peer):
             f'[[listener]]\nname = "bench"\naddress = "{self.address}"\n\n'
             f"[limits]\nmax_connections_per_ip = 5000\n\n"
             f'[spool]\npath = "{self.spool}"\nmap_size = "1GiB"\n'
-            f"sync = {'true' if self.sync else 'false'}\n\n"
+            f"sync = {'true' if self.durable else 'false'}\n\n"
             f'[delivery]\nhold = {"true" if self.hold else "false"}\ntls = "none"\n'
             f"max_connections_per_destination = 20\n\n"
             f'[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n\n'

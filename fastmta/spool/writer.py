@@ -307,8 +307,9 @@ class Inbox:
         if self.start:
             self.buf[:n] = self.buf[self.start : self.end]
             self.start, self.end = 0, n
-        if n == len(self.buf) or self._head_length() > len(self.buf):
-            grown = bytearray(max(2 * len(self.buf), self._head_length()))
+        need = self._head_length()
+        if n == len(self.buf) or need > len(self.buf):
+            grown = bytearray(max(2 * len(self.buf), need))
             grown[:n] = self.buf[:n]
             self.buf = grown
 

@@ -8,10 +8,12 @@ and must write its JSON, its chart and the report table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -230,9 +232,6 @@ def test_a_peer_that_cannot_start_is_reported_and_cleaned_up() -> None:
 
 
 def test_spool_bench_abandons_puts_that_outlive_the_window() -> None:
-    import asyncio
-    import time
-
     from bench import spool
 
     async def run() -> dict[str, object]:
