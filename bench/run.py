@@ -7,7 +7,7 @@ Each bench runs as its own subprocess with ``--json`` (its progress lines go to
 this terminal) under a wall-clock bound, so one broken bench is reported and the
 others still run. Writes ``bench/results/<date>.json``, ``<date>.md`` (the
 Markdown report it also prints) and ``<date>.png``; ``bench/report.py
-<date>.json --readme`` gives the short table of README's "Performance" section.
+<date>.json --readme`` gives the short tables of docs/performance.md.
 ``--quick`` finishes in under 10 minutes on 2 cores.
 """
 
