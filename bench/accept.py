@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Durable accept benchmark (issue 4 §9): fastmta beside Postfix, aiosmtpd and the bare-uvloop limit.
+"""Durable accept benchmark: fastmta beside Postfix, aiosmtpd and the bare-uvloop limit.
 
     .venv/bin/python bench/accept.py [--quick] [--reps 3] [--json OUT]
 

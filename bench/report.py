@@ -148,11 +148,7 @@ def goal_lines(benches: dict[str, Any]) -> list[str]:
         unit = " (MB/s)" if sc.startswith("100k") else ""
         shown = [f"{v:.2f}×" if v is not None else "–" for v in got.values()]
         rows.append([f"{bench} {sc}: fastmta ≥ {want:g}× {peer}{unit}", *shown, "yes" if met else "**no**"])
-    return (
-        ["", "**Targets** (ratios of medians in this run)", "", *_md(rows)]
-        if len(rows) > 1
-        else []
-    )
+    return ["", "**Targets** (ratios of medians in this run)", "", *_md(rows)] if len(rows) > 1 else []
 
 
 def metrics_cost_lines(acc: dict[str, Any]) -> list[str]:
@@ -513,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("result", help="a bench/results/<date>.json file")
     ap.add_argument("--png", help="also write the chart here")
-    ap.add_argument("--readme", action="store_true", help="print only the short tables of docs/performance.md")
+    ap.add_argument("--readme", action="store_true", help="only the short tables of docs/performance.md")
     args = ap.parse_args(argv)
     result = json.loads(Path(args.result).read_text())
     print(readme(result) if args.readme else render(result))

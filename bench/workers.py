@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Worker processes (issue 9 §6): durable accept and relay with ``workers = 1`` and ``2`` in one run.
+"""Worker processes: durable accept and relay with ``workers = 1`` and ``2`` in one run.
 
     .venv/bin/python bench/workers.py [--quick] [--reps 3] [--seconds 8] [--json OUT]
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The JSON delivery log (DESIGN.md §3.5): one object per line, per event and recipient.
+"""The JSON delivery log (fields in docs/operations.md): one object per line, per event and recipient.
 
 Lines go to stdout (or ``[log] file``). Callers hand over whole batches so one
 commit or one delivery attempt costs one ``write``; nothing here is formatted

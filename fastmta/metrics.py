@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Every metric fastmta exports, defined once (DESIGN.md §3.4).
+"""Every metric fastmta exports, defined once (each one documented in docs/operations.md).
 
 Names and labels here are a public contract: the Grafana dashboard and the alert
 rules in ``deploy/`` read them. No label takes an unbounded set of values (no

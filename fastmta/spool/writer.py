@@ -3,7 +3,7 @@
 
 Why a process and not a thread: py-lmdb drops the GIL inside every call and must
 win it back from a busy event loop, which costs up to one switch interval (5 ms)
-per call (DESIGN.md §4). Measured with ``bench/spool.py`` (busy loop, 4 KiB, the
+per call (the GIL convoy). Measured with ``bench/spool.py`` (busy loop, 4 KiB, the
 same shared 2-core machine minutes apart): a writer thread gave 2.8 durable puts/s
 with one producer and 8,100/s with 500 (212 and 17,200/s with
 ``sys.setswitchinterval(0.0005)``, a process-wide change we would rather not

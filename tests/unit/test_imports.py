@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The import graph of STYLE.md §3.1, checked on the real tree with ``ast``.
+"""The import graph (docs/architecture.md, "Import rules"), checked on the real tree with ``ast``.
 
 Every import of a ``fastmta`` module counts, wherever it stands: at module
 level, inside a function (lazy) or under ``TYPE_CHECKING`` (a typing edge is
@@ -252,7 +252,7 @@ def test_imports_follow_the_graph() -> None:
                 continue  # a package uses its own submodules
             if not _within(e.target, allowed):
                 bad.append(f"{module}:{e.line}: imports {e.target}")
-    assert not bad, "imports outside STYLE.md §3.1:\n" + "\n".join(bad)
+    assert not bad, "imports outside the import rules:\n" + "\n".join(bad)
 
 
 def test_exceptions_are_still_needed() -> None:
