@@ -31,7 +31,7 @@ def share(total: int, workers: int) -> int:
 
 
 def worker_config(cfg: Config, index: int, workers: int) -> Config:
-    """What worker ``index`` of ``workers`` runs with (README "Worker processes" documents it).
+    """What worker ``index`` of ``workers`` runs with (docs/operations.md, "Worker processes").
 
     Connection ceilings (inbound total, inbound per client IP, outbound per
     destination and in ``limit`` shaping rules) become ceil(limit / N) per worker
