@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastmta.delivery import replies
 from fastmta.dns import DnsFailure, Resolver
@@ -31,7 +31,7 @@ class Host:
     name: str
     address: str
     port: int
-    pref: int = 0
+    pref: int = field(default=0, compare=False)  # where it ranks, not which host it is
 
     def __str__(self) -> str:
         return f"{self.name}[{self.address}]:{self.port}"
