@@ -27,7 +27,6 @@ from fastmta.errors import Bounced, Reply
 from fastmta.smtp.trace import hops
 
 _CACHE_MAX = 4096
-_WILDCARDS = ("", "0.0.0.0", "::")
 
 
 def too_many_hops(message: bytes, max_hops: int) -> Bounced | None:
@@ -53,7 +52,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def _listening(host: str, port: int) -> list[tuple[str, int]]:
     """The (address, port) pairs a listener binds: its IP, or what its name resolves to."""
-    if host in _WILDCARDS or _ip(host) is not None:
+    if not host or _ip(host) is not None:  # "": every address
         return [(host, port)]
     try:  # a name such as "localhost": resolved the way the listener's bind resolved it
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
