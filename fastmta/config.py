@@ -159,6 +159,12 @@ def _domain(value: object) -> str:
     return s
 
 
+def _route_domain(value: object) -> str:
+    """A ``[[route]]`` domain: ``*`` (every domain), or a domain normalised as ``local_domains``
+    are (lower case, no trailing dot), so that it matches the recipient domains it names."""
+    return "*" if value == "*" else _domain(value)
+
+
 def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(_str(value), strict=False)
@@ -172,6 +178,21 @@ def _address(value: object) -> tuple[str, int]:
 
 def _optional_address(value: object) -> tuple[str, int] | None:
     return None if value == "" else parse_hostport(_str(value))
+
+
+# A route next hop written without a port takes ``[delivery] port`` (filled in by
+# ``_fill_derived``): the next hop stands where an MX host would, and MX hosts are
+# reached on that port.
+_DELIVERY_PORT = -1
+
+
+def _nexthop(value: object) -> tuple[str, int]:
+    host, port = parse_hostport(_str(value), default_port=_DELIVERY_PORT)
+    if not host:
+        raise _Invalid('expected "host" or "host:port"')
+    if port == 0:
+        raise _Invalid("bad port '0'")
+    return host, port
 
 
 def _nameserver(value: object) -> tuple[str, int]:
@@ -252,6 +273,9 @@ class LimitsConfig:
     command_timeout: float = _opt(parse_duration, 300.0)
     data_timeout: float = _opt(parse_duration, 600.0)
     bare_lf: str = _opt(_choice("reject", "normalise"), "reject")
+    # Received: and Delivered-To: fields a message may arrive with (as Postfix's
+    # hopcount_limit): more is a mail loop, refused 554 5.4.6 or bounced 5.4.6.
+    max_hops: int = _opt(_int(1), 50)
 
 
 @dataclass(frozen=True)
@@ -302,8 +326,8 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class RouteConfig:
-    domain: str = _opt(_str, "*")
-    nexthop: tuple[str, int] = _opt(_address, ("127.0.0.1", 25))
+    domain: str = _opt(_route_domain, "*")
+    nexthop: tuple[str, int] = _opt(_nexthop, ("127.0.0.1", 25))  # "host" alone: [delivery] port
     auth_file: str = _opt(_str, "")
     tls: str = _opt(_choice("", "none", "opportunistic", "required"), "")
 
@@ -345,6 +369,7 @@ class Config:
 
     def route_for(self, domain: str) -> RouteConfig | None:
         """The transport-map entry for a domain: exact match wins over ``*``."""
+        domain = domain.lower().rstrip(".")
         star = None
         for r in self.routes:
             if r.domain == domain:
@@ -439,12 +464,6 @@ def _cross_checks(cfg: Config) -> list[str]:
             parse_hostport(cfg.local.lmtp)
         except _Invalid as e:
             errors.append(f"local.lmtp: {e}")
-    for i, r in enumerate(cfg.routes):
-        if r.domain != "*":
-            try:
-                _domain(r.domain)
-            except _Invalid as e:
-                errors.append(f"route[{i}].domain: {e}")
     return errors
 
 
@@ -453,7 +472,11 @@ def _fill_derived(cfg: Config) -> Config:
     delivery = cfg.delivery
     if not delivery.bounce_from:
         delivery = dataclasses.replace(delivery, bounce_from=f"MAILER-DAEMON@{hostname}")
-    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery)
+    routes = tuple(
+        dataclasses.replace(r, nexthop=(r.nexthop[0], delivery.port)) if r.nexthop[1] == _DELIVERY_PORT else r
+        for r in cfg.routes
+    )
+    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery, routes=routes)
 
 
 def load(path: str | None = None) -> Config:

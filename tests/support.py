@@ -8,6 +8,7 @@ processes on loopback. A missing tool fails the test; it never skips it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +110,14 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             proc.wait(10)
 
 
+def traced_message(received: int, delivered_to: int = 0, subject: str = "hops") -> bytes:
+    """A CRLF message that has passed hops already: ``received`` Received: fields and
+    ``delivered_to`` Delivered-To: fields on top of its own header."""
+    trace = b"Received: from a.test by b.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n" * received
+    trace += b"Delivered-To: someone@b.test\r\n" * delivered_to
+    return trace + f"From: a@src.test\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+
+
 def fastmta_cmd(*args: str) -> list[str]:
     return [PYTHON, "-m", "fastmta", *args]
 
@@ -172,6 +182,11 @@ class ServerProcess:
     def log_lines(self) -> list[str]:
         self._out.flush()
         return self.log_path.read_text(errors="replace").splitlines()
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The delivery log's records so far, those of one ``event`` when given."""
+        recs = [json.loads(line) for line in self.log_lines() if line.startswith("{")]
+        return [r for r in recs if event is None or r["event"] == event]
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -52,6 +52,7 @@ class StdioSettings:
         self.max_line = limits.max_line_length
         self.max_recipients = limits.max_recipients
         self.max_errors = limits.max_errors
+        self.max_hops = limits.max_hops
         self.policy: Policy = _LocalPolicy(cfg)
         self.users = Users()
         self.auth_failures = AuthFailures(cfg.policy.max_auth_failures_per_ip)

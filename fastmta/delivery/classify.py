@@ -16,7 +16,7 @@ from fastmta.errors import Bounced, Deferred, Reply
 
 CLASSES = (
     "invalid_recipient", "bad_domain", "mailbox_full", "policy", "rate_limited",
-    "tls", "dns", "timeout", "connection", "other",
+    "tls", "dns", "timeout", "connection", "loop", "other",
 )  # fmt: skip
 
 # Text patterns, tried in order before the enhanced code (first match wins).
@@ -34,6 +34,7 @@ _BY_CODE = {
     "2.2": "mailbox_full",
     "4.1": "connection", "4.2": "connection", "4.0": "connection",
     "4.3": "dns", "4.7": "timeout",
+    "4.6": "loop",  # routing loop: too many hops, or a next hop that is ourselves
     "7.10": "tls", "7.11": "tls", "7.5": "tls",
     "7.28": "rate_limited",
 }  # fmt: skip

@@ -27,6 +27,7 @@ from fastmta.config import Config
 from fastmta.delivery import Attempt, Destination, replies
 from fastmta.delivery.classify import failure_outcome
 from fastmta.delivery.lmtp import LmtpClient
+from fastmta.delivery.loops import too_many_hops
 from fastmta.delivery.maildir import maildir_host, maildir_write
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
 
@@ -219,8 +220,11 @@ class LocalDeliverer:
         attempt = Attempt(nexthop=self._lmtp.nexthop if self._lmtp is not None else "maildir")
         try:
             body = self.spool.body(envelope.id)
+            looped = None if body is None else too_many_hops(body, self.cfg.limits.max_hops)
             if body is None:
                 attempt.outcomes = {i: Deferred(replies.NO_BODY, "other") for i in rcpts}
+            elif looped is not None:  # Delivered-To: fields count: a .forward or alias loop
+                attempt.outcomes = dict.fromkeys(rcpts, looped)
             elif self._lmtp is not None:
                 attempt.outcomes = await self._deliver_lmtp(self._lmtp, envelope, rcpts, body)
             else:
@@ -265,7 +269,7 @@ class LocalDeliverer:
                 continue
             raw = addr.encode("utf-8", "surrogateescape")
             if raw.lower() in seen:
-                outcomes[i] = Bounced(R_LOOP, "other")
+                outcomes[i] = Bounced(R_LOOP, "loop")
                 continue
             box = os.path.join(self._root, *checked)
             parts = (return_path, b"Delivered-To: " + raw + b"\n", text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastmta.delivery import replies
 from fastmta.dns import DnsFailure, Resolver
@@ -25,11 +25,13 @@ MAX_HOSTS = 10  # addresses tried per attempt, as Postfix's smtp_mx_address_limi
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    """One address to try: the exchanger's name (TLS checks it), the IP and the port."""
+    """One address to try: the exchanger's name (TLS checks it), the IP, the port, and
+    the MX preference it came from (0 for routes, literals and implicit MX)."""
 
     name: str
     address: str
     port: int
+    pref: int = field(default=0, compare=False)  # where it ranks, not which host it is
 
     def __str__(self) -> str:
         return f"{self.name}[{self.address}]:{self.port}"
@@ -93,7 +95,7 @@ async def resolve(resolver: Resolver, domain: str, port: int, max_hosts: int = M
             raise MxError(Bounced(replies.NULL_MX, "bad_domain"))
         exchangers = real  # RFC 7505 §3: a null MX mixed with others is ignored
     found = await asyncio.gather(
-        *(addresses(resolver, h, port, max_hosts) for _, h in exchangers[:max_hosts])
+        *(addresses(resolver, h, port, max_hosts, pref) for pref, h in exchangers[:max_hosts])
     )
     out: list[Host] = []
     for hosts in found:
@@ -103,11 +105,13 @@ async def resolve(resolver: Resolver, domain: str, port: int, max_hosts: int = M
     return out[:max_hosts]
 
 
-async def addresses(resolver: Resolver, name: str, port: int, limit: int = MAX_HOSTS) -> list[Host] | None:
+async def addresses(
+    resolver: Resolver, name: str, port: int, limit: int = MAX_HOSTS, pref: int = 0
+) -> list[Host] | None:
     """A then AAAA of ``name`` as Hosts; ``[]`` when it has none, None on a temporary failure."""
     literal = _literal(name)
     if literal is not None:
-        return [Host(literal, literal, port)]
+        return [Host(literal, literal, port, pref)]
     found = await asyncio.gather(
         resolver.lookup(name, "A"), resolver.lookup(name, "AAAA"), return_exceptions=True
     )
@@ -119,7 +123,7 @@ async def addresses(resolver: Resolver, name: str, port: int, limit: int = MAX_H
         elif isinstance(result, BaseException):
             raise result
         else:
-            out.extend(Host(name, addr, port) for addr in result)
+            out.extend(Host(name, addr, port, pref) for addr in result)
     if not out and temporary:
         return None
     return out[:limit]

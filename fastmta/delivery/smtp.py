@@ -23,6 +23,7 @@ from fastmta.config import Config, RouteConfig
 from fastmta.delivery import Attempt, Destination, replies
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
+from fastmta.delivery.loops import OwnAddresses, too_many_hops
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
 from fastmta.dns import Resolver
@@ -53,6 +54,7 @@ class SmtpDeliverer:
         self._opportunistic = _opportunistic_context()
         self._verified: ssl.SSLContext | None = None
         self._credentials: dict[str, tuple[int, tuple[str, str] | None]] = {}  # path → (mtime, creds)
+        self._own = OwnAddresses(cfg.listeners)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -69,6 +71,7 @@ class SmtpDeliverer:
         self.pool.idle_timeout = cfg.delivery.idle_timeout
         self._verified = None
         self._credentials.clear()
+        self._own = OwnAddresses(cfg.listeners)
 
     async def deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
         start = time.monotonic()
@@ -87,6 +90,9 @@ class SmtpDeliverer:
         body = self.spool.body(envelope.id)
         if body is None:
             return Attempt(dict.fromkeys(rcpts, Deferred(replies.NO_BODY, "other")))
+        looped = too_many_hops(body, self.cfg.limits.max_hops)
+        if looped is not None:
+            return Attempt(dict.fromkeys(rcpts, looped))
         client = self.pool.get(dest.key)
         if client is not None:
             attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)
@@ -168,16 +174,18 @@ class SmtpDeliverer:
         return [h for h in hosts if (h.address, h.port) not in self._dead] + dead if dead else hosts
 
     async def _hosts(self, dest: Destination) -> list[Host]:
-        port = self.cfg.delivery.port
+        """The hosts to try, best first, never ourselves; MxError when there are none."""
         if dest.route is None:
-            return await resolve(self.resolver, dest.domain, port)
-        host, port = dest.route.nexthop
-        found = await addresses(self.resolver, host, port)
-        if found is None:
-            raise MxError(Deferred(replies.DNS_TEMPFAIL, "dns"))
-        if not found:
-            raise MxError(Deferred(replies.MX_NO_ADDRESS, "dns"))
-        return found
+            found = await resolve(self.resolver, dest.domain, self.cfg.delivery.port)
+        else:
+            host, port = dest.route.nexthop
+            route_hosts = await addresses(self.resolver, host, port)
+            if route_hosts is None:
+                raise MxError(Deferred(replies.DNS_TEMPFAIL, "dns"))
+            if not route_hosts:
+                raise MxError(Deferred(replies.MX_NO_ADDRESS, "dns"))
+            found = route_hosts
+        return self._own.usable(found, dest.domain)
 
     async def _session(self, host: Host, policy: str, route: RouteConfig | None) -> SmtpClient:
         key = (host.address, host.port)

@@ -49,6 +49,7 @@ class ListenerSettings:
         self.parser_max_line = max(self.max_line, AUTH_MAX_LINE) if auth_possible else self.max_line
         self.max_recipients = limits.max_recipients
         self.max_errors = limits.max_errors
+        self.max_hops = limits.max_hops
         self.bare_lf = limits.bare_lf
         self.command_timeout = limits.command_timeout
         self.data_timeout = limits.data_timeout

@@ -24,6 +24,7 @@ from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import auth
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
+from fastmta.smtp.trace import hops
 
 # --- states -------------------------------------------------------------------------
 S_INIT = 0  # connected, no EHLO/HELO yet
@@ -119,6 +120,7 @@ class Settings(Protocol):
     max_line: int  # command lines, CRLF included; AUTH lines may be longer (auth.MAX_LINE)
     max_recipients: int
     max_errors: int
+    max_hops: int  # Received:/Delivered-To: fields a message may arrive with
     policy: Policy
     users: auth.Users
     auth_failures: AuthFailures
@@ -242,6 +244,8 @@ class Session:
         txn = self.txn
         if txn is None or self.state not in (S_DATA, S_BDAT):
             return None
+        if hops(body) > self.cfg.max_hops:  # a mail loop: refused whole, like a smuggling attempt
+            return self._body_refused(R.R_554_TOO_MANY_HOPS, "too_many_hops")
         msg_id = self.cfg.new_id()
         self._set_state(S_COMMIT)
         # The Received: line travels beside the body, not joined to it: no copy of the body.

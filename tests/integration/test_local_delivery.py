@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PYTHON, ROOT, ServerProcess, fastmta_server, free_port, run_fastmta, wait_until
+from tests.support import (
+    PYTHON,
+    ROOT,
+    ServerProcess,
+    fastmta_server,
+    free_port,
+    run_fastmta,
+    traced_message,
+    wait_until,
+)
 
 LOCAL_CONFIG = """
 [[listener]]
@@ -207,3 +216,22 @@ def test_parallel_sendmail_processes_beside_a_running_server(server: tuple[Serve
     files = sorted((tmp_path / "mail" / "local.test" / "bob" / "new").iterdir())
     bodies = sorted(f.read_bytes().rsplit(b"\n\n", 1)[1] for f in files)
     assert bodies == sorted(f"body {n}\n".encode() for n in range(8))
+
+
+def test_too_many_delivered_to_fields_bounce_5_4_6(server: tuple[ServerProcess, Path, int],
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """An alias or .forward loop shows as Delivered-To: fields. sendmail queues without looking;
+    local delivery takes what arrived with max_hops (50) of them, bounces one more with 5.4.6."""
+    srv, cfg, _ = server
+    for n, subject in ((50, "edge"), (51, "looped")):
+        r = run_fastmta("sendmail", "--config", str(cfg), "-f", "alice@local.test", "bob@local.test",
+                        input=traced_message(0, n, subject))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    [dsn] = wait_files(tmp_path / "mail" / "local.test" / "alice", 1)
+    [mail] = wait_files(tmp_path / "mail" / "local.test" / "bob", 1)
+    assert b"Subject: edge" in mail.read_bytes()
+    assert b"Status: 5.4.6" in dsn.read_bytes() and b"Subject: looped" in dsn.read_bytes()
+    wait_until(lambda: bool(srv.events("bounced")), what="the bounce in the log")
+    [bounced] = srv.events("bounced")
+    assert bounced["rcpt"] == "bob@local.test" and bounced["enhanced"] == "5.4.6"
+    assert bounced["bounce_class"] == "loop"

@@ -32,6 +32,8 @@ CASES = [
     (421, "4.0.0", "Service not available, closing transmission channel", "connection"),
     (451, "4.4.7", "Delivery time expired", "timeout"),
     (451, "4.0.0", "Connection timed out", "timeout"),
+    (554, "5.4.6", "Too many hops", "loop"),
+    (554, "5.4.6", "mail for a.test loops back to myself", "loop"),
     (552, "5.3.4", "Message too big", "other"),
     (451, "4.3.0", "Internal error", "other"),
 ]  # fmt: skip

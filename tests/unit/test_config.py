@@ -122,3 +122,60 @@ def test_check_config_command(tmp_path: Path) -> None:
     broken.write_text("[limits\n")
     r = run_fastmta("check-config", "--config", str(broken))
     assert r.returncode == 2 and b"not valid TOML" in r.stderr
+
+
+def test_route_domains_are_normalised_like_local_domains() -> None:
+    """A route written "Example.COM" or "example.net." matches the mail it names."""
+    cfg = config.from_dict(
+        {
+            "policy": {"local_domains": ["Local.TEST."]},
+            "route": [
+                {"domain": "Example.COM", "nexthop": "127.0.0.2:2626"},
+                {"domain": "example.net.", "nexthop": "127.0.0.3:2626"},
+            ],
+        }
+    )
+    assert cfg.policy.local_domains == ("local.test",)
+    assert [r.domain for r in cfg.routes] == ["example.com", "example.net"]
+    for domain, host in [("example.com", "127.0.0.2"), ("EXAMPLE.net.", "127.0.0.3")]:
+        route = cfg.route_for(domain)
+        assert route is not None and route.nexthop == (host, 2626), domain
+    assert cfg.route_for("example.org") is None
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"route": [{"domain": "a b.test", "nexthop": "127.0.0.1:25"}, {"domain": "."}]})
+    assert e.value.errors == ["route[0].domain: bad domain 'a b.test'", "route[1].domain: bad domain '.'"]
+
+
+@pytest.mark.parametrize(
+    ("nexthop", "delivery", "value"),
+    [
+        ("smarthost.test", {}, ("smarthost.test", 25)),
+        ("smarthost.test", {"port": 2626}, ("smarthost.test", 2626)),
+        ("[::1]", {"port": 2626}, ("::1", 2626)),
+        ("127.0.0.1", {}, ("127.0.0.1", 25)),
+        ("smarthost.test:587", {"port": 2626}, ("smarthost.test", 587)),
+    ],
+)
+def test_route_nexthop_without_a_port_takes_the_delivery_port(
+    nexthop: str, delivery: dict[str, int], value: tuple[str, int]
+) -> None:
+    cfg = config.from_dict({"route": [{"domain": "*", "nexthop": nexthop}], "delivery": delivery})
+    assert cfg.routes[0].nexthop == value
+
+
+@pytest.mark.parametrize(
+    ("nexthop", "error"),
+    [(":25", 'expected "host" or "host:port"'), ("h.test:0", "bad port '0'"), ("h.test:x", "bad port 'x'")],
+)
+def test_route_nexthop_errors(nexthop: str, error: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"route": [{"nexthop": nexthop}]})
+    assert e.value.errors == [f"route[0].nexthop: {error}"]
+
+
+def test_max_hops() -> None:
+    assert config.load(None).limits.max_hops == 50
+    assert config.from_dict({"limits": {"max_hops": 1}}).limits.max_hops == 1
+    for bad in (0, "50", True):
+        with pytest.raises(config.ConfigError, match=r"limits.max_hops: expected an integer"):
+            config.from_dict({"limits": {"max_hops": bad}})

@@ -145,6 +145,7 @@ RULES: dict[str, set[str]] = {
         "fastmta.parser",
         "fastmta.smtp.commands",
         "fastmta.smtp.replies",
+        "fastmta.smtp.trace",  # the hop count, shared with the receiving session
         "fastmta.spool.records",
         "fastmta.metrics",
         "fastmta.errors",
@@ -217,6 +218,7 @@ STDLIB_ONLY = {
     "fastmta.smtp.replies": set(),
     "fastmta.smtp.commands": set(),
     "fastmta.smtp.session": set(),
+    "fastmta.smtp.trace": set(),
     "fastmta.policy": set(),
     "fastmta.scheduler.retry": set(),
     "fastmta.cli": set(),

@@ -14,6 +14,7 @@ from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
 from fastmta.smtp.auth import Users
+from tests.support import traced_message
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FakeSettings:
     max_line: int = 512
     max_recipients: int = 2
     max_errors: int = 3
+    max_hops: int = 5
     policy: Policy = field(
         default_factory=lambda: Policy(from_dict({"policy": {"relay_domains": ["in.test"]}}))
     )
@@ -157,6 +159,25 @@ def test_smuggling_and_size_reset_the_transaction() -> None:
     run(s, b"DATA")
     s.data_too_big()
     assert s.out == [R.R_552_TOO_BIG] and s.state == S.S_READY
+
+
+@pytest.mark.parametrize("verb", [b"DATA", b"BDAT"])
+def test_too_many_hops_at_reception(verb: bytes) -> None:
+    """max_hops fields are accepted; one more is a mail loop, refused 554 5.4.6 with the
+    transaction (the session goes on)."""
+    for n, accepted in [(5, True), (6, False)]:
+        s = session_in(S.S_RCPT)
+        body = traced_message(n - 2, 2)
+        if verb == b"DATA":
+            run(s, b"DATA")
+        else:
+            s.line(b"BDAT %d LAST" % len(body))
+        act = s.data_end(body)
+        if accepted:
+            assert act is not None and act[0] == S.A_COMMIT, n
+            continue
+        assert act is None and s.out[-1] == R.R_554_TOO_MANY_HOPS and s.state == S.S_READY, n
+        assert s.txn is None and s.cfg.rejections == ["too_many_hops"]  # type: ignore[attr-defined]
 
 
 def test_errors_limit() -> None:
