@@ -35,7 +35,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def row(env: Envelope) -> dict[str, Any]:
-    """The ``list --json`` object (keys fixed by DESIGN.md §3.1)."""
+    """The ``list --json`` object (its keys are a published contract: never rename them)."""
     return {
         "id": env.id, "from": env.sender, "rcpts": [r.addr for r in env.rcpts if r.pending],
         "size": env.size, "attempts": env.attempts, "arrived": iso(env.arrived),
@@ -211,6 +211,7 @@ def _stats_doc(st: admin.Stats) -> dict[str, Any]:
         "messages": st.messages, "bytes": st.bytes, "recipients": st.recipients, "new": st.new,
         "deferred": st.deferred, "due_now": st.due_now, "oldest_arrived": iso(st.oldest_arrived),
         "damaged": st.damaged, "quarantined": st.quarantined, "map_used_bytes": st.map_used_bytes,
+        "map_free_bytes": st.map_free_bytes, "map_high_water_bytes": st.map_high_water_bytes,
         "map_size_bytes": st.map_size_bytes, "max_map_size_bytes": st.max_map_size_bytes,
     }  # fmt: skip
 

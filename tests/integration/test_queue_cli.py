@@ -91,6 +91,7 @@ def test_list_show_stats_on_a_stopped_spool(cfg_path: Path) -> None:
     assert st["messages"] == 3 and st["recipients"]["pending"] == 4 and st["due_now"] == 2
     assert st["new"] == 3 and st["bytes"] == sum(r["size"] for r in rows.values())
     assert ISO.match(st["oldest_arrived"]) and st["map_used_bytes"] > 0 and st["quarantined"] == 0
+    assert st["map_free_bytes"] >= 0 and st["map_high_water_bytes"] >= st["map_used_bytes"]
     rc, out, _ = q(cfg_path, "stats")
     assert rc == 0 and "messages:" in out
 
