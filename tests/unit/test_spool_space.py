@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+from fastmta.config import SpoolConfig
+from fastmta.spool.committer import FULL_HOLD, Committer
 from fastmta.spool.space import MIN_FREE_DISK, NEARLY_FULL, Space, shortage
 from fastmta.spool.store import Store
+from fastmta.spool.writer import FULL
 
 MIB = 1024**2
 
@@ -59,3 +64,20 @@ def test_measure_sees_deleted_pages_as_free(tmp_path: Path) -> None:
         assert shortage(drained._replace(max_map_size=full.high_water)) is None
     finally:
         store.close()
+
+
+def test_a_failed_put_holds_until_more_room_is_measured() -> None:
+    """After a put failed for space the committer refuses for FULL_HOLD seconds, unless the
+    writer measures more room first (a drain): then it takes mail at once."""
+    loop = asyncio.new_event_loop()
+    try:
+        c = Committer(SpoolConfig(path="unused"), loop, lambda batch, results: None)
+        full = space(96 * MIB, 0)
+        c._acked({"space": full, "results": [(1, FULL, "")], "seconds": 0.001, "ops": 1})
+        assert c.shortage == "spool nearly full" and c.full_until > time.monotonic() + FULL_HOLD - 1
+        c._acked({"space": full, "results": []})  # an idle measurement, nothing new: still held
+        assert c.full_until > 0
+        c._acked({"space": space(96 * MIB, 90 * MIB), "results": []})  # drained
+        assert c.shortage is None and c.full_until == 0
+    finally:
+        loop.close()
