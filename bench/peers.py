@@ -314,10 +314,12 @@ class Fastmta(Peer):
     ``hold`` keeps delivery off (accept tests); ``relay_to`` routes every domain to a
     sink (relay tests). ``metrics`` False sets FASTMTA_METRICS=off. ``sync`` False is
     ``[spool] sync = false``: not durable, a diagnostic of what the fsyncs cost.
+    ``map_size`` and ``max_map_size`` are the ``[spool]`` keys (fault runs use small ones).
     """
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
-                 spool: Path | None = None, name: str = "fastmta", sync: bool = True) -> None:  # fmt: skip
+                 spool: Path | None = None, name: str = "fastmta", sync: bool = True,
+                 map_size: str = "1GiB", max_map_size: str = "") -> None:  # fmt: skip
         self.name = name
         self.durable = sync
         super().__init__()
@@ -325,6 +327,7 @@ class Fastmta(Peer):
         self.relay_to = relay_to
         self.metrics = metrics
         self.spool = spool or self.workdir / "spool"
+        self.map_size, self.max_map_size = map_size, max_map_size
         self.config = self.workdir / "fastmta.toml"
 
     def write_config(self) -> None:
@@ -333,8 +336,9 @@ class Fastmta(Peer):
             f'hostname = "bench.fastmta.test"\n\n'
             f'[[listener]]\nname = "bench"\naddress = "{self.address}"\n\n'
             f"[limits]\nmax_connections_per_ip = 5000\n\n"
-            f'[spool]\npath = "{self.spool}"\nmap_size = "1GiB"\n'
-            f"sync = {'true' if self.durable else 'false'}\n\n"
+            f'[spool]\npath = "{self.spool}"\nmap_size = "{self.map_size}"\n'
+            + (f'max_map_size = "{self.max_map_size}"\n' if self.max_map_size else "")
+            + f"sync = {'true' if self.durable else 'false'}\n\n"
             f'[delivery]\nhold = {"true" if self.hold else "false"}\ntls = "none"\n'
             f"max_connections_per_destination = 20\n\n"
             f'[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n\n'

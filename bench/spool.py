@@ -191,7 +191,7 @@ def fill(path: str, count: int) -> dict[str, Any]:
                     raise
                 store.grow(64 * 1024**2)
     store.env.sync(True)
-    used = store.used_bytes()
+    used = store.high_water()
     store.close()
     return {"messages": count, "fill_seconds": round(time.perf_counter() - t0, 1),
             "disk_bytes": used, "disk_bytes_per_message": round(used / count)}  # fmt: skip

@@ -200,7 +200,7 @@ class ListenerMetrics:
 
 
 class _SpoolStatsCollector(Collector):
-    """Spool size and LMDB map use, asked of the spool at each scrape (exporter thread)."""
+    """Spool data, free pages and LMDB map use, asked of the spool at each scrape (exporter thread)."""
 
     def __init__(self) -> None:
         self.source: Callable[[], Mapping[str, float]] | None = None
@@ -214,10 +214,23 @@ class _SpoolStatsCollector(Collector):
             used, map_size = float(stats["used_bytes"]), float(stats["map_size_bytes"])
         except Exception:  # spool closing or reopening: these gauges skip a scrape, the rest stays
             return
-        yield GaugeMetricFamily("fastmta_spool_size_bytes", "Bytes of the spool in use (LMDB pages)", used)
+        yield GaugeMetricFamily(
+            "fastmta_spool_size_bytes", "Bytes of live spool data (LMDB pages the databases hold)", used
+        )
+        if "free_bytes" in stats:
+            yield GaugeMetricFamily(
+                "fastmta_spool_free_bytes",
+                "Free pages inside the spool file: reused before the file grows, so free space",
+                float(stats["free_bytes"]),
+            )
+            yield GaugeMetricFamily(
+                "fastmta_spool_high_water_bytes",
+                "LMDB's high-water mark: the spool file never shrinks below it",
+                float(stats["high_water_bytes"]),
+            )
         yield GaugeMetricFamily("fastmta_spool_map_size_bytes", "Current LMDB map size", map_size)
         yield GaugeMetricFamily(
-            "fastmta_spool_map_used_ratio", "Spool use over map size (the map grows by itself)",
+            "fastmta_spool_map_used_ratio", "Live spool data over map size (the map grows by itself)",
             used / map_size if map_size else 0.0,
         )  # fmt: skip
 
@@ -245,7 +258,8 @@ REGISTRY.register(_build_info)
 
 
 def set_spool_stats_source(source: Callable[[], Mapping[str, float]] | None) -> None:
-    """Where scrapes read spool stats: ``source()`` returns ``used_bytes`` and ``map_size_bytes``.
+    """Where scrapes read spool stats: ``source()`` returns ``used_bytes`` (live data) and
+    ``map_size_bytes``, and may add ``free_bytes`` and ``high_water_bytes``.
 
     It runs on the exporter thread at each scrape, so it must be thread-safe and
     cheap (LMDB ``env.info()``/``env.stat()`` are); ``None`` removes the gauges.

@@ -101,21 +101,19 @@ def _warn_damaged(msg_id: str, why: str) -> None:
 
 
 def _list(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
+    """One line per message (``| wc -l`` counts messages, plus the heading): its pending
+    recipients as a count; ``queue show ID`` or ``--json`` name them."""
     out = sys.stdout
     if not args.json:
-        out.write(f"{'ID':<16} {'Size':>9} {'Arrived':<20} {'Next attempt':<20} {'Tries':>5}  Sender\n")
+        out.write(f"{'ID':<16} {'Size':>9} {'Arrived':<20} {'Next attempt':<20} {'Tries':>5} "
+                  f"{'Rcpts':>5}  Sender\n")  # fmt: skip
     for n, env in enumerate(shards.iter_envelopes(stores, _warn_damaged)):
         if args.json:
             out.write(json.dumps(row(env), ensure_ascii=False) + "\n")
         else:
+            pending = sum(r.pending for r in env.rcpts)
             out.write(f"{env.id:<16} {env.size:>9} {iso(env.arrived):<20} {iso(env.next_attempt):<20} "
-                      f"{env.attempts:>5}  <{env.sender}>\n")  # fmt: skip
-            for r in env.rcpts:
-                if r.pending:
-                    note = f"  ({r.last_error})" if r.last_error else ""
-                    out.write(
-                        f"{'':<18}<{r.addr}>{' [bounce requested]' if r.state == 'bounce' else ''}{note}\n"
-                    )
+                      f"{env.attempts:>5} {pending:>5}  <{env.sender}>\n")  # fmt: skip
         if n % 1000 == 999:
             out.flush()
     return 0
@@ -213,6 +211,7 @@ def _stats_doc(st: admin.Stats) -> dict[str, Any]:
         "messages": st.messages, "bytes": st.bytes, "recipients": st.recipients, "new": st.new,
         "deferred": st.deferred, "due_now": st.due_now, "oldest_arrived": iso(st.oldest_arrived),
         "damaged": st.damaged, "quarantined": st.quarantined, "map_used_bytes": st.map_used_bytes,
+        "map_free_bytes": st.map_free_bytes, "map_high_water_bytes": st.map_high_water_bytes,
         "map_size_bytes": st.map_size_bytes, "max_map_size_bytes": st.max_map_size_bytes,
     }  # fmt: skip
 

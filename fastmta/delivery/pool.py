@@ -6,7 +6,10 @@ carried fewer than ``max_messages`` messages; it leaves on reuse (most recently
 used first, so a quiet destination lets its spare connections time out), on
 ``idle_timeout`` (QUIT), or when the peer closes it. The scheduler limits how
 many deliveries run at once per destination, so the pool never holds more than
-that many connections per key. It holds SMTP clients and LMTP sessions alike:
+that many connections per key. A delivery that retires a spent connection waits
+for its QUIT (``release``) before it ends: the scheduler's slot must outlive the
+socket, or a receiver that counts connections sees one more than the limit while
+the old one says goodbye and its successor connects. It holds SMTP clients and LMTP sessions alike:
 anything with the ``Reusable`` shape.
 """
 
@@ -54,22 +57,31 @@ class Pool(Generic[C]):
         self._idle.pop(key, None)
         return None
 
-    def put(self, key: str, client: C) -> None:
-        """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent."""
+    def put(self, key: str, client: C) -> asyncio.Task[None] | None:
+        """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent
+        (then the QUIT in progress is returned)."""
         if not client.usable or client.messages >= self.max_messages:
-            self.retire(client)
-            return
+            return self.retire(client)
         timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, key, client)
         self._idle.setdefault(key, []).append((client, timer))
+        return None
 
-    def retire(self, client: C) -> None:
-        """QUIT (or just close a broken connection) in the background."""
+    async def release(self, key: str, client: C) -> None:
+        """``put``, returning only once a spent connection is closed (its QUIT answered or
+        timed out), so the caller's connection slot covers the whole life of the socket."""
+        closing = self.put(key, client)
+        if closing is not None:
+            await asyncio.shield(closing)  # cancelled: the goodbye still finishes (close() waits)
+
+    def retire(self, client: C) -> asyncio.Task[None] | None:
+        """QUIT in the background (or just close a broken connection: None)."""
         if not client.usable:
             client.abort()
-            return
+            return None
         task = asyncio.get_running_loop().create_task(client.quit())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
 
     def _expire(self, key: str, client: C) -> None:
         idle = self._idle.get(key, [])

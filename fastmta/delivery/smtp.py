@@ -118,7 +118,7 @@ class SmtpDeliverer:
                             body: bytes, reused: bool) -> Attempt | None:  # fmt: skip
         refusal = _unfit(client, envelope, rcpts, body)
         if refusal is not None:
-            self.pool.put(dest.key, client)
+            await self.pool.release(dest.key, client)
             return Attempt(dict.fromkeys(rcpts, refusal), client.nexthop, client.tls)
         outcomes: dict[int, Outcome] = {}
         pending = rcpts
@@ -136,7 +136,7 @@ class SmtpDeliverer:
             if not client.usable or client.messages >= self.cfg.delivery.max_messages_per_connection:
                 break
             pending, reused = more, True
-        self.pool.put(dest.key, client)
+        await self.pool.release(dest.key, client)
         return Attempt(outcomes, client.nexthop, client.tls, dsn_passed="DSN" in client.ext)
 
     async def _connect(self, dest: Destination, rcpts: list[int]) -> SmtpClient | Attempt:

@@ -12,28 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fastmta import metrics
 from fastmta.config import SpoolConfig
-from fastmta.errors import SpoolFullError, SpoolUnavailableError
+from fastmta.errors import SpoolUnavailableError
 from fastmta.spool import flush, records
 from fastmta.spool.committer import Committer, Pending, outcome
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
 from fastmta.spool.recovery import RecoveryReport, recover
+from fastmta.spool.space import space_stats
 from fastmta.spool.store import Store
 
 __all__ = ["Envelope", "RcptState", "Recipient", "Spool", "new_id"]
 log = logging.getLogger("fastmta.spool")
-
-NEARLY_FULL = 0.95  # of the map ceiling: refuse new mail before a commit can fail
-MIN_FREE_DISK = 256 * 1024**2  # refuse new mail below this free (or 5 % of a small disk)
-_DISK_CHECK_EVERY = 1.0
-FULL_HOLD = 5.0  # after a put failed for space, refuse new mail early (before DATA) this long
 
 
 class Spool:
@@ -46,9 +41,6 @@ class Spool:
         self._committer: Committer | None = None
         self._callbacks: list[Callable[[list[Envelope]], Any]] = []
         self._closed = False
-        self._disk_checked = 0.0
-        self._disk_low = False
-        self._full_until = 0.0
 
     @classmethod
     def open(cls, cfg: SpoolConfig, recover_now: bool = True) -> Spool:
@@ -135,8 +127,6 @@ class Spool:
         committed: list[Envelope] = []
         for p, (status, value) in zip(batch, results, strict=True):
             res = outcome(status, value)
-            if isinstance(res, SpoolFullError):
-                self._full_until = time.monotonic() + FULL_HOLD
             if isinstance(res, BaseException):
                 if not p.fut.done():
                     p.fut.set_exception(res)
@@ -210,31 +200,23 @@ class Spool:
     # --- health --------------------------------------------------------------------
 
     def unhealthy_reason(self) -> str | None:
-        """Why new mail should be refused now (452 4.3.1), or None. Cheap: no I/O most calls."""
+        """Why new mail should be refused now (452 4.3.1), or None. No I/O: the writer
+        measures the room left (space.py) and the committer judges each measurement."""
         c = self._committer
         if self._closed or c is None:
             return "spool not running"
         if c.failure is not None:
             return c.failure
-        if c.usage >= NEARLY_FULL:
-            return "spool nearly full"
-        now = time.monotonic()
-        if now < self._full_until:
+        if c.shortage is not None:
+            return c.shortage
+        if c.full_until and time.monotonic() < c.full_until:
             return "spool full"
-        if now - self._disk_checked >= _DISK_CHECK_EVERY:
-            self._disk_checked = now
-            try:
-                st = os.statvfs(self.cfg.path)
-                floor = min(MIN_FREE_DISK, st.f_blocks * st.f_frsize // 20)
-                self._disk_low = st.f_bavail * st.f_frsize < floor
-            except OSError:
-                self._disk_low = False
-        self._full_until = 0.0
-        return "disk nearly full" if self._disk_low else None
+        return None
 
     def stats(self) -> dict[str, float]:
-        """Map use for the metrics exporter (thread-safe, cheap)."""
-        return {"used_bytes": float(self.store.used_bytes()), "map_size_bytes": float(self.store.map_size())}
+        """Live data, free pages, high water and map size for the metrics exporter
+        (thread-safe, a few µs)."""
+        return space_stats(self.store.space())
 
     async def aclose(self) -> None:
         """Stop taking work, let every operation already sent commit and resolve, close."""

@@ -142,7 +142,9 @@ class Stats:
     oldest_arrived: float | None = None
     damaged: int = 0
     quarantined: int = 0
-    map_used_bytes: int = 0
+    map_used_bytes: int = 0  # live data: pages the databases hold
+    map_free_bytes: int = 0  # free pages inside data.mdb, reused before the file grows
+    map_high_water_bytes: int = 0  # LMDB's last page: data.mdb never shrinks below it
     map_size_bytes: int = 0
     max_map_size_bytes: int = 0
 
@@ -170,7 +172,8 @@ def stats(store: Store, now: float | None = None) -> Stats:
             st.oldest_arrived = env.arrived
     with store.read() as txn:
         st.quarantined = int(txn.stat(store.quar)["entries"])
-    st.map_used_bytes = store.used_bytes()
-    st.map_size_bytes = store.map_size()
+    sp = store.space()
+    st.map_used_bytes, st.map_free_bytes, st.map_high_water_bytes = sp.live, sp.free, sp.high_water
+    st.map_size_bytes = sp.map_size
     st.max_map_size_bytes = store.max_map_size
     return st

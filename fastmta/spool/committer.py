@@ -29,6 +29,7 @@ from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
 from fastmta.spool.records import Envelope
+from fastmta.spool.space import Space, shortage
 from fastmta.spool.writer import ACK, ERROR, FULL, OK, OP, PUT, REC_LEN, REQ
 
 log = logging.getLogger("fastmta.spool")
@@ -36,6 +37,7 @@ _COMMIT_SECONDS = metrics.bound(metrics.spool_commit_seconds)
 _BATCH_SIZE = metrics.bound(metrics.spool_commit_batch_size)
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _RESTART_EVERY = 1.0
+FULL_HOLD = 5.0  # a put failed for space: refuse before DATA this long, or until more room is measured
 SEND_BUFFER = 16 * 1024**2
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux
 _WRITER_MAIN = "import sys; from fastmta.spool.writer import main; sys.exit(main(sys.argv[1:]))"
@@ -92,7 +94,9 @@ class Committer:
         self.loop = loop
         self.on_batch = on_batch
         self.failure: str | None = None
-        self.usage = 0.0
+        self.space: Space | None = None  # as the writer last measured it (space.py)
+        self.shortage: str | None = None  # why new mail must wait for room, judged on each measurement
+        self.full_until = 0.0  # FULL_HOLD's end (monotonic), 0 when none
         self._seq = 0
         self._pending: dict[int, Pending] = {}
         self._transport: asyncio.Transport | None = None
@@ -139,8 +143,17 @@ class Committer:
         if "error" in msg:
             self.failure = str(msg["error"])
         else:
-            self.usage = float(msg["usage"])
+            self._measured(msg)
             self.failure = None
+
+    def _measured(self, msg: dict[str, Any]) -> None:
+        space = msg.get("space")
+        if space is None:
+            return
+        last = self.space
+        if last is None or space.map_room() > last.map_room() or space.disk_room() > last.disk_room():
+            self.full_until = 0.0
+        self.space, self.shortage = space, shortage(space)
 
     def put(
         self,
@@ -193,13 +206,17 @@ class Committer:
         return seq
 
     def _acked(self, msg: dict[str, Any]) -> None:
-        self.usage = float(msg.get("usage", self.usage))
+        self._measured(msg)
+        if "seconds" not in msg:
+            return  # an idle writer's new measurement alone
         results = msg["results"]
         _COMMIT_SECONDS.observe(msg["seconds"])
         _BATCH_SIZE.observe(msg["ops"])
         pop = self._pending.pop
         batch, outcomes = [], []
         for seq, status, value in results:
+            if status == FULL:
+                self.full_until = time.monotonic() + FULL_HOLD
             p = pop(seq, None)
             if p is not None:  # None: already failed by close(); the commit still happened
                 batch.append(p)

@@ -17,6 +17,7 @@ is stranded by a smaller (or larger) ``workers``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -27,10 +28,10 @@ from collections.abc import Callable, Iterator
 import lmdb
 
 from fastmta.config import Config, SpoolConfig
-from fastmta.spool import admin, records
+from fastmta.spool import admin, records, space
 from fastmta.spool.ids import ID_LEN
 from fastmta.spool.records import Envelope
-from fastmta.spool.store import Store, ensure_dir, sched_key
+from fastmta.spool.store import DB_NAMES, Store, ensure_dir, sched_key
 
 log = logging.getLogger("fastmta.spool.shards")
 
@@ -111,7 +112,8 @@ def merge(per_shard: list[admin.Stats]) -> admin.Stats:
     total = admin.Stats()
     for st in per_shard:
         for f in ("messages", "bytes", "new", "deferred", "due_now", "damaged", "quarantined",
-                  "map_used_bytes", "map_size_bytes", "max_map_size_bytes"):  # fmt: skip
+                  "map_used_bytes", "map_free_bytes", "map_high_water_bytes", "map_size_bytes",
+                  "max_map_size_bytes"):  # fmt: skip
             setattr(total, f, getattr(total, f) + getattr(st, f))
         for state, count in st.recipients.items():
             total.recipients[state] = total.recipients.get(state, 0) + count
@@ -121,22 +123,25 @@ def merge(per_shard: list[admin.Stats]) -> admin.Stats:
 
 
 def usage(cfg: SpoolConfig) -> dict[str, float]:
-    """Pages in use and map size summed over every shard, read from each environment's meta page.
+    """Live data, free pages, high water and map size summed over every shard (space.py).
 
     For the supervisor's exporter, which holds no environment open: each scrape
     opens the shards read-only for a moment, so a map grown by a worker is seen
     as it is now, never through a stale handle.
     """
-    used = size = 0
+    spaces = []
     for _, sub in present(cfg):
         env = lmdb.open(sub.path, readonly=True, lock=False, max_dbs=8, subdir=True, map_size=0)
         try:
-            info, st = env.info(), env.stat()
-            used += (int(info["last_pgno"]) + 1) * int(st["psize"])
-            size += int(info["map_size"])
+            with env.begin() as txn:
+                dbs = []
+                for name in DB_NAMES:
+                    with contextlib.suppress(lmdb.NotFoundError):  # a shard not opened by a Store yet
+                        dbs.append(env.open_db(name, txn=txn, create=False))
+                spaces.append(space.measure(env, txn, dbs, sub.max_map_size))
         finally:
             env.close()
-    return {"used_bytes": float(used), "map_size_bytes": float(size)}
+    return space.space_stats(*spaces)
 
 
 def adopt_orphans(cfg: SpoolConfig, workers: int) -> int:

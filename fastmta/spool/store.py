@@ -33,6 +33,7 @@ from typing import TypeVar, cast
 import lmdb
 
 from fastmta.spool.ids import ID_LEN
+from fastmta.spool.space import Space, measure
 
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ PAGE = mmap.PAGESIZE  # LMDB's page size is the OS page size
 CHUNK = 256 * PAGE - 16  # a full piece: 256 overflow pages, header included
 _INLINE_TAIL = PAGE // 4  # a tail this short sits inside a leaf page, not an overflow page
 SCHEMA = b"1"
+DB_NAMES = (b"env", b"body", b"sched", b"quar", b"meta")
 _DUE = struct.Struct(">Q")
 _CHUNK_NO = struct.Struct(">H")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
@@ -127,11 +129,8 @@ class Store:
 
     def _open_dbs(self) -> None:
         with self.write() as txn:  # another process may have grown the map: write() adopts it
-            self.envs = self.env.open_db(b"env", txn=txn)
-            self.bodies = self.env.open_db(b"body", txn=txn)
-            self.sched = self.env.open_db(b"sched", txn=txn)
-            self.quar = self.env.open_db(b"quar", txn=txn)
-            self.meta = self.env.open_db(b"meta", txn=txn)
+            self.dbs = [self.env.open_db(name, txn=txn) for name in DB_NAMES]
+            self.envs, self.bodies, self.sched, self.quar, self.meta = self.dbs
             schema = txn.get(b"schema", db=self.meta)
             if schema is None:
                 txn.put(b"schema", SCHEMA, db=self.meta)
@@ -185,8 +184,14 @@ class Store:
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
 
-    def used_bytes(self) -> int:
+    def high_water(self) -> int:
+        """Bytes up to LMDB's last page (data.mdb is at least this long; space.py)."""
         return (int(self.env.info()["last_pgno"]) + 1) * self.page_size
+
+    def space(self, disk: bool = False) -> Space:
+        """Live data, free pages, high water and map size (``disk``: and the filesystem's room)."""
+        with self.read() as txn:
+            return measure(self.env, txn, self.dbs, self.max_map_size, self.path if disk else None)
 
     def grow(self, need: int = 0) -> bool:
         """Enlarge the map (no transaction of this process may be open); False at the ceiling."""

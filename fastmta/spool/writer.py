@@ -20,9 +20,11 @@ Protocol on a stream socket (both directions little-endian):
 * request ``<IIB`` (payload length, sequence number, kind) + payload; kind 1 = put
   (16-byte id, ``<I`` record length, record, body), kind 2 = operation (pickled
   ``(name, args)`` of a function in ``ops``).
-* reply ``<I`` length + pickled dict: ``results`` [(seq, status, value)], ``usage``
-  (fraction of the map ceiling in use), ``seconds`` (commit time), ``ops``.
+* reply ``<I`` length + pickled dict: ``results`` [(seq, status, value)], ``seconds``
+  (commit time), ``ops``, and ``space`` (a ``space.Space``) when it was measured anew.
   Status 0 = done (value), 1 = spool full, 2 = spool unavailable, 3 = error (text).
+  An idle writer sends ``space`` alone (no ``seconds``) when it changed: deletes by
+  another process, or a disk freed by someone else, must end a refusal too.
 
 Batching: whatever arrived while the previous commit ran is the next batch, plus
 what keeps streaming in (gaps under 0.2 ms) for at most ``commit_window``; capped by
@@ -52,6 +54,7 @@ from typing import Any
 import lmdb
 
 from fastmta.spool import ops, records
+from fastmta.spool.space import Space
 from fastmta.spool.store import Store, body_items, is_no_space, sched_key
 
 log = logging.getLogger("fastmta.spool.writer")
@@ -67,6 +70,8 @@ RUNWAY_STEP = 1024**2
 RUNWAY_MAX_BATCH = 256 * 1024  # bigger batches skip the top-up (Runway says why)
 _ZEROS = bytes(RUNWAY_STEP)
 LINGER_GAP = 0.0002  # a pause this long ends a batch under load early
+SPACE_BUSY = 0.05  # s: a committing writer measures its space at most this often
+SPACE_IDLE = 1.0  # s: an idle writer measures it this often
 _RECV = 1 << 20
 
 
@@ -91,12 +96,6 @@ class BatchWriter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-
-    def usage(self) -> float:
-        try:
-            return self.store.used_bytes() / self.store.max_map_size
-        except lmdb.Error:
-            return 0.0
 
     def commit(self, batch: list[Request]) -> list[tuple[int, Any]]:
         try:
@@ -194,7 +193,7 @@ class Runway:
         process that shares the spool (workers, ``fastmta queue``) from writing pages
         while the zeros go in past the file's end and past the last committed page.
         """
-        if self._fd < 0 or self._end - self.store.used_bytes() >= RUNWAY:
+        if self._fd < 0 or self._end - self.store.high_water() >= RUNWAY:
             return
         store = self.store
         try:
@@ -202,7 +201,7 @@ class Runway:
         except lmdb.Error:
             return  # e.g. the map was grown by another process: the next commit adopts it first
         try:
-            used = store.used_bytes()
+            used = store.high_water()
             self._end = max(os.fstat(self._fd).st_size, used)
             if self._end - used < RUNWAY and self._end + RUNWAY_STEP <= store.map_size():
                 n = os.pwrite(self._fd, _ZEROS, self._end)
@@ -223,6 +222,35 @@ class Runway:
             self._fd = -1
 
 
+class Meter:
+    """The spool's room (space.py), measured again when due: ~15 µs, so not after every
+    commit of a busy writer, and on a timer while idle."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.at = -SPACE_IDLE
+        self.last: Space | None = None
+
+    def idle_wait(self) -> float:
+        """Seconds an idle writer may wait for requests before it measures again."""
+        return max(0.0, self.at + SPACE_IDLE - time.monotonic())
+
+    def measure(self, every: float) -> Space | None:
+        """A fresh measurement when ``every`` seconds passed and it changed, else None."""
+        now = time.monotonic()
+        if now - self.at < every:
+            return None
+        self.at = now
+        try:
+            space = self.store.space(disk=True)
+        except lmdb.Error:
+            return None
+        if space == self.last:
+            return None
+        self.last = space
+        return space
+
+
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(ACK.pack(len(data)) + data)
@@ -233,11 +261,20 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
     writer = BatchWriter(store)
     runway = Runway(store)
     inbox = Inbox(sock)
+    meter = Meter(store)
     eof = False
     ops = 0  # in the last batch
-    _send(sock, {"ready": True, "usage": writer.usage(), "results": []})
+    _send(sock, {"ready": True, "space": meter.measure(0.0), "results": []})
     while not eof or inbox.pending():
         if not eof and not inbox.has_frame():
+            if not inbox.pending() and not select.select([sock], [], [], meter.idle_wait())[0]:
+                space = meter.measure(SPACE_IDLE)
+                if space is not None:
+                    try:
+                        _send(sock, {"space": space, "results": []})
+                    except OSError:
+                        eof = True  # the server is gone: nothing is waiting, stop
+                continue
             eof = _fill(inbox, max_batch_bytes, window, ops > 1)
         batch, used = inbox.frames(max_batch_bytes)
         if not batch:
@@ -249,7 +286,10 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
         results = writer.commit(batch)
         seconds = time.perf_counter() - t0
         reply = {"results": [(r.seq, *res) for r, res in zip(batch, results, strict=True)],
-                 "usage": writer.usage(), "seconds": seconds, "ops": ops}  # fmt: skip
+                 "seconds": seconds, "ops": ops}  # fmt: skip
+        space = meter.measure(SPACE_BUSY)
+        if space is not None:
+            reply["space"] = space
         del batch  # its views into the inbox buffer: the next fill may move those bytes
         try:
             _send(sock, reply)

@@ -338,6 +338,19 @@ def test_queue_bounce_from_another_process_sends_the_dsn(mta: Any) -> None:
     assert queue_ids(env) == []
 
 
+def test_connection_limit_holds_at_connection_turnover(mta: Any) -> None:
+    """A spent connection's slot is given back only once it is closed: a receiver counting its
+    open connections never sees more than max_connections_per_destination, even while old
+    connections QUIT and new ones open."""
+    env = mta("max_connections_per_destination = 2\nmax_messages_per_connection = 2", a_test={"delay": 0.01})
+    for i in range(40):
+        env.send([f"r{i}@a.test"], subject=f"m{i}")
+    sink = env.sinks["a.test"]
+    sink.wait_messages(40, timeout=60)
+    assert sink.connections >= 20  # two messages per connection: plenty of turnovers
+    assert sink.peak_open <= 2, sink.peak_open
+
+
 def test_slow_destination_does_not_delay_a_fast_one(mta: Any) -> None:
     env = mta("max_connections_per_destination = 2", b_test={"delay": 0.5})
     assert seconds_beside(env, "b.test", "a.test", 6) < 4

@@ -79,6 +79,8 @@ def test_spool_build_and_healthz(metrics_server: MetricsServer) -> None:
     assert _healthz(metrics_server) == 200
     text = metrics_server.scrape()
     assert value(text, "fastmta_spool_size_bytes") > 0
+    assert value(text, "fastmta_spool_free_bytes") >= 0
+    assert value(text, "fastmta_spool_high_water_bytes") >= value(text, "fastmta_spool_size_bytes")
     assert value(text, "fastmta_spool_map_size_bytes") >= 64 * 1024**2
     assert 0 < value(text, "fastmta_spool_map_used_ratio") <= 1
     backend = "python" if os.environ.get("FASTMTA_PURE_PYTHON") == "1" else "cython"

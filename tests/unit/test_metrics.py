@@ -72,10 +72,13 @@ def test_listener_metrics_are_prebound_and_cached() -> None:
 
 
 def test_spool_stats_source_and_build_info() -> None:
-    metrics.set_spool_stats_source(lambda: {"used_bytes": 4096, "map_size_bytes": 16384})
+    metrics.set_spool_stats_source(lambda: {"used_bytes": 4096, "map_size_bytes": 16384, "free_bytes": 8192,
+                                            "high_water_bytes": 12288})  # fmt: skip
     try:
         fams = {f.name: f for f in text_string_to_metric_families(generate_latest().decode())}
         assert fams["fastmta_spool_size_bytes"].samples[0].value == 4096
+        assert fams["fastmta_spool_free_bytes"].samples[0].value == 8192
+        assert fams["fastmta_spool_high_water_bytes"].samples[0].value == 12288
         assert fams["fastmta_spool_map_size_bytes"].samples[0].value == 16384
         assert fams["fastmta_spool_map_used_ratio"].samples[0].value == 0.25
     finally:

@@ -139,6 +139,7 @@ def test_usage_sums_every_shard(tmp_path: Path) -> None:
     u = shards.usage(SpoolConfig(path=str(tmp_path)))
     assert u["map_size_bytes"] == 2 * 64 * 1024**2
     assert 0 < u["used_bytes"] < u["map_size_bytes"]
+    assert u["free_bytes"] >= 0 and u["high_water_bytes"] >= u["used_bytes"]
 
 
 def test_auto_is_the_cpu_count() -> None:
