@@ -178,7 +178,9 @@ RULES: dict[str, set[str]] = {
     # Entry points: cli dispatches to fastmta.commands.<cmd> with importlib.
     "fastmta.__main__": {"fastmta.cli"},
     "fastmta.cli": LEAF,
-    "fastmta.commands": {"fastmta.config"},
+    "fastmta.commands": {"fastmta.config", "fastmta.preflight"},
+    # Start-up checks of the files the configuration names (check-config and serve).
+    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth"},
 }
 # Each command is an entry point: it may use anything below the dispatcher.
 for _name in MODULES:
