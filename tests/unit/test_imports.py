@@ -159,7 +159,7 @@ RULES: dict[str, set[str]] = {
         "fastmta.errors",
     },
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
-    "fastmta.compose": {"fastmta.smtp.commands"},
+    "fastmta.compose": {"fastmta.smtp.commands", "fastmta.smtp.headers"},
     "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
     "fastmta.loadgen": {"fastmta.parser", "fastmta.smtp.proxy", "fastmta.smtp.commands", "fastmta.config"},
     # Composition root: everything but the entry points and the process layer.
