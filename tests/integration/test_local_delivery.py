@@ -113,6 +113,24 @@ def test_sendmail_into_the_spool_of_a_running_server_is_delivered(server: tuple[
         assert b"Bcc" not in data and data.endswith(b"\n\nout\n")
 
 
+def test_sendmail_mail_gets_its_received_line_in_the_servers_stdout_log(
+    server: tuple[ServerProcess, Path, int], tmp_path: Path
+) -> None:
+    """[log] on stdout (journald, Docker): mail sendmail writes straight into the spool gets its
+    "received" lines from the server that takes it in, once, and nothing on sendmail's stdout."""
+    srv, cfg, _ = server
+    rcpts = ("bob@local.test", "carol@local.test")
+    r = run_fastmta("sendmail", "--config", str(cfg), "-f", "cron@x.test", *rcpts, input=b"Subject: c\n\nx\n")
+    assert r.returncode == 0 and r.stdout == b"", r.stderr
+    wait_until(lambda: len(log_events(srv, "delivered")) >= 2, what="two delivered log lines")
+    received = log_events(srv, "received")
+    assert sorted((e["rcpt"], e["from"], e["listener"]) for e in received) == [
+        ("bob@local.test", "cron@x.test", "sendmail"),
+        ("carol@local.test", "cron@x.test", "sendmail"),
+    ]
+    assert {e["id"] for e in received} == {e["id"] for e in log_events(srv, "delivered")}
+
+
 def test_unknown_user_gets_5_1_1(server: tuple[ServerProcess, Path, int], tmp_path: Path) -> None:
     """Refused at RCPT when the policy consults the users file, else bounced at delivery."""
     srv, _, port = server
