@@ -14,6 +14,7 @@ from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
 from fastmta.smtp.auth import Users
+from fastmta.smtp.headers import MAX_HEAD, missing_fields
 
 
 @dataclass
@@ -230,6 +231,18 @@ def test_submission_adds_a_missing_date_and_message_id(message: bytes, added: li
     assert names == added
     if b"Message-ID" in added:
         assert f"Message-ID: <{msg_id}@mx.test>\r\n".encode() in head
+
+
+@pytest.mark.parametrize("colon_at", [MAX_HEAD - 1, MAX_HEAD])
+def test_the_header_scan_stops_at_max_head(colon_at: int) -> None:
+    """A field is seen only when it ends inside the first MAX_HEAD octets of a header block."""
+    first = b"Message-ID: <i@d>\r\n"
+    filler = b"X-Fill: " + b"a" * (colon_at - len(b"X-Fill: \r\nDate") - len(first)) + b"\r\n"
+    message = first + filler + b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody\r\n"
+    assert message.index(b"Date:") + 4 == colon_at
+    added = missing_fields(message, "ID", "mx.test")
+    assert added.startswith(b"Date: ") == (colon_at >= MAX_HEAD)
+    assert b"Message-ID" not in added
 
 
 def test_relay_mail_gets_no_date_or_message_id() -> None:
