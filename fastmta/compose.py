@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from fastmta.smtp.commands import ArgError, check_mailbox
+from fastmta.smtp.headers import date_field, message_id_field
 
 _FIELD_RE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
@@ -190,8 +191,8 @@ def add_missing(msg: Message, *, hostname: str, sender: str, full_name: str, msg
             b"From: " + email.utils.formataddr((full_name, sender)).encode("utf-8", "surrogateescape")
         )
     if not msg.has(b"date"):
-        extra.append(b"Date: " + date.encode())
+        extra.append(date_field())
     if not msg.has(b"message-id"):
-        extra.append(f"Message-ID: <{msg_id}@{hostname}>".encode())
+        extra.append(message_id_field(msg_id, hostname))
     received = f"Received: by {hostname} (fastmta sendmail, from userid {uid})\r\n\tid {msg_id}; {date}"
     msg.fields = [received.encode(), *msg.fields, *extra]

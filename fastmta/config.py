@@ -206,6 +206,23 @@ def _regex(value: object) -> re.Pattern[str]:
         raise _Invalid(f"bad regular expression: {e}") from None
 
 
+def _file_mode(value: object) -> int:
+    """``"0640"`` or ``0o640`` (a TOML octal integer) → the permission bits; owner rw required."""
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value.strip()):
+        value = int(value.strip().replace("o", ""), 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise _Invalid('expected a file mode such as "0600" or "0640"')
+    if value & 0o600 != 0o600:
+        raise _Invalid("the owner must keep read and write permission (0600 bits)")
+    return value
+
+
+def is_localhost(domain: str) -> bool:
+    """``localhost`` names (RFC 6761 §6.3, plus the common ``localhost.localdomain``): always
+    this machine, so mail for them is delivered here or nowhere, never after a DNS lookup."""
+    return domain == "localhost" or domain.endswith(".localhost") or domain == "localhost.localdomain"
+
+
 def _workers(value: object) -> int:
     if value == "auto":
         return os.cpu_count() or 1
@@ -338,6 +355,13 @@ class LocalConfig:
     lmtp: str = _opt(_str, "")
     users_file: str = _opt(_str, "")
     require_mailbox: bool = _opt(_bool, False)  # Maildir: only to <maildir>/<domain>/<user>/ that exist
+    # Maildir files get ``mode``; the directories fastmta creates get it plus x where r is
+    # set (0640 → 0750), whatever the umask: a reader such as Dovecot in our group can then open them.
+    mode: int = _opt(_file_mode, 0o600)
+
+    @property
+    def dir_mode(self) -> int:
+        return self.mode | (self.mode & 0o444) >> 2
 
 
 @dataclass(frozen=True)
@@ -443,7 +467,8 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     errors.extend(_cross_checks(cfg))
     if errors:
         raise ConfigError(errors)
-    return _fill_derived(cfg)
+    policy = raw.get("policy")
+    return _fill_derived(cfg, isinstance(policy, Mapping) and "local_domains" in policy)
 
 
 def _cross_checks(cfg: Config) -> list[str]:
@@ -462,12 +487,16 @@ def _cross_checks(cfg: Config) -> list[str]:
     if cfg.local.lmtp and not cfg.local.lmtp.startswith("unix:"):
         try:
             parse_hostport(cfg.local.lmtp)
-        except _Invalid as e:
-            errors.append(f"local.lmtp: {e}")
+        except _Invalid:
+            errors.append(f'local.lmtp: expected "host:port" or "unix:/path", got {cfg.local.lmtp!r}')
     return errors
 
 
-def _fill_derived(cfg: Config) -> Config:
+def _fill_derived(cfg: Config, local_domains_set: bool) -> Config:
+    """Defaults that depend on other keys. With no ``local_domains`` key, ``localhost`` and
+    the hostname are local (Postfix's ``mydestination``): cron's ``root`` and mail to
+    ``bob@localhost`` stay on this machine. A ``local_domains`` the user wrote is taken
+    exactly as written; ``localhost`` left out of it is then refused, never relayed."""
     hostname = cfg.hostname or socket.getfqdn()
     delivery = cfg.delivery
     if not delivery.bounce_from:
@@ -476,7 +505,12 @@ def _fill_derived(cfg: Config) -> Config:
         dataclasses.replace(r, nexthop=(r.nexthop[0], delivery.port)) if r.nexthop[1] == _DELIVERY_PORT else r
         for r in cfg.routes
     )
-    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery, routes=routes)
+    policy = cfg.policy
+    if not local_domains_set:
+        policy = dataclasses.replace(
+            policy, local_domains=tuple(dict.fromkeys(("localhost", hostname.lower())))
+        )
+    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery, routes=routes, policy=policy)
 
 
 def load(path: str | None = None) -> Config:

@@ -233,13 +233,14 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
     import lmdb
 
     from fastmta.spool import admin, records, shards
-    from fastmta.spool.records import Envelope, Recipient
+    from fastmta.spool.records import LISTENER_SENDMAIL, Envelope, Recipient
     from fastmta.spool.store import body_items, is_no_space, sched_key
 
     now = time.time()
     env = Envelope(
         id=msg_id, sender=sender, rcpts=[Recipient(a, orcpt=o, notify=n) for a, n, o in rcpts], arrived=now,
-        size=len(data), next_attempt=now, helo=socket.gethostname(), listener="sendmail", params=params,
+        size=len(data), next_attempt=now, helo=socket.gethostname(), listener=LISTENER_SENDMAIL,
+        params=params,
     )  # fmt: skip
     id_b = msg_id.encode("ascii")
     spool_cfg = shards.injection_config(cfg)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-from fastmta.config import Config
+from fastmta.config import Config, is_localhost
 
 
 class Policy:
@@ -49,8 +49,12 @@ class Policy:
         return self._mailbox_exists(addr)
 
     def may_send_to(self, domain: str, relay_client: bool, authenticated: bool) -> bool:
-        """RCPT rule: accepted domains from anyone, everything else only from trusted clients."""
-        return relay_client or authenticated or domain in self._accept_domains
+        """RCPT rule: accepted domains from anyone, everything else only from trusted clients.
+        A ``localhost`` name that is not a local domain is refused to everyone: relayed, it
+        would be looked up in DNS and come back here."""
+        if domain in self._accept_domains:
+            return True
+        return (relay_client or authenticated) and not is_localhost(domain)
 
 
 class ConnectionLimits:

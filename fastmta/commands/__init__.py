@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fastmta import config
+from fastmta import config, preflight
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -25,3 +25,17 @@ def load_config_or_exit(path: str | None) -> config.Config:
         for line in e.errors:
             print(line, file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def load_checked_or_exit(path: str | None, warn: bool = True) -> config.Config:
+    """Load the configuration and check the files it names; print every error and exit 2.
+    Warnings go to stderr too (``warn``) but let the command go on."""
+    cfg = load_config_or_exit(path)
+    errors = preflight.problems(cfg)
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        raise SystemExit(2)
+    for line in preflight.warnings(cfg) if warn else ():
+        print(f"warning: {line}", file=sys.stderr)
+    return cfg

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from fastmta import compose, config, inject
 from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
 from fastmta.log import DeliveryLog
+from fastmta.spool.records import LISTENER_SENDMAIL
 
 # getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
 _SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"
@@ -229,7 +230,9 @@ class Injector:
 
     def _log_received(self, msg_id: str, sender: str, rcpts: list[inject.Rcpt], size: int) -> None:
         """The ``received`` line serve writes for SMTP mail, when the delivery log is a file
-        (appends of whole lines are safe beside a running server); on stdout it goes nowhere."""
+        (appends of whole lines are safe beside a running server). A log on stdout belongs to
+        the server, not to this process (whose stdout may be a terminal or a cron mail): the
+        server writes the line when it takes the message in (scheduler/feeder.py)."""
         if not self.cfg.log.file:
             return
         try:
@@ -239,6 +242,6 @@ class Injector:
             return
         try:
             dlog.event("received", msg_id, sender, [r[0] for r in rcpts], size=size, client_ip="",
-                       listener="sendmail")  # fmt: skip
+                       listener=LISTENER_SENDMAIL)  # fmt: skip
         finally:
             dlog.close()

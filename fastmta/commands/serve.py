@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from fastmta.commands import add_config_arg, load_config_or_exit
+from fastmta.commands import add_config_arg, load_checked_or_exit
 
 
 def main(argv: list[str]) -> int:
@@ -19,12 +19,12 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="fastmta serve", description="Run the MTA.")
     add_config_arg(ap)
     args = ap.parse_args(argv)
-    cfg = load_config_or_exit(args.config)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
-
     from fastmta import supervisor
 
     worker = supervisor.worker_identity()
+    cfg = load_checked_or_exit(args.config, warn=worker is None)  # the same checks as check-config
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
+
     if worker is None and cfg.server.workers > 1:
         try:
             return supervisor.Supervisor(cfg, args.config).run()

@@ -209,7 +209,15 @@ def _original(returned: bytes, full: bool, pol: Any) -> MIMEPart:
 
 
 def remote_host(nexthop: str) -> str:
-    """``mx1.a.test[127.0.0.2]:2525`` → ``mx1.a.test`` (the Remote-MTA name)."""
+    """``mx1.a.test[127.0.0.2]:2525`` → ``mx1.a.test`` (the Remote-MTA name); ``lmtp:[h]:p`` → ``h``.
+
+    "" (no Remote-MTA field) for a Maildir or an LMTP unix socket: RFC 3464 §2.3.5
+    asks for the field when mail was relayed over SMTP, and its ``dns`` type names an
+    Internet host, which a socket path is not (§2.1.2); the Reporting-MTA already
+    names this machine."""
+    if nexthop == "maildir" or nexthop.startswith("lmtp:unix:"):
+        return ""
+    nexthop = nexthop.removeprefix("lmtp:")
     host = nexthop.split("[", 1)[0] if not nexthop.startswith("[") else nexthop[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 

@@ -20,6 +20,7 @@ from typing import Any
 from fastmta import metrics
 from fastmta.config import Config, parse_hostport
 from fastmta.delivery import replies
+from fastmta.delivery.capability import unfit
 from fastmta.delivery.classify import failure_outcome
 from fastmta.delivery.client import parse_ehlo, to_reply
 from fastmta.delivery.pool import Pool
@@ -200,7 +201,13 @@ class LmtpClient:
 
         Outcomes go into ``outcomes`` as replies arrive, so a connection lost after
         some per-recipient replies keeps those (no duplicate for a delivered one).
+        A message the server cannot take (no SMTPUTF8 for UTF-8 addresses, no
+        8BITMIME, too big) fails for every recipient before MAIL, as over SMTP.
         """
+        refusal = unfit(conn.ext, sender, (addr for _, addr in rcpts), params, body)
+        if refusal is not None:
+            outcomes.update(dict.fromkeys((i for i, _ in rcpts), refusal))
+            return
         conn.messages += 1
         mail = b"MAIL FROM:<" + sender.encode("utf-8", "surrogateescape") + b">"
         if params.get("BODY") and "8BITMIME" in conn.ext:

@@ -273,7 +273,10 @@ class LocalDeliverer:
                 continue
             box = os.path.join(self._root, *checked)
             parts = (return_path, b"Delivered-To: " + raw + b"\n", text)
-            jobs.append((i, loop.run_in_executor(self._pool, maildir_write, box, self._host, parts)))
+            local = self.cfg.local
+            write = loop.run_in_executor(self._pool, maildir_write, box, self._host, parts, local.mode,
+                                         local.dir_mode)  # fmt: skip
+            jobs.append((i, write))
         for i, job in jobs:
             try:
                 await job

@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 
 _seq = itertools.count()
+FILE_MODE = 0o600  # the defaults of ``[local] mode``: only the delivering user reads the mail
+DIR_MODE = 0o700
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -47,8 +49,20 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _make_maildir(box: str) -> None:
-    """Create ``box/{new,cur,tmp}`` (0700) durably, ``tmp/`` last.
+def _mkdir(path: str, mode: int) -> bool:
+    """Create one directory with exactly ``mode`` (the umask may not take group bits a
+    reader needs); False when it exists already (then it is left as it is)."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return False
+    if mode != DIR_MODE:
+        os.chmod(path, mode)
+    return True
+
+
+def _make_maildir(box: str, dir_mode: int = DIR_MODE) -> None:
+    """Create ``box/{new,cur,tmp}`` (``dir_mode``) durably, ``tmp/`` last.
 
     Writers start in ``tmp/``, so once it exists everything a delivery needs
     (``new/``, and every directory entry above it, fsync'd) exists too: a
@@ -57,25 +71,27 @@ def _make_maildir(box: str) -> None:
     """
     parent = os.path.dirname(box)
     root = os.path.dirname(parent)
-    os.makedirs(root, 0o700, exist_ok=True)
+    if not os.path.isdir(root):
+        os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
+        _mkdir(root, dir_mode)
     dirty = set()
     for path in (parent, box, os.path.join(box, "new"), os.path.join(box, "cur")):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
+        if _mkdir(path, dir_mode):
             dirty.add(os.path.dirname(path))
     for path in sorted(dirty, key=len, reverse=True):
         _fsync_dir(path)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(os.path.join(box, "tmp"), 0o700)
+    if _mkdir(os.path.join(box, "tmp"), dir_mode):
         _fsync_dir(box)
 
 
-def maildir_write(box: str, host: str, parts: Sequence[bytes]) -> str:
+def maildir_write(box: str, host: str, parts: Sequence[bytes], mode: int = FILE_MODE,
+                  dir_mode: int = DIR_MODE) -> str:  # fmt: skip
     """Write one message into Maildir ``box`` durably; return its path in new/.
 
     The file is complete and fsync'd in tmp/ before the rename makes it visible
     in new/, and new/ is fsync'd so the rename survives a crash (Maildir spec;
-    a reader never sees a partial message). Raises OSError.
+    a reader never sees a partial message). The file gets ``mode`` and new
+    directories ``dir_mode``, whatever the umask. Raises OSError.
     """
     size = sum(len(p) for p in parts)
     tmp_dir, new_dir = os.path.join(box, "tmp"), os.path.join(box, "new")
@@ -83,9 +99,9 @@ def maildir_write(box: str, host: str, parts: Sequence[bytes]) -> str:
         name = unique_name(host, size)
         tmp = os.path.join(tmp_dir, name)
         try:
-            fd = os.open(tmp, _O_NEW, 0o600)
+            fd = os.open(tmp, _O_NEW, mode)
         except FileNotFoundError:
-            _make_maildir(box)
+            _make_maildir(box, dir_mode)
             continue
         except FileExistsError:
             continue
@@ -94,6 +110,8 @@ def maildir_write(box: str, host: str, parts: Sequence[bytes]) -> str:
         raise OSError(errno.EEXIST, "no unique Maildir name")
     try:
         try:
+            if mode != FILE_MODE:
+                os.fchmod(fd, mode)
             views = [memoryview(p) for p in parts if p]
             while views:
                 n = os.writev(fd, views)

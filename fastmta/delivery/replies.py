@@ -12,6 +12,7 @@ from fastmta.errors import Reply
 
 NXDOMAIN = Reply(550, "5.1.2", "Host or domain name not found (NXDOMAIN)")
 NULL_MX = Reply(556, "5.1.10", "Recipient domain does not accept mail (null MX, RFC 7505)")
+NOT_LOCAL_LOCALHOST = Reply(550, "5.1.2", "localhost is not a local domain here, and never looked up")
 NO_ADDRESS = Reply(550, "5.1.2", "Domain has no MX and no address record")
 MX_NO_ADDRESS = Reply(451, "4.4.4", "No address found for any mail exchanger of the domain")
 DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure looking up the mail exchangers")

@@ -19,8 +19,9 @@ import ssl
 import time
 from typing import Any, Protocol
 
-from fastmta.config import Config, RouteConfig
+from fastmta.config import Config, RouteConfig, is_localhost
 from fastmta.delivery import Attempt, Destination, replies
+from fastmta.delivery.capability import unfit
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
 from fastmta.delivery.loops import OwnAddresses, too_many_hops
@@ -175,6 +176,8 @@ class SmtpDeliverer:
 
     async def _hosts(self, dest: Destination) -> list[Host]:
         """The hosts to try, best first, never ourselves; MxError when there are none."""
+        if is_localhost(dest.domain) and (dest.route is None or dest.route.domain != dest.domain):
+            raise MxError(Bounced(replies.NOT_LOCAL_LOCALHOST, "bad_domain"))  # only a route of its own
         if dest.route is None:
             found = await resolve(self.resolver, dest.domain, self.cfg.delivery.port)
         else:
@@ -286,31 +289,11 @@ def _connect_failure(failures: list[HostError]) -> Deferred:
     return Deferred(reply, cls)
 
 
-def _needs_smtputf8(envelope: Any, rcpts: list[int], body: bytes) -> bool:
-    if "SMTPUTF8" not in envelope.params:
-        return False
-    if not envelope.sender.isascii() or not all(envelope.rcpts[i].addr.isascii() for i in rcpts):
-        return True
-    end = body.find(b"\r\n\r\n")
-    return not body[: end if end >= 0 else len(body)].isascii()
-
-
 def _unfit(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> Bounced | None:
-    """A reason this hop cannot take this message at all, checked before MAIL.
-
-    8-bit bodies are not downgraded to quoted-printable (that rewrites MIME parts and
-    breaks signatures); they bounce with 5.6.3, as RFC 6152 allows. Bodies in the
-    spool are already CRLF-canonical (the listener made them so), so BDAT sends them as is.
-    """
-    ext = client.ext
-    size = ext.get("SIZE", "")
-    if size.isdigit() and 0 < int(size) < len(body):
-        return Bounced(replies.TOO_BIG, "other")
-    if "SMTPUTF8" not in ext and _needs_smtputf8(envelope, rcpts, body):
-        return Bounced(replies.NEEDS_SMTPUTF8, "other")
-    if "8BITMIME" not in ext and not body.isascii():
-        return Bounced(replies.NEEDS_8BITMIME, "other")
-    return None
+    """A reason this hop cannot take this message at all, checked before MAIL. Bodies in the
+    spool are already CRLF-canonical (the listener made them so), so BDAT sends them as is."""
+    addrs = (envelope.rcpts[i].addr for i in rcpts)
+    return unfit(client.ext, envelope.sender, addrs, envelope.params, body)
 
 
 def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> tuple[bytes, list[bytes]]:

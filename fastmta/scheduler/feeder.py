@@ -7,7 +7,9 @@ this way about once a second: retries, messages left by a crash or restart,
 suspension of its destinations: ``check_flush``), and messages that
 ``submit`` turned away because memory was full. Ids already in memory are
 skipped; ids that vanished (``queue delete``) are ignored. It also keeps the
-queue gauges current, once per pass instead of once per message.
+queue gauges current, once per pass instead of once per message, and writes the
+"received" lines of mail ``fastmta sendmail`` put straight into the spool when the
+delivery log is this server's stdout (no listener saw that mail arrive).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from fastmta import metrics
 from fastmta.scheduler.core import Scheduler
+from fastmta.spool.records import LISTENER_SENDMAIL
 
 log = logging.getLogger("fastmta.scheduler")
 
@@ -91,6 +94,7 @@ class Feeder:
         start = after = self._cursor
         wrapped = start is None
         examined = admitted = misses = 0
+        injected: list[Any] = []  # sendmail's mail, new to this server: its "received" lines
         stop = len(sched.rounds) >= sched.max_in_memory
         while not stop:
             page = spool.due(now, PAGE, after)
@@ -127,6 +131,8 @@ class Feeder:
                         continue
                     misses = 0
                     admitted += 1
+                    if env is not None and env.attempts == 0 and env.listener == LISTENER_SENDMAIL:
+                        injected.append(env)
                     if len(rounds) >= sched.max_in_memory:
                         sched.overflow = full = True  # more may be due: scan again as soon as room frees up
                         break
@@ -143,6 +149,8 @@ class Feeder:
             if not stop:
                 await asyncio.sleep(0)  # let deliveries run between pages
         self._cursor = after
+        if injected and not sched.cfg.log.file:  # a log file got the line from sendmail itself
+            sched.dlog.received(injected)
         return admitted
 
     def update_gauges(self) -> None:

@@ -25,6 +25,7 @@ from fastmta.smtp import auth
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
 from fastmta.smtp.trace import hops
+from fastmta.smtp.headers import missing_fields
 
 # --- states -------------------------------------------------------------------------
 S_INIT = 0  # connected, no EHLO/HELO yet
@@ -249,7 +250,10 @@ class Session:
         msg_id = self.cfg.new_id()
         self._set_state(S_COMMIT)
         # The Received: line travels beside the body, not joined to it: no copy of the body.
-        return (A_COMMIT, msg_id, txn, self._received(msg_id, txn), body)
+        head = self._received(msg_id, txn)
+        if self.cfg.submission:  # our own clients' mail gets a missing Date:/Message-ID: (RFC 6409 §8)
+            head += missing_fields(body, msg_id, self.cfg.hostname)
+        return (A_COMMIT, msg_id, txn, head, body)
 
     def data_too_big(self) -> Action | None:
         return self._body_refused(R.R_552_TOO_BIG, "size")

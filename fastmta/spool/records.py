@@ -24,6 +24,9 @@ PENDING, DONE, FAILED, BOUNCE = "pending", "done", "failed", "bounce"
 # counts as "not finished", so the message stays until the scheduler acts.
 STATES = (PENDING, DONE, FAILED, BOUNCE)
 _STATE_CODE = {s: i for i, s in enumerate(STATES)}
+# Envelope.listener of mail ``fastmta sendmail`` committed straight into the spool: no
+# listener saw it, so the server that takes it in writes its "received" log line.
+LISTENER_SENDMAIL = "sendmail"
 MAX_ERROR = 1000  # characters of last_error kept; replies can be long
 
 _CRC = struct.Struct("<BI")  # version, crc32 of the rest

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email
+import email.utils
 import smtplib
 import subprocess
 import time
@@ -83,6 +85,33 @@ def test_smtplib_login_and_relay(srv: Running) -> None:
         assert set(s.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
         assert s.login("alice", "wonderland")[0] == 235
         assert s.sendmail("alice@x.test", ["someone@elsewhere.test"], b"Subject: sub\r\n\r\nx\r\n") == {}
+
+
+def submit(srv: Running, port: int, message: bytes) -> str:
+    """One message from alice over STARTTLS + AUTH with smtplib; its queue id."""
+    with smtplib.SMTP(srv.host, port, timeout=30) as s:
+        s.starttls(context=srv.client_context())
+        s.login("alice", "wonderland")
+        assert s.mail("alice@x.test")[0] == 250 and s.rcpt("r@far.test")[0] == 250
+        code, reply = s.data(message)
+    assert code == 250, reply
+    return queued_id(reply)
+
+
+def test_submission_adds_a_missing_date_and_message_id(srv: Running) -> None:
+    """As Postfix does for its own clients: the submission listener adds Date: and Message-ID:
+    when the message lacks them and leaves present ones alone; the relay listener adds none."""
+    bare = submit(srv, srv.port, b"Subject: bare\r\n\r\nx\r\n")
+    msg = email.message_from_bytes(srv.body(bare))
+    assert msg["Message-ID"] == f"<{bare}@mx.fastmta.test>"
+    assert email.utils.parsedate_to_datetime(msg["Date"]).tzinfo is not None
+    dated = submit(srv, srv.port, b"Subject: dated\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nx\r\n")
+    msg = email.message_from_bytes(srv.body(dated))
+    assert msg.get_all("Date") == ["Mon, 1 Jan 2024 00:00:00 +0000"]
+    assert msg.get_all("Message-ID") == [f"<{dated}@mx.fastmta.test>"]
+    relayed = submit(srv, srv.ports["relay"], b"Subject: relayed\r\n\r\nx\r\n")
+    msg = email.message_from_bytes(srv.body(relayed))
+    assert msg["Date"] is None and msg["Message-ID"] is None
 
 
 def test_auth_login_and_received_says_esmtpsa(srv: Running) -> None:

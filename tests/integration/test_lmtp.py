@@ -207,6 +207,39 @@ def test_body_and_smtputf8_params_pass_when_offered(lmtp_server: Callable[..., A
     assert any("BODY=8BITMIME" in c and "SMTPUTF8" in c for c in srv.commands if c.startswith("MAIL"))
 
 
+@pytest.mark.parametrize(
+    ("sender", "rcpt", "subject"),
+    [("jörg@x.test", "bob@local.test", "plain"), ("a@x.test", "jörg@local.test", "plain"),
+     ("a@x.test", "bob@local.test", "grüße")],
+    ids=["utf8-sender", "utf8-recipient", "utf8-header"],
+)  # fmt: skip
+def test_server_without_smtputf8_gets_nothing_and_fails_5_6_7(
+    lmtp_server: Callable[..., Any], tmp_path: Path, sender: str, rcpt: str, subject: str
+) -> None:
+    """Dovecot 2.3 offers no SMTPUTF8: a UTF-8 message fails at once with 5.6.7 (as over SMTP)
+    instead of a 501 at RCPT or a mangled Return-Path; nothing is sent, the session stays usable."""
+    srv = lmtp_server(smtputf8=False)
+    env = Envelope("U1", sender, [Recipient(rcpt), Recipient("ann@local.test")], params={"SMTPUTF8": ""})
+    body = f"Subject: {subject}\r\n\r\nbody\r\n".encode()
+    ascii_env = envelope("ann@local.test", msg_id="A1", SMTPUTF8="")  # asked, but needs no UTF-8
+    cfg = make_cfg(tmp_path, srv.spec)
+
+    async def go() -> list[dict[int, Any]]:
+        d = LocalDeliverer(cfg, BodySpool({"U1": body, "A1": BODY}))
+        try:
+            return await deliver_all(d, env, ascii_env)
+        finally:
+            await d.close()
+
+    out, ascii_out = asyncio.run(go())
+    for o in out.values():
+        assert isinstance(o, Bounced) and (o.reply.code, o.reply.enhanced) == (553, "5.6.7")
+        assert o.bounce_class == "other"
+    assert isinstance(ascii_out[0], Delivered)
+    assert [m.rcpt_tos for m in srv.messages] == [["ann@local.test"]]
+    assert not any("SMTPUTF8" in c for c in srv.commands) and srv.connections() == 1
+
+
 def test_users_file_still_applies_before_lmtp(lmtp_server: Callable[..., Any], tmp_path: Path) -> None:
     srv = lmtp_server()
     users = tmp_path / "users"

@@ -5,6 +5,7 @@ processes writing one mailbox at once."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -14,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.support import (
     ServerProcess,
     fastmta_server,
     free_port,
+    require_tool,
     run_fastmta,
     traced_message,
     wait_until,
@@ -109,6 +112,24 @@ def test_sendmail_into_the_spool_of_a_running_server_is_delivered(server: tuple[
         data = path.read_bytes()
         assert b"Delivered-To: " + rcpt + b"@local.test\n" in data
         assert b"Bcc" not in data and data.endswith(b"\n\nout\n")
+
+
+def test_sendmail_mail_gets_its_received_line_in_the_servers_stdout_log(
+    server: tuple[ServerProcess, Path, int], tmp_path: Path
+) -> None:
+    """[log] on stdout (journald, Docker): mail sendmail writes straight into the spool gets its
+    "received" lines from the server that takes it in, once, and nothing on sendmail's stdout."""
+    srv, cfg, _ = server
+    rcpts = ("bob@local.test", "carol@local.test")
+    r = run_fastmta("sendmail", "--config", str(cfg), "-f", "cron@x.test", *rcpts, input=b"Subject: c\n\nx\n")
+    assert r.returncode == 0 and r.stdout == b"", r.stderr
+    wait_until(lambda: len(log_events(srv, "delivered")) >= 2, what="two delivered log lines")
+    received = log_events(srv, "received")
+    assert sorted((e["rcpt"], e["from"], e["listener"]) for e in received) == [
+        ("bob@local.test", "cron@x.test", "sendmail"),
+        ("carol@local.test", "cron@x.test", "sendmail"),
+    ]
+    assert {e["id"] for e in received} == {e["id"] for e in log_events(srv, "delivered")}
 
 
 def test_unknown_user_gets_5_1_1(server: tuple[ServerProcess, Path, int], tmp_path: Path) -> None:
@@ -235,3 +256,88 @@ def test_too_many_delivered_to_fields_bounce_5_4_6(server: tuple[ServerProcess, 
     [bounced] = srv.events("bounced")
     assert bounced["rcpt"] == "bob@local.test" and bounced["enhanced"] == "5.4.6"
     assert bounced["bounce_class"] == "loop"
+DEFAULTS_CONFIG = """
+{hostname}
+[[listener]]
+address = "127.0.0.1:{port}"
+
+[delivery]
+retry_schedule = ["1s"]
+
+[dns]
+nameservers = ["{dns}"]
+timeout = "1s"
+"""
+
+
+@contextlib.contextmanager
+def serve_defaults(
+    make_config: Callable[..., Path], dns: Any, hostname: str, policy: str = ""
+) -> Iterator[tuple[ServerProcess, Path, int]]:
+    """A server with the embedded [policy] and [local] defaults (apart from the Maildir's place)."""
+    port = free_port()
+    text = DEFAULTS_CONFIG.format(hostname=f'hostname = "{hostname}"', port=port, dns=dns.address) + policy
+    cfg = make_config(text)
+    with fastmta_server(cfg, ("127.0.0.1", port)) as srv:
+        yield srv, cfg, port
+
+
+def test_localhost_and_the_hostname_are_local_by_default(make_config: Callable[..., Path], tmp_path: Path,
+                                                        dnsmasq: Callable[..., Any]) -> None:  # fmt: skip
+    """No [policy] local_domains: swaks to bob@localhost, smtplib to carol@<hostname> and
+    ``fastmta sendmail root`` all land in Maildirs, and not one DNS query is made."""
+    dns = dnsmasq()
+    with serve_defaults(make_config, dns, "mx.fastmta.test") as (srv, cfg, port):
+        swaks = require_tool("swaks")
+        r = subprocess.run([swaks, "--server", f"127.0.0.1:{port}", "--from", "a@x.test",
+                            "--to", "bob@localhost", "--header", "Subject: swaks"],
+                           capture_output=True, timeout=60)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            assert c.sendmail("a@x.test", ["carol@mx.fastmta.test"], b"Subject: s\r\n\r\nhi\r\n") == {}
+        r = run_fastmta("sendmail", "--config", str(cfg), "root", input=b"Subject: cron\n\nout\n")
+        assert r.returncode == 0, r.stderr
+        [bob] = wait_files(tmp_path / "mail" / "localhost" / "bob", 1)
+        assert b"Subject: swaks" in bob.read_bytes()
+        wait_files(tmp_path / "mail" / "mx.fastmta.test" / "carol", 1)
+        [root] = wait_files(tmp_path / "mail" / "mx.fastmta.test" / "root", 1)
+        assert root.read_bytes().endswith(b"\n\nout\n")
+        assert "warning" not in srv.stderr()
+    assert dns.queries() == []
+
+
+def test_a_localhost_hostname_is_local_and_warned_about(make_config: Callable[..., Path], tmp_path: Path,
+                                                        dnsmasq: Callable[..., Any]) -> None:  # fmt: skip
+    """hostname = "localhost" (what getfqdn() gives on many containers): cron's ``root`` becomes
+    root@localhost and is delivered; serve warns on stderr about the name it will carry."""
+    dns = dnsmasq()
+    with serve_defaults(make_config, dns, "localhost") as (srv, cfg, _):
+        r = run_fastmta("sendmail", "--config", str(cfg), "root", input=b"Subject: cron\n\nout\n")
+        assert r.returncode == 0, r.stderr
+        [root] = wait_files(tmp_path / "mail" / "localhost" / "root", 1)
+        assert b"Delivered-To: root@localhost\n" in root.read_bytes()
+        assert "warning: hostname: is 'localhost'" in srv.stderr()
+    assert dns.queries() == []
+
+
+def test_localhost_left_out_of_local_domains_is_refused_not_resolved(
+    make_config: Callable[..., Path], dnsmasq: Callable[..., Any]
+) -> None:
+    """An explicit local_domains is taken as written; localhost is then refused at RCPT even to a
+    relay client, and mail put straight into the spool bounces with 5.1.2, all without DNS."""
+    dns = dnsmasq()
+    policy = '\n[policy]\nlocal_domains = ["local.test"]\n'
+    with serve_defaults(make_config, dns, "mx.fastmta.test", policy) as (srv, cfg, port):
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.ehlo("client.test")
+            c.mail("a@x.test")
+            code, text = c.rcpt("bob@localhost")
+            assert (code, text[:5]) == (554, b"5.7.1")
+        r = run_fastmta(
+            "sendmail", "--config", str(cfg), "-f", "<>", "bob@localhost", input=b"Subject: x\n\ny\n"
+        )
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: bool(log_events(srv, "bounced")), what="the bounce of bob@localhost")
+        [bounce] = log_events(srv, "bounced")
+        assert (bounce["rcpt"], bounce["code"], bounce["enhanced"]) == ("bob@localhost", 550, "5.1.2")
+    assert dns.queries() == []

@@ -18,7 +18,9 @@ def test_embedded_defaults_match_the_contract() -> None:
     assert cfg.listeners[0].mode == "relay" and cfg.listeners[0].tls == "none"
     assert cfg.listeners[0].label == "127.0.0.1:2525"
     assert cfg.policy.relay_networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    assert cfg.policy.relay_domains == () and cfg.policy.local_domains == ()
+    assert cfg.policy.relay_domains == ()
+    assert cfg.policy.local_domains == tuple(dict.fromkeys(("localhost", cfg.hostname)))
+    assert (cfg.local.mode, cfg.local.dir_mode) == (0o600, 0o700)
     assert cfg.limits.max_message_size == 50 * 1024 * 1024
     assert (cfg.limits.max_recipients, cfg.limits.max_line_length, cfg.limits.max_errors) == (1000, 512, 20)
     assert (cfg.limits.command_timeout, cfg.limits.data_timeout) == (300.0, 600.0)
@@ -100,6 +102,48 @@ def test_every_error_names_its_key() -> None:
         'listener[0].address: expected "host:port"',
         "bogus: unknown key",
     ]
+
+
+def test_localhost_and_the_hostname_are_local_unless_local_domains_is_set() -> None:
+    assert config.from_dict({"hostname": "MX.Example.test"}).policy.local_domains == (
+        "localhost",
+        "mx.example.test",
+    )
+    assert config.from_dict({"hostname": "localhost"}).policy.local_domains == ("localhost",)
+    explicit = config.from_dict({"hostname": "mx.test", "policy": {"local_domains": ["a.test"]}})
+    assert explicit.policy.local_domains == ("a.test",)
+    assert config.from_dict({"policy": {"local_domains": []}}).policy.local_domains == ()
+
+
+@pytest.mark.parametrize("name", ["localhost", "a.localhost", "localhost.localdomain"])
+def test_localhost_names(name: str) -> None:
+    assert config.is_localhost(name)
+    assert not config.is_localhost("localhost.example.test") and not config.is_localhost("notlocalhost")
+
+
+def test_lmtp_error_shows_the_unix_form() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"local": {"lmtp": "/run/dovecot/lmtp"}})
+    assert e.value.errors == ['local.lmtp: expected "host:port" or "unix:/path", got \'/run/dovecot/lmtp\'']
+    assert (
+        config.from_dict({"local": {"lmtp": "unix:/run/dovecot/lmtp"}}).local.lmtp == "unix:/run/dovecot/lmtp"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "mode", "dir_mode"),
+    [("0600", 0o600, 0o700), ("0640", 0o640, 0o750), ("660", 0o660, 0o770), (0o644, 0o644, 0o755),
+     ("0o666", 0o666, 0o777)],
+)  # fmt: skip
+def test_local_mode(value: object, mode: int, dir_mode: int) -> None:
+    local = config.from_dict({"local": {"mode": value}}).local
+    assert (local.mode, local.dir_mode) == (mode, dir_mode)
+
+
+@pytest.mark.parametrize("value", ["0400", "0200", "0o1000", "rw", 600.0, True, -1, "08"])
+def test_local_mode_refused(value: object) -> None:
+    with pytest.raises(config.ConfigError, match=r"^local\.mode: "):
+        config.from_dict({"local": {"mode": value}})
 
 
 def test_tls_listener_needs_a_certificate() -> None:

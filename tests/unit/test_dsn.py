@@ -187,6 +187,9 @@ def test_status_of(reply: Reply, status: str) -> None:
         ("mx1.a.test[127.0.0.2]:2525", "mx1.a.test"),
         ("[127.0.0.1]:2626", "127.0.0.1"),
         ("local", "local"),
+        ("lmtp:[127.0.0.1]:24", "127.0.0.1"),
+        ("lmtp:unix:/run/dovecot/lmtp", ""),
+        ("maildir", ""),
     ],
 )
 def test_remote_host(nexthop: str, host: str) -> None:

@@ -160,7 +160,7 @@ RULES: dict[str, set[str]] = {
         "fastmta.errors",
     },
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
-    "fastmta.compose": {"fastmta.smtp.commands"},
+    "fastmta.compose": {"fastmta.smtp.commands", "fastmta.smtp.headers"},
     "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
     "fastmta.loadgen": {"fastmta.parser", "fastmta.smtp.proxy", "fastmta.smtp.commands", "fastmta.config"},
     # Composition root: everything but the entry points and the process layer.
@@ -179,7 +179,9 @@ RULES: dict[str, set[str]] = {
     # Entry points: cli dispatches to fastmta.commands.<cmd> with importlib.
     "fastmta.__main__": {"fastmta.cli"},
     "fastmta.cli": LEAF,
-    "fastmta.commands": {"fastmta.config"},
+    "fastmta.commands": {"fastmta.config", "fastmta.preflight"},
+    # Start-up checks of the files the configuration names (check-config and serve).
+    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth"},
 }
 # Each command is an entry point: it may use anything below the dispatcher.
 for _name in MODULES:

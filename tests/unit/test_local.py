@@ -193,6 +193,25 @@ def test_maildir_write_creates_private_dirs_and_moves_into_new(tmp_path: Path) -
     assert list((box / "tmp").iterdir()) == []
 
 
+def test_local_mode_applies_whatever_the_umask(tmp_path: Path) -> None:
+    """[local] mode = "0640": files 0640 and every directory fastmta creates 0750, even under
+    umask 077, so a reader in the group (Dovecot) can open them; existing ones are left alone."""
+    (tmp_path / "mail").mkdir(mode=0o711)
+    local = config.from_dict({"local": {"mode": "0640"}}).local
+    box = tmp_path / "mail" / "local.test" / "bob"
+    old = os.umask(0o077)
+    try:
+        path = maildir_write(str(box), "h", [b"x"], local.mode, local.dir_mode)
+        again = maildir_write(str(box), "h", [b"y"], local.mode, local.dir_mode)
+    finally:
+        os.umask(old)
+    for p in (path, again):
+        assert stat.S_IMODE(Path(p).stat().st_mode) == 0o640
+    for d in (box.parent, box, box / "tmp", box / "new", box / "cur"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o750, d
+    assert stat.S_IMODE((tmp_path / "mail").stat().st_mode) == 0o711
+
+
 def test_maildir_write_leaves_no_tmp_file_on_failure(tmp_path: Path) -> None:
     box = tmp_path / "box"
     maildir_write(str(box), "h", [b"x"])

@@ -15,6 +15,7 @@ from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
 from fastmta.smtp.auth import Users
 from tests.support import traced_message
+from fastmta.smtp.headers import MAX_HEAD, missing_fields
 
 
 @dataclass
@@ -215,6 +216,61 @@ def test_submission_requires_auth_and_auth_flow() -> None:
     run(s, b"DATA")
     _, _, _, data, _ = s.data_end(b"")  # type: ignore[misc]
     assert b"with ESMTPSA id" in data and b"(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)" in data
+
+
+def authenticated_rcpt() -> S.Session:
+    """A submission session after AUTH, MAIL and RCPT."""
+    s = S.Session(FakeSettings(submission=True), "192.0.2.1", tls="TLSv1.3 TLS_AES_128_GCM_SHA256")
+    run(s, b"EHLO c.test")
+    run(s, b"AUTH PLAIN " + base64.b64encode(b"\0u\0p"))
+    s.auth_done(True, "u")
+    for line in (b"MAIL FROM:<a@x.test>", b"RCPT TO:<x@anywhere.test>", b"DATA"):
+        run(s, line)
+    return s
+
+
+@pytest.mark.parametrize(
+    ("message", "added"),
+    [
+        (b"Subject: x\r\n\r\nbody\r\n", [b"Date", b"Message-ID"]),
+        (b"Subject: x\r\nDATE: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody\r\n", [b"Message-ID"]),
+        (b"message-id : <a@b.test>\r\n\r\nbody\r\n", [b"Date"]),
+        (b"Date: d\r\nMessage-Id: <a@b.test>\r\n\r\nDate: body\r\n", []),
+        (b"Subject: x\r\n\r\nDate: in the body\r\nMessage-ID: <b@x.test>\r\n", [b"Date", b"Message-ID"]),
+        (b"X-A: a\r\n Date: folded, not a field\r\n\r\n", [b"Date", b"Message-ID"]),
+        (b"\r\nDate: body only\r\n", [b"Date", b"Message-ID"]),
+        (b"", [b"Date", b"Message-ID"]),
+    ],
+)  # fmt: skip
+def test_submission_adds_a_missing_date_and_message_id(message: bytes, added: list[bytes]) -> None:
+    s = authenticated_rcpt()
+    _, msg_id, _, head, body = s.data_end(message)  # type: ignore[misc]
+    assert body is message  # the body is passed on untouched, never copied
+    fields = [line for line in head.split(b"\r\n") if line and not line.startswith(b"\t")]
+    assert fields[0].startswith(b"Received: ")
+    names = [line.split(b":", 1)[0] for line in fields[1:]]
+    assert names == added
+    if b"Message-ID" in added:
+        assert f"Message-ID: <{msg_id}@mx.test>\r\n".encode() in head
+
+
+@pytest.mark.parametrize("colon_at", [MAX_HEAD - 1, MAX_HEAD])
+def test_the_header_scan_stops_at_max_head(colon_at: int) -> None:
+    """A field is seen only when it ends inside the first MAX_HEAD octets of a header block."""
+    first = b"Message-ID: <i@d>\r\n"
+    filler = b"X-Fill: " + b"a" * (colon_at - len(b"X-Fill: \r\nDate") - len(first)) + b"\r\n"
+    message = first + filler + b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody\r\n"
+    assert message.index(b"Date:") + 4 == colon_at
+    added = missing_fields(message, "ID", "mx.test")
+    assert added.startswith(b"Date: ") == (colon_at >= MAX_HEAD)
+    assert b"Message-ID" not in added
+
+
+def test_relay_mail_gets_no_date_or_message_id() -> None:
+    s = session_in(S.S_RCPT)
+    run(s, b"DATA")
+    _, _, _, head, _ = s.data_end(b"Subject: x\r\n\r\nbody\r\n")  # type: ignore[misc]
+    assert b"Date:" not in head and b"Message-ID:" not in head
 
 
 def test_auth_failure_then_block() -> None:
