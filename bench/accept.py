@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Durable accept benchmark (issue 4 §9): fastmta beside Postfix, aiosmtpd and the bare-uvloop limit.
+"""Durable accept benchmark: fastmta beside Postfix, aiosmtpd and the bare-uvloop limit.
 
     .venv/bin/python bench/accept.py [--quick] [--reps 3] [--json OUT]
 
@@ -55,7 +55,7 @@ class Scenario:
         return f"{size}, {self.connections} conn, {per}"
 
 
-# The issue's "must show" cells come first; --full adds the rest of the matrix.
+# The cells with a target (report.GOALS) come first; --full adds the rest of the matrix.
 SCENARIOS = [
     Scenario("4k-50c-1m", 4096, 50, 1),
     Scenario("4k-50c-100m", 4096, 50, 100),

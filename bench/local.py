@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Local delivery benchmark (issue 6): Maildir and LMTP deliveries/s, sendmail injection latency.
+"""Local delivery benchmark: Maildir and LMTP deliveries/s, sendmail injection latency.
 
     .venv/bin/python bench/local.py [--quick] [--json OUT] [--dir /tmp/...]
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Where fastmta's accept CPU goes: py-spy samples of a loaded server, by area (issue 4 "profile it").
+"""Where fastmta's accept CPU goes: py-spy samples of a loaded server, by area.
 
     .venv/bin/python bench/profile.py [--quick] [--seconds 3] [--json OUT]
 

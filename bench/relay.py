@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Relay benchmark (issue 5 §10): smtp-source → MTA → smtp-sink, and the drain of a full spool.
+"""Relay benchmark: smtp-source → MTA → smtp-sink, and the drain of a full spool.
 
     .venv/bin/python bench/relay.py [--quick] [--reps 3] [--drain N] [--json OUT]
 

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """One frozen, typed configuration object built from TOML plus embedded defaults.
 
-Every key of the public contract (DESIGN.md §3.2) lives here, once. Unknown keys
+Every configuration key fastmta reads lives here, once. Unknown keys
 are errors so a misspelt key never silently does nothing; every error names the
 key it is about (``limits.max_recipients: expected an integer``). This module
 imports only the standard library.

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The JSON delivery log (DESIGN.md §3.5): one object per line, per event and recipient.
+"""The JSON delivery log: one object per line, per event and recipient.
 
 Lines go to stdout (or ``[log] file``). Callers hand over whole batches so one
 commit or one delivery attempt costs one ``write``; nothing here is formatted
@@ -45,7 +45,7 @@ class DeliveryLog:
         self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write records (each a dict of §3.5 fields; missing ones are omitted) in one call."""
+        """Write records (dicts of log fields; missing ones are omitted) in one call."""
         if not self.enabled:
             return
         text = "".join(_encode(r) + "\n" for r in records)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Every metric fastmta exports, defined once (DESIGN.md §3.4).
+"""Every metric fastmta exports, defined once.
 
 Names and labels here are a public contract: the Grafana dashboard and the alert
 rules in ``deploy/`` read them. No label takes an unbounded set of values (no
@@ -87,7 +87,7 @@ delivery_connections_total = Counter(
     ["result"],
 )
 
-# --- beyond the contract: what an operator needs (names are public once released) ---
+# --- beyond the core set above: what an operator needs (names are public once released) ---
 
 _DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -17,7 +17,7 @@ from fastmta.config import Config
 
 
 class Policy:
-    """Relay rules from ``[policy]`` (DESIGN.md §3.2); rebuilt on SIGHUP."""
+    """Relay rules from ``[policy]``; rebuilt on SIGHUP."""
 
     def __init__(self, cfg: Config, mailbox_exists: Callable[[str], bool] | None = None) -> None:
         """``mailbox_exists(addr)`` answers for ``local_domains`` addresses (the composition root

@@ -53,7 +53,7 @@ def say(text: str) -> None:
 
 
 class Server:
-    """One running fastmta process (issue 9 runs one of these per worker)."""
+    """One running fastmta process (``workers = N > 1`` runs one of these per worker)."""
 
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg

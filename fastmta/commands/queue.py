@@ -35,7 +35,7 @@ def iso(ts: float | None) -> str | None:
 
 
 def row(env: Envelope) -> dict[str, Any]:
-    """The ``list --json`` object (keys fixed by DESIGN.md §3.1)."""
+    """The ``list --json`` object (its keys are a public interface: scripts parse them)."""
     return {
         "id": env.id, "from": env.sender, "rcpts": [r.addr for r in env.rcpts if r.pending],
         "size": env.size, "attempts": env.attempts, "arrived": iso(env.arrived),

@@ -251,7 +251,7 @@ class Session:
         return self._body_refused(R.R_552_TOO_BIG, "size")
 
     def data_bare_lf(self) -> Action | None:
-        # DESIGN.md §3.3 rule 5: refused whole after the real CRLF.CRLF; session continues.
+        # Smuggling defence: refused whole after the real CRLF.CRLF; session continues.
         return self._body_refused(R.R_550_SMUGGLING, "smuggling")
 
     def _body_refused(self, reply: bytes, reason: str) -> Action | None:

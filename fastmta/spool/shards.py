@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Spool shards: one LMDB environment per worker process (issue 9).
+"""Spool shards: one LMDB environment per worker process.
 
 Layout: with ``[server] workers = 1`` the spool is ``<path>`` itself, exactly as
 a single process has always used it. With N > 1 workers, worker *n* owns

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Behind a real HAProxy (issue 9 §4): PROXY v1 and v2 into ``workers = 2``.
+"""Behind a real HAProxy: PROXY v1 and v2 into ``workers = 2``.
 
 HAProxy (``mode tcp``, ``send-proxy`` / ``send-proxy-v2``) forwards smtplib
 connections made from 127.0.0.7 and 127.0.0.8; fastmta's socket peer is HAProxy

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""PROXY protocol v1/v2 (issue 9 §4): the real client address drives policy, limits and Received:."""
+"""PROXY protocol v1/v2: the real client address drives policy, limits and Received:."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""SMTP smuggling (DESIGN.md §3.3 rule 5) over a raw socket: every bare CR/LF end-of-data variant.
+"""SMTP smuggling over a raw socket: every bare CR/LF end-of-data variant.
 
 A body holding a false terminator is refused whole with 550 5.6.0 after the real
 CRLF.CRLF, nothing of it is queued, and the "smuggled" commands after the false

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""The import graph of STYLE.md §3.1, checked on the real tree with ``ast``.
+"""The module import graph (data flows listener → parser → session → spool → scheduler →
+delivery), checked on the real tree with ``ast``.
 
 Every import of a ``fastmta`` module counts, wherever it stands: at module
 level, inside a function (lazy) or under ``TYPE_CHECKING`` (a typing edge is
@@ -252,7 +253,7 @@ def test_imports_follow_the_graph() -> None:
                 continue  # a package uses its own submodules
             if not _within(e.target, allowed):
                 bad.append(f"{module}:{e.line}: imports {e.target}")
-    assert not bad, "imports outside STYLE.md §3.1:\n" + "\n".join(bad)
+    assert not bad, "imports outside the allowed graph:\n" + "\n".join(bad)
 
 
 def test_exceptions_are_still_needed() -> None:
@@ -276,7 +277,7 @@ def test_commands_are_imported_only_by_commands() -> None:
 
 
 def test_smtp_and_spool_keep_their_distance() -> None:
-    """The two hard lines of §3.1, spelled out (the rules above imply them)."""
+    """The two hard lines of the graph, spelled out (the rules above imply them)."""
     never = {
         "fastmta.smtp": {"fastmta.scheduler", "fastmta.delivery", "fastmta.spool"},
         "fastmta.spool": {"fastmta.smtp", "fastmta.scheduler", "fastmta.delivery"},

@@ -160,7 +160,7 @@ exp.close()
 
 
 def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
-    # Issue 9's workers share PROMETHEUS_MULTIPROC_DIR; any one of them serves the sum.
+    # ``workers = N > 1`` processes share PROMETHEUS_MULTIPROC_DIR; any one of them serves the sum.
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     for _ in range(2):
         subprocess.run([sys.executable, "-c", _WORKER], env=env, cwd=ROOT, check=True, timeout=60)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Worker configuration shares and spool shards (issue 9), without starting a server."""
+"""Worker configuration shares and spool shards, without starting a server."""
 
 from __future__ import annotations
 
