@@ -55,7 +55,7 @@ class Scenario:
         return f"{size}, {self.connections} conn, {per}"
 
 
-# The "must show" cells come first; --full adds the rest of the matrix.
+# The cells with a target (report.GOALS) come first; --full adds the rest of the matrix.
 SCENARIOS = [
     Scenario("4k-50c-1m", 4096, 50, 1),
     Scenario("4k-50c-100m", 4096, 50, 100),

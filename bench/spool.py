@@ -5,7 +5,7 @@
 
 1. Durable 4 KiB puts per second with 1, 50 and 500 concurrent producers on the
    event loop while a "busy" task keeps the loop doing other Python work (as SMTP
-   sessions do: the GIL convoy). Reports put latency and the commit
+   sessions do: py-lmdb must win the GIL back after every call). Reports put latency and the commit
    batch size distribution.
 2. In the same run, the classic design for comparison: one file per message,
    written, fsync'd and renamed into place by a thread pool, same producers, same

@@ -11,8 +11,8 @@ worker is with 50). Each run reports accepted msgs/s, the server's CPU per
 accepted message (utime + stime of the whole process tree: supervisor, workers
 and their spool writers, from /proc) and the load generator's own CPU per
 message (it shares the two cores). Relay: the same load relayed to one
-``smtp-sink``, timed until the sink has every message. The "must show" ratios
-of the issue are computed from the medians of the same run.
+``smtp-sink``, timed until the sink has every message. The ratios
+between the two are computed from the medians of the same run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from bench import drivers, peers, relay  # noqa: E402
 from bench.accept import SCENARIOS, Scenario, plan_count  # noqa: E402
 
 WORKERS = (1, 2)
-# the issue's cell first; 200 sessions gives each of 2 workers the load one worker gets from 50
+# the target cell first; 200 sessions gives each of 2 workers the load one worker gets from 50
 ACCEPT_SCENARIOS = [sc for sc in SCENARIOS if sc.name in ("4k-50c-1m", "4k-50c-100m")] + [
     Scenario("4k-200c-1m", 4096, 200, 1)
 ]

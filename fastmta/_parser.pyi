@@ -1,8 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""Typed public API of both parser twins (fastmta._parser and fastmta._parser_py)."""
+"""Typed public API of both parser twins (fastmta._parser and fastmta._parser_py).
+
+``tests/unit/test_parser_stub.py`` checks it against both with mypy's stubtest.
+"""
+
+from typing_extensions import disjoint_base
 
 _Buffer = bytes | bytearray | memoryview
 
+@disjoint_base
 class CommandParser:
     long_lines: int
     def __init__(
@@ -22,6 +28,7 @@ class CommandParser:
     def reset_body(self) -> None: ...
     def discard(self) -> None: ...
 
+@disjoint_base
 class ReplyParser:
     def __init__(self) -> None: ...
     def feed(self, data: _Buffer) -> list[tuple[int, list[bytes]]]: ...

@@ -45,7 +45,7 @@ class DeliveryLog:
         self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        """Write records (each a dict of §3.5 fields; missing ones are omitted) in one call."""
+        """Write records (dicts of log fields; missing ones are omitted) in one call."""
         if not self.enabled:
             return
         text = "".join(_encode(r) + "\n" for r in records)

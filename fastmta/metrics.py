@@ -87,7 +87,7 @@ delivery_connections_total = Counter(
     ["result"],
 )
 
-# --- beyond the contract: what an operator needs (names are public once released) ---
+# --- beyond the core set above: what an operator needs (names are public once released) ---
 
 _DNS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

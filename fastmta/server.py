@@ -32,6 +32,8 @@ from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 
 log = logging.getLogger("fastmta.server")
+# Starts the one stderr line every unhandled loop exception gets (the test harness fails on it).
+LOOP_EXCEPTION = "unhandled exception in the event loop"
 
 
 class SpoolStore:
@@ -45,6 +47,13 @@ class SpoolStore:
         env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
                        listener=txn.listener, params=txn.params)  # fmt: skip
         return self._put(env, body, head)
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception no task or callback handled is a bug: one line that says so, then
+    asyncio's own report with the traceback."""
+    log.error("%s: %s", LOOP_EXCEPTION, context.get("message", ""))
+    loop.default_exception_handler(context)
 
 
 def say(text: str) -> None:
@@ -70,6 +79,7 @@ class Server:
     async def run(self) -> int:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_loop_exception)
         # Before anything listens: a signal in the start-up window must not take its
         # default action (a SIGHUP right after the first banner killed the process).
         for sig, handler in (

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,45 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
 def _no_real_dns_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # A test must never fall back to a developer's FASTMTA_CONFIG.
     monkeypatch.delenv("FASTMTA_CONFIG", raising=False)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gc_frozen() -> None:
+    # What exists once the tests are collected is moved out of the collector's way, so
+    # the collection after every test (below) scans only what tests made: ~0 instead of 15 ms.
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_loop_exceptions(_gc_frozen: None) -> Iterator[None]:
+    """Fail a test whose event loops left an exception unhandled.
+
+    Every loop in the test process, however made (asyncio.run, uvloop.run, a sink's
+    thread), reports those through its default exception handler, which logs them to
+    the "asyncio" logger at ERROR. "Task exception was never retrieved" is only said
+    when the task is collected, hence the collection before the check.
+    """
+    seen = _Records()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(seen)
+    try:
+        yield
+        gc.collect()
+    finally:
+        logger.removeHandler(seen)
+    if seen.records:
+        text = "\n".join(logging.Formatter("%(message)s").format(r) for r in seen.records)
+        pytest.fail(f"an event loop left exceptions unhandled:\n{text}", pytrace=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

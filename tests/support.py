@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from fastmta.server import LOOP_EXCEPTION
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # Every test config points DNS here unless it starts its own dnsmasq: a dead
@@ -176,7 +178,6 @@ class ServerProcess:
         wait_until(installed, timeout, "the server's SIGTERM and SIGHUP handlers")
 
     def stderr(self) -> str:
-        self._err.flush()
         return self.err_path.read_text(errors="replace")
 
     def log_lines(self) -> list[str]:
@@ -195,10 +196,18 @@ class ServerProcess:
         self.proc.kill()
         self.proc.wait(10)
 
+    def loop_exceptions(self) -> list[str]:
+        """The server's reports of exceptions its event loops left unhandled (any worker's)."""
+        return [line for line in self.stderr().splitlines() if LOOP_EXCEPTION in line]
+
     def stop(self, timeout: float = 30.0) -> int:
+        """Stop the server; a test whose server left an exception unhandled fails here."""
         stop_process(self.proc, timeout)
-        self._out.close()
-        self._err.close()
+        if not self._err.closed:
+            self._out.close()
+            self._err.close()
+            if self.loop_exceptions():
+                raise AssertionError(f"fastmta left exceptions unhandled:\n{self.stderr()[-6000:]}")
         return self.proc.returncode
 
 

@@ -62,7 +62,7 @@ class RcptReport:
 def wanted(sender: str, notify: str, action: str) -> bool:
     """Whether RFC 3461 asks for a DSN of ``action`` for a recipient with NOTIFY=``notify``.
 
-    Never for the null sender (no bounce loops: a bounce is never bounced). Without
+    Never for the null sender (a bounce of a bounce could loop forever). Without
     NOTIFY only failures are reported; NEVER silences everything.
     """
     if not sender:

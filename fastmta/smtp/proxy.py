@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_MAX = 107  # §2.1: the longest v1 line, CRLF included
+V1_MAX = 107  # proxy-protocol.txt §2.1: the longest v1 line, CRLF included
 V2_MAX = 16 + 65535
 _V1_PREFIX = b"PROXY "
 

@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: MIT
 """The spool: durable, group-committed message storage on LMDB.
 
-``put`` resolves only after the message is in an fsync'd LMDB transaction (a
-``250`` is a promise). Reads (``envelope``, ``body``, ``due``) are short read
-transactions in this process; every write goes through the writer process
-(``writer.py`` says why a process). The scheduler sees envelopes and the
-schedule index, never bodies.
+``put`` resolves only after the message is in an fsync'd LMDB transaction, so a
+``250`` is never sent for mail a crash could lose. Reads (``envelope``, ``body``,
+``due``) are short read transactions in this process; once ``start`` has run,
+every write goes through the writer process (``writer.py`` says why a process).
+The scheduler sees envelopes and the schedule index, never bodies.
 """
 
 from __future__ import annotations

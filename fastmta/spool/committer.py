@@ -2,9 +2,10 @@
 """Group commit, loop side: frames to the writer process, one wake-up per batch.
 
 The loop encodes each operation once (the envelope record is built by the
-caller), writes it to the writer's socket and keeps the future by sequence
-number. The writer (``writer.py``, where the reason for a process is measured)
-answers once per committed batch; ``on_batch`` then resolves that batch's futures
+caller), sends it to the writer's socket (at once to an idle writer, once per loop
+iteration while a commit is in flight) and keeps the future by sequence number.
+The writer (``writer.py``, which says why it is a process) answers once per
+committed batch; ``on_batch`` then resolves that batch's futures
 on the loop. If the writer dies, everything in flight fails with
 ``SpoolUnavailableError`` (nothing was acknowledged, so nothing is lost) and a
 new writer is started for the next operation.

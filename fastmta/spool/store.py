@@ -9,13 +9,13 @@ All synchronous. Keys:
   contiguous free pages; every piece but a short tail fills its overflow pages
   exactly (n pages − 16 header bytes), so a 4 KiB body takes one page, not two
 * ``sched`` due time in ms (8 bytes, big-endian) + id → b"": ``due()`` is a range scan
-* ``quar``  id → damaged envelope record moved aside by recovery
-* ``meta``  spool-wide facts (schema version)
+* ``quar``  id → damaged envelope record moved aside (by recovery, or when a read finds it)
+* ``meta``  spool-wide facts: the schema version and the ``queue flush`` signal (flush.py)
 
-Write transactions run on one thread per process (the writer process, or a short
-``fastmta queue`` command). ``set_mapsize`` needs every transaction of this
-process closed, so readers hold ``lock`` for their (short) read transactions and
-the resizer takes it too.
+Write transactions run on one thread per process (the writer process, recovery
+and shard adoption before it starts, or a short ``fastmta queue`` command).
+``set_mapsize`` needs every transaction of this process closed, so readers hold
+``lock`` for their (short) read transactions and the resizer takes it too.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 # SPDX-License-Identifier: MIT
 """The spool writer process: group-commits what the server sends, one fsync per batch.
 
-Why a process and not a thread: py-lmdb drops the GIL inside every call and must
-win it back from a busy event loop, which costs up to one switch interval (5 ms)
-per call (the GIL convoy). Measured with ``bench/spool.py`` (busy loop, 4 KiB, the
-same shared 2-core machine minutes apart): a writer thread gave 2.8 durable puts/s
-with one producer and 8,100/s with 500 (212 and 17,200/s with
-``sys.setswitchinterval(0.0005)``, a process-wide change we would rather not
-impose); this process gave 167 and 18,300/s with the default switch interval. It
-has its own GIL, so LMDB runs at idle-loop speed (~10 us of CPU per put on each
-side). The loop writes each frame at once and reads one acknowledgement per batch.
-Coalescing the frames of a loop iteration into one write was measured twice: no gain
-(first), then 66 → 58 µs of CPU per SMTP message but the spool bench under a busy
-loop fell from 11,000 to 7,800 puts/s at 50 producers (the flush waited behind a
-2 ms slice of other work) — so every frame goes out immediately.
+Every spool write of a running server happens here, in a process of its own, so
+that LMDB has a GIL of its own: py-lmdb releases the GIL inside each call, and a
+writer *thread* would wait up to one switch interval (5 ms) to win it back from a
+busy event loop after every call. ``committer.py`` is the loop's end: it sends
+frames (at once to an idle writer, once per loop iteration while a commit is in
+flight) and resolves futures from one acknowledgement per batch.
 
 Protocol on a stream socket (both directions little-endian):
 
@@ -23,6 +16,8 @@ Protocol on a stream socket (both directions little-endian):
 * reply ``<I`` length + pickled dict: ``results`` [(seq, status, value)], ``seconds``
   (commit time), ``ops``, and ``space`` (a ``space.Space``) when it was measured anew.
   Status 0 = done (value), 1 = spool full, 2 = spool unavailable, 3 = error (text).
+  The first reply is ``{"ready": True, ...}`` once the spool is open, or
+  ``{"error": text}`` if it cannot be opened.
   An idle writer sends ``space`` alone (no ``seconds``) when it changed: deletes by
   another process, or a disk freed by someone else, must end a refusal too.
 
@@ -167,14 +162,12 @@ class Runway:
 
     A page written past the end of data.mdb changes the file's size and block map,
     so the commit's fdatasync must also commit the filesystem journal; into blocks
-    already written it flushes only the data. Measured on this ext4 VM, step cost
-    included: 266 → 207 µs per one-message commit, 42 → 31 µs per message in
-    batches of 10, no change at 30. Durability is untouched (each commit's own
-    fdatasync still covers its pages; LMDB never reads past its last page), and a
-    failure here (full disk, file-size limit) only switches the runway off.
-    Only small batches top it up: the zeros double the bytes written, and a commit of
-    big messages (100 KiB, 50 clients: 1,760 → 1,990 msg/s with no runway, same run)
-    spreads its journal commit over enough data that the runway no longer pays.
+    already written it flushes only the data, which makes small commits cheaper.
+    Durability is untouched (each commit's own fdatasync still covers its pages;
+    LMDB never reads past its last page), and a failure here (full disk, file-size
+    limit) only switches the runway off. Only small batches top it up: the zeros
+    double the bytes written, and a big batch spreads its journal commit over
+    enough data that the runway no longer pays.
     """
 
     def __init__(self, store: Store) -> None:
@@ -305,9 +298,7 @@ class Inbox:
 
     A batch is memoryviews into it (LMDB copies them at commit), so a body is copied
     once, by the kernel, on its way here: no bytes object per ``recv``, no join, no
-    copy per frame. Measured against the recv-and-join version, same run (busy machine):
-    server CPU per message 325 → 308 µs (100 KiB, 50 clients), 74 → 68 µs (4 KiB,
-    reused connections). The buffer grows while batches fill it and stays grown.
+    copy per frame. The buffer grows while batches fill it and stays grown.
     """
 
     def __init__(self, sock: socket.socket) -> None:

@@ -92,7 +92,10 @@ def test_required_tls_failures_defer_as_tls(zone: Any, sinks: Any, sink_port: in
     o = attempt.outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls" and o.reply.code == 451
     assert mx1.messages == [] and mx2.messages == []
-    assert mx1.tls_handshakes == 0 or mx1.messages == []
+    # Nothing of the transaction goes out in plaintext, to either host: mx1 got as far as
+    # STARTTLS, and the client refused its certificate before finishing the handshake.
+    assert mx1.commands == ["EHLO out.fastmta.test", "STARTTLS"] and mx1.tls_handshakes == 0
+    assert not any(c.split()[0] in ("MAIL", "RCPT", "DATA", "BDAT") for c in mx2.commands), mx2.commands
     mx2.script.starttls = True  # mx2 now offers TLS, but with a certificate for its own address only
     o = run(lambda: deliver_once(cfg, bodies, A, env)).outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls"
@@ -213,7 +216,11 @@ def test_dropped_connection_defers(zone: Any, sinks: Any, sink_port: int, where:
     attempt = run(lambda: deliver_once(make_cfg(zone.address, sink_port), bodies, A, env))
     for o in attempt.outcomes.values():
         assert isinstance(o, Deferred) and o.bounce_class == "connection" and o.reply.enhanced == "4.4.2"
-    assert mx1.messages == [] or where == "body"
+    # The sink closes without a reply (and keeps no message) at the first RCPT, at DATA,
+    # or after the whole body: the client got that far, and no further.
+    assert mx1.messages == []
+    last = {"rcpt": "RCPT TO:<b@a.test>", "data": "DATA", "body": "DATA"}[where]
+    assert mx1.commands[-1] == last and mx1.connections == 1, mx1.commands
 
 
 def test_421_mid_transaction_defers_and_drops_the_connection(zone: Any, sinks: Any, sink_port: int) -> None:

@@ -3,15 +3,19 @@
 
 The wheel must carry the compiled parser, and fastmta installed from it must pick
 the Cython backend (the image sets FASTMTA_REQUIRE_CYTHON=1) and accept the
-shipped config.
+shipped config. Every package-data pattern of pyproject.toml must name a file
+that the wheel and the sdist really carry, and excluded ones none.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
 import subprocess
+import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -42,7 +46,10 @@ def _wheel_check_code() -> str:
     return match.group(1)
 
 
-def test_wheel_from_the_build_stage_has_a_working_compiled_parser(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(source tree as the build stage copies it, the wheel built from it), built once."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     src = tmp_path / "src"
     src.mkdir()
     copied = _copied_paths()
@@ -63,6 +70,14 @@ def test_wheel_from_the_build_stage_has_a_working_compiled_parser(tmp_path: Path
                             capture_output=True, text=True, timeout=280)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = wheels.glob("fastmta-*.whl")
+    return src, wheel
+
+
+def test_wheel_from_the_build_stage_has_a_working_compiled_parser(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, wheel = built
+    wheels = wheel.parent
     names = zipfile.ZipFile(wheel).namelist()
     assert any(re.fullmatch(r"fastmta/_parser\..*\.so", n) for n in names), names
     # The Dockerfile's own check accepts this wheel.
@@ -81,3 +96,24 @@ def test_wheel_from_the_build_stage_has_a_working_compiled_parser(tmp_path: Path
     cmd = [PYTHON, "-m", "fastmta", "check-config", "--config", str(deploy_path("fastmta.toml"))]
     check = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_package_data_pattern_ships_a_file(built: tuple[Path, Path], tmp_path: Path) -> None:
+    src, wheel = built
+    hook = "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))"
+    subprocess.run([PYTHON, "-c", hook, str(tmp_path)], cwd=src, check=True, capture_output=True, timeout=120)
+    (sdist,) = tmp_path.glob("fastmta-*.tar.gz")
+    top = sdist.name.removesuffix(".tar.gz") + "/"
+    with tarfile.open(sdist) as tar:
+        in_sdist = [n.removeprefix(top) for n in tar.getnames()]
+    in_wheel = zipfile.ZipFile(wheel).namelist()
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, patterns in setuptools_cfg["package-data"].items():
+        for pattern in patterns:
+            where = f"{package.replace('.', '/')}/{pattern}"
+            for name, files in (("wheel", in_wheel), ("sdist", in_sdist)):
+                assert fnmatch.filter(files, where), f"package-data {where} matches nothing in the {name}"
+    for package, patterns in setuptools_cfg["exclude-package-data"].items():
+        for pattern in patterns:
+            where = f"{package.replace('.', '/')}/{pattern}"
+            assert not fnmatch.filter(in_wheel, where), f"{where} is excluded but in the wheel"

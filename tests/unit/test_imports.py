@@ -280,7 +280,7 @@ def test_commands_are_imported_only_by_commands() -> None:
 
 
 def test_smtp_and_spool_keep_their_distance() -> None:
-    """The two hard lines of §3.1, spelled out (the rules above imply them)."""
+    """The two hard lines of the graph, spelled out (the rules above imply them)."""
     never = {
         "fastmta.smtp": {"fastmta.scheduler", "fastmta.delivery", "fastmta.spool"},
         "fastmta.spool": {"fastmta.smtp", "fastmta.scheduler", "fastmta.delivery"},

@@ -25,8 +25,8 @@ def test_entry_is_consistent(name: str) -> None:
     assert not re.search(r"/|\{|\}|Traceback|Error:", entry.text), name  # generic text only
 
 
-def test_design_rule_4_codes() -> None:
-    """The documented reply for each kind of bad input, code by code."""
+def test_error_reply_codes() -> None:
+    """Each refusal a client can meet (bad input, limits, relay, storage), with its exact codes."""
     expected = {
         "R_500_LINE_TOO_LONG": "500 5.5.2", "R_501_SYNTAX": "501 5.5.4", "R_503_BAD_SEQUENCE": "503 5.5.1",
         "R_500_UNKNOWN": "500 5.5.1", "R_554_RELAY_DENIED": "554 5.7.1", "R_421_TOO_MANY_ERRORS": "421 4.7.0",
