@@ -14,5 +14,12 @@ def main(argv: list[str]) -> int:
     add_config_arg(parser)
     args = parser.parse_args(argv)
     cfg = load_config_or_exit(args.config)
+    if cfg.dkim:
+        from fastmta.dkim import keys
+
+        errors = keys.check(cfg.dkim)
+        if errors:
+            print("\n".join(errors), file=sys.stderr)
+            return 2
     print(f"{cfg.source or 'embedded defaults'}: ok", file=sys.stderr)
     return 0

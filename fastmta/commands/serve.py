@@ -21,6 +21,13 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     cfg = load_config_or_exit(args.config)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
+    if cfg.dkim:  # before any worker starts: a bad key is a start-up error naming the entry
+        from fastmta.dkim import keys
+
+        errors = keys.check(cfg.dkim)
+        if errors:
+            print("\n".join(errors), file=sys.stderr)
+            return 2
 
     from fastmta import supervisor
 

@@ -29,5 +29,6 @@ NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Next hop does not support SMTPUTF8, which 
 NEEDS_8BITMIME = Reply(554, "5.6.3", "Next hop does not support 8BITMIME and the message has 8-bit data")
 TOO_BIG = Reply(552, "5.3.4", "Message is larger than the next hop accepts (its SIZE)")
 
+DKIM_UNAVAILABLE = Reply(451, "4.3.0", "DKIM signing is unavailable; will retry")
 NO_BODY = Reply(451, "4.3.0", "Message body missing from the queue")
 INTERNAL = Reply(451, "4.3.0", "Internal error during delivery; will retry")

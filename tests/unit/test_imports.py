@@ -158,6 +158,8 @@ RULES: dict[str, set[str]] = {
         "fastmta.config",
         "fastmta.errors",
     },
+    # DKIM signing: a leaf beside delivery; the remote deliverer gets it as a typing.Protocol.
+    "fastmta.dkim": {"fastmta.dkim", "fastmta.config", "fastmta.metrics"},
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
     "fastmta.compose": {"fastmta.smtp.commands"},
     "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
@@ -219,6 +221,7 @@ STDLIB_ONLY = {
     "fastmta.smtp.session": set(),
     "fastmta.policy": set(),
     "fastmta.scheduler.retry": set(),
+    "fastmta.dkim.canon": set(),
     "fastmta.cli": set(),
     "fastmta._parser_py": set(),
     "fastmta.parser": set(),
