@@ -39,15 +39,12 @@ def load(path: str) -> tuple[PrivateKey, str]:
     except OSError as e:
         raise KeyFileError(f"cannot read {path}: {e.strerror}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{path} is readable or writable by group or others (mode {st.st_mode & 0o777:o}; chmod 600)"
-        )
+        raise KeyFileError(f"{path} is open to group or others (mode {st.st_mode & 0o777:o}; chmod 600 it)")
     try:
         key: Any = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise KeyFileError(
-            f"{path} is not an unencrypted PEM private key ({str(e).splitlines()[0][:80]})"
-        ) from None
+        why = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key ({why})") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key, "ed25519"
     if isinstance(key, rsa.RSAPrivateKey):
