@@ -83,7 +83,13 @@ def simple_body(body: bytes) -> bytes:
 
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 §3.4.4: WSP runs as one SP, none at line ends, no trailing empty lines."""
-    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    # C-speed passes instead of a regex (one ``re.sub`` took 0.6-1.3 ms on 100 KiB; see
+    # docs/performance.md, DKIM): tabs become spaces, then each pass halves every run.
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    while b"  " in body:
+        body = body.replace(b"  ", b" ")
+    body = body.replace(b" \r\n", b"\r\n")
     if body.endswith(b" "):
         body = body[:-1]
     body = _trailing_lines_to_one(body)

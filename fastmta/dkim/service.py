@@ -158,19 +158,21 @@ class DkimService:
         """(fields to prepend, d= domains) for a stored message; ``SignerUnavailable`` if the
         process is gone (it restarts for the next message)."""
         fut = self._done.get(msg_id)
-        if fut is None:
-            if not self.covers(message):
-                return b"", ()
-            fut = asyncio.get_running_loop().create_future()
-            self._remember(msg_id, fut)
-            try:
-                fut.set_result(await self._sign(message, int(arrived)))
-            except BaseException as e:
-                self._done.pop(msg_id, None)
-                fut.set_exception(e)
-                fut.exception()  # retrieved: a waiter, if any, sees it through await
-                raise
-        return await asyncio.shield(fut)
+        if fut is not None:  # a retry, or another destination of the same message
+            return fut.result() if fut.done() else await asyncio.shield(fut)
+        if not self.covers(message):
+            return b"", ()
+        fut = asyncio.get_running_loop().create_future()
+        self._remember(msg_id, fut)
+        try:
+            signed = await self._sign(message, int(arrived))
+        except BaseException as e:
+            self._done.pop(msg_id, None)
+            fut.set_exception(e)
+            fut.exception()  # retrieved: a concurrent waiter, if any, sees it through its await
+            raise
+        fut.set_result(signed)
+        return signed
 
     def _remember(self, msg_id: str, fut: asyncio.Future[Signed]) -> None:
         done = self._done
