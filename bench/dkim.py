@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +59,17 @@ class OpenDkim(peers.Peer):
             f"Socket inet:{self.port}@{peers.HOST}\nPidFile {self.workdir / 'opendkim.pid'}\n"
         )
         return [peers.tool("opendkim"), "-f", "-x", str(conf)]
+
+    def _launch(self) -> None:
+        """A milter has no banner for ``peers.wait_port``: up is when a connection is accepted."""
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir, preexec_fn=peers.die_with_parent)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((peers.HOST, self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"opendkim did not listen on {self.address}: {self.log_tail(6)}")
 
 
 class PostfixOpenDkim(peers.Postfix):

@@ -57,6 +57,7 @@ class _Link(asyncio.Protocol):
         self.ready: asyncio.Future[None] = loop.create_future()
         self.buf = bytearray()
         self.seq = 0
+        self.out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -68,8 +69,15 @@ class _Link(asyncio.Protocol):
             return fut
         self.seq = seq = (self.seq + 1) & 0xFFFFFFFF or 1
         self.pending[seq] = fut
-        self.transport.writelines([REQ.pack(len(message), seq, timestamp), message])
+        if not self.out:  # one write per loop iteration: a commit's batch goes out, and is signed, together
+            self.loop.call_soon(self._flush)
+        self.out += (REQ.pack(len(message), seq, timestamp), message)
         return fut
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
