@@ -319,8 +319,9 @@ class Fastmta(Peer):
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
                  spool: Path | None = None, name: str = "fastmta", sync: bool = True,
-                 map_size: str = "1GiB", max_map_size: str = "") -> None:  # fmt: skip
+                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "") -> None:  # fmt: skip
         self.name = name
+        self.extra_config = extra_config  # appended TOML (bench/dkim.py: [[dkim]] tables)
         self.durable = sync
         super().__init__()
         self.hold = hold
@@ -344,7 +345,7 @@ class Fastmta(Peer):
             f'[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n\n'
             f'[metrics]\naddress = "{HOST}:{free_port()}"\n\n'
             f'[log]\nfile = "{self.workdir / "delivery.log"}"\n'
-            f"{route}"
+            f"{route}\n{self.extra_config}"
         )
 
     def command(self) -> list[str]:
@@ -388,10 +389,11 @@ class Postfix(Peer):
 
     name = "postfix"
 
-    def __init__(self, hold: bool = True, relayhost: str | None = None) -> None:
+    def __init__(self, hold: bool = True, relayhost: str | None = None, milter: str | None = None) -> None:
         super().__init__()
         self.hold = hold
         self.relayhost = relayhost
+        self.milter = milter  # "inet:127.0.0.1:PORT": every message through it (bench/dkim.py: OpenDKIM)
         self.conf = self.workdir / "etc"
         self.queue = self.workdir / "queue"
         self.data = self.workdir / "data"
@@ -449,6 +451,9 @@ class Postfix(Peer):
                 "queue_run_delay = 1s",  # released (postsuper -H) mail is picked up at once
                 "smtp_tls_security_level = none",
             ]
+        if self.milter:
+            # tempfail: a message the milter did not see is not accepted (never relayed unsigned)
+            settings += [f"smtpd_milters = {self.milter}", "milter_default_action = tempfail"]
         self._postconf(*settings)
 
     def _launch(self) -> None:

@@ -36,6 +36,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], float, float]] = {
     "spool": ("spool.py", ["--quick"], [], 180, 1800),
     "accept": ("accept.py", ["--quick"], ["--full"], 450, 7200),
     "relay": ("relay.py", ["--quick"], [], 240, 3600),
+    "dkim": ("dkim.py", ["--quick"], [], 420, 3600),
     "profile": ("profile.py", ["--quick"], [], 90, 300),
     "workers": ("workers.py", ["--quick"], [], 180, 1800),
     "local": ("local.py", ["--quick"], [], 120, 900),
@@ -51,7 +52,7 @@ def run_bench(name: str, quick: bool, reps: int | None, extra: list[str]) -> dic
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     cmd = [sys.executable, str(path), "--json", str(out), *(quick_args if quick else full_args)]
-    if reps is not None and name in ("accept", "relay"):
+    if reps is not None and name in ("accept", "relay", "dkim"):
         cmd += ["--reps", str(reps)]
     cmd += extra
     print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)

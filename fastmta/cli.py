@@ -19,6 +19,7 @@ COMMANDS = {
     "sendmail": ("sendmail", "sendmail-compatible injection from stdin"),
     "send": ("send", "compose a MIME message with attachments and submit it"),
     "load": ("load", "SMTP load generator"),
+    "dkim": ("dkim", "DKIM keys: keygen writes a key and prints its DNS record"),
 }
 
 USAGE = (

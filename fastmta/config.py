@@ -349,6 +349,20 @@ class RouteConfig:
     tls: str = _opt(_choice("", "none", "opportunistic", "required"), "")
 
 
+DKIM_CANONICALIZATIONS = ("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """One ``[[dkim]]`` entry: a (domain, selector) signature; the key is checked by fastmta.dkim."""
+
+    domain: str = _opt(_domain, "")
+    selector: str = _opt(_str, "")
+    key_file: str = _opt(_str, "")
+    headers: tuple[str, ...] = _opt(_list(_str), ())  # () = the built-in list
+    canonicalization: str = _opt(_choice(*DKIM_CANONICALIZATIONS), "relaxed/relaxed")
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     maildir: str = _opt(_str, "./fastmta-mail")
@@ -386,6 +400,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     dns: DnsConfig = DnsConfig()
     routes: tuple[RouteConfig, ...] = ()
+    dkim: tuple[DkimConfig, ...] = ()
     local: LocalConfig = LocalConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -451,6 +466,8 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
             kwargs["listeners"] = _build_list(ListenerConfig, value, "listener", errors)
         elif name == "route":
             kwargs["routes"] = _build_list(RouteConfig, value, "route", errors)
+        elif name == "dkim":
+            kwargs["dkim"] = _build_list(DkimConfig, value, "dkim", errors)
         elif name == "delivery":
             shaping: tuple[ShapingRule, ...] = ()
             if isinstance(value, Mapping) and "shaping" in value:
@@ -489,6 +506,33 @@ def _cross_checks(cfg: Config) -> list[str]:
             parse_hostport(cfg.local.lmtp)
         except _Invalid:
             errors.append(f'local.lmtp: expected "host:port" or "unix:/path", got {cfg.local.lmtp!r}')
+    errors.extend(_dkim_checks(cfg.dkim))
+    return errors
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ":"
+
+
+def _dkim_checks(entries: tuple[DkimConfig, ...]) -> list[str]:
+    """Shape of each ``[[dkim]]`` entry; whether its key loads is fastmta.dkim.keys' check."""
+    errors = []
+    seen = set()
+    for i, d in enumerate(entries):
+        key = f"dkim[{i}]"
+        if not d.domain:
+            errors.append(f"{key}.domain: required")
+        if not _SELECTOR.fullmatch(d.selector):
+            errors.append(f"{key}.selector: expected a DNS label (letters, digits, '-', '.')")
+        if not d.key_file:
+            errors.append(f"{key}.key_file: required")
+        bad = [h for h in d.headers if not _HEADER_NAME.fullmatch(h)]
+        if bad:
+            errors.append(f"{key}.headers: not a header field name: {bad[0]!r}")
+        if (d.domain, d.selector) in seen:
+            errors.append(f"{key}: a second entry for domain {d.domain!r} and selector {d.selector!r}")
+        seen.add((d.domain, d.selector))
     return errors
 
 

@@ -119,6 +119,16 @@ scheduler_shard_depth = Gauge(
 spool_quarantined_total = Counter(
     "fastmta_spool_quarantined_total", "Unreadable spool records set aside (at recovery or on read)"
 )
+dkim_signatures_total = Counter(
+    "fastmta_dkim_signatures_total",
+    "DKIM signatures by algorithm and result (signed|exists|error)",
+    ["algorithm", "result"],
+)
+dkim_sign_seconds = Histogram(
+    "fastmta_dkim_sign_seconds",
+    "CPU time to sign one message (canonicalisation, body hash, every signature)",
+    buckets=_LATENCY_BUCKETS,
+)
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
 # rate() over an absent series is "no data", not 0, and silences alerts. Under

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable
 
 from fastmta.config import Config, is_localhost
+from fastmta.dkim import keys
 from fastmta.smtp.auth import AuthConfigError, Users
 
 _CERT = b"-----BEGIN CERTIFICATE-----"
@@ -91,7 +92,11 @@ def _plain_files(cfg: Config, errors: list[str]) -> None:
             errors.append(f"log.file: no such directory: {folder}")
 
 
-CHECKS: tuple[Callable[[Config, list[str]], None], ...] = (_tls, _ca_file, _users, _plain_files)
+def _dkim_keys(cfg: Config, errors: list[str]) -> None:
+    errors.extend(keys.check(cfg.dkim))
+
+
+CHECKS: tuple[Callable[[Config, list[str]], None], ...] = (_tls, _ca_file, _users, _plain_files, _dkim_keys)
 
 
 def problems(cfg: Config) -> list[str]:

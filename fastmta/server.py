@@ -22,6 +22,7 @@ from fastmta import config as config_mod
 from fastmta import metrics, parser
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.local import local_recipient_exists
+from fastmta.dkim.service import DkimService
 from fastmta.log import DeliveryLog
 from fastmta.policy import Policy
 from fastmta.scheduler import start_delivery
@@ -74,6 +75,7 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self.hub: Hub | None = None
         self.delivery: Any = None
+        self.dkim: DkimService | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -90,10 +92,13 @@ class Server:
             loop.add_signal_handler(sig, handler)
         users = Users.load(cfg.policy.users_file)
         ssl_context = tls.server_context(cfg)
+        self.dkim = DkimService(cfg.dkim) if cfg.dkim else None  # a bad key stops us here
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
         self.dlog = DeliveryLog(cfg.log.file)
-        self.delivery = await start_delivery(cfg, spool, self.dlog)
+        if self.dkim is not None:
+            await self.dkim.start()
+        self.delivery = await start_delivery(cfg, spool, self.dlog, signer=self.dkim)
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -152,6 +157,10 @@ class Server:
             users = Users.load(cfg.policy.users_file)
             if self.ssl_context is not None:
                 tls.reload(self.ssl_context, cfg)
+            if self.dkim is not None:
+                self.dkim.reload(cfg.dkim)
+            elif cfg.dkim:
+                say("[[dkim]] entries are new: signing starts after a restart")
         except (ConfigError, AuthConfigError) as e:
             for line in str(e).splitlines():
                 say(f"reload refused, keeping the running configuration: {line}")
@@ -184,6 +193,8 @@ class Server:
             await hub.close()
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.dkim is not None:
+            await self.dkim.close()
         self.spool.close()
         self.dlog.close()
 

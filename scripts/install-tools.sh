@@ -10,6 +10,8 @@ command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"  # PROXY protocol tests
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"  # verifies deploy/systemd/fastmta.service
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# OpenDKIM verifies fastmta's signatures in the tests and signs for Postfix in bench/dkim.py.
+command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need="$need opendkim opendkim-tools"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v make >/dev/null 2>&1 || need="$need make"
 command -v gcc >/dev/null 2>&1 || need="$need gcc"
@@ -38,4 +40,5 @@ $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
 # Debian's prometheus package may still have started a service under some init systems.
 $SUDO pkill -x prometheus 2>/dev/null || true
 $SUDO pkill -f 'postfix/sbin/master' 2>/dev/null || true
+$SUDO pkill -x opendkim 2>/dev/null || true
 exit 0

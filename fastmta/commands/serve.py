@@ -24,7 +24,6 @@ def main(argv: list[str]) -> int:
     worker = supervisor.worker_identity()
     cfg = load_checked_or_exit(args.config, warn=worker is None)  # the same checks as check-config
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
-
     if worker is None and cfg.server.workers > 1:
         try:
             return supervisor.Supervisor(cfg, args.config).run()

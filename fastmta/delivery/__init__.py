@@ -50,6 +50,7 @@ class Attempt:
     # the next hop offered DSN, so NOTIFY went with each RCPT: its success notice is the
     # next hop's job (RFC 3461 §5.2), not ours ("relayed" only when this is False)
     dsn_passed: bool = False
+    dkim: tuple[str, ...] = ()  # d= domains of the DKIM signatures the message went out with
 
 
 class Deliverer(Protocol):

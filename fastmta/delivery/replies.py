@@ -32,5 +32,6 @@ TOO_BIG = Reply(552, "5.3.4", "Message is larger than the next hop accepts (its 
 
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (Received: and Delivered-To: fields): mail loop")
 
+DKIM_UNAVAILABLE = Reply(451, "4.3.0", "DKIM signing is unavailable; will retry")
 NO_BODY = Reply(451, "4.3.0", "Message body missing from the queue")
 INTERNAL = Reply(451, "4.3.0", "Internal error during delivery; will retry")

@@ -41,12 +41,20 @@ class BodySource(Protocol):
     def body(self, msg_id: str) -> bytes | None: ...
 
 
+class Signer(Protocol):
+    """DKIM (fastmta.dkim.service): the fields to prepend and their d= domains."""
+
+    async def sign(self, msg_id: str, arrived: float, message: bytes) -> tuple[bytes, tuple[str, ...]]: ...
+
+
 class SmtpDeliverer:
     """The Deliverer for remote domains and routes (see fastmta.delivery)."""
 
-    def __init__(self, cfg: Config, spool: BodySource, resolver: Resolver | None = None) -> None:
+    def __init__(self, cfg: Config, spool: BodySource, resolver: Resolver | None = None,
+                 signer: Signer | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.spool = spool
+        self.signer = signer
         self.resolver = resolver or Resolver(cfg.dns)
         d = cfg.delivery
         self.pool: Pool[SmtpClient] = Pool(d.max_messages_per_connection, d.idle_timeout)
@@ -94,6 +102,21 @@ class SmtpDeliverer:
         looped = too_many_hops(body, self.cfg.limits.max_hops)
         if looped is not None:
             return Attempt(dict.fromkeys(rcpts, looped))
+        dkim: tuple[str, ...] = ()
+        if self.signer is not None:
+            try:
+                fields, dkim = await self.signer.sign(envelope.id, envelope.arrived, body)
+            except Exception as e:
+                log.warning(
+                    "DKIM signing of %s failed (%s); delivery deferred", envelope.id, type(e).__name__
+                )
+                return Attempt(dict.fromkeys(rcpts, Deferred(replies.DKIM_UNAVAILABLE, "other")))
+            body = fields + body if fields else body
+        attempt = await self._transmit(dest, envelope, rcpts, body)
+        attempt.dkim = dkim
+        return attempt
+
+    async def _transmit(self, dest: Destination, envelope: Any, rcpts: list[int], body: bytes) -> Attempt:
         client = self.pool.get(dest.key)
         if client is not None:
             attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)

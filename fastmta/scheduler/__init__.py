@@ -57,13 +57,17 @@ async def start_delivery(
     remote: Deliverer | None = None,
     local: Deliverer | None = None,
     interval: float = 1.0,
+    signer: Any = None,
 ) -> DeliveryService:
-    """Build deliverers (unless given), the scheduler and its feeder, and start feeding."""
+    """Build deliverers (unless given), the scheduler and its feeder, and start feeding.
+
+    ``signer`` (DKIM, see fastmta.delivery.smtp.Signer) goes to the remote deliverer only:
+    locally delivered mail is not signed."""
     if remote is None:
         from fastmta.delivery.smtp import SmtpDeliverer
         from fastmta.dns import Resolver
 
-        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns))
+        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), signer)
     if local is None:
         from fastmta.delivery.local import LocalDeliverer
 

@@ -240,6 +240,8 @@ class Scheduler:
             "elapsed_ms": int(attempt.elapsed * 1000),
             "tls": attempt.tls,
         }
+        if attempt.dkim:
+            base["dkim"] = list(attempt.dkim)
         outcomes = attempt.outcomes
         records = self._log_buf
         for i in work.rcpts:

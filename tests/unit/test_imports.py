@@ -159,6 +159,8 @@ RULES: dict[str, set[str]] = {
         "fastmta.config",
         "fastmta.errors",
     },
+    # DKIM signing: a leaf beside delivery; the remote deliverer gets it as a typing.Protocol.
+    "fastmta.dkim": {"fastmta.dkim", "fastmta.config", "fastmta.metrics"},
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
     "fastmta.compose": {"fastmta.smtp.commands", "fastmta.smtp.headers"},
     "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
@@ -223,6 +225,7 @@ STDLIB_ONLY = {
     "fastmta.smtp.trace": set(),
     "fastmta.policy": set(),
     "fastmta.scheduler.retry": set(),
+    "fastmta.dkim.canon": set(),
     "fastmta.cli": set(),
     "fastmta._parser_py": set(),
     "fastmta.parser": set(),
