@@ -183,7 +183,7 @@ RULES: dict[str, set[str]] = {
     "fastmta.cli": LEAF,
     "fastmta.commands": {"fastmta.config", "fastmta.preflight"},
     # Start-up checks of the files the configuration names (check-config and serve).
-    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth"},
+    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth", "fastmta.dkim.keys"},
 }
 # Each command is an entry point: it may use anything below the dispatcher.
 for _name in MODULES:
