@@ -24,8 +24,8 @@ from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import auth
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
-from fastmta.smtp.trace import hops
 from fastmta.smtp.headers import missing_fields
+from fastmta.smtp.trace import hops
 
 # --- states -------------------------------------------------------------------------
 S_INIT = 0  # connected, no EHLO/HELO yet

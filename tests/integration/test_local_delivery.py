@@ -256,6 +256,8 @@ def test_too_many_delivered_to_fields_bounce_5_4_6(server: tuple[ServerProcess, 
     [bounced] = srv.events("bounced")
     assert bounced["rcpt"] == "bob@local.test" and bounced["enhanced"] == "5.4.6"
     assert bounced["bounce_class"] == "loop"
+
+
 DEFAULTS_CONFIG = """
 {hostname}
 [[listener]]

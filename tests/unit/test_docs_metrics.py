@@ -24,7 +24,9 @@ TYPE = re.compile(r"^# TYPE (fastmta_\w+) (\w+)$", re.MULTILINE)
 def exported() -> dict[str, str]:
     """name → type of every ``fastmta_*`` family a scrape can show."""
     saved = metrics._spool_stats.source
-    metrics.set_spool_stats_source(lambda: {"used_bytes": 1.0, "map_size_bytes": 2.0, "free_bytes": 3.0, "high_water_bytes": 4.0})
+    metrics.set_spool_stats_source(
+        lambda: {"used_bytes": 1.0, "map_size_bytes": 2.0, "free_bytes": 3.0, "high_water_bytes": 4.0}
+    )
     try:
         text = generate_latest(metrics.REGISTRY).decode()
     finally:

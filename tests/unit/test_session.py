@@ -15,8 +15,8 @@ from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
 from fastmta.smtp.auth import Users
-from tests.support import traced_message
 from fastmta.smtp.headers import MAX_HEAD, missing_fields
+from tests.support import traced_message
 
 
 @dataclass
