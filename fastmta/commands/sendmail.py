@@ -19,9 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from fastmta import compose, config, inject
-from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
-from fastmta.log import DeliveryLog
+from fastmta import config
+from fastmta.deliverylog import DeliveryLog
+from fastmta.inject import compose
+from fastmta.inject import submit as inject
+from fastmta.inject.submit import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
 
 # getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
 _SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"

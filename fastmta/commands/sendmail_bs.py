@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
-from fastmta import compose
 from fastmta.config import Config
-from fastmta.inject import EX_OK, EX_TEMPFAIL, InjectError
+from fastmta.inject import compose
+from fastmta.inject.submit import EX_OK, EX_TEMPFAIL, InjectError
 from fastmta.parser import CommandParser
 from fastmta.parser import events as ev
-from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import Users
+from fastmta.smtp.policy import AuthFailures, Policy
 from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Action, Session, Transaction
 from fastmta.spool.ids import new_id
 

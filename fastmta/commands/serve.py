@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config_or_exit(args.config)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
 
-    from fastmta import supervisor
+    from fastmta.node import supervisor
 
     worker = supervisor.worker_identity()
     if worker is None and cfg.server.workers > 1:
@@ -37,10 +37,10 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     from fastmta.config import ConfigError
-    from fastmta.server import Server
+    from fastmta.node.server import Server
+    from fastmta.node.worker import WorkerServer
     from fastmta.smtp.auth import AuthConfigError
     from fastmta.spool.shards import adopt_orphans
-    from fastmta.worker import WorkerServer
 
     # DESIGN.md §4, GIL: the loop shares the process with the metrics exporter and the AUTH
     # hashing threads; neither may keep it waiting for the default 5 ms slice.

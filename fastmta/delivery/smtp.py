@@ -23,9 +23,9 @@ from fastmta.config import Config, RouteConfig
 from fastmta.delivery import Attempt, Destination, replies
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
+from fastmta.delivery.dns import Resolver
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
-from fastmta.dns import Resolver
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
 from fastmta.smtp.commands import format_path, xtext_encode
 

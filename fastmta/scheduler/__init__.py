@@ -15,7 +15,7 @@ from typing import Any
 
 from fastmta.config import Config
 from fastmta.delivery import Deliverer
-from fastmta.log import DeliveryLog
+from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.spool.records import Envelope
@@ -60,8 +60,8 @@ async def start_delivery(
 ) -> DeliveryService:
     """Build deliverers (unless given), the scheduler and its feeder, and start feeding."""
     if remote is None:
+        from fastmta.delivery.dns import Resolver
         from fastmta.delivery.smtp import SmtpDeliverer
-        from fastmta.dns import Resolver
 
         remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns))
     if local is None:

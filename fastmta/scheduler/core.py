@@ -22,8 +22,8 @@ from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
 from fastmta.delivery import dsn as dsnlib
+from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
-from fastmta.log import DeliveryLog, iso_ts
 from fastmta.scheduler import retry
 from fastmta.scheduler.destination import DestQueue
 from fastmta.scheduler.rounds import Round, Work

@@ -19,10 +19,10 @@ from typing import Any
 
 from fastmta import metrics
 from fastmta.config import Config, ConfigError, ListenerConfig
-from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MAX_LINE as AUTH_MAX_LINE
 from fastmta.smtp.auth import Users
+from fastmta.smtp.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp.protocol import SmtpProtocol, Store
 
 

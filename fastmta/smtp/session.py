@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastmta.errors import SpoolFullError
-from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import auth
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
+from fastmta.smtp.policy import AuthFailures, Policy
 
 # --- states -------------------------------------------------------------------------
 S_INIT = 0  # connected, no EHLO/HELO yet

@@ -22,12 +22,12 @@ from fastmta import config as config_mod
 from fastmta import metrics, parser
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.local import local_recipient_exists
-from fastmta.log import DeliveryLog
-from fastmta.policy import Policy
+from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler import start_delivery
 from fastmta.smtp import tls
 from fastmta.smtp.auth import AuthConfigError, Users
 from fastmta.smtp.listener import Hub, ListenerSettings, listen
+from fastmta.smtp.policy import Policy
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 
