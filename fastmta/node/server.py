@@ -19,10 +19,11 @@ import sys
 from typing import Any
 
 from fastmta import config as config_mod
-from fastmta import metrics, parser
+from fastmta import parser
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.local import local_recipient_exists
 from fastmta.deliverylog import DeliveryLog
+from fastmta.node.exporter import serve_metrics
 from fastmta.scheduler import start_delivery
 from fastmta.smtp import tls
 from fastmta.smtp.auth import AuthConfigError, Users
@@ -94,7 +95,7 @@ class Server:
                 server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
-            exporter = metrics.serve(cfg.metrics.address, self._healthy)
+            exporter = serve_metrics(cfg.metrics.address, self._healthy)
         except BaseException:
             await self._shutdown(0.0)
             raise

@@ -307,12 +307,13 @@ class Supervisor:
 
     def _start_exporter(self) -> Any:
         from fastmta import metrics
+        from fastmta.node.exporter import serve_metrics
         from fastmta.spool import shards
 
         registry = metrics.default_registry(first=_WorkersCollector(self))
         spool_cfg = self.cfg.spool
         metrics.set_spool_stats_source(lambda: shards.usage(spool_cfg))
-        exporter = metrics.serve(self.cfg.metrics.address, self.healthy, registry)
+        exporter = serve_metrics(self.cfg.metrics.address, self.healthy, registry)
         if exporter.address is not None:
             host, port = exporter.address
             say(f"metrics of every worker on http://{f'[{host}]' if ':' in host else host}:{port}/metrics")

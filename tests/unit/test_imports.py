@@ -165,6 +165,8 @@ RULES: dict[str, set[str]] = {
     "fastmta.loadgen.stats": {"fastmta.loadgen.spec"},
     # The node: composition root, worker processes and their supervisor.
     "fastmta.node": LEAF,
+    # The /metrics + /healthz HTTP exporter of the node (a daemon thread).
+    "fastmta.node.exporter": {"fastmta.metrics"},
     # Composition root: everything but the entry points and the process layer.
     "fastmta.node.server": ALL_MODULES
     - {"fastmta.cli", "fastmta.node.supervisor", "fastmta.node.worker"}
@@ -172,6 +174,7 @@ RULES: dict[str, set[str]] = {
     "fastmta.node.supervisor": {
         "fastmta.config",
         "fastmta.metrics",
+        "fastmta.node.exporter",
         "fastmta.node.worker_metrics",
         "fastmta.spool",
     },
@@ -209,6 +212,7 @@ IMPORTED_ONLY_BY: dict[str, set[str]] = {
     "fastmta.node.server": {"fastmta.commands.serve", "fastmta.node.worker"},
     "fastmta.node.worker": {"fastmta.commands.serve"},
     "fastmta.node.supervisor": {"fastmta.commands.serve", "fastmta.node.worker"},
+    "fastmta.node.exporter": {"fastmta.node.server", "fastmta.node.supervisor"},
     "fastmta.loadgen": {"fastmta.commands.load"},
 }
 
@@ -219,6 +223,7 @@ STDLIB_ONLY = {
     "fastmta.deliverylog": set(),
     "fastmta.metrics": {"prometheus_client"},
     "fastmta.node.worker_metrics": {"prometheus_client"},
+    "fastmta.node.exporter": {"prometheus_client"},
     "fastmta.smtp.replies": set(),
     "fastmta.smtp.commands": set(),
     "fastmta.smtp.session": set(),
