@@ -12,10 +12,11 @@ Injector as plain ``sendmail`` (header fix-ups; spool, else the local listener).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from fastmta.config import Config
 from fastmta.inject import compose
+from fastmta.inject.injector import Injector
 from fastmta.inject.submit import EX_OK, EX_TEMPFAIL, InjectError
 from fastmta.parser import CommandParser
 from fastmta.parser import events as ev
@@ -24,9 +25,6 @@ from fastmta.smtp.auth import Users
 from fastmta.smtp.policy import AuthFailures, Policy
 from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Action, Session, Transaction
 from fastmta.spool.ids import new_id
-
-if TYPE_CHECKING:
-    from fastmta.commands.sendmail import Injector
 
 _READ = 65536
 

@@ -158,7 +158,13 @@ RULES: dict[str, set[str]] = {
     },
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
     "fastmta.inject.compose": {"fastmta.smtp.commands"},
-    "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
+    "fastmta.inject": {
+        "fastmta.inject",
+        "fastmta.config",
+        "fastmta.deliverylog",
+        "fastmta.smtp.commands",
+        "fastmta.spool",
+    },
     # The load generator: spec and stats below the per-loop client, the process runner on top.
     "fastmta.loadgen": {"fastmta.loadgen", "fastmta.parser", "fastmta.smtp.proxy"},
     "fastmta.loadgen.spec": {"fastmta.parser"},
