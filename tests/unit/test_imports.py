@@ -235,6 +235,7 @@ STDLIB_ONLY = {
     "fastmta.smtp.session": set(),
     "fastmta.smtp.policy": set(),
     "fastmta.scheduler.retry": set(),
+    "fastmta.scheduler.outcomes": set(),
     "fastmta.cli": set(),
     "fastmta._parser_py": set(),
     "fastmta.parser": set(),
