@@ -17,10 +17,10 @@ import logging
 import os
 import ssl
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from fastmta.config import Config, RouteConfig
-from fastmta.delivery import Attempt, Destination, replies
+from fastmta.delivery import Attempt, BodySource, Destination, replies
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
 from fastmta.delivery.dns import Resolver
@@ -33,10 +33,6 @@ log = logging.getLogger("fastmta.delivery")
 
 NO_TLS_MEMORY = 3600.0  # seconds a host whose TLS handshake failed is tried in plaintext
 DEAD_HOST_MEMORY = 60.0  # seconds a host that refused or timed out is tried after the others
-
-
-class BodySource(Protocol):
-    def body(self, msg_id: str) -> bytes | None: ...
 
 
 class SmtpDeliverer:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from typing import Any
 
 from fastmta.config import Config
 from fastmta.delivery import Deliverer
 from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
+from fastmta.scheduler.ports import QueueSpool
 from fastmta.spool.records import Envelope
 
 
@@ -52,7 +52,7 @@ class DeliveryService:
 
 async def start_delivery(
     cfg: Config,
-    spool: Any,
+    spool: QueueSpool,
     dlog: DeliveryLog | None = None,
     remote: Deliverer | None = None,
     local: Deliverer | None = None,

@@ -26,6 +26,7 @@ from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
 from fastmta.scheduler import outcomes, retry
 from fastmta.scheduler.destination import DestQueue
+from fastmta.scheduler.ports import QueueSpool
 from fastmta.scheduler.rounds import Round, Work
 from fastmta.scheduler.shard import Shard, shard_of
 from fastmta.spool.ids import new_id
@@ -46,7 +47,7 @@ class Scheduler:
     def __init__(
         self,
         cfg: Config,
-        spool: Any,
+        spool: QueueSpool,
         remote: Deliverer,
         local: Deliverer | None = None,
         dlog: DeliveryLog | None = None,
