@@ -21,7 +21,9 @@ from typing import Any
 from fastmta import config as config_mod
 from fastmta import parser
 from fastmta.config import Config, ConfigError
-from fastmta.delivery.local import local_recipient_exists
+from fastmta.delivery.dns import Resolver
+from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
+from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.deliverylog import DeliveryLog
 from fastmta.node.exporter import serve_metrics
 from fastmta.scheduler import start_delivery
@@ -84,7 +86,8 @@ class Server:
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
         self.dlog = DeliveryLog(cfg.log.file)
-        self.delivery = await start_delivery(cfg, spool, self.dlog)
+        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns))
+        self.delivery = await start_delivery(cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog)
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context

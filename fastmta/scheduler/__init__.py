@@ -22,7 +22,7 @@ from fastmta.spool.records import Envelope
 
 
 class DeliveryService:
-    """The running scheduler, its feeder task and the deliverers it owns."""
+    """The running scheduler, its feeder task and the deliverers it closes at stop."""
 
     def __init__(self, scheduler: Scheduler, feeder: Feeder, deliverers: list[Deliverer]) -> None:
         self.scheduler = scheduler
@@ -53,21 +53,16 @@ class DeliveryService:
 async def start_delivery(
     cfg: Config,
     spool: QueueSpool,
-    dlog: DeliveryLog | None = None,
-    remote: Deliverer | None = None,
+    remote: Deliverer,
     local: Deliverer | None = None,
+    dlog: DeliveryLog | None = None,
     interval: float = 1.0,
 ) -> DeliveryService:
-    """Build deliverers (unless given), the scheduler and its feeder, and start feeding."""
-    if remote is None:
-        from fastmta.delivery.dns import Resolver
-        from fastmta.delivery.smtp import SmtpDeliverer
+    """Build the scheduler and its feeder around ready deliverers, and start feeding.
 
-        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns))
-    if local is None:
-        from fastmta.delivery.local import LocalDeliverer
-
-        local = LocalDeliverer(cfg, spool)
+    ``remote`` takes every destination but the local domains, ``local`` those (None:
+    ``remote`` takes them too). The service closes both when it stops.
+    """
     sched = Scheduler(cfg, spool, remote, local, dlog)
     feeder = Feeder(sched, interval, spool.count)
-    return DeliveryService(sched, feeder, [remote, local])
+    return DeliveryService(sched, feeder, [remote] if local is None else [remote, local])
