@@ -60,10 +60,8 @@ class ListenerSettings:
         self.unhealthy = hub.unhealthy
         self.metrics = metrics.ListenerMetrics(lcfg.label)
         self.banner = R.banner(cfg.hostname)
-        base = ["PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
-                "CHUNKING", "DSN"]  # fmt: skip
         self._ehlo = {
-            (tls, auth): R.ehlo(cfg.hostname, base + ["STARTTLS"] * tls + ["AUTH PLAIN LOGIN"] * auth)
+            (tls, auth): R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size, tls, auth))
             for tls in (False, True)
             for auth in (False, True)
         }
