@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""fastmta.dns and fastmta.delivery.mx against a real dnsmasq on a loopback port."""
+"""fastmta.delivery.dns and fastmta.delivery.mx against a real dnsmasq on a loopback port."""
 
 from __future__ import annotations
 
