@@ -42,12 +42,12 @@ SCENARIOS = {  # name → (size, connections, messages per connection)
 AREAS = [
     ("parser", ("_parser",)),
     ("session", ("fastmta/smtp/session.py", "fastmta/smtp/commands.py", "fastmta/smtp/replies.py",
-                 "fastmta/policy.py", "fastmta/smtp/auth.py")),
+                 "fastmta/smtp/policy.py", "fastmta/smtp/auth.py")),
     ("protocol", ("fastmta/smtp/protocol.py", "fastmta/smtp/listener.py", "fastmta/smtp/tls.py",
-                  "fastmta/server.py")),
+                  "fastmta/node/server.py")),
     ("spool", ("fastmta/spool/", "lmdb")),
-    ("metrics+log", ("fastmta/metrics.py", "prometheus_client", "fastmta/log.py")),
-    ("scheduler+delivery", ("fastmta/scheduler/", "fastmta/delivery/", "fastmta/dns.py")),
+    ("metrics+log", ("fastmta/metrics.py", "prometheus_client", "fastmta/deliverylog.py")),
+    ("scheduler+delivery", ("fastmta/scheduler/", "fastmta/delivery/")),
 ]  # fmt: skip
 SYSCALLS = {"send", "recv", "write", "read", "writev", "readv", "sendmsg", "recvmsg", "fsync", "fdatasync",
             "accept4", "close", "shutdown", "__libc_send", "__libc_recv", "__write", "__read"}  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fastmta.server import LOOP_EXCEPTION
+from fastmta.node.server import LOOP_EXCEPTION
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -20,10 +20,12 @@ import sys
 from email.message import EmailMessage
 from typing import NoReturn
 
-from fastmta import compose, config, inject
+from fastmta import config
 from fastmta.commands import add_config_arg
 from fastmta.commands.sendmail import login_name
-from fastmta.inject import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_USAGE, InjectError
+from fastmta.inject import compose
+from fastmta.inject import submit as inject
+from fastmta.inject.submit import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_OK, EX_USAGE, InjectError
 
 PASSWORD_ENV = "FASTMTA_PASSWORD"
 

@@ -19,10 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from fastmta import compose, config, inject
-from fastmta.inject import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, InjectError
-from fastmta.log import DeliveryLog
-from fastmta.spool.records import LISTENER_SENDMAIL
+from fastmta import config
+from fastmta.inject import compose
+from fastmta.inject import submit as inject
+from fastmta.inject.injector import Injector
+from fastmta.inject.submit import EX_DATAERR, EX_NOUSER, EX_OK, EX_USAGE, InjectError
 
 # getopt letters as Postfix's sendmail takes them: options with ':' take an argument.
 _SHORT = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:q:r:tv"
@@ -109,12 +110,12 @@ def main(argv: list[str]) -> int:
         cfg = config.load(config_path(opts))
     except config.ConfigError as e:
         return _fail(inject.EX_CONFIG, "bad configuration: " + "; ".join(e.errors))
-    injector = Injector(cfg, opts)
+    injector = Injector(cfg, opts.full_name, opts.dsn)
     if opts.mode == "s":
         from fastmta.commands.sendmail_bs import serve_stdio
 
         return serve_stdio(injector, sys.stdin.buffer, sys.stdout.buffer)
-    return injector.run(sys.stdin.buffer)
+    return queue_stdin(injector, opts, sys.stdin.buffer)
 
 
 def login_name() -> str:
@@ -144,104 +145,41 @@ def read_message(stream: BinaryIO, dot_ends: bool, limit: int) -> bytes:
     return b"".join(out)
 
 
-class Injector:
-    """Turns one message (bytes) plus options into a queued message: the work shared by
-    the plain mode and ``-bs``."""
+def envelope_sender(opts: Options, hostname: str) -> str:
+    """The envelope sender: ``-f`` (``<>`` or "" = the null sender), else user@hostname."""
+    if opts.sender is None:
+        return compose.qualify(login_name(), hostname)
+    if opts.sender.strip() in ("", "<>"):
+        return ""
+    return compose.qualify(opts.sender, hostname)
 
-    def __init__(self, cfg: config.Config, opts: Options) -> None:
-        self.cfg = cfg
-        self.opts = opts
-        self.hostname = cfg.hostname
 
-    def sender(self) -> str:
-        """The envelope sender: ``-f`` (``<>`` or "" = the null sender), else user@hostname."""
-        if self.opts.sender is None:
-            return compose.qualify(login_name(), self.hostname)
-        if self.opts.sender.strip() in ("", "<>"):
-            return ""
-        return compose.qualify(self.opts.sender, self.hostname)
-
-    def run(self, stream: BinaryIO) -> int:
-        """The default mode (-bm): message on stdin, recipients from argv and/or the header."""
-        try:
-            rcpts = compose.parse_recipients(self.opts.rcpts, self.hostname)
-            sender = self.sender()
-        except compose.AddressError as e:
-            return _fail(EX_NOUSER, str(e))
-        if not rcpts and not self.opts.extract:
-            return _fail(EX_USAGE, f"no recipients given (name them or use -t)\n{USAGE}")
-        try:
-            raw = read_message(stream, self.opts.dot_ends, self.cfg.limits.max_message_size)
-            msg = compose.Message.parse(compose.to_crlf(raw))
-            if self.opts.extract:
-                rcpts += [compose.qualify(a, self.hostname) for a in msg.recipients()]
-        except compose.MessageError as e:
-            return _fail(EX_DATAERR, str(e))
-        except compose.AddressError as e:
-            return _fail(EX_NOUSER, str(e))
-        if not rcpts:
-            return _fail(EX_DATAERR, "no recipient addresses found in the message header")
-        try:
-            unique = list(dict.fromkeys(rcpts))
-            msg_id = self.submit(sender, inject.rcpt_list(unique, self.opts.dsn.get("NOTIFY", "")), msg, {})
-        except InjectError as e:
-            return _fail(e.status, str(e))
-        if self.opts.verbose:
-            print(f"sendmail: queued as {msg_id}", file=sys.stderr)
-        return EX_OK
-
-    def submit(self, sender: str, rcpts: list[inject.Rcpt], msg: compose.Message, params: dict[str, str],
-               msg_id: str | None = None) -> str:  # fmt: skip
-        """Fix the header and queue: spool first, the local listener second. Returns the queue id."""
-        from fastmta.spool.ids import new_id
-
-        msg_id = msg_id or new_id()
-        msg.hide_bcc()
-        compose.add_missing(msg, hostname=self.hostname, sender=sender or f"MAILER-DAEMON@{self.hostname}",
-                            full_name=self.opts.full_name, msg_id=msg_id, uid=os.getuid())  # fmt: skip
-        data = msg.to_bytes()
-        if len(data) > self.cfg.limits.max_message_size:
-            raise InjectError(EX_DATAERR, "message exceeds the size limit")
-        if not data.isascii():
-            params.setdefault("BODY", "8BITMIME")
-        if inject.needs_smtputf8(sender, (r[0] for r in rcpts)):
-            params["SMTPUTF8"] = ""
-        params.update({k: v for k, v in self.opts.dsn.items() if k in ("RET", "ENVID")})
-        errors = []
-        if inject.spool_writable(self.cfg):
-            try:
-                inject.spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
-            except InjectError as e:
-                errors.append(str(e))
-            else:
-                self._log_received(msg_id, sender, rcpts, len(data))
-                return msg_id
-        host, port, tls = inject.local_endpoint(self.cfg)
-        target = inject.SmtpTarget(host, port, tls=tls, verify=False, helo=self.hostname)
-        try:
-            done = inject.smtp_submit(target, sender, rcpts, data, params)
-        except InjectError as e:
-            if e.status == EX_TEMPFAIL and errors:
-                raise InjectError(EX_TEMPFAIL, "; ".join([*errors, str(e)])) from None
-            raise
-        for rcpt, (code, text) in done.refused.items():
-            print(f"sendmail: {rcpt}: refused: {code} {text}", file=sys.stderr)
-        return done.queue_id
-
-    def _log_received(self, msg_id: str, sender: str, rcpts: list[inject.Rcpt], size: int) -> None:
-        """The ``received`` line serve writes for SMTP mail, when the delivery log is a file
-        (appends of whole lines are safe beside a running server). A log on stdout belongs to
-        the server, not to this process (whose stdout may be a terminal or a cron mail): the
-        server writes the line when it takes the message in (scheduler/feeder.py)."""
-        if not self.cfg.log.file:
-            return
-        try:
-            dlog = DeliveryLog(self.cfg.log.file)
-        except OSError as e:
-            print(f"sendmail: delivery log not written: {e.strerror}", file=sys.stderr)
-            return
-        try:
-            dlog.event("received", msg_id, sender, [r[0] for r in rcpts], size=size, client_ip="",
-                       listener=LISTENER_SENDMAIL)  # fmt: skip
-        finally:
-            dlog.close()
+def queue_stdin(injector: Injector, opts: Options, stream: BinaryIO) -> int:
+    """The default mode (-bm): message on stdin, recipients from argv and/or the header."""
+    hostname = injector.hostname
+    try:
+        rcpts = compose.parse_recipients(opts.rcpts, hostname)
+        sender = envelope_sender(opts, hostname)
+    except compose.AddressError as e:
+        return _fail(EX_NOUSER, str(e))
+    if not rcpts and not opts.extract:
+        return _fail(EX_USAGE, f"no recipients given (name them or use -t)\n{USAGE}")
+    try:
+        raw = read_message(stream, opts.dot_ends, injector.cfg.limits.max_message_size)
+        msg = compose.Message.parse(compose.to_crlf(raw))
+        if opts.extract:
+            rcpts += [compose.qualify(a, hostname) for a in msg.recipients()]
+    except compose.MessageError as e:
+        return _fail(EX_DATAERR, str(e))
+    except compose.AddressError as e:
+        return _fail(EX_NOUSER, str(e))
+    if not rcpts:
+        return _fail(EX_DATAERR, "no recipient addresses found in the message header")
+    try:
+        unique = list(dict.fromkeys(rcpts))
+        msg_id = injector.submit(sender, inject.rcpt_list(unique, opts.dsn.get("NOTIFY", "")), msg, {})
+    except InjectError as e:
+        return _fail(e.status, str(e))
+    if opts.verbose:
+        print(f"sendmail: queued as {msg_id}", file=sys.stderr)
+    return EX_OK

@@ -12,21 +12,19 @@ Injector as plain ``sendmail`` (header fix-ups; spool, else the local listener).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-from fastmta import compose
 from fastmta.config import Config
-from fastmta.inject import EX_OK, EX_TEMPFAIL, InjectError
+from fastmta.inject import compose
+from fastmta.inject.injector import Injector
+from fastmta.inject.submit import EX_OK, EX_TEMPFAIL, InjectError
 from fastmta.parser import CommandParser
-from fastmta.parser import events as ev
-from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import Users
-from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Action, Session, Transaction
+from fastmta.smtp.dispatch import dispatch
+from fastmta.smtp.policy import AuthFailures, Policy
+from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Session, Transaction
 from fastmta.spool.ids import new_id
-
-if TYPE_CHECKING:
-    from fastmta.commands.sendmail import Injector
 
 _READ = 65536
 
@@ -58,9 +56,7 @@ class StdioSettings:
         self.auth_failures = AuthFailures(cfg.policy.max_auth_failures_per_ip)
         self.new_id = new_id
         self.unhealthy: Callable[[], str | None] = lambda: None  # the injector finds out, then falls back
-        features = ["PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
-                    "CHUNKING", "DSN"]  # fmt: skip
-        self._ehlo = R.ehlo(cfg.hostname, features)
+        self._ehlo = R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size))
 
     def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
         return self._ehlo
@@ -108,19 +104,7 @@ def _run(
     while True:
         kick = False  # "BDAT 0": an empty chunk to report without new bytes
         for kind, payload in events:
-            act: Action | None
-            if kind == ev.LINE:
-                act = session.line(payload)  # type: ignore[arg-type]
-            elif kind == ev.DATA_END:
-                act = session.data_end(payload)  # type: ignore[arg-type]
-            elif kind == ev.BDAT_CHUNK:
-                act = session.bdat_chunk()
-            elif kind == ev.LINE_TOO_LONG:
-                act = session.line_too_long()
-            elif kind == ev.DATA_TOO_BIG:
-                act = session.data_too_big()
-            else:
-                act = session.data_bare_lf()
+            act = dispatch(session, kind, payload)
             if act is None:
                 continue
             if act[0] == A_DATA:

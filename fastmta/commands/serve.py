@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="fastmta serve", description="Run the MTA.")
     add_config_arg(ap)
     args = ap.parse_args(argv)
-    from fastmta import supervisor
+    from fastmta.node import supervisor
 
     worker = supervisor.worker_identity()
     cfg = load_checked_or_exit(args.config, warn=worker is None)  # the same checks as check-config
@@ -36,10 +36,10 @@ def main(argv: list[str]) -> int:
     import uvloop
 
     from fastmta.config import ConfigError
-    from fastmta.server import Server
+    from fastmta.node.server import Server
+    from fastmta.node.worker import WorkerServer
     from fastmta.smtp.auth import AuthConfigError
     from fastmta.spool.shards import adopt_orphans
-    from fastmta.worker import WorkerServer
 
     # The GIL: the loop shares the process with the metrics exporter and the AUTH
     # hashing threads; neither may keep it waiting for the default 5 ms slice.

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 LOCAL_KEY = "local"
 
 
+class BodySource(Protocol):
+    """The one thing a deliverer asks of the spool: a message's bytes (None: gone)."""
+
+    def body(self, msg_id: str) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where one batch goes.

@@ -21,10 +21,10 @@ import socket
 import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from fastmta.config import Config
-from fastmta.delivery import Attempt, Destination, replies
+from fastmta.delivery import Attempt, BodySource, Destination, replies
 from fastmta.delivery.classify import failure_outcome
 from fastmta.delivery.lmtp import LmtpClient
 from fastmta.delivery.loops import too_many_hops
@@ -45,10 +45,6 @@ R_DISK_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 R_QUOTA = Reply(452, "4.2.2", "Mailbox full")
 R_LOCAL_ERROR = Reply(451, "4.3.0", "Local delivery failed temporarily")
 R_USERS_UNREADABLE = Reply(451, "4.3.0", "Recipient list temporarily unavailable")
-
-
-class SpoolReader(Protocol):
-    def body(self, msg_id: str) -> bytes | None: ...
 
 
 # --- addresses and the recipient list ---------------------------------------------
@@ -203,7 +199,7 @@ def _header_values(head: bytes, name: bytes) -> set[bytes]:
 class LocalDeliverer:
     """Delivers ``local`` destinations into Maildirs, or over LMTP when ``[local] lmtp`` is set."""
 
-    def __init__(self, cfg: Config, spool: SpoolReader) -> None:
+    def __init__(self, cfg: Config, spool: BodySource) -> None:
         self.cfg = cfg
         self.spool = spool
         self._root = os.path.abspath(cfg.local.maildir)

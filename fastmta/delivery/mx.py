@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from fastmta.delivery import replies
-from fastmta.dns import DnsFailure, Resolver
+from fastmta.delivery.dns import DnsFailure, Resolver
 from fastmta.errors import Bounced, Deferred
 
 MAX_HOSTS = 10  # addresses tried per attempt, as Postfix's smtp_mx_address_limit

@@ -17,17 +17,17 @@ import logging
 import os
 import ssl
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from fastmta.config import Config, RouteConfig, is_localhost
-from fastmta.delivery import Attempt, Destination, replies
+from fastmta.delivery import Attempt, BodySource, Destination, replies
 from fastmta.delivery.capability import unfit
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
+from fastmta.delivery.dns import Resolver
 from fastmta.delivery.loops import OwnAddresses, too_many_hops
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
-from fastmta.dns import Resolver
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
 from fastmta.smtp.commands import format_path, xtext_encode
 
@@ -35,10 +35,6 @@ log = logging.getLogger("fastmta.delivery")
 
 NO_TLS_MEMORY = 3600.0  # seconds a host whose TLS handshake failed is tried in plaintext
 DEAD_HOST_MEMORY = 60.0  # seconds a host that refused or timed out is tried after the others
-
-
-class BodySource(Protocol):
-    def body(self, msg_id: str) -> bytes | None: ...
 
 
 class Signer(Protocol):

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from typing import Any
 
 from fastmta.config import Config
 from fastmta.delivery import Deliverer
-from fastmta.log import DeliveryLog
+from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
+from fastmta.scheduler.ports import QueueSpool
 from fastmta.spool.records import Envelope
 
 
 class DeliveryService:
-    """The running scheduler, its feeder task and the deliverers it owns."""
+    """The running scheduler, its feeder task and the deliverers it closes at stop."""
 
     def __init__(self, scheduler: Scheduler, feeder: Feeder, deliverers: list[Deliverer]) -> None:
         self.scheduler = scheduler
@@ -52,26 +52,17 @@ class DeliveryService:
 
 async def start_delivery(
     cfg: Config,
-    spool: Any,
-    dlog: DeliveryLog | None = None,
-    remote: Deliverer | None = None,
+    spool: QueueSpool,
+    remote: Deliverer,
     local: Deliverer | None = None,
+    dlog: DeliveryLog | None = None,
     interval: float = 1.0,
-    signer: Any = None,
 ) -> DeliveryService:
-    """Build deliverers (unless given), the scheduler and its feeder, and start feeding.
+    """Build the scheduler and its feeder around ready deliverers, and start feeding.
 
-    ``signer`` (DKIM, see fastmta.delivery.smtp.Signer) goes to the remote deliverer only:
-    locally delivered mail is not signed."""
-    if remote is None:
-        from fastmta.delivery.smtp import SmtpDeliverer
-        from fastmta.dns import Resolver
-
-        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), signer)
-    if local is None:
-        from fastmta.delivery.local import LocalDeliverer
-
-        local = LocalDeliverer(cfg, spool)
+    ``remote`` takes every destination but the local domains, ``local`` those (None:
+    ``remote`` takes them too). The service closes both when it stops.
+    """
     sched = Scheduler(cfg, spool, remote, local, dlog)
     feeder = Feeder(sched, interval, spool.count)
-    return DeliveryService(sched, feeder, [remote, local])
+    return DeliveryService(sched, feeder, [remote] if local is None else [remote, local])

@@ -22,14 +22,15 @@ from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
 from fastmta.delivery import dsn as dsnlib
+from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
-from fastmta.log import DeliveryLog, iso_ts
-from fastmta.scheduler import retry
+from fastmta.scheduler import outcomes, retry
 from fastmta.scheduler.destination import DestQueue
+from fastmta.scheduler.ports import QueueSpool
 from fastmta.scheduler.rounds import Round, Work
 from fastmta.scheduler.shard import Shard, shard_of
 from fastmta.spool.ids import new_id
-from fastmta.spool.records import BOUNCE, DONE, FAILED, PENDING, Envelope, RcptState, Recipient
+from fastmta.spool.records import BOUNCE, FAILED, PENDING, Envelope, RcptState, Recipient
 
 log = logging.getLogger("fastmta.scheduler")
 
@@ -38,21 +39,6 @@ DEST_SHARE = 4  # one destination holds at most a quarter of that
 PARKED_MAX = 200_000  # ids remembered as turned away (their destination was full); ~100 bytes each
 _NO_OUTCOME = Deferred(Reply(451, "4.3.0", "Local error: no delivery outcome"), "other")
 _CRASH = Deferred(Reply(451, "4.3.0", "Local error in delivery"), "other")
-_EXPIRED = "4.4.7"
-
-
-def parse_reply(text: str, default: Reply) -> Reply:
-    """``"550 5.0.0 text"`` (a stored last_error) → Reply."""
-    code_s, _, rest = text.partition(" ")
-    if not (len(code_s) == 3 and code_s.isdigit()):
-        return default
-    enh, _, txt = rest.partition(" ")
-    if enh.count(".") != 2 or not enh[0].isdigit():
-        enh, txt = "", rest
-    return Reply(int(code_s), enh, txt)
-
-
-_ADMIN_BOUNCE = Reply(550, "5.0.0", "Message deleted from the queue by the administrator")
 
 
 class Scheduler:
@@ -61,7 +47,7 @@ class Scheduler:
     def __init__(
         self,
         cfg: Config,
-        spool: Any,
+        spool: QueueSpool,
         remote: Deliverer,
         local: Deliverer | None = None,
         dlog: DeliveryLog | None = None,
@@ -191,9 +177,9 @@ class Scheduler:
         """Apply one attempt's results; throttle or shape the destination on what it said."""
         now = self.clock()
         self._m_seconds.observe(attempt.elapsed)
-        outcomes = attempt.outcomes
+        results = attempt.outcomes
         failed = [
-            o for o in (outcomes.get(i, _NO_OUTCOME) for i in work.rcpts) if not isinstance(o, Delivered)
+            o for o in (results.get(i, _NO_OUTCOME) for i in work.rcpts) if not isinstance(o, Delivered)
         ]
         if failed:
             self._react(dq, failed, now)
@@ -227,105 +213,60 @@ class Scheduler:
         rnd = work.round
         env = rnd.env
         d = self.cfg.delivery
-        n = env.attempts + 1
-        local = dq.dest.key == LOCAL_KEY
-        remote = dsnlib.remote_host(attempt.nexthop) if attempt.nexthop else ""
-        ts = iso_ts(now)
+        attempted = outcomes.Attempted(
+            sender=env.sender,
+            attempts=env.attempts,
+            arrived=env.arrived,
+            now=now,
+            floor=floor,
+            schedule=d.retry_schedule,
+            lifetime=d.max_queue_lifetime,
+            local=dq.dest.key == LOCAL_KEY,
+            remote=dsnlib.remote_host(attempt.nexthop) if attempt.nexthop else "",
+            dsn_passed=attempt.dsn_passed,
+            tried=tried,
+        )
         base = {
-            "ts": ts,
+            "ts": iso_ts(now),
             "id": env.id,
             "from": env.sender,
             "nexthop": attempt.nexthop,
-            "attempt": n,
+            "attempt": env.attempts + 1,
             "elapsed_ms": int(attempt.elapsed * 1000),
             "tls": attempt.tls,
         }
         if attempt.dkim:
             base["dkim"] = list(attempt.dkim)
-        outcomes = attempt.outcomes
+        results = attempt.outcomes
         records = self._log_buf
         for i in work.rcpts:
-            o = outcomes.get(i, _NO_OUTCOME)
+            o = results.get(i, _NO_OUTCOME)
             rc = env.rcpts[i]
-            reply = o.reply
+            decision = outcomes.decide(o, rc, attempted, self.rng)
+            rnd.states[i] = decision.state
+            if decision.retry_at is not None:
+                rnd.retry(decision.retry_at)
+            if decision.report is not None:
+                rnd.report(decision.report)
+            reply = decision.reply
             rec = {
                 **base,
                 "rcpt": rc.addr,
                 "code": reply.code,
                 "enhanced": reply.enhanced,
                 "response": reply.text,
+                "event": decision.event,
             }
             if isinstance(o, Delivered):
-                rnd.states[i] = RcptState(DONE, "")
-                rec["event"] = "delivered"
                 self._m_result["delivered"].inc()
-                if rc.notify and not attempt.dsn_passed and dsnlib.wanted(env.sender, rc.notify, "delivered"):
-                    rnd.report(
-                        dsnlib.RcptReport(
-                            rc.addr,
-                            "delivered" if local else "relayed",
-                            dsnlib.status_of(reply),
-                            reply,
-                            rc.orcpt,
-                            remote,
-                            now,
-                        )
-                    )
-            elif isinstance(o, Bounced):
-                rnd.states[i] = RcptState(FAILED, str(reply))
-                rec["event"] = "bounced"
-                rec["bounce_class"] = o.bounce_class
-                self._count("bounced", o.bounce_class)
-                if dsnlib.wanted(env.sender, rc.notify, "failed"):
-                    rnd.report(
-                        dsnlib.RcptReport(
-                            rc.addr, "failed", dsnlib.status_of(reply), reply, rc.orcpt, remote, now
-                        )
-                    )
             else:
                 rec["bounce_class"] = o.bounce_class
-                at = self._retry_at(env, n, now, floor)
-                if at is None:
-                    rnd.states[i] = RcptState(FAILED, str(reply))
-                    rec["event"] = "expired"
-                    self._count("bounced", o.bounce_class)
-                    if dsnlib.wanted(env.sender, rc.notify, "failed"):
-                        rnd.report(
-                            dsnlib.RcptReport(
-                                rc.addr, "failed", _EXPIRED, reply, rc.orcpt, remote, now if tried else None
-                            )
-                        )
-                else:
-                    rnd.states[i] = RcptState(PENDING, str(reply))
-                    rnd.retry(at)
-                    rec["event"] = "deferred"
-                    self._count("deferred", o.bounce_class)
-                    if env.attempts == 0 and rc.notify and dsnlib.wanted(env.sender, rc.notify, "delayed"):
-                        rnd.report(
-                            dsnlib.RcptReport(
-                                rc.addr,
-                                "delayed",
-                                dsnlib.status_of(reply),
-                                reply,
-                                rc.orcpt,
-                                remote,
-                                now,
-                                retry.expires_at(env.arrived, d.max_queue_lifetime),
-                            )
-                        )
+                self._count(outcomes.RESULT[decision.event], o.bounce_class)
             records.append(rec)
         self._schedule_flush()
         rnd.waiting -= 1
         if rnd.waiting == 0:
             self._round_done(rnd)
-
-    def _retry_at(self, env: Envelope, n: int, now: float, floor: float) -> float | None:
-        d = self.cfg.delivery
-        at = retry.next_attempt(env.arrived, n, now, d.retry_schedule, d.max_queue_lifetime, self.rng)
-        if at is None:
-            return None
-        # not before a suspension ends, nor after the expiry time (the last attempt then)
-        return min(floor, retry.expires_at(env.arrived, d.max_queue_lifetime)) if floor > at else at
 
     def _admin_bounce(self, rnd: Round, idx: list[int]) -> None:
         """``fastmta queue bounce``: those recipients fail now with a DSN, untried."""
@@ -333,12 +274,13 @@ class Scheduler:
         now = self.clock()
         for i in idx:
             rc = env.rcpts[i]
-            reply = parse_reply(rc.last_error, _ADMIN_BOUNCE)
-            rnd.states[i] = RcptState(FAILED, str(reply))
+            decision = outcomes.admin_bounce(rc, env.sender)
+            rnd.states[i] = decision.state
+            reply = decision.reply
             self._log_buf.append(
                 {
                     "ts": iso_ts(now),
-                    "event": "bounced",
+                    "event": decision.event,
                     "id": env.id,
                     "from": env.sender,
                     "rcpt": rc.addr,
@@ -350,8 +292,8 @@ class Scheduler:
                 }
             )
             self._count("bounced", "other")
-            if dsnlib.wanted(env.sender, rc.notify, "failed"):
-                rnd.report(dsnlib.RcptReport(rc.addr, "failed", dsnlib.status_of(reply), reply, rc.orcpt))
+            if decision.report is not None:
+                rnd.report(decision.report)
         self._schedule_flush()
         rnd.waiting -= 1
 

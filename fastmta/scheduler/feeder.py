@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from fastmta import metrics
 from fastmta.scheduler.core import Scheduler
@@ -89,7 +88,7 @@ class Feeder:
         sched = self.sched
         if sched.held:
             return 0
-        spool: Any = sched.spool
+        spool = sched.spool
         now = sched.clock()
         start = after = self._cursor
         wrapped = start is None

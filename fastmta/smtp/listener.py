@@ -19,10 +19,10 @@ from typing import Any
 
 from fastmta import metrics
 from fastmta.config import Config, ConfigError, ListenerConfig
-from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MAX_LINE as AUTH_MAX_LINE
 from fastmta.smtp.auth import Users
+from fastmta.smtp.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp.protocol import SmtpProtocol, Store
 
 
@@ -61,10 +61,8 @@ class ListenerSettings:
         self.unhealthy = hub.unhealthy
         self.metrics = metrics.ListenerMetrics(lcfg.label)
         self.banner = R.banner(cfg.hostname)
-        base = ["PIPELINING", f"SIZE {self.max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
-                "CHUNKING", "DSN"]  # fmt: skip
         self._ehlo = {
-            (tls, auth): R.ehlo(cfg.hostname, base + ["STARTTLS"] * tls + ["AUTH PLAIN LOGIN"] * auth)
+            (tls, auth): R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size, tls, auth))
             for tls in (False, True)
             for auth in (False, True)
         }

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fastmta.errors import SmtpError
 from fastmta.parser import CommandParser
-from fastmta.parser import events as ev
 from fastmta.smtp import proxy
 from fastmta.smtp import replies as R
+from fastmta.smtp.dispatch import dispatch
 from fastmta.smtp.session import (
     A_AUTH,
     A_BDAT,
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmta.smtp")
 
 _EARLY_LIMIT = 256 * 1024  # bytes taken in while a commit or AUTH check is pending
-_LINE, _LINE_TOO_LONG, _DATA_END = ev.LINE, ev.LINE_TOO_LONG, ev.DATA_END
-_DATA_TOO_BIG, _DATA_BARE_LF, _BDAT_CHUNK = ev.DATA_TOO_BIG, ev.DATA_BARE_LF, ev.BDAT_CHUNK
 
 
 class Store(Protocol):
@@ -238,18 +236,7 @@ class SmtpProtocol(asyncio.Protocol):
             while i < n:
                 kind, payload = events[i]
                 i += 1
-                if kind == _LINE:
-                    act = session.line(payload)  # type: ignore[arg-type]
-                elif kind == _DATA_END:
-                    act = session.data_end(payload)  # type: ignore[arg-type]
-                elif kind == _BDAT_CHUNK:
-                    act = session.bdat_chunk()
-                elif kind == _LINE_TOO_LONG:
-                    act = session.line_too_long()
-                elif kind == _DATA_TOO_BIG:
-                    act = session.data_too_big()
-                else:
-                    act = session.data_bare_lf()
+                act = dispatch(session, kind, payload)
                 if act is None:
                     continue
                 a = act[0]

@@ -107,6 +107,13 @@ def ehlo(hostname: str, keywords: list[str]) -> bytes:
     return f"{head}250 {lines[-1]}\r\n".encode()
 
 
+def ehlo_keywords(max_size: int, starttls: bool = False, auth: bool = False) -> list[str]:
+    """What EHLO offers: the extensions of every session, then STARTTLS and AUTH where allowed."""
+    every = ["PIPELINING", f"SIZE {max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
+             "CHUNKING", "DSN"]  # fmt: skip
+    return every + ["STARTTLS"] * starttls + ["AUTH PLAIN LOGIN"] * auth
+
+
 def queued(msg_id: str) -> bytes:
     """The final 250 after the spool commit; it names the queue id."""
     return b"250 2.0.0 Ok: queued as " + msg_id.encode("ascii") + b"\r\n"

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastmta.errors import SpoolFullError
-from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import auth
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
 from fastmta.smtp.headers import missing_fields
+from fastmta.smtp.policy import AuthFailures, Policy
 from fastmta.smtp.trace import hops
 
 # --- states -------------------------------------------------------------------------

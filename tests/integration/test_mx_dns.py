@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""fastmta.dns and fastmta.delivery.mx against a real dnsmasq on a loopback port."""
+"""fastmta.delivery.dns and fastmta.delivery.mx against a real dnsmasq on a loopback port."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from fastmta import config, metrics
+from fastmta.delivery.dns import DnsFailure, Resolver
 from fastmta.delivery.mx import Host, MxError, resolve
-from fastmta.dns import DnsFailure, Resolver
 from fastmta.errors import Bounced, Deferred
 from tests.integration.test_delivery_client import run
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fastmta import config
+from fastmta.deliverylog import DeliveryLog
 from fastmta.errors import Bounced, Deferred, Delivered, Reply
-from fastmta.log import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.spool import Spool

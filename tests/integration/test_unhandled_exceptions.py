@@ -18,7 +18,7 @@ from tests.support import PYTHON, ROOT
 # gets a callback that raises half a second after it starts serving.
 _FAULT = """
 import asyncio
-import fastmta.server as server
+import fastmta.node.server as server
 
 _run = server.Server.run
 

@@ -11,6 +11,7 @@ from array import array
 import pytest
 
 from fastmta import loadgen
+from fastmta.loadgen import client, runner
 from fastmta.parser import encode_data
 
 
@@ -64,18 +65,18 @@ def test_load_corpus_reads_eml_files_sorted(tmp_path) -> None:
 
 
 def test_budget_count_bound() -> None:
-    b = loadgen._Budget(loadgen.LoadSpec(count=3), start=0.0)
+    b = client._Budget(loadgen.LoadSpec(count=3), start=0.0)
     assert [b.take(0.0) for _ in range(4)] == [0.0, 0.0, 0.0, None]
 
 
 def test_budget_duration_bound() -> None:
-    b = loadgen._Budget(loadgen.LoadSpec(count=None, duration=2.0), start=10.0)
+    b = client._Budget(loadgen.LoadSpec(count=None, duration=2.0), start=10.0)
     assert b.take(11.9) == 0.0
     assert b.take(12.0) is None
 
 
 def test_budget_rate_spaces_messages() -> None:
-    b = loadgen._Budget(loadgen.LoadSpec(count=None, duration=100, rate=10.0), start=0.0)
+    b = client._Budget(loadgen.LoadSpec(count=None, duration=100, rate=10.0), start=0.0)
     delays = [b.take(0.0) for _ in range(3)]
     assert delays == pytest.approx([0.0, 0.1, 0.2])
     # Falling behind schedule never builds up a burst larger than "now".
@@ -85,7 +86,7 @@ def test_budget_rate_spaces_messages() -> None:
 
 def test_budget_rate_never_schedules_past_the_deadline() -> None:
     # 50/s for 1 s: the slots start at 0, 0.02, ..., 0.98 and no later, whatever asks.
-    b = loadgen._Budget(loadgen.LoadSpec(count=None, duration=1.0, rate=50.0), start=0.0)
+    b = client._Budget(loadgen.LoadSpec(count=None, duration=1.0, rate=50.0), start=0.0)
     delays = []
     while (d := b.take(0.0)) is not None:
         delays.append(d)
@@ -95,11 +96,11 @@ def test_budget_rate_never_schedules_past_the_deadline() -> None:
 
 def test_split_shares_connections_count_and_rate() -> None:
     spec = loadgen.LoadSpec(connections=5, count=11, rate=9.0)
-    parts = loadgen._split(spec, 2)
+    parts = runner._split(spec, 2)
     assert [p.connections for p in parts] == [3, 2]
     assert [p.count for p in parts] == [6, 5]
     assert [p.rate for p in parts] == [4.5, 4.5]
-    assert [p.count for p in loadgen._split(loadgen.LoadSpec(count=None, duration=1), 2)] == [None, None]
+    assert [p.count for p in runner._split(loadgen.LoadSpec(count=None, duration=1), 2)] == [None, None]
 
 
 def test_stats_merge_and_summary() -> None:

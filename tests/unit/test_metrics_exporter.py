@@ -19,11 +19,12 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmta import metrics
+from fastmta.node.exporter import Exporter, serve_metrics
 from tests.support import ROOT, free_port
 
 
 def _get(
-    exporter: metrics.Exporter, path: str, headers: dict[str, str] | None = None
+    exporter: Exporter, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     host, port = exporter.address
     conn = http.client.HTTPConnection(host, port, timeout=5)
@@ -36,16 +37,16 @@ def _get(
 
 
 @pytest.fixture
-def exporter() -> Iterator[metrics.Exporter]:
+def exporter() -> Iterator[Exporter]:
     healthy = threading.Event()
-    exp = metrics.serve(("127.0.0.1", 0), healthy.is_set)
-    assert isinstance(exp, metrics.Exporter)
+    exp = serve_metrics(("127.0.0.1", 0), healthy.is_set)
+    assert isinstance(exp, Exporter)
     exp.healthy = healthy  # type: ignore[attr-defined]
     yield exp
     exp.close()
 
 
-def test_metrics_text_exposition_has_contract_names(exporter: metrics.Exporter) -> None:
+def test_metrics_text_exposition_has_contract_names(exporter: Exporter) -> None:
     status, headers, body = _get(exporter, "/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -55,7 +56,7 @@ def test_metrics_text_exposition_has_contract_names(exporter: metrics.Exporter) 
         assert f"# TYPE {name}" in text or f"# TYPE {name.removesuffix('_total')}" in text
 
 
-def test_openmetrics_negotiation_and_gzip(exporter: metrics.Exporter) -> None:
+def test_openmetrics_negotiation_and_gzip(exporter: Exporter) -> None:
     status, headers, body = _get(
         exporter, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
     )
@@ -66,13 +67,13 @@ def test_openmetrics_negotiation_and_gzip(exporter: metrics.Exporter) -> None:
     assert b"fastmta_received_bytes_total" in gzip.decompress(body)
 
 
-def test_name_filter(exporter: metrics.Exporter) -> None:
+def test_name_filter(exporter: Exporter) -> None:
     _, _, body = _get(exporter, "/metrics?name[]=fastmta_received_bytes_total")
     names = {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE")}
     assert {n.removesuffix("_total") for n in names} == {"fastmta_received_bytes"}
 
 
-def test_healthz_follows_callback(exporter: metrics.Exporter) -> None:
+def test_healthz_follows_callback(exporter: Exporter) -> None:
     assert _get(exporter, "/healthz")[0] == 503
     exporter.healthy.set()  # type: ignore[attr-defined]
     status, _, body = _get(exporter, "/healthz")
@@ -81,15 +82,15 @@ def test_healthz_follows_callback(exporter: metrics.Exporter) -> None:
     assert _get(exporter, "/healthz")[0] == 503
 
 
-def test_unknown_path_is_404(exporter: metrics.Exporter) -> None:
+def test_unknown_path_is_404(exporter: Exporter) -> None:
     assert _get(exporter, "/nope")[0] == 404
 
 
 def test_custom_registry_and_ipv6() -> None:
     registry = CollectorRegistry()
     Counter("only_this", "x", registry=registry).inc(3)
-    exp = metrics.serve(("::1", 0), lambda: True, registry=registry)
-    assert isinstance(exp, metrics.Exporter)
+    exp = serve_metrics(("::1", 0), lambda: True, registry=registry)
+    assert isinstance(exp, Exporter)
     try:
         with urllib.request.urlopen(f"http://[::1]:{exp.address[1]}/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -99,21 +100,21 @@ def test_custom_registry_and_ipv6() -> None:
 
 
 def test_disabled_and_port_in_use() -> None:
-    disabled = metrics.serve(None, lambda: True)
+    disabled = serve_metrics(None, lambda: True)
     assert disabled.address is None
     disabled.close()
     port = free_port()
-    first = metrics.serve(("127.0.0.1", port), lambda: True)
+    first = serve_metrics(("127.0.0.1", port), lambda: True)
     try:
         with pytest.raises(OSError):
-            metrics.serve(("127.0.0.1", port), lambda: True)
+            serve_metrics(("127.0.0.1", port), lambda: True)
     finally:
         first.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
 
 
-def test_failing_spool_stats_source_does_not_break_the_scrape(exporter: metrics.Exporter) -> None:
+def test_failing_spool_stats_source_does_not_break_the_scrape(exporter: Exporter) -> None:
     def closed() -> dict[str, float]:
         raise RuntimeError("environment closed")
 
@@ -126,7 +127,7 @@ def test_failing_spool_stats_source_does_not_break_the_scrape(exporter: metrics.
     assert b"fastmta_messages_received_total" in body and b"fastmta_spool_size_bytes" not in body
 
 
-def test_concurrent_scrapes(exporter: metrics.Exporter) -> None:
+def test_concurrent_scrapes(exporter: Exporter) -> None:
     results: list[int] = []
 
     def scrape() -> None:
@@ -151,8 +152,8 @@ metrics.bound(metrics.spool_commit_seconds).observe(0.004)
 
 _EXPORTER = """
 import sys, urllib.request
-from fastmta import metrics
-exp = metrics.serve(("127.0.0.1", 0), lambda: True)
+from fastmta.node.exporter import serve_metrics
+exp = serve_metrics(("127.0.0.1", 0), lambda: True)
 with urllib.request.urlopen("http://%s:%d/metrics" % exp.address, timeout=10) as r:
     sys.stdout.write(r.read().decode())
 exp.close()
@@ -175,7 +176,7 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     assert "fastmta_build_info" in fams
 
 
-def test_head_and_other_methods(exporter: metrics.Exporter) -> None:
+def test_head_and_other_methods(exporter: Exporter) -> None:
     host, port = exporter.address
     conn = http.client.HTTPConnection(host, port, timeout=5)
     try:

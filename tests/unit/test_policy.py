@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from fastmta.config import from_dict
-from fastmta.policy import AuthFailures, ConnectionLimits, Policy
+from fastmta.smtp.policy import AuthFailures, ConnectionLimits, Policy
 
 
 def test_default_policy_is_not_an_open_relay() -> None:

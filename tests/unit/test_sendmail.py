@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fastmta import compose
 from fastmta.commands.sendmail import config_path, parse_args, read_message
 from fastmta.commands.sendmail import main as sendmail_main
-from fastmta.inject import connect_host, queue_id
+from fastmta.inject import compose
+from fastmta.inject.submit import connect_host, queue_id
 
 
 @pytest.mark.parametrize(

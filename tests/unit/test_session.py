@@ -11,11 +11,11 @@ import pytest
 
 from fastmta.config import from_dict
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
-from fastmta.policy import AuthFailures, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
 from fastmta.smtp.auth import Users
 from fastmta.smtp.headers import MAX_HEAD, missing_fields
+from fastmta.smtp.policy import AuthFailures, Policy
 from tests.support import traced_message
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from fastmta.config import from_dict
-from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import Users
 from fastmta.smtp.listener import ListenerSettings
+from fastmta.smtp.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp.protocol import SmtpProtocol
 from fastmta.smtp.session import Session, Transaction
 

@@ -12,11 +12,11 @@ import pytest
 
 from fastmta import config
 from fastmta.config import ShapingRule, SpoolConfig
+from fastmta.node.worker import share, worker_config
 from fastmta.spool import admin, records, shards
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, Recipient
 from fastmta.spool.store import Store, body_items, sched_key
-from fastmta.worker import share, worker_config
 
 BIG = 3 * 1024 * 1024 + 17  # several body pieces
 
@@ -147,7 +147,7 @@ def test_auto_is_the_cpu_count() -> None:
 
 
 def test_worker_identity_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastmta import supervisor
+    from fastmta.node import supervisor
 
     monkeypatch.delenv(supervisor.WORKER_ENV, raising=False)
     assert supervisor.worker_identity() is None
@@ -158,7 +158,7 @@ def test_worker_identity_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
 def test_stdout_relay_only_for_pipes_and_sockets(tmp_path: Path) -> None:
     import socket
 
-    from fastmta.supervisor import _is_stream
+    from fastmta.node.supervisor import _is_stream
 
     r, w = os.pipe()
     a, b = socket.socketpair()

@@ -17,8 +17,8 @@ from tests.support import ROOT
 WORKER = textwrap.dedent(
     """
     import sys
-    from fastmta import metrics_buffer
-    metrics_buffer.install(sys.argv[1])
+    from fastmta.node import worker_metrics
+    worker_metrics.install(sys.argv[1])
     from prometheus_client import Counter, Gauge, Histogram
     c = Counter("t_msgs", "m", ["listener"])
     g = Gauge("t_active", "a", multiprocess_mode="livesum")
@@ -28,10 +28,10 @@ WORKER = textwrap.dedent(
     h.observe(0.05)
     h.observe(0.5)
     h.observe(7)
-    metrics_buffer.flush()
+    worker_metrics.flush()
     c.labels("mx").inc()  # after the flush: not in the files until the next one
     if sys.argv[2] == "twice":
-        metrics_buffer.flush()
+        worker_metrics.flush()
     """
 )
 

@@ -10,7 +10,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastmta.log import DeliveryLog, iso_ts
+from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.spool import Envelope, Recipient
 
 

@@ -17,7 +17,7 @@ supervisor itself touches no mail. It:
   socket (journald, Docker), where writes from several processes could interleave.
 
 Workers inherit ``PROMETHEUS_MULTIPROC_DIR`` and keep their metric values in
-memory (``metrics_buffer.py``), writing them to that directory once a second
+memory (``worker_metrics.py``), writing them to that directory once a second
 and when the supervisor asks before each scrape. This module imports nothing
 that creates metrics, so a worker can switch value storage before they exist.
 A worker that fails before it was ever ready (a port in use, a bad
@@ -63,14 +63,14 @@ def worker_identity() -> tuple[int, int, int] | None:
 
 
 def prepare_worker_metrics() -> None:
-    """In a worker, before anything creates a metric: buffered values (metrics_buffer.py).
+    """In a worker, before anything creates a metric: buffered values (worker_metrics.py).
 
     The variable is then dropped so the worker's own children (its spool writer)
     keep plain in-memory metrics and leave no files behind for the supervisor to read.
     """
-    from fastmta import metrics_buffer
+    from fastmta.node import worker_metrics
 
-    metrics_buffer.install(os.environ.pop(MULTIPROC_ENV))
+    worker_metrics.install(os.environ.pop(MULTIPROC_ENV))
 
 
 def say(text: str) -> None:
@@ -307,12 +307,13 @@ class Supervisor:
 
     def _start_exporter(self) -> Any:
         from fastmta import metrics
+        from fastmta.node.exporter import serve_metrics
         from fastmta.spool import shards
 
         registry = metrics.default_registry(first=_WorkersCollector(self))
         spool_cfg = self.cfg.spool
         metrics.set_spool_stats_source(lambda: shards.usage(spool_cfg))
-        exporter = metrics.serve(self.cfg.metrics.address, self.healthy, registry)
+        exporter = serve_metrics(self.cfg.metrics.address, self.healthy, registry)
         if exporter.address is not None:
             host, port = exporter.address
             say(f"metrics of every worker on http://{f'[{host}]' if ':' in host else host}:{port}/metrics")

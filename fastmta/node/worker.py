@@ -16,11 +16,11 @@ import contextlib
 import dataclasses
 import socket
 
-from fastmta import metrics_buffer
 from fastmta.config import Config, MetricsConfig
-from fastmta.server import Server
+from fastmta.node import worker_metrics
+from fastmta.node.server import Server
+from fastmta.node.supervisor import FLUSH, FLUSHED, READY
 from fastmta.spool.shards import shard_config
-from fastmta.supervisor import FLUSH, FLUSHED, READY
 
 _FLUSH_EVERY = 1.0  # seconds between metric flushes to the node's files
 
@@ -91,14 +91,14 @@ class WorkerServer(Server):
         finally:
             announce.cancel()
             flusher.cancel()
-            metrics_buffer.flush()  # the final counts of a clean stop
+            worker_metrics.flush()  # the final counts of a clean stop
             loop.remove_reader(self._lifeline.fileno())
             self._lifeline.close()
 
     @staticmethod
     async def _flush_metrics() -> None:
         while True:
-            metrics_buffer.flush()
+            worker_metrics.flush()
             await asyncio.sleep(_FLUSH_EVERY)
 
     async def _announce_ready(self) -> None:
@@ -115,7 +115,7 @@ class WorkerServer(Server):
         except OSError:
             data = b""
         if FLUSH in data:  # a scrape is coming: write the metric values out now
-            metrics_buffer.flush()
+            worker_metrics.flush()
             with contextlib.suppress(OSError):
                 self._lifeline.send(FLUSHED)
         if not data:  # EOF: the supervisor died (even by SIGKILL): finish what is open, stop

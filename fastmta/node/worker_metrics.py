@@ -47,7 +47,7 @@ def install(directory: str) -> None:
     """
     global _directory
     if "fastmta.metrics" in sys.modules:
-        raise RuntimeError("metrics_buffer.install() after fastmta.metrics was imported")
+        raise RuntimeError("worker_metrics.install() after fastmta.metrics was imported")
     _directory = directory
     values.ValueClass = BufferedValue
 

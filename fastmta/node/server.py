@@ -19,16 +19,19 @@ import sys
 from typing import Any
 
 from fastmta import config as config_mod
-from fastmta import metrics, parser
+from fastmta import parser
 from fastmta.config import Config, ConfigError
-from fastmta.delivery.local import local_recipient_exists
+from fastmta.delivery.dns import Resolver
+from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
+from fastmta.delivery.smtp import SmtpDeliverer
+from fastmta.deliverylog import DeliveryLog
 from fastmta.dkim.service import DkimService
-from fastmta.log import DeliveryLog
-from fastmta.policy import Policy
+from fastmta.node.exporter import serve_metrics
 from fastmta.scheduler import start_delivery
 from fastmta.smtp import tls
 from fastmta.smtp.auth import AuthConfigError, Users
 from fastmta.smtp.listener import Hub, ListenerSettings, listen
+from fastmta.smtp.policy import Policy
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 
@@ -98,7 +101,8 @@ class Server:
         self.dlog = DeliveryLog(cfg.log.file)
         if self.dkim is not None:
             await self.dkim.start()
-        self.delivery = await start_delivery(cfg, spool, self.dlog, signer=self.dkim)
+        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), self.dkim)
+        self.delivery = await start_delivery(cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog)
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -109,7 +113,7 @@ class Server:
                 server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
-            exporter = metrics.serve(cfg.metrics.address, self._healthy)
+            exporter = serve_metrics(cfg.metrics.address, self._healthy)
         except BaseException:
             await self._shutdown(0.0)
             raise

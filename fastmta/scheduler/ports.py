@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: MIT
+"""What the scheduler needs of the spool, as a ``typing.Protocol``.
+
+``fastmta.spool.Spool`` is the one implementation; tests hand in small fakes.
+Naming the few calls here keeps the scheduler's use of the spool visible (it
+reads schedule pages, envelopes and bodies, marks recipient states, queues DSNs)
+and type-checked, without tying it to the LMDB store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from fastmta.delivery import BodySource
+from fastmta.spool.records import Envelope, RcptState
+
+
+class QueueSpool(BodySource, Protocol):
+    def due(self, now: float, limit: int, after: tuple[float, str] | None = None) -> list[tuple[float, str]]:
+        """Up to ``limit`` (due time, id) pairs due by ``now``, in due order, after ``after``."""
+        ...
+
+    def envelopes(self, msg_ids: Sequence[str]) -> list[Envelope | None]:
+        """The envelope of each id (None: gone), in one read."""
+        ...
+
+    def update_many(
+        self, items: Iterable[tuple[str, Mapping[int, RcptState | str], float | None]], attempts_inc: int = 1
+    ) -> list[asyncio.Future[Any]]:
+        """New recipient states and next due time of many messages, one future each."""
+        ...
+
+    def put(self, envelope: Envelope, body: bytes, head: bytes = b"") -> asyncio.Future[str]:
+        """Queue a new message (a DSN); resolves to its id once committed."""
+        ...
+
+    def flushed_since(self, seen: int) -> tuple[int, frozenset[str] | None]:
+        """``queue flush`` generation and the domains flushed after ``seen`` (None: all)."""
+        ...
+
+    def count(self) -> int:
+        """Messages in the spool (cheap)."""
+        ...
