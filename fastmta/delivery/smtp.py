@@ -17,7 +17,7 @@ import logging
 import os
 import ssl
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from fastmta.config import Config, RouteConfig, is_localhost
 from fastmta.delivery import Attempt, BodySource, Destination, replies

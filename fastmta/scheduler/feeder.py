@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from fastmta import metrics
 from fastmta.scheduler.core import Scheduler
-from fastmta.spool.records import LISTENER_SENDMAIL
+from fastmta.spool.records import LISTENER_SENDMAIL, Envelope
 
 log = logging.getLogger("fastmta.scheduler")
 
@@ -93,7 +93,7 @@ class Feeder:
         start = after = self._cursor
         wrapped = start is None
         examined = admitted = misses = 0
-        injected: list[Any] = []  # sendmail's mail, new to this server: its "received" lines
+        injected: list[Envelope] = []  # sendmail's mail, new to this server: its "received" lines
         stop = len(sched.rounds) >= sched.max_in_memory
         while not stop:
             page = spool.due(now, PAGE, after)
