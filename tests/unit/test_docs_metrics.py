@@ -14,7 +14,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fastmta import metrics, supervisor
+from fastmta import metrics
+from fastmta.node import supervisor
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 ROW = re.compile(r"^\| `(fastmta_\w+)` \| (counter|gauge|histogram|summary|info) \|", re.MULTILINE)
