@@ -251,6 +251,7 @@ class LimitsConfig:
     max_errors: int = _opt(_int(1), 20)
     command_timeout: float = _opt(parse_duration, 300.0)
     data_timeout: float = _opt(parse_duration, 600.0)
+    max_session_time: float = _opt(parse_duration, 1800.0)  # whole session, however busy
     bare_lf: str = _opt(_choice("reject", "normalise"), "reject")
 
 

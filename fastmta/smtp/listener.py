@@ -3,8 +3,8 @@
 
 The ``Hub`` holds what is global to the process: connection counts (global and
 per IP), AUTH-failure counts, the set of open connections, the coarse clock and
-the sweeper that enforces command/data timeouts (one timer for all connections,
-not one per read). ``ListenerSettings`` is what a session needs to know about its
+the sweeper that enforces command/data timeouts and the session bound (one timer
+for all connections, not one per read). ``ListenerSettings`` is what a session needs to know about its
 listener, built once (replies prebuilt) and rebuilt on SIGHUP.
 """
 
@@ -52,6 +52,7 @@ class ListenerSettings:
         self.bare_lf = limits.bare_lf
         self.command_timeout = limits.command_timeout
         self.data_timeout = limits.data_timeout
+        self.max_session_time = limits.max_session_time
         self.policy = policy
         self.users = users
         self.auth_failures: AuthFailures = hub.auth_failures
@@ -99,7 +100,7 @@ class Hub:
         self.limits.max_connections = limits.max_connections
         self.limits.max_per_ip = limits.max_connections_per_ip
         self.auth_failures.limit = cfg.policy.max_auth_failures_per_ip
-        shortest = min(limits.command_timeout, limits.data_timeout)
+        shortest = min(limits.command_timeout, limits.data_timeout, limits.max_session_time)
         self._tick = min(1.0, max(0.05, shortest / 10))
 
     def start(self) -> None:
@@ -141,14 +142,14 @@ async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Se
     """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it)."""
     host, port = lcfg.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    settings = settings_of()
-    implicit = settings.ssl_context if lcfg.tls == "implicit" else None
-    if implicit is not None and lcfg.proxy_protocol:
-        # the PROXY header precedes the TLS handshake, which the TLS layer would swallow
+    if lcfg.tls == "implicit" and lcfg.proxy_protocol:
+        # the ClientHello may come in the same read as the PROXY header, and bytes
+        # already read cannot be handed to the TLS layer
         raise ConfigError([f'listener {lcfg.label}: proxy_protocol is not supported with tls = "implicit"'])
+    # Implicit TLS is not the server's ssl= but SmtpProtocol's own handshake after
+    # admission: counted, logged, timed and given back like STARTTLS.
     return await hub.loop.create_server(
         lambda: SmtpProtocol(hub, settings_of()),
         host=host, port=port, family=family, reuse_address=True,
-        reuse_port=hasattr(socket, "SO_REUSEPORT"), backlog=1024, ssl=implicit,
-        ssl_handshake_timeout=settings.command_timeout if implicit else None,
+        reuse_port=hasattr(socket, "SO_REUSEPORT"), backlog=1024,
     )  # fmt: skip
