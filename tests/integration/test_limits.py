@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 
 from tests.fixtures.metrics import scrape, value
 from tests.fixtures.server import RawClient, Running, running
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -369,3 +372,20 @@ def test_session_stuck_in_data_past_max_session_time(short_sessions: Running) ->
                 break
         assert got == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
     assert len(short_sessions.bodies()) == before  # the cut message was not queued
+
+
+def test_slowloris_fault_scenario(srv: Running) -> None:
+    """bench/faults/slowloris.py against command_timeout = 1.5 s: every dripping connection
+    is told 421 and closed near the limit, none lasts until the scenario's own bound."""
+    wait_no_connections(srv)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.faults.slowloris", "--port", str(srv.port), "--connections", "3",
+         "--interval", "0.3", "--max-time", "20"],
+        capture_output=True, timeout=60, cwd=ROOT, check=True,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report["closed_by_server"] == 3 and report["still_open_at_max_time"] == 0, report
+    assert report["held_s"]["max"] < 8, report
+    for conn in report["per_connection"]:
+        assert conn["replies"][-1] == "421 4.4.2 Timeout exceeded, closing connection", conn
+    wait_no_connections(srv)
