@@ -20,7 +20,7 @@ from typing import Any
 
 from fastmta import config as config_mod
 from fastmta import metrics, parser
-from fastmta.config import Config, ConfigError
+from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery.local import local_recipient_exists
 from fastmta.log import DeliveryLog
 from fastmta.policy import Policy
@@ -53,7 +53,9 @@ def say(text: str) -> None:
 
 
 class Server:
-    """One running fastmta process (issue 9 runs one of these per worker)."""
+    """One running fastmta process (a worker under the supervisor is one too)."""
+
+    reuse_port = False  # SO_REUSEPORT: only workers share their listening addresses
 
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
@@ -91,10 +93,13 @@ class Server:
         try:
             for lcfg in cfg.listeners:
                 self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, ssl_context)
-                server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
+                server = await listen(
+                    hub, lcfg, lambda label=lcfg.label: self._settings[label], self.reuse_port
+                )
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
-            exporter = metrics.serve(cfg.metrics.address, self._healthy)
+            with address_in_use("metrics", cfg.metrics.address):
+                exporter = metrics.serve(cfg.metrics.address, self._healthy)
         except BaseException:
             await self._shutdown(0.0)
             raise

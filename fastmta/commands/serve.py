@@ -23,11 +23,15 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="fastmta: %(name)s: %(message)s")
 
     from fastmta import supervisor
+    from fastmta.config import ConfigError
 
     worker = supervisor.worker_identity()
     if worker is None and cfg.server.workers > 1:
         try:
             return supervisor.Supervisor(cfg, args.config).run()
+        except ConfigError as e:  # an address in use
+            print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
+            return 2
         except OSError as e:
             print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
             return 1
@@ -36,7 +40,6 @@ def main(argv: list[str]) -> int:
 
     import uvloop
 
-    from fastmta.config import ConfigError
     from fastmta.server import Server
     from fastmta.smtp.auth import AuthConfigError
     from fastmta.spool.shards import adopt_orphans

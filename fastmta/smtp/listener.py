@@ -18,7 +18,7 @@ import ssl
 from typing import Any
 
 from fastmta import metrics
-from fastmta.config import Config, ConfigError, ListenerConfig
+from fastmta.config import Config, ConfigError, ListenerConfig, address_in_use
 from fastmta.policy import AuthFailures, ConnectionLimits, Policy
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MAX_LINE as AUTH_MAX_LINE
@@ -138,8 +138,16 @@ class Hub:
         self.auth_executor.shutdown(wait=False)
 
 
-async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Server:
-    """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it)."""
+async def listen(
+    hub: Hub, lcfg: ListenerConfig, settings_of: Any, reuse_port: bool = False
+) -> asyncio.Server:
+    """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it).
+
+    ``reuse_port`` (SO_REUSEPORT) only for the workers of one supervisor, which share
+    the address on purpose: a lone ``serve`` binding without it cannot start beside
+    another process on the same address (the kernel would split the traffic between
+    two spools and two configurations) but fails, naming the address.
+    """
     host, port = lcfg.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if lcfg.tls == "implicit" and lcfg.proxy_protocol:
@@ -148,8 +156,9 @@ async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Se
         raise ConfigError([f'listener {lcfg.label}: proxy_protocol is not supported with tls = "implicit"'])
     # Implicit TLS is not the server's ssl= but SmtpProtocol's own handshake after
     # admission: counted, logged, timed and given back like STARTTLS.
-    return await hub.loop.create_server(
-        lambda: SmtpProtocol(hub, settings_of()),
-        host=host, port=port, family=family, reuse_address=True,
-        reuse_port=hasattr(socket, "SO_REUSEPORT"), backlog=1024,
-    )  # fmt: skip
+    with address_in_use(f"listener {lcfg.label}", lcfg.address):
+        return await hub.loop.create_server(
+            lambda: SmtpProtocol(hub, settings_of()),
+            host=host, port=port, family=family, reuse_address=True,
+            reuse_port=reuse_port and hasattr(socket, "SO_REUSEPORT"), backlog=1024,
+        )  # fmt: skip
