@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The supervisor of ``[server] workers = N > 1``: N worker processes, one per core (issue 9).
+"""The supervisor of ``[server] workers = N > 1``: N worker processes, one per core.
 
 Each worker is a fresh ``fastmta serve`` process (spawned, not forked: no
 threads or loop state cross a fork) that binds every listener with

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""One worker process under the supervisor (``[server] workers = N > 1``, issue 9).
+"""One worker process under the supervisor (``[server] workers = N > 1``).
 
 A worker is an ordinary ``Server`` with a narrower view of the configuration
 (:func:`worker_config`): its own spool shard, no metrics exporter (the

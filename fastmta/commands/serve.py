@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     from fastmta.spool.shards import adopt_orphans
     from fastmta.worker import WorkerServer
 
-    # DESIGN.md §4, GIL: the loop shares the process with the metrics exporter and the AUTH
+    # The GIL: the loop shares the process with the metrics exporter and the AUTH
     # hashing threads; neither may keep it waiting for the default 5 ms slice.
     sys.setswitchinterval(0.0005)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """asyncio.Protocol glue: bytes → parser → session → one batched write per read.
 
-This is the hot path (DESIGN.md §4): one ``data_received`` makes one parser call,
+This is the hot path: one ``data_received`` makes one parser call,
 every event of it is handled in order, and all replies go out in ONE
 ``transport.write``. Only two things wait: the spool commit (a future callback,
 no task) and the AUTH check; while either is pending, the events already parsed

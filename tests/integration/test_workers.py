@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""``[server] workers = 2`` with real traffic (issue 9): shards, queue commands, metrics, kill -9.
+"""``[server] workers = 2`` with real traffic: shards, queue commands, metrics, kill -9.
 
 Each test runs a real supervisor (``fastmta serve``) whose workers share one
 SO_REUSEPORT listener; the kernel spreads smtplib's connections over them.
