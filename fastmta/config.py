@@ -9,13 +9,15 @@ imports only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,20 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+@contextlib.contextmanager
+def address_in_use(what: str, address: tuple[str, int] | None) -> Iterator[None]:
+    """Around a bind: EADDRINUSE becomes the start-up error naming what and where,
+    ``listener mx: 127.0.0.1:2525 is already in use`` (serve exits 2 on it)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE or address is None:
+            raise
+        host, port = address
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError([f"{what}: {where} is already in use"]) from None
 
 
 class _Invalid(ValueError):
@@ -289,6 +305,7 @@ class LimitsConfig:
     max_errors: int = _opt(_int(1), 20)
     command_timeout: float = _opt(parse_duration, 300.0)
     data_timeout: float = _opt(parse_duration, 600.0)
+    max_session_time: float = _opt(parse_duration, 1800.0)  # whole session, however busy
     bare_lf: str = _opt(_choice("reject", "normalise"), "reject")
     # Received: and Delivered-To: fields a message may arrive with (as Postfix's
     # hopcount_limit): more is a mail loop, refused 554 5.4.6 or bounced 5.4.6.

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastmta import config as config_mod
 from fastmta import parser
-from fastmta.config import Config, ConfigError
+from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery.dns import Resolver
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
 from fastmta.delivery.smtp import SmtpDeliverer
@@ -68,6 +68,8 @@ def say(text: str) -> None:
 class Server:
     """One running fastmta process (with ``[server] workers = N``, one per worker)."""
 
+    reuse_port = False  # SO_REUSEPORT: only workers share their listening addresses
+
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -110,10 +112,13 @@ class Server:
         try:
             for lcfg in cfg.listeners:
                 self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, ssl_context)
-                server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
+                server = await listen(
+                    hub, lcfg, lambda label=lcfg.label: self._settings[label], self.reuse_port
+                )
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
-            exporter = serve_metrics(cfg.metrics.address, self._healthy)
+            with address_in_use("metrics", cfg.metrics.address):
+                exporter = serve_metrics(cfg.metrics.address, self._healthy)
         except BaseException:
             await self._shutdown(0.0)
             raise
