@@ -21,7 +21,9 @@ from typing import Any
 from fastmta import config as config_mod
 from fastmta import metrics, parser
 from fastmta.config import Config, ConfigError
+from fastmta.delivery import ref, sources
 from fastmta.delivery.local import local_recipient_exists
+from fastmta.feedback import FeedbackDeliverer
 from fastmta.log import DeliveryLog
 from fastmta.policy import Policy
 from fastmta.scheduler import start_delivery
@@ -30,6 +32,7 @@ from fastmta.smtp.auth import AuthConfigError, Users
 from fastmta.smtp.listener import Hub, ListenerSettings, listen
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
+from fastmta.spool.suppression import SuppressionList
 
 log = logging.getLogger("fastmta.server")
 
@@ -43,7 +46,8 @@ class SpoolStore:
     def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
         rcpts = [Recipient(addr, orcpt=orcpt, notify=notify) for addr, notify, orcpt in txn.rcpts]
         env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
-                       listener=txn.listener, params=txn.params)  # fmt: skip
+                       listener=txn.listener, params=txn.params, pool=txn.pool,
+                       tenant=txn.tenant or txn.user)  # fmt: skip
         return self._put(env, body, head)
 
 
@@ -80,10 +84,19 @@ class Server:
             loop.add_signal_handler(sig, handler)
         users = Users.load(cfg.policy.users_file)
         ssl_context = tls.server_context(cfg)
+        _check_sending(cfg)
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
         self.dlog = DeliveryLog(cfg.log.file)
-        self.delivery = await start_delivery(cfg, spool, self.dlog)
+        self.suppression = SuppressionList.open(cfg.spool, spool.store)
+        feedback = (
+            FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
+            if cfg.suppression.fbl_addresses
+            else None
+        )
+        self.delivery = await start_delivery(
+            cfg, spool, self.dlog, suppression=self.suppression, feedback=feedback
+        )
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -174,8 +187,20 @@ class Server:
             await hub.close()
         if self.delivery is not None:
             await self.delivery.stop()
+        self.suppression.close()
         self.spool.close()
         self.dlog.close()
+
+
+def _check_sending(cfg: Config) -> None:
+    """Every pool source can be bound and the complaint-token key read: else start-up errors naming them."""
+    errors = sources.unbindable(cfg)
+    try:
+        ref.load_key(cfg)
+    except OSError as e:
+        errors.append(f"suppression.fbl_key_file: cannot read {ref.key_path(cfg)}: {e.strerror or e}")
+    if errors:
+        raise ConfigError(errors)
 
 
 def _policy(cfg: Config) -> Policy:

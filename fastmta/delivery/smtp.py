@@ -19,8 +19,8 @@ import ssl
 import time
 from typing import Any, Protocol
 
-from fastmta.config import Config, RouteConfig
-from fastmta.delivery import Attempt, Destination, replies
+from fastmta.config import Config, RouteConfig, SourceConfig
+from fastmta.delivery import Attempt, Destination, ref, replies
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
@@ -53,6 +53,7 @@ class SmtpDeliverer:
         self._opportunistic = _opportunistic_context()
         self._verified: ssl.SSLContext | None = None
         self._credentials: dict[str, tuple[int, tuple[str, str] | None]] = {}  # path → (mtime, creds)
+        self._refs: ref.Signer | None = None  # read on first use (serve checks the key at start)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -87,6 +88,11 @@ class SmtpDeliverer:
         body = self.spool.body(envelope.id)
         if body is None:
             return Attempt(dict.fromkeys(rcpts, Deferred(replies.NO_BODY, "other")))
+        # the complaint token: names the recipient when this transaction carries only one
+        if self._refs is None:
+            self._refs = ref.Signer(ref.load_key(self.cfg))
+        body = self._refs.header(envelope.id, envelope.rcpts[rcpts[0]].addr if len(rcpts) == 1 else "",
+                                envelope.tenant) + body  # fmt: skip
         client = self.pool.get(dest.key)
         if client is not None:
             attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)
@@ -146,7 +152,7 @@ class SmtpDeliverer:
         for host in self._alive_first(hosts):
             last_host = str(host)
             try:
-                client = await self._session(host, policy, route)
+                client = await self._session(host, policy, route, dest)
             except HostError as e:
                 failures.append(e)
                 if e.kind in ("refused", "timeout"):
@@ -179,24 +185,28 @@ class SmtpDeliverer:
             raise MxError(Deferred(replies.MX_NO_ADDRESS, "dns"))
         return found
 
-    async def _session(self, host: Host, policy: str, route: RouteConfig | None) -> SmtpClient:
+    async def _session(
+        self, host: Host, policy: str, route: RouteConfig | None, dest: Destination
+    ) -> SmtpClient:
         key = (host.address, host.port)
-        client = await self._open(host)
+        source = dest.source
+        helo = source.ehlo if source is not None else self.cfg.hostname
+        client = await self._open(host, source)
         try:
             if policy == "required":
                 if "STARTTLS" not in client.ext:
                     raise HostError(replies.TLS_REQUIRED, "tls")
-                await client.starttls(self._verified_context(), host.name, self.cfg.hostname)
+                await client.starttls(self._verified_context(), host.name, helo)
             elif policy == "opportunistic" and "STARTTLS" in client.ext:
                 until = self._no_tls.get(key)
                 if until is None or until < time.monotonic():
                     try:
-                        await client.starttls(self._opportunistic, host.name, self.cfg.hostname)
+                        await client.starttls(self._opportunistic, host.name, helo)
                     except HostError as e:  # as MTAs do: go on in plaintext
                         self._no_tls[key] = time.monotonic() + NO_TLS_MEMORY
                         if e.kind != "starttls" or not client.usable:
                             client.abort()
-                            client = await self._open(host)
+                            client = await self._open(host, source)
             if route is not None and route.auth_file:
                 await self._authenticate(client, route)
         except BaseException:
@@ -204,9 +214,11 @@ class SmtpDeliverer:
             raise
         return client
 
-    async def _open(self, host: Host) -> SmtpClient:
+    async def _open(self, host: Host, source: SourceConfig | None) -> SmtpClient:
         d = self.cfg.delivery
-        return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)
+        if source is None:
+            return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)
+        return await SmtpClient.open(host, source.ehlo, d.connect_timeout, d.command_timeout, source.address)
 
     async def _authenticate(self, client: SmtpClient, route: RouteConfig) -> None:
         creds = self._read_credentials(route.auth_file)

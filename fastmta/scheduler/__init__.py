@@ -19,6 +19,7 @@ from fastmta.log import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.spool.records import Envelope
+from fastmta.spool.suppression import SuppressionList
 
 
 class DeliveryService:
@@ -57,6 +58,8 @@ async def start_delivery(
     remote: Deliverer | None = None,
     local: Deliverer | None = None,
     interval: float = 1.0,
+    suppression: SuppressionList | None = None,
+    feedback: Deliverer | None = None,
 ) -> DeliveryService:
     """Build deliverers (unless given), the scheduler and its feeder, and start feeding."""
     if remote is None:
@@ -68,6 +71,6 @@ async def start_delivery(
         from fastmta.delivery.local import LocalDeliverer
 
         local = LocalDeliverer(cfg, spool)
-    sched = Scheduler(cfg, spool, remote, local, dlog)
+    sched = Scheduler(cfg, spool, remote, local, dlog, suppression=suppression, feedback=feedback)
     feeder = Feeder(sched, interval, spool.count)
-    return DeliveryService(sched, feeder, [remote, local])
+    return DeliveryService(sched, feeder, [remote, local] + ([feedback] if feedback is not None else []))

@@ -81,6 +81,11 @@ R_550_SMUGGLING = _r("R_550_SMUGGLING", 550, "5.6.0", "Message refused: bare CR 
 R_552_TOO_BIG = _r("R_552_TOO_BIG", 552, "5.3.4", "Message size exceeds fixed limit")
 R_553_NEED_SMTPUTF8 = _r("R_553_NEED_SMTPUTF8", 553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 R_553_BAD_MAILBOX = _r("R_553_BAD_MAILBOX", 553, "5.1.3", "Mailbox name not allowed")
+R_550_XHEADER_DENIED = _r(
+    "R_550_XHEADER_DENIED", 550, "5.7.1", "X-Fastmta headers are not accepted from this client"
+)
+R_550_XHEADER_BAD = _r("R_550_XHEADER_BAD", 550, "5.7.1", "Bad X-Fastmta-Pool or X-Fastmta-Tenant value")
+R_550_POOL_UNKNOWN = _r("R_550_POOL_UNKNOWN", 550, "5.7.1", "Unknown sending pool")
 R_554_RELAY_DENIED = _r("R_554_RELAY_DENIED", 554, "5.7.1", "Relay access denied")
 R_555_BAD_PARAM = _r("R_555_BAD_PARAM", 555, "5.5.4", "Unsupported or malformed MAIL or RCPT parameter")
 

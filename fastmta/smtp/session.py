@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from fastmta.errors import SpoolFullError
 from fastmta.policy import AuthFailures, Policy
-from fastmta.smtp import auth
+from fastmta.smtp import auth, xheaders
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
 
@@ -106,6 +106,8 @@ class Transaction:
     listener: str = ""
     user: str = ""
     tls: str = ""
+    pool: str = ""  # from X-Fastmta-Pool (smtp/xheaders.py)
+    tenant: str = ""  # from X-Fastmta-Tenant
 
 
 class Settings(Protocol):
@@ -242,10 +244,26 @@ class Session:
         txn = self.txn
         if txn is None or self.state not in (S_DATA, S_BDAT):
             return None
+        tags = xheaders.extract(body)
+        if tags is not None:
+            refusal = self._tags_refusal(tags)
+            if refusal is not None:
+                return self._body_refused(refusal, "xheader")
+            txn.pool, txn.tenant, body = tags.pool, tags.tenant, tags.body
         msg_id = self.cfg.new_id()
         self._set_state(S_COMMIT)
         # The Received: line travels beside the body, not joined to it: no copy of the body.
         return (A_COMMIT, msg_id, txn, self._received(msg_id, txn), body)
+
+    def _tags_refusal(self, tags: xheaders.Tags) -> bytes | None:
+        """Only clients that may relay choose pool and tenant, and only pools that exist."""
+        if not (self.relay_client or self.user):
+            return R.R_550_XHEADER_DENIED
+        if not tags.valid:
+            return R.R_550_XHEADER_BAD
+        if tags.pool and tags.pool not in self.cfg.policy.pools:
+            return R.R_550_POOL_UNKNOWN
+        return None
 
     def data_too_big(self) -> Action | None:
         return self._body_refused(R.R_552_TOO_BIG, "size")

@@ -158,6 +158,15 @@ RULES: dict[str, set[str]] = {
         "fastmta.config",
         "fastmta.errors",
     },
+    # Feedback loops: a Deliverer that turns ARF reports into suppression entries.
+    "fastmta.feedback": {
+        "fastmta.config",
+        "fastmta.delivery",
+        "fastmta.errors",
+        "fastmta.log",
+        "fastmta.metrics",
+        "fastmta.spool.suppression",
+    },
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
     "fastmta.compose": {"fastmta.smtp.commands"},
     "fastmta.inject": {"fastmta.config", "fastmta.smtp.commands", "fastmta.spool"},
