@@ -19,6 +19,7 @@ COMMANDS = {
     "sendmail": ("sendmail", "sendmail-compatible injection from stdin"),
     "send": ("send", "compose a MIME message with attachments and submit it"),
     "load": ("load", "SMTP load generator"),
+    "suppress": ("suppress", "add, remove, list, check suppressed recipient addresses"),
 }
 
 USAGE = (
