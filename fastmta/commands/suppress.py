@@ -25,8 +25,9 @@ def _iso(ts: float) -> str:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fastmta suppress", description="Manage the suppression list.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, text in (("add", "suppress addresses"), ("remove", "lift suppressions"),
-                       ("list", "list entries"), ("check", "is an address suppressed? (exit 0 yes, 1 no)")):  # fmt: skip
+    commands = {"add": "suppress addresses", "remove": "lift suppressions", "list": "list entries",
+                "check": "is an address suppressed? (exit 0 yes, 1 no)"}  # fmt: skip
+    for name, text in commands.items():
         p = sub.add_parser(name, help=text)
         add_config_arg(p)
         p.add_argument("--tenant", default=None, help="one tenant's entries (default: the global list)")

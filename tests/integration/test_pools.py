@@ -36,6 +36,13 @@ def message(sender: str, rcpt: str, headers: str = "", subject: str = "hi") -> b
     return f"From: {sender}\r\nTo: {rcpt}\r\n{headers}Subject: {subject}\r\n\r\nbody\r\n".encode()
 
 
+def send_many(port: int, n: int, sender: str = "a@news.example.test") -> None:
+    """``n`` messages over one connection, to r0@a.test, r1@a.test, …"""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+        for i in range(n):
+            c.sendmail(sender, [f"r{i}@a.test"], message(sender, f"r{i}@a.test"))
+
+
 def send(port: int, sender: str, rcpts: list[str], data: bytes, source: str = "127.0.0.1") -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as c:
         c.sendmail(sender, rcpts, data)
