@@ -1,100 +1,21 @@
 # SPDX-License-Identifier: MIT
-"""Sending pools end to end: a real ``fastmta serve``, smtplib clients, a sink that records
-each connection's peer address and EHLO name.
-
-Every message is routed to one aiosmtpd sink on 127.0.0.2; the pools' sources are
-127.0.0.3–127.0.0.5, so the address a message arrived from says which source sent it.
-"""
+"""Sending pools end to end (tests/fixtures/pools.py): the sink records each connection's
+peer address and EHLO name, so it sees which source sent each message."""
 
 from __future__ import annotations
 
 import collections
 import smtplib
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_delivery_e2e import Env
-from tests.support import ServerProcess, free_port, run_fastmta
-
-SINK = "127.0.0.2"
-POOLS = """
-    [[pool]]
-    name = "bulk"
-    sender_domains = ["news.example.test"]
-    sources = [ {{ address = "127.0.0.3", ehlo = "mta3.example.test" }},
-                {{ address = "127.0.0.4", ehlo = "mta4.example.test", weight = 2 }} ]
-
-    [[pool]]
-    name = "tx"
-    sources = [ {{ address = "127.0.0.5", ehlo = "mta5.example.test" }} ]
-"""
+from tests.fixtures.pools import delivered, message, send
+from tests.support import free_port, run_fastmta
 
 
-def message(sender: str, rcpt: str, headers: str = "", subject: str = "hi") -> bytes:
-    return f"From: {sender}\r\nTo: {rcpt}\r\n{headers}Subject: {subject}\r\n\r\nbody\r\n".encode()
-
-
-def send_many(port: int, n: int, sender: str = "a@news.example.test") -> None:
-    """``n`` messages over one connection, to r0@a.test, r1@a.test, …"""
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
-        for i in range(n):
-            c.sendmail(sender, [f"r{i}@a.test"], message(sender, f"r{i}@a.test"))
-
-
-def send(port: int, sender: str, rcpts: list[str], data: bytes, source: str = "127.0.0.1") -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(source, 0)) as c:
-        c.sendmail(sender, rcpts, data)
-
-
-@pytest.fixture
-def mta(make_config: Any, sinks: Any, sink_port: int, tmp_path: Path) -> Any:
-    started: list[ServerProcess] = []
-
-    def start(extra: str = "", pools: str = POOLS, workers: int = 1, **script: Any) -> Env:
-        sink = sinks(SINK, sink_port, **script)
-        port = free_port()
-        cfg = make_config(f"""
-            [server]
-            workers = {workers}
-
-            [[listener]]
-            address = "127.0.0.1:{port}"
-
-            [policy]
-            relay_networks = ["127.0.0.1/32"]
-            relay_domains = ["a.test", "fbl.test"]
-
-            [delivery]
-            port = {sink_port}
-            tls = "none"
-            retry_schedule = ["1s"]
-            connect_timeout = "2s"
-
-            [[route]]
-            domain = "*"
-            nexthop = "{SINK}:{sink_port}"
-            {pools.format()}
-            {extra}
-        """)
-        server = ServerProcess(cfg, ("127.0.0.1", port))
-        started.append(server)
-        env = Env(server, port, {"sink": sink})
-        env.config = cfg  # type: ignore[attr-defined]
-        return env
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-def delivered(env: Env, n: int) -> list[dict[str, Any]]:
-    return env.wait_log(lambda rs: len([r for r in rs if r["event"] == "delivered"]) >= n)
-
-
-def test_pool_by_header_binds_its_source_and_says_its_ehlo(mta: Any) -> None:
-    env = mta()
+def test_pool_by_header_binds_its_source_and_says_its_ehlo(pooled_mta: Any) -> None:
+    env = pooled_mta()
     data = message("a@other.test", "x@a.test", "X-Fastmta-Pool: tx\r\nX-Fastmta-Tenant: shop1\r\n")
     send(env.port, "a@other.test", ["x@a.test"], data)
     [msg] = env.sinks["sink"].wait_messages(1)
@@ -105,8 +26,8 @@ def test_pool_by_header_binds_its_source_and_says_its_ehlo(mta: Any) -> None:
     assert (rec["pool"], rec["source"], rec["tenant"]) == ("tx", "127.0.0.5", "shop1")
 
 
-def test_pool_by_sender_domain_else_the_default_pool(mta: Any) -> None:
-    env = mta()
+def test_pool_by_sender_domain_else_the_default_pool(pooled_mta: Any) -> None:
+    env = pooled_mta()
     send(env.port, "a@news.example.test", ["x@a.test"], message("a@news.example.test", "x@a.test"))
     send(env.port, "a@other.test", ["y@a.test"], message("a@other.test", "y@a.test"))
     msgs = env.sinks["sink"].wait_messages(2)
@@ -120,8 +41,8 @@ def test_pool_by_sender_domain_else_the_default_pool(mta: Any) -> None:
     assert recs["x@a.test"]["pool"] == "bulk" and recs["x@a.test"]["tenant"] == ""
 
 
-def test_weights_hold_over_300_messages(mta: Any) -> None:
-    env = mta()
+def test_weights_hold_over_300_messages(pooled_mta: Any) -> None:
+    env = pooled_mta()
     with smtplib.SMTP("127.0.0.1", env.port, timeout=30) as c:
         for i in range(300):
             c.sendmail(
@@ -133,8 +54,8 @@ def test_weights_hold_over_300_messages(mta: Any) -> None:
     assert abs(count["127.0.0.3"] - 100) <= 10 and abs(count["127.0.0.4"] - 200) <= 20, count
 
 
-def test_a_421_throttles_only_the_source_that_saw_it(mta: Any) -> None:
-    env = mta(greeting_for={"127.0.0.3": "421 4.7.0 Too many connections from your IP"})
+def test_a_421_throttles_only_the_source_that_saw_it(pooled_mta: Any) -> None:
+    env = pooled_mta(greeting_for={"127.0.0.3": "421 4.7.0 Too many connections from your IP"})
     with smtplib.SMTP("127.0.0.1", env.port, timeout=30) as c:
         for i in range(30):
             c.sendmail(
@@ -148,8 +69,8 @@ def test_a_421_throttles_only_the_source_that_saw_it(mta: Any) -> None:
     assert {m.peer for m in env.sinks["sink"].messages} == {"127.0.0.4"}
 
 
-def test_pool_header_from_a_client_that_may_not_relay_is_refused(mta: Any) -> None:
-    env = mta()
+def test_pool_header_from_a_client_that_may_not_relay_is_refused(pooled_mta: Any) -> None:
+    env = pooled_mta()
     data = message("a@other.test", "x@a.test", "X-Fastmta-Pool: tx\r\n")
     with pytest.raises(smtplib.SMTPDataError) as e:
         send(env.port, "a@other.test", ["x@a.test"], data, source="127.0.0.9")
