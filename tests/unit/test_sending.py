@@ -17,9 +17,10 @@ from fastmta.spool.store import Store
 from fastmta.spool.suppression import Entry, SuppressionList
 
 M3, M4 = {"address": "127.0.0.3", "ehlo": "m3.test"}, {"address": "127.0.0.4", "ehlo": "m4.test", "weight": 2}
+M5 = {"address": "127.0.0.5", "ehlo": "m5.test"}
 CFG = from_dict({"pool": [
     {"name": "bulk", "sender_domains": ["news.test"], "sources": [M3, M4]},
-    {"name": "tx", "sender_domains": ["news.test", "tx.test"], "sources": [{"address": "127.0.0.5", "ehlo": "m5"}]},
+    {"name": "tx", "sender_domains": ["news.test", "tx.test"], "sources": [M5]},
 ]})  # fmt: skip
 
 
