@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return 64 if e.code not in (0, None) else 0
+    except SystemExit as stop:
+        return 64 if stop.code not in (0, None) else 0
     cfg = load_config_or_exit(args.config)
     store = admin.open_store(suppression.node_config(cfg.spool))
     try:
