@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import drivers, peers, relay, report  # noqa: E402
+from fastmta.config import SpoolConfig  # noqa: E402
 from fastmta.spool import suppression  # noqa: E402
 from fastmta.spool.store import Store  # noqa: E402
 
@@ -35,9 +36,10 @@ _BATCH = 100_000
 
 
 def fill(spool: Path, entries: int) -> float:
-    """Write ``entries`` global entries into the spool environment at ``spool``; seconds taken."""
+    """Write ``entries`` global entries into the list of the spool at ``spool``; seconds taken."""
     t = time.perf_counter()
-    store = Store(str(spool), 1024**3, 1024**4)
+    node = suppression.node_config(SpoolConfig(path=str(spool)))
+    store = Store(node.path, 1024**3, 1024**4)
     try:
         db = suppression.open_db(store)
         for start in range(0, entries, _BATCH):
@@ -51,8 +53,7 @@ def fill(spool: Path, entries: int) -> float:
 
 def check_cost(spool: Path, n: int = 100_000) -> float:
     """Microseconds per ``suppressed()`` call for one recipient (a miss)."""
-    store = Store(str(spool), 1024**3, 1024**4)
-    lst = suppression.SuppressionList(store, own=True)
+    lst = suppression.SuppressionList.open(SpoolConfig(path=str(spool)))
     try:
         rcpt = [(0, drivers.RECIPIENT)]
         t = time.perf_counter()

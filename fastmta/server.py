@@ -88,7 +88,7 @@ class Server:
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
         self.dlog = DeliveryLog(cfg.log.file)
-        self.suppression = SuppressionList.open(cfg.spool, spool.store)
+        self.suppression = SuppressionList.open(cfg.spool)
         feedback = (
             FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
             if cfg.suppression.fbl_addresses

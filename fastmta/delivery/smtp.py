@@ -214,7 +214,7 @@ class SmtpDeliverer:
             raise
         return client
 
-    async def _open(self, host: Host, source: SourceConfig | None) -> SmtpClient:
+    async def _open(self, host: Host, source: SourceConfig | None = None) -> SmtpClient:
         d = self.cfg.delivery
         if source is None:
             return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: MIT
 """The suppression list: addresses never to be mailed again, globally or for one tenant.
 
-It is the named database ``suppress`` of the node's spool environment: ``[spool]
-path`` itself. A single process keeps its messages there too; with ``[server]
-workers = N`` each worker's messages live in ``<path>/<n>/`` but every worker,
-``fastmta suppress`` and the feedback-loop consumer open ``<path>``, so one list
-holds for the whole node. LMDB makes it durable and safe across processes.
+It is the named database ``suppress`` of its own LMDB environment in the spool
+directory, ``<[spool] path>/suppression/``: one place for the whole node whatever
+``[server] workers`` says (each worker's messages live in ``<path>/<n>/``, a single
+process's in ``<path>``), so a change of the worker count strands no entry, and
+list writes never wait for (or hold up) the spool writer's group commits. Every
+worker, ``fastmta suppress`` and the feedback-loop consumer open it; LMDB makes it
+durable and safe across processes. Spool tools that walk the shards ignore it.
 
 Key: ``tenant NUL address`` (tenant "" = global); value: ``time (double) | reason``.
 Addresses are compared case-insensitively in full. RFC 5321 §2.4 lets a local part
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,6 +35,7 @@ import lmdb
 from fastmta.config import SpoolConfig
 from fastmta.spool.store import Store
 
+DIR = "suppression"
 DB = b"suppress"
 _TIME = struct.Struct("<d")
 MAX_REASON = 500
@@ -59,12 +63,9 @@ def key(address: str, tenant: str = "") -> bytes:
 
 
 def node_config(cfg: SpoolConfig) -> SpoolConfig:
-    """The spool environment that holds the node's list (see the module docstring)."""
-    if not cfg.node_path or cfg.node_path == cfg.path:
-        return cfg
-    return SpoolConfig(
-        path=cfg.node_path, map_size=cfg.map_size, max_map_size=cfg.max_map_size, sync=cfg.sync
-    )
+    """The environment that holds the node's list (see the module docstring)."""
+    path = os.path.join(cfg.node_path or cfg.path, DIR)
+    return SpoolConfig(path=path, map_size=cfg.map_size, max_map_size=cfg.max_map_size, sync=cfg.sync)
 
 
 def open_db(store: Store) -> Any:
@@ -142,20 +143,16 @@ def lookup(store: Store, db: Any, address: str, tenant: str = "") -> Entry | Non
 class SuppressionList:
     """Lookups on the delivery path and background writes for one serving process."""
 
-    def __init__(self, store: Store, own: bool) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.db = open_db(store)
-        self._own = own  # opened for the list alone (a worker): closed with it
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="suppression")
 
     @classmethod
-    def open(cls, cfg: SpoolConfig, spool_store: Store) -> SuppressionList:
-        """The node's list; ``spool_store`` when this process's spool is that environment
-        (LMDB must not be opened twice in one process)."""
+    def open(cls, cfg: SpoolConfig) -> SuppressionList:
+        """The node's list, for a serving process whose spool (or shard) is ``cfg``."""
         node = node_config(cfg)
-        if node.path == spool_store.path:
-            return cls(spool_store, own=False)
-        return cls(Store(node.path, node.map_size, node.max_map_size, sync=node.sync), own=True)
+        return cls(Store(node.path, node.map_size, node.max_map_size, sync=node.sync))
 
     def suppressed(self, rcpts: Sequence[tuple[int, str]], tenant: str) -> list[int]:
         """Indexes of the given (index, address) pairs that are suppressed for ``tenant``."""
@@ -176,5 +173,4 @@ class SuppressionList:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
-        if self._own:
-            self.store.close()
+        self.store.close()

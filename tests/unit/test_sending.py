@@ -82,16 +82,26 @@ def test_list_storage(tmp_path: Path) -> None:
         hit = suppression.lookup(store, db, "BOB@a.test", "t1")
         assert hit is not None and (hit.tenant, hit.reason) == ("t1", "complaint")
         assert suppression.lookup(store, db, "bob@a.test") is None  # tenant only, not global
-        lst = SuppressionList(store, own=False)
-        assert lst.suppressed([(0, "U7@a.test"), (1, "bob@a.test"), (2, "x@a.test")], "t1") == [0, 1]
-        assert lst.suppressed([(1, "bob@a.test")], "t2") == []
-        lst.close()
         assert suppression.remove(store, db, ["u7@a.test", "nobody@a.test"]) == 1
     finally:
         store.close()
 
 
-def test_a_worker_reads_the_list_of_the_node(tmp_path: Path) -> None:
+def test_lookups_of_a_serving_process(tmp_path: Path) -> None:
+    cfg = SpoolConfig(path=str(tmp_path / "spool"), map_size=16 * 1024**2)
+    store = Store(suppression.node_config(cfg).path, 16 * 1024**2, 64 * 1024**2)
+    suppression.add(store, suppression.open_db(store), [Entry("u7@a.test"), Entry("bob@a.test", "t1")])
+    store.close()
+    lst = SuppressionList.open(cfg)
+    try:
+        assert lst.suppressed([(0, "U7@a.test"), (1, "bob@a.test"), (2, "x@a.test")], "t1") == [0, 1]
+        assert lst.suppressed([(1, "bob@a.test")], "t2") == []
+    finally:
+        lst.close()
+
+
+def test_every_worker_reads_the_list_of_the_node(tmp_path: Path) -> None:
     root = SpoolConfig(path=str(tmp_path / "spool"), map_size=16 * 1024**2)
     shard = SpoolConfig(path=str(tmp_path / "spool" / "1"), map_size=16 * 1024**2, node_path=root.path)
-    assert suppression.node_config(root) is root and suppression.node_config(shard).path == root.path
+    expected = str(tmp_path / "spool" / "suppression")
+    assert suppression.node_config(root).path == suppression.node_config(shard).path == expected
