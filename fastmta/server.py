@@ -152,6 +152,8 @@ class Server:
         self._reload_pending = False
         try:
             cfg = self.load_config()
+            if unbindable := sources.unbindable(cfg):
+                raise ConfigError(unbindable)
             users = Users.load(cfg.policy.users_file)
             if self.ssl_context is not None:
                 tls.reload(self.ssl_context, cfg)

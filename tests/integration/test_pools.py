@@ -5,13 +5,14 @@ peer address and EHLO name, so it sees which source sent each message."""
 from __future__ import annotations
 
 import collections
+import signal
 import smtplib
 from typing import Any
 
 import pytest
 
 from tests.fixtures.pools import delivered, message, send
-from tests.support import free_port, run_fastmta
+from tests.support import free_port, run_fastmta, wait_until
 
 
 def test_pool_by_header_binds_its_source_and_says_its_ehlo(pooled_mta: Any) -> None:
@@ -93,3 +94,16 @@ def test_an_unbindable_source_is_a_start_up_error(make_config: Any) -> None:
     res = run_fastmta("serve", "--config", str(cfg), timeout=30)
     assert res.returncode == 2
     assert b"pool[0].sources[0].address: cannot bind 192.0.2.77" in res.stderr
+
+
+def test_a_reload_with_an_unbindable_source_is_refused(pooled_mta: Any) -> None:
+    env = pooled_mta()
+    env.config.write_text(env.config.read_text().replace('"127.0.0.5"', '"192.0.2.77"'))
+    env.server.signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in env.server.stderr(), 20, "the refused reload")
+    assert "pool[1].sources[0].address: cannot bind 192.0.2.77" in env.server.stderr()
+    send(
+        env.port, "a@other.test", ["x@a.test"], message("a@other.test", "x@a.test", "X-Fastmta-Pool: tx\r\n")
+    )
+    [msg] = env.sinks["sink"].wait_messages(1)
+    assert msg.peer == "127.0.0.5"  # the running configuration stands
