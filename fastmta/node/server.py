@@ -23,11 +23,11 @@ from fastmta import parser
 from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
+from fastmta.delivery.feedback import FeedbackDeliverer
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.deliverylog import DeliveryLog
 from fastmta.dkim.service import DkimService
-from fastmta.feedback import FeedbackDeliverer
 from fastmta.node.exporter import serve_metrics
 from fastmta.scheduler import start_delivery
 from fastmta.smtp import tls

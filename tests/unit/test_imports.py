@@ -160,7 +160,7 @@ RULES: dict[str, set[str]] = {
     # DKIM signing: a leaf beside delivery; the remote deliverer gets it as a typing.Protocol.
     "fastmta.dkim": {"fastmta.dkim", "fastmta.config", "fastmta.metrics"},
     # Feedback loops: a Deliverer that turns ARF reports into suppression entries.
-    "fastmta.feedback": {
+    "fastmta.delivery.feedback": {
         "fastmta.config",
         "fastmta.delivery",
         "fastmta.errors",

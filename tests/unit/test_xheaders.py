@@ -5,13 +5,13 @@ by the session (only clients that may relay, only pools that exist)."""
 from __future__ import annotations
 
 import pytest
-from fastmta.policy import Policy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmta.config import from_dict
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
+from fastmta.smtp.policy import Policy
 from fastmta.smtp.xheaders import MAX_VALUE, extract
 from tests.unit.test_session import FakeSettings, run
 

@@ -23,11 +23,11 @@ from typing import Any
 from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import Attempt, Destination, ref
+from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Deferred, Delivered, Reply
-from fastmta.log import DeliveryLog, iso_ts
 from fastmta.spool.suppression import Entry, SuppressionList
 
-log = logging.getLogger("fastmta.feedback")
+log = logging.getLogger("fastmta.delivery.feedback")
 
 CONSUMED = Reply(250, "2.0.0", "Feedback report consumed")
 DROPPED = Reply(250, "2.0.0", "Feedback report dropped")
