@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Delivery side entry point: the composition root calls ``start_delivery``.
 
-``DeliveryService`` is all ``server.py`` sees: ``submit`` committed envelopes
+``DeliveryService`` is all ``node/server.py`` sees: ``submit`` committed envelopes
 (from ``spool.on_commit``), ``reload`` on SIGHUP (lifts ``[delivery] hold``),
 ``stop`` at shutdown. The scheduler proper lives in core.py, shards in shard.py.
 """

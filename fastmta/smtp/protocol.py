@@ -55,7 +55,7 @@ _EARLY_LIMIT = 256 * 1024  # bytes taken in while a commit or AUTH check is pend
 
 
 class Store(Protocol):
-    """Where accepted messages go (server.py adapts the spool to this)."""
+    """Where accepted messages go (the composition root, node/server.py, adapts the spool to this)."""
 
     def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
         """Store ``head + body`` (the Received: line, then the message as received)."""
