@@ -98,13 +98,18 @@ class Pool(Generic[C]):
             return len(self._idle.get(key, ()))
         return sum(len(v) for v in self._idle.values())
 
-    async def close(self) -> None:
-        """QUIT every idle connection and wait (briefly) for the goodbyes."""
+    def retire_idle(self) -> None:
+        """QUIT every idle connection in the background (they were opened with settings
+        that may no longer hold); connections in use come back and are kept as usual."""
         for idle in self._idle.values():
             for client, timer in idle:
                 timer.cancel()
                 self.retire(client)
         self._idle.clear()
+
+    async def close(self) -> None:
+        """QUIT every idle connection and wait (briefly) for the goodbyes."""
+        self.retire_idle()
         if self._closing:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._closing), timeout=3.0)

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastmta import config
 from fastmta.errors import Bounced, Deferred, Delivered, Reply
+from fastmta.scheduler import start_delivery
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.scheduler.shard import shard_of
@@ -294,6 +295,22 @@ def test_hold_queues_but_delivers_nothing_until_reload(fake_spool: FakeSpool) ->
         await settle(sched, lambda: not fake_spool.envs)
         assert len(dlv.calls) == 5
         task.cancel()
+
+    run(t())
+
+
+def test_reload_reaches_every_deliverer(fake_spool: FakeSpool) -> None:
+    """A SIGHUP's configuration goes to the remote, local and feedback deliverers, not only
+    to the scheduler: their ports, TLS, timeouts, DNS and [local] settings change too."""
+
+    async def t() -> None:
+        remote, local, feedback = (FakeDeliverer(lambda d, e, i: OK) for _ in range(3))
+        service = await start_delivery(make_cfg(hold=True), fake_spool, remote, local, feedback=feedback)
+        new = make_cfg(hold=True, port=2526)
+        service.reload(new)
+        await service.stop()
+        assert [d.reloaded for d in (remote, local, feedback)] == [[new]] * 3
+        assert service.scheduler.cfg is new
 
     run(t())
 
