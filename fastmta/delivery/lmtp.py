@@ -159,7 +159,7 @@ class LmtpClient:
                 log.warning("LMTP %s: %s: %r", self.nexthop, msg_id, e)
                 outcomes.update({i: failed for i, _ in rcpts if i not in outcomes})
             else:
-                self._pool.put(self.target, conn)
+                await self._pool.release(self.target, conn)
             break
         return outcomes
 

@@ -336,3 +336,16 @@ def test_reload_moves_to_the_new_lmtp_target_then_to_maildir(lmtp_server: Callab
     assert [m.rcpt_tos for m in first.messages] == [["u0@local.test"]]
     assert [m.rcpt_tos for m in second.messages] == [["u1@local.test"]]
     assert len(list((tmp_path / "mail" / "local.test" / "u2" / "new").iterdir())) == 1
+
+
+def test_spent_session_is_closed_before_its_delivery_ends(lmtp_server: Callable[..., Any],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """A delivery that retires a spent LMTP session returns only once the session is closed, so
+    the scheduler's slot for "local" covers the socket's whole life: an MDA counting connections
+    never sees the next one open while the old one still says goodbye."""
+    srv = lmtp_server(quit_delay=0.3)
+    envs = [envelope(f"u{n}@local.test", msg_id=f"T{n}") for n in range(4)]
+    outs = run(make_cfg(tmp_path, srv.spec, max_messages_per_connection=1), *envs)
+    assert all(isinstance(o[0], Delivered) for o in outs)
+    assert srv.connections() == 4
+    assert srv.peak_open == 1, srv.peak_open
