@@ -57,7 +57,7 @@ class Pool(Generic[C]):
         self._idle.pop(key, None)
         return None
 
-    def put(self, key: str, client: C) -> asyncio.Task[None] | None:
+    def _put(self, key: str, client: C) -> asyncio.Task[None] | None:
         """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent
         (then the QUIT in progress is returned)."""
         if not client.usable or client.messages >= self.max_messages:
@@ -67,9 +67,10 @@ class Pool(Generic[C]):
         return None
 
     async def release(self, key: str, client: C) -> None:
-        """``put``, returning only once a spent connection is closed (its QUIT answered or
-        timed out), so the caller's connection slot covers the whole life of the socket."""
-        closing = self.put(key, client)
+        """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent and
+        return only once it is closed (its QUIT answered or timed out), so the caller's
+        connection slot covers the whole life of the socket. The only way back into the pool."""
+        closing = self._put(key, client)
         if closing is not None:
             await asyncio.shield(closing)  # cancelled: the goodbye still finishes (close() waits)
 
