@@ -491,7 +491,10 @@ class Scheduler:
         rnd.retry(self.clock() + retry.delay(1, self.cfg.delivery.retry_schedule, self.rng))
 
     async def queue_dsn(self, env: Envelope, reports: list[dsnlib.RcptReport], original: bytes | None) -> str:
-        """Build one DSN about ``env`` and queue it (sender ``<>``, to the original sender); its id."""
+        """Build one DSN about ``env`` and queue it (sender ``<>``, to the original sender); its id.
+
+        The DSN belongs to the message's tenant, so its log lines and webhooks name it.
+        """
         now = self.clock()
         body = dsnlib.build(
             reports,
@@ -517,6 +520,7 @@ class Scheduler:
             next_attempt=now,
             listener="dsn",
             params=params,
+            tenant=env.tenant,
         )
         await self.spool.put(dsn_env, body)
         return dsn_env.id

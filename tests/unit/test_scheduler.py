@@ -119,6 +119,19 @@ def test_no_dsn_for_null_sender(fake_spool: FakeSpool) -> None:
     run(t())
 
 
+def test_dsn_carries_the_tenant_of_its_message(fake_spool: FakeSpool) -> None:
+    """A bounce is mail sent for the tenant too: its delivery log lines and webhooks name it."""
+
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: USER_UNKNOWN)
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"], tenant="acme")])
+        await settle(sched, lambda: not fake_spool.envs)
+        [(dsn, _)] = fake_spool.dsns
+        assert dsn.sender == "" and dsn.tenant == "acme"
+
+    run(t())
+
+
 def test_concurrency_cap_per_destination(fake_spool: FakeSpool) -> None:
     async def slow_ok(d: Any, e: Any, i: int) -> Any:
         await asyncio.sleep(0.02)
