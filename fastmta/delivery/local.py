@@ -291,7 +291,7 @@ class LocalDeliverer:
             parts = (return_path, b"Delivered-To: " + raw + b"\n", text)
             local = self.cfg.local
             write = loop.run_in_executor(self._pool, maildir_write, box, self._host, parts, local.mode,
-                                         local.dir_mode)  # fmt: skip
+                                         local.dir_mode, local.owner)  # fmt: skip
             jobs.append((i, write))
         for i, job in jobs:
             try:
