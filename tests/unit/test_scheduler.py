@@ -396,7 +396,7 @@ def test_notify_success_and_delay_and_never(fake_spool: FakeSpool) -> None:
 def test_admin_bounce_state_sends_dsn_without_delivery(fake_spool: FakeSpool) -> None:
     async def t() -> None:
         sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
-        env = fake_spool.add("a@src.test", ["b@dst.test"])
+        env = fake_spool.add("a@src.test", ["b@dst.test"], tenant="acme")
         stored = fake_spool.envs[env.id]
         stored.rcpts[0].state = "bounce"
         stored.rcpts[0].last_error = "550 5.0.0 Message deleted from the queue by the administrator"
@@ -404,7 +404,8 @@ def test_admin_bounce_state_sends_dsn_without_delivery(fake_spool: FakeSpool) ->
         assert await feeder.scan() == 1
         await settle(sched, lambda: not fake_spool.envs)
         assert dlv.calls == []
-        assert logs.events("bounced")[0]["code"] == 550
+        [line] = logs.events("bounced")
+        assert line["code"] == 550 and line["tenant"] == "acme"  # the bounce is the tenant's, as any other
         assert b"deleted from the queue by the administrator" in fake_spool.dsns[0][1]
 
     run(t())
