@@ -1,4 +1,4 @@
-.PHONY: compile debug serve test test-pure lint typecheck fuzz bench clean
+.PHONY: compile debug serve test test-pure lint typecheck fuzz bench faults clean
 
 compile:
 	sh scripts/venv.sh
@@ -27,6 +27,9 @@ fuzz:
 
 bench:
 	.venv/bin/python bench/run.py
+
+faults:
+	.venv/bin/python bench/faults/run.py
 
 clean:
 	rm -rf build dist *.egg-info fastmta/*.so fastmta/_parser.c fastmta/*.html

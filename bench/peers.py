@@ -314,13 +314,16 @@ class Fastmta(Peer):
     ``hold`` keeps delivery off (accept tests); ``relay_to`` routes every domain to a
     sink (relay tests). ``metrics`` False sets FASTMTA_METRICS=off. ``sync`` False is
     ``[spool] sync = false``: not durable, a diagnostic of what the fsyncs cost.
-    ``map_size`` and ``max_map_size`` are the ``[spool]`` keys (fault runs use small ones).
+    ``map_size`` and ``max_map_size`` are the ``[spool]`` keys (fault runs use small ones);
+    ``limits`` adds ``[limits]`` lines (the slowloris fault run shortens ``command_timeout``).
     """
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
                  spool: Path | None = None, name: str = "fastmta", sync: bool = True,
-                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "") -> None:  # fmt: skip
+                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "",
+                 limits: str = "") -> None:  # fmt: skip
         self.name = name
+        self.limits = limits
         self.extra_config = extra_config  # appended TOML (bench/dkim.py: [[dkim]] tables)
         self.durable = sync
         super().__init__()
@@ -336,7 +339,7 @@ class Fastmta(Peer):
         self.config.write_text(
             f'hostname = "bench.fastmta.test"\n\n'
             f'[[listener]]\nname = "bench"\naddress = "{self.address}"\n\n'
-            f"[limits]\nmax_connections_per_ip = 5000\n\n"
+            f"[limits]\nmax_connections_per_ip = 5000\n{self.limits}\n\n"
             f'[spool]\npath = "{self.spool}"\nmap_size = "{self.map_size}"\n'
             + (f'max_map_size = "{self.max_map_size}"\n' if self.max_map_size else "")
             + f"sync = {'true' if self.durable else 'false'}\n\n"

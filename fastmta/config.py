@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import tomllib
@@ -233,6 +235,25 @@ def _file_mode(value: object) -> int:
     return value
 
 
+def _owner(value: object) -> tuple[int, int] | None:
+    """``"user"`` or ``"user:group"`` (names or numbers) → (uid, gid); ``""`` → None. A user
+    alone brings its primary group. Names are looked up now, so a typo is a config error."""
+    spec = _str(value).strip()
+    if not spec:
+        return None
+    user, _, group = spec.partition(":")
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise _Invalid(f"no such user {user!r}") from None
+    if not group:
+        return pw.pw_uid, pw.pw_gid
+    try:
+        return pw.pw_uid, grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise _Invalid(f"no such group {group!r}") from None
+
+
 def is_localhost(domain: str) -> bool:
     """``localhost`` names (RFC 6761 §6.3, plus the common ``localhost.localdomain``): always
     this machine, so mail for them is delivered here or nowhere, never after a DNS lookup."""
@@ -390,6 +411,8 @@ class LocalConfig:
     # Maildir files get ``mode``; the directories fastmta creates get it plus x where r is
     # set (0640 → 0750), whatever the umask: a reader such as Dovecot in our group can then open them.
     mode: int = _opt(_file_mode, 0o600)
+    # Files and the directories fastmta creates get this owner (uid, gid); needs root.
+    owner: tuple[int, int] | None = _opt(_owner, None)
 
     @property
     def dir_mode(self) -> int:

@@ -96,7 +96,17 @@ def _dkim_keys(cfg: Config, errors: list[str]) -> None:
     errors.extend(keys.check(cfg.dkim))
 
 
-CHECKS: tuple[Callable[[Config, list[str]], None], ...] = (_tls, _ca_file, _users, _plain_files, _dkim_keys)
+def _local_owner(cfg: Config, errors: list[str]) -> None:
+    """Only root can give the Maildir files it writes to another owner."""
+    owner = cfg.local.owner
+    if owner is not None and os.geteuid() != 0 and owner != (os.geteuid(), os.getegid()):
+        errors.append(f"local.owner: giving mail to uid {owner[0]} gid {owner[1]} needs root; "
+                      f"fastmta runs as uid {os.geteuid()}")  # fmt: skip
+
+
+CHECKS: tuple[Callable[[Config, list[str]], None], ...] = (
+    _tls, _ca_file, _users, _plain_files, _dkim_keys, _local_owner,
+)  # fmt: skip
 
 
 def problems(cfg: Config) -> list[str]:

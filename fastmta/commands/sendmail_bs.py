@@ -6,7 +6,8 @@ local client gets exactly the listener's replies, limits, PIPELINING, CHUNKING
 and DSN parameters. Only the edges differ: the peer is a local process that may
 already inject mail, so it relays anywhere without AUTH (no TLS either), its LF
 line ends count as CRLF, and each committed message goes through the same
-Injector as plain ``sendmail`` (header fix-ups; spool, else the local listener).
+Injector as plain ``sendmail`` (header fix-ups; spool, else the local listener),
+with the pool and tenant its ``X-Fastmta-*`` headers named.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def _commit(injector: Injector, session: Session, msg_id: str, txn: Transaction,
     session's trace line: the injector adds its own "from userid" one)."""
     msg = compose.Message.parse(body, strict=False)
     try:
-        qid = injector.submit(txn.sender, list(txn.rcpts), msg, dict(txn.params), msg_id=msg_id)
+        qid = injector.submit(txn.sender, list(txn.rcpts), msg, dict(txn.params), msg_id=msg_id,
+                              pool=txn.pool, tenant=txn.tenant)  # fmt: skip
     except InjectError as e:
         session.commit_failed(e)  # 451 4.3.0: the client keeps the message and retries
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from fastmta.config import RouteConfig, SourceConfig
+from fastmta.config import Config, RouteConfig, SourceConfig
 from fastmta.errors import Outcome
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ class Attempt:
 
 class Deliverer(Protocol):
     async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt: ...
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: the next delivery uses ``cfg``; deliveries in flight finish as they began."""
 
     async def close(self) -> None: ...
 

@@ -118,5 +118,9 @@ class FeedbackDeliverer:
                               "report": envelope.id}])  # fmt: skip
         return Attempt(dict.fromkeys(rcpts, Delivered(reply)), "fbl", elapsed=time.monotonic() - start)
 
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP: tokens are checked with the key file as it is now."""
+        self.signer = ref.Signer(ref.load_key(cfg))
+
     async def close(self) -> None:
         return None

@@ -30,7 +30,6 @@ from fastmta.parser import ReplyParser, encode_data
 log = logging.getLogger(__name__)
 
 R_LMTP_DOWN = Reply(421, "4.4.1", "LMTP server unavailable")
-_POOL_KEY = "lmtp"  # one target per client: every idle session is interchangeable
 
 
 def _ok(reply: Reply) -> bool:
@@ -125,9 +124,16 @@ class LmtpClient:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._unix, self._addr, self.nexthop = lmtp_target(cfg.local.lmtp)
+        self.target = cfg.local.lmtp  # one target per client: every idle session is interchangeable
+        self._unix, self._addr, self.nexthop = lmtp_target(self.target)
         d = cfg.delivery
         self._pool: Pool[LmtpConnection] = Pool(d.max_messages_per_connection, d.idle_timeout)
+
+    def reload(self, cfg: Config) -> None:
+        """SIGHUP, same target: new timeouts and reuse limits from the next delivery."""
+        self.cfg = cfg
+        self._pool.max_messages = cfg.delivery.max_messages_per_connection
+        self._pool.idle_timeout = cfg.delivery.idle_timeout
 
     async def deliver(
         self, msg_id: str, sender: str, params: Mapping[str, str], rcpts: list[tuple[int, str]], body: bytes
@@ -137,7 +143,7 @@ class LmtpClient:
         before its first reply is retried once on a fresh one."""
         outcomes: dict[int, Outcome] = {}
         for reused in (True, False):
-            conn = self._pool.get(_POOL_KEY) if reused else None
+            conn = self._pool.get(self.target) if reused else None
             if reused and conn is None:
                 continue
             try:
@@ -153,7 +159,7 @@ class LmtpClient:
                 log.warning("LMTP %s: %s: %r", self.nexthop, msg_id, e)
                 outcomes.update({i: failed for i, _ in rcpts if i not in outcomes})
             else:
-                self._pool.put(_POOL_KEY, conn)
+                await self._pool.release(self.target, conn)
             break
         return outcomes
 

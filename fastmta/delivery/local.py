@@ -200,16 +200,36 @@ class LocalDeliverer:
     """Delivers ``local`` destinations into Maildirs, or over LMTP when ``[local] lmtp`` is set."""
 
     def __init__(self, cfg: Config, spool: BodySource) -> None:
-        self.cfg = cfg
         self.spool = spool
+        self._lmtp: LmtpClient | None = None
+        self._pool: ThreadPoolExecutor  # Maildir writes, ``self._writers`` at once
+        self._writers = 0
+        self._retired: set[asyncio.Task[None]] = set()  # LMTP clients closing after a reload
+        self.reload(cfg)
+
+    def reload(self, cfg: Config) -> None:
+        """Start-up, and SIGHUP: the next delivery uses the new Maildir root, modes, users
+        file and LMTP target; deliveries in flight finish as they began. An LMTP target
+        that changed (or went) has its idle sessions closed in the background."""
+        self.cfg = cfg
         self._root = os.path.abspath(cfg.local.maildir)
         self._host = maildir_host(cfg.hostname or socket.gethostname())
         self._local_domains = frozenset(cfg.policy.local_domains)
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, min(8, cfg.delivery.max_connections_per_destination)),
-            thread_name_prefix="maildir",
-        )
+        writers = max(1, min(8, cfg.delivery.max_connections_per_destination))
+        if writers != self._writers:
+            if self._writers:
+                self._pool.shutdown(wait=False)  # its queued writes still finish
+            self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="maildir")
+            self._writers = writers
+        old = self._lmtp
+        if old is not None and old.target == cfg.local.lmtp:
+            old.reload(cfg)
+            return
         self._lmtp = LmtpClient(cfg) if cfg.local.lmtp else None
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close())
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
 
     async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt:
         start = time.monotonic()
@@ -271,7 +291,7 @@ class LocalDeliverer:
             parts = (return_path, b"Delivered-To: " + raw + b"\n", text)
             local = self.cfg.local
             write = loop.run_in_executor(self._pool, maildir_write, box, self._host, parts, local.mode,
-                                         local.dir_mode)  # fmt: skip
+                                         local.dir_mode, local.owner)  # fmt: skip
             jobs.append((i, write))
         for i, job in jobs:
             try:
@@ -305,6 +325,8 @@ class LocalDeliverer:
     async def close(self) -> None:
         if self._lmtp is not None:
             await self._lmtp.close()
+        if self._retired:
+            await asyncio.wait(list(self._retired))
         self._pool.shutdown(wait=True)
 
 

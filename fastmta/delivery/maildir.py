@@ -49,19 +49,24 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _mkdir(path: str, mode: int) -> bool:
+Owner = tuple[int, int] | None  # (uid, gid) for what is created; None: the writing process's
+
+
+def _mkdir(path: str, mode: int, owner: Owner = None) -> bool:
     """Create one directory with exactly ``mode`` (the umask may not take group bits a
-    reader needs); False when it exists already (then it is left as it is)."""
+    reader needs) and ``owner``; False when it exists already (then it is left as it is)."""
     try:
         os.mkdir(path, mode)
     except FileExistsError:
         return False
     if mode != DIR_MODE:
         os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, *owner)
     return True
 
 
-def _make_maildir(box: str, dir_mode: int = DIR_MODE) -> None:
+def _make_maildir(box: str, dir_mode: int = DIR_MODE, owner: Owner = None) -> None:
     """Create ``box/{new,cur,tmp}`` (``dir_mode``) durably, ``tmp/`` last.
 
     Writers start in ``tmp/``, so once it exists everything a delivery needs
@@ -73,25 +78,26 @@ def _make_maildir(box: str, dir_mode: int = DIR_MODE) -> None:
     root = os.path.dirname(parent)
     if not os.path.isdir(root):
         os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
-        _mkdir(root, dir_mode)
+        _mkdir(root, dir_mode, owner)
     dirty = set()
     for path in (parent, box, os.path.join(box, "new"), os.path.join(box, "cur")):
-        if _mkdir(path, dir_mode):
+        if _mkdir(path, dir_mode, owner):
             dirty.add(os.path.dirname(path))
     for path in sorted(dirty, key=len, reverse=True):
         _fsync_dir(path)
-    if _mkdir(os.path.join(box, "tmp"), dir_mode):
+    if _mkdir(os.path.join(box, "tmp"), dir_mode, owner):
         _fsync_dir(box)
 
 
 def maildir_write(box: str, host: str, parts: Sequence[bytes], mode: int = FILE_MODE,
-                  dir_mode: int = DIR_MODE) -> str:  # fmt: skip
+                  dir_mode: int = DIR_MODE, owner: Owner = None) -> str:  # fmt: skip
     """Write one message into Maildir ``box`` durably; return its path in new/.
 
     The file is complete and fsync'd in tmp/ before the rename makes it visible
     in new/, and new/ is fsync'd so the rename survives a crash (Maildir spec;
     a reader never sees a partial message). The file gets ``mode`` and new
-    directories ``dir_mode``, whatever the umask. Raises OSError.
+    directories ``dir_mode``, whatever the umask, and both ``owner`` when given
+    (before the rename: the reader never sees a file it cannot open). Raises OSError.
     """
     size = sum(len(p) for p in parts)
     tmp_dir, new_dir = os.path.join(box, "tmp"), os.path.join(box, "new")
@@ -101,7 +107,7 @@ def maildir_write(box: str, host: str, parts: Sequence[bytes], mode: int = FILE_
         try:
             fd = os.open(tmp, _O_NEW, mode)
         except FileNotFoundError:
-            _make_maildir(box, dir_mode)
+            _make_maildir(box, dir_mode, owner)
             continue
         except FileExistsError:
             continue
@@ -112,6 +118,8 @@ def maildir_write(box: str, host: str, parts: Sequence[bytes], mode: int = FILE_
         try:
             if mode != FILE_MODE:
                 os.fchmod(fd, mode)
+            if owner is not None:
+                os.fchown(fd, *owner)
             views = [memoryview(p) for p in parts if p]
             while views:
                 n = os.writev(fd, views)

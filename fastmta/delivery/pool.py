@@ -57,7 +57,7 @@ class Pool(Generic[C]):
         self._idle.pop(key, None)
         return None
 
-    def put(self, key: str, client: C) -> asyncio.Task[None] | None:
+    def _put(self, key: str, client: C) -> asyncio.Task[None] | None:
         """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent
         (then the QUIT in progress is returned)."""
         if not client.usable or client.messages >= self.max_messages:
@@ -67,9 +67,10 @@ class Pool(Generic[C]):
         return None
 
     async def release(self, key: str, client: C) -> None:
-        """``put``, returning only once a spent connection is closed (its QUIT answered or
-        timed out), so the caller's connection slot covers the whole life of the socket."""
-        closing = self.put(key, client)
+        """Keep ``client`` for the next message to ``key``, or QUIT it if it is spent and
+        return only once it is closed (its QUIT answered or timed out), so the caller's
+        connection slot covers the whole life of the socket. The only way back into the pool."""
+        closing = self._put(key, client)
         if closing is not None:
             await asyncio.shield(closing)  # cancelled: the goodbye still finishes (close() waits)
 
@@ -98,13 +99,18 @@ class Pool(Generic[C]):
             return len(self._idle.get(key, ()))
         return sum(len(v) for v in self._idle.values())
 
-    async def close(self) -> None:
-        """QUIT every idle connection and wait (briefly) for the goodbyes."""
+    def retire_idle(self) -> None:
+        """QUIT every idle connection in the background (they were opened with settings
+        that may no longer hold); connections in use come back and are kept as usual."""
         for idle in self._idle.values():
             for client, timer in idle:
                 timer.cancel()
                 self.retire(client)
         self._idle.clear()
+
+    async def close(self) -> None:
+        """QUIT every idle connection and wait (briefly) for the goodbyes."""
+        self.retire_idle()
         if self._closing:
             with contextlib.suppress(Exception):
                 await asyncio.wait(list(self._closing), timeout=3.0)

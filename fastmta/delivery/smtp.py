@@ -66,18 +66,22 @@ class SmtpDeliverer:
         await self.pool.close()
 
     def reload(self, cfg: Config) -> None:
-        """SIGHUP: new settings apply from the next connection; idle ones finish as they are.
+        """SIGHUP: new settings apply from the next delivery.
 
-        The DNS cache survives unless ``[dns]`` changed; CA file and credentials are re-read.
+        Idle connections are closed (one may lead to the old port, or lack the TLS now
+        required); those in use finish their transaction. The DNS cache survives unless
+        ``[dns]`` changed; CA file, credentials and the complaint-token key are re-read.
         """
         if cfg.dns != self.cfg.dns:
             self.resolver = Resolver(cfg.dns)
         self.cfg = cfg
         self.pool.max_messages = cfg.delivery.max_messages_per_connection
         self.pool.idle_timeout = cfg.delivery.idle_timeout
+        self.pool.retire_idle()
         self._verified = None
         self._credentials.clear()
         self._own = OwnAddresses(cfg.listeners)
+        self._refs = None
 
     async def deliver(self, dest: Destination, envelope: Any, rcpts: list[int]) -> Attempt:
         start = time.monotonic()

@@ -27,6 +27,7 @@ from fastmta.inject.submit import (
     spool_submit,
     spool_writable,
 )
+from fastmta.smtp import xheaders
 from fastmta.spool.records import LISTENER_SENDMAIL
 
 
@@ -44,8 +45,13 @@ class Injector:
         self.dsn = dict(dsn or {})
 
     def submit(self, sender: str, rcpts: list[Rcpt], msg: compose.Message, params: dict[str, str],
-               msg_id: str | None = None) -> str:  # fmt: skip
-        """Fix the header and queue: spool first, the local listener second. Returns the queue id."""
+               msg_id: str | None = None, pool: str = "", tenant: str = "") -> str:  # fmt: skip
+        """Fix the header and queue: spool first, the local listener second. Returns the queue id.
+
+        ``pool`` and ``tenant`` (the ``X-Fastmta-*`` headers an SMTP dialogue took out) go
+        into the envelope; to the listener they go back as those headers, which it takes
+        from a local client as from any client that may relay.
+        """
         from fastmta.spool.ids import new_id
 
         msg_id = msg_id or new_id()
@@ -63,7 +69,7 @@ class Injector:
         errors = []
         if spool_writable(self.cfg):
             try:
-                spool_submit(self.cfg, sender, rcpts, data, params, msg_id)
+                spool_submit(self.cfg, sender, rcpts, data, params, msg_id, pool, tenant)
             except InjectError as e:
                 errors.append(str(e))
             else:
@@ -72,7 +78,7 @@ class Injector:
         host, port, tls = local_endpoint(self.cfg)
         target = SmtpTarget(host, port, tls=tls, verify=False, helo=self.hostname)
         try:
-            done = smtp_submit(target, sender, rcpts, data, params)
+            done = smtp_submit(target, sender, rcpts, xheaders.fields(pool, tenant) + data, params)
         except InjectError as e:
             if e.status == EX_TEMPFAIL and errors:
                 raise InjectError(EX_TEMPFAIL, "; ".join([*errors, str(e)])) from None

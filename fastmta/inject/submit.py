@@ -219,8 +219,10 @@ def _transaction(client: smtplib.SMTP, target: SmtpTarget, sender: str, rcpts: l
 
 
 def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, params: dict[str, str],
-                 msg_id: str) -> str:  # fmt: skip
+                 msg_id: str, pool: str = "", tenant: str = "") -> str:  # fmt: skip
     """Commit one message durably to the spool (fsync'd before this returns); its id.
+
+    ``pool`` and ``tenant`` go into the envelope as a listener puts them there.
 
     One synchronous LMDB write transaction in this process, as ``fastmta queue``
     makes its changes: no writer process to start for a single message (that
@@ -240,7 +242,7 @@ def spool_submit(cfg: Config, sender: str, rcpts: list[Rcpt], data: bytes, param
     env = Envelope(
         id=msg_id, sender=sender, rcpts=[Recipient(a, orcpt=o, notify=n) for a, n, o in rcpts], arrived=now,
         size=len(data), next_attempt=now, helo=socket.gethostname(), listener=LISTENER_SENDMAIL,
-        params=params,
+        params=params, pool=pool, tenant=tenant,
     )  # fmt: skip
     id_b = msg_id.encode("ascii")
     spool_cfg = shards.injection_config(cfg)

@@ -6,7 +6,8 @@ listener, start the metrics exporter, then print where everything is (stderr;
 stdout is the JSON delivery log only). SIGTERM/SIGINT: new connections get 421,
 idle sessions get 421, transactions in flight finish (bounded by
 ``server.shutdown_grace``), then delivery stops and the spool closes. SIGHUP:
-reload policy, limits, users and TLS certificates without dropping a connection.
+reload policy, limits, users, TLS certificates and the delivery side's settings
+without dropping a connection.
 """
 
 from __future__ import annotations
@@ -175,15 +176,15 @@ class Server:
         return config_mod.load(self.config_path)
 
     def reload(self) -> None:
-        """SIGHUP: new policy, limits, users and certificates for new sessions; nobody is dropped."""
+        """SIGHUP: new policy, limits, users and certificates for new sessions, new delivery
+        settings for the next delivery; nobody is dropped."""
         if not self.ready:
             self._reload_pending = True
             return
         self._reload_pending = False
         try:
             cfg = self.load_config()
-            if unbindable := sources.unbindable(cfg):
-                raise ConfigError(unbindable)
+            _check_sending(cfg)
             users = Users.load(cfg.policy.users_file)
             if self.ssl_context is not None:
                 tls.reload(self.ssl_context, cfg)

@@ -2,8 +2,9 @@
 """Delivery side entry point: the composition root calls ``start_delivery``.
 
 ``DeliveryService`` is all ``node/server.py`` sees: ``submit`` committed envelopes
-(from ``spool.on_commit``), ``reload`` on SIGHUP (lifts ``[delivery] hold``),
-``stop`` at shutdown. The scheduler proper lives in core.py, shards in shard.py.
+(from ``spool.on_commit``), ``reload`` on SIGHUP (the scheduler's limits and
+``[delivery] hold``, and every deliverer's own settings), ``stop`` at shutdown.
+The scheduler proper lives in core.py, shards in shard.py.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class DeliveryService:
         self.scheduler.submit(envelopes)
 
     def reload(self, cfg: Config) -> None:
-        """Apply a reloaded configuration (SIGHUP); lifting hold makes the feeder scan now."""
+        """Apply a reloaded configuration (SIGHUP) to the scheduler and to every deliverer
+        (ports, TLS, timeouts, DNS, local delivery); lifting hold makes the feeder scan now."""
+        for d in self._deliverers:
+            d.reload(cfg)
         self.scheduler.reload(cfg)
         self.feeder.wake()
 

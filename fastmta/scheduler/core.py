@@ -50,6 +50,16 @@ def _tags(env: Envelope, dest: Destination) -> dict[str, str]:
     return {"tenant": env.tenant, "pool": dest.pool, "source": dest.source.address if dest.source else ""}
 
 
+def _untried(
+    env: Envelope, addr: str, now: float, event: str, reply: Reply, bounce_class: str
+) -> dict[str, Any]:
+    """The delivery log line of a recipient that fails without an attempt (admin bounce,
+    suppression list): no next hop, but the tenant it was sent for."""
+    return {"ts": iso_ts(now), "event": event, "id": env.id, "from": env.sender, "rcpt": addr,
+            "code": reply.code, "enhanced": reply.enhanced, "response": reply.text,
+            "attempt": env.attempts, "bounce_class": bounce_class, "tenant": env.tenant}  # fmt: skip
+
+
 def _log_failed_write(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("could not add to the suppression list: %s", fut.exception())
@@ -322,21 +332,7 @@ class Scheduler:
             rc = env.rcpts[i]
             decision = outcomes.admin_bounce(rc, env.sender)
             rnd.states[i] = decision.state
-            reply = decision.reply
-            self._log_buf.append(
-                {
-                    "ts": iso_ts(now),
-                    "event": decision.event,
-                    "id": env.id,
-                    "from": env.sender,
-                    "rcpt": rc.addr,
-                    "code": reply.code,
-                    "enhanced": reply.enhanced,
-                    "response": reply.text,
-                    "attempt": env.attempts,
-                    "bounce_class": "other",
-                }
-            )
+            self._log_buf.append(_untried(env, rc.addr, now, decision.event, decision.reply, "other"))
             self._count("bounced", "other")
             if decision.report is not None:
                 rnd.report(decision.report)
@@ -358,21 +354,7 @@ class Scheduler:
         for i in idx:
             rc = env.rcpts[i]
             rnd.states[i] = RcptState(FAILED, str(reply))
-            self._log_buf.append(
-                {
-                    "ts": iso_ts(now),
-                    "event": "suppressed",
-                    "id": env.id,
-                    "from": env.sender,
-                    "rcpt": rc.addr,
-                    "code": reply.code,
-                    "enhanced": reply.enhanced,
-                    "response": reply.text,
-                    "attempt": env.attempts,
-                    "bounce_class": "suppressed",
-                    "tenant": env.tenant,
-                }
-            )
+            self._log_buf.append(_untried(env, rc.addr, now, "suppressed", reply, "suppressed"))
             self._count("bounced", "suppressed")
             self._m_suppressed.inc()
             if dsnlib.wanted(env.sender, rc.notify, "failed"):
@@ -491,7 +473,10 @@ class Scheduler:
         rnd.retry(self.clock() + retry.delay(1, self.cfg.delivery.retry_schedule, self.rng))
 
     async def queue_dsn(self, env: Envelope, reports: list[dsnlib.RcptReport], original: bytes | None) -> str:
-        """Build one DSN about ``env`` and queue it (sender ``<>``, to the original sender); its id."""
+        """Build one DSN about ``env`` and queue it (sender ``<>``, to the original sender); its id.
+
+        The DSN belongs to the message's tenant, so its log lines and webhooks name it.
+        """
         now = self.clock()
         body = dsnlib.build(
             reports,
@@ -517,6 +502,7 @@ class Scheduler:
             next_attempt=now,
             listener="dsn",
             params=params,
+            tenant=env.tenant,
         )
         await self.spool.put(dsn_env, body)
         return dsn_env.id

@@ -32,6 +32,13 @@ class Tags(NamedTuple):
     valid: bool  # False: a value is empty, too long or not printable ASCII
 
 
+def fields(pool: str, tenant: str) -> bytes:
+    """The header fields that name ``pool`` and ``tenant`` (none for empty values): how a
+    local injector that took them out hands them on to a listener."""
+    out = b"X-Fastmta-Pool: " + pool.encode("ascii") + b"\r\n" if pool else b""
+    return out + (b"X-Fastmta-Tenant: " + tenant.encode("ascii") + b"\r\n" if tenant else b"")
+
+
 def extract(body: bytes) -> Tags | None:
     """The control headers of ``body`` (a CRLF message), or None when it has none (the usual case)."""
     end = body.find(b"\r\n\r\n")

@@ -11,17 +11,15 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import smtplib
 import time
-from collections.abc import Callable
 from email.message import EmailMessage, Message
 from typing import Any
 
 import pytest
 
+from tests.fixtures.mta import SENDER, Env
 from tests.support import ServerProcess, free_port, run_fastmta, wait_until
 
-SENDER = "alice@src.test"
 MX = [
     ("a.test", "mx.a.test", 10),
     ("b.test", "mx.b.test", 10),
@@ -42,37 +40,6 @@ def _dsn(data: bytes) -> tuple[EmailMessage, list[Message]]:
     blocks = list(msg.iter_parts())[1].get_payload()
     assert isinstance(blocks, list)
     return msg, [b for b in blocks if isinstance(b, Message)]
-
-
-class Env:
-    """A running server plus the sinks behind it."""
-
-    def __init__(self, server: ServerProcess, port: int, sinks: dict[str, Any]) -> None:
-        self.server, self.port, self.sinks = server, port, sinks
-
-    def send(self, rcpts: list[str], subject: str = "hello", sender: str = SENDER, **kw: Any) -> None:
-        msg = f"From: {sender}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as c:
-            c.sendmail(sender, rcpts, msg.encode(), **kw)
-
-    def log(self, event: str | None = None) -> list[dict[str, Any]]:
-        recs = [json.loads(line) for line in self.server.log_lines() if line.startswith("{")]
-        return [r for r in recs if event is None or r["event"] == event]
-
-    def wait_log(
-        self, cond: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            recs = self.log()
-            if cond(recs):
-                return recs
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"log condition not met; log:\n{json.dumps(recs, indent=1)}\n"
-                    f"stderr:\n{self.server.stderr()}"
-                )
-            time.sleep(0.05)
 
 
 @pytest.fixture

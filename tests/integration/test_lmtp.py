@@ -314,3 +314,38 @@ def test_control_characters_never_reach_the_lmtp_command_stream(
     assert isinstance(out[1], Bounced) and out[1].reply.enhanced == "5.1.3"  # refused before LMTP
     assert out[0].reply.code == 501  # one (odd) MAIL command, refused by the server: no injection
     assert not any(c.startswith(("RSET", "DATA")) or "evil" in c for c in srv.commands)
+
+
+def test_reload_moves_to_the_new_lmtp_target_then_to_maildir(lmtp_server: Callable[..., Any],
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    first, second = lmtp_server(), lmtp_server(unix=True)
+    envs = [envelope(f"u{n}@local.test", msg_id=f"L{n}") for n in range(3)]
+
+    async def go() -> list[dict[int, Any]]:
+        d = LocalDeliverer(make_cfg(tmp_path, first.spec), BodySpool({e.id: BODY for e in envs}))
+        try:
+            out = await deliver_all(d, envs[0])
+            d.reload(make_cfg(tmp_path, second.spec))
+            out += await deliver_all(d, envs[1])
+            d.reload(make_cfg(tmp_path, ""))
+            return out + await deliver_all(d, envs[2])
+        finally:
+            await d.close()
+
+    assert all(isinstance(o[0], Delivered) for o in asyncio.run(go()))
+    assert [m.rcpt_tos for m in first.messages] == [["u0@local.test"]]
+    assert [m.rcpt_tos for m in second.messages] == [["u1@local.test"]]
+    assert len(list((tmp_path / "mail" / "local.test" / "u2" / "new").iterdir())) == 1
+
+
+def test_spent_session_is_closed_before_its_delivery_ends(lmtp_server: Callable[..., Any],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """A delivery that retires a spent LMTP session returns only once the session is closed, so
+    the scheduler's slot for "local" covers the socket's whole life: an MDA counting connections
+    never sees the next one open while the old one still says goodbye."""
+    srv = lmtp_server(quit_delay=0.3)
+    envs = [envelope(f"u{n}@local.test", msg_id=f"T{n}") for n in range(4)]
+    outs = run(make_cfg(tmp_path, srv.spec, max_messages_per_connection=1), *envs)
+    assert all(isinstance(o[0], Delivered) for o in outs)
+    assert srv.connections() == 4
+    assert srv.peak_open == 1, srv.peak_open

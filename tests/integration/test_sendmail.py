@@ -21,6 +21,7 @@ import pytest
 from fastmta import config
 from fastmta.spool import Spool, admin
 from fastmta.spool.records import Envelope
+from tests.fixtures.server import queued_id, running
 from tests.support import ROOT, fastmta_cmd, free_port, run_fastmta
 
 MSG = b"Subject: test\nTo: Ann <ann@a.test>\nCc: cc@a.test\nBcc: hidden@b.test\n\nline one\n.\nafter dot\n"
@@ -233,6 +234,37 @@ def test_bs_takes_lf_line_ends_from_local_scripts(cfg: Path) -> None:
     assert [f[:3] for f in finals(r.stdout)] == ["220", "250", "250", "250", "354", "250", "221"]
     [(_, body)] = queued(cfg)
     assert b"Subject: lf\r\n" in body and body.endswith(b"\r\n\r\nbody\r\n")
+
+
+POOL = '[[pool]]\nname = "bulk"\nsources = [ { address = "127.0.0.3", ehlo = "mta3.fastmta.test" } ]\n'
+TAGGED = (
+    b"HELO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+    b"X-Fastmta-Pool: bulk\r\nX-Fastmta-Tenant: acme\r\nSubject: tagged\r\n\r\nbody\r\n.\r\nQUIT\r\n"
+)
+
+
+def test_bs_passes_pool_and_tenant_into_the_spool(make_config: Callable[..., Path]) -> None:
+    path = make_config(f'[[listener]]\naddress = "127.0.0.1:{free_port()}"\n{POOL}')
+    admin.open_store(config.load(str(path)).spool).close()
+    r = sendmail(path, "-bs", input=TAGGED)
+    assert [f[:3] for f in finals(r.stdout)] == ["220", "250", "250", "250", "354", "250", "221"], r.stdout
+    [(env, body)] = queued(path)
+    assert (env.pool, env.tenant) == ("bulk", "acme")
+    assert b"X-Fastmta" not in body and b"Subject: tagged\r\n" in body
+
+
+def test_bs_passes_pool_and_tenant_to_the_listener(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    """Without a usable spool the message goes to the local listener, the tags as headers again."""
+    (tmp_path / "spool-file").write_bytes(b"")
+    with running(tmp_path / "serve", POOL) as srv:
+        path = make_config(f'[[listener]]\naddress = "127.0.0.1:{srv.port}"\n{POOL}'
+                           f'[spool]\npath = "{tmp_path / "spool-file"}"\n')  # fmt: skip
+        r = sendmail(path, "-bs", input=TAGGED)
+        assert r.returncode == 0, r.stderr
+        msg_id = queued_id(finals(r.stdout)[-2])
+        env = srv.envelope(msg_id)
+        assert (env.pool, env.tenant) == ("bulk", "acme")
+        assert b"X-Fastmta" not in srv.body(msg_id)
 
 
 def test_bs_eof_inside_data_queues_nothing(cfg: Path) -> None:

@@ -146,6 +146,25 @@ def test_local_mode_refused(value: object) -> None:
         config.from_dict({"local": {"mode": value}})
 
 
+@pytest.mark.parametrize(
+    ("value", "owner"),
+    [("", None), ("nobody", (65534, 65534)), ("nobody:nogroup", (65534, 65534)), ("root:nogroup", (0, 65534)),
+     ("65534:0", (65534, 0)), ("0", (0, 0))],
+)  # fmt: skip
+def test_local_owner(value: str, owner: tuple[int, int] | None) -> None:
+    assert config.from_dict({"local": {"owner": value}}).local.owner == owner
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("no-such-user-x", "no such user 'no-such-user-x'"), ("nobody:no-such-group-x", "no such group"),
+     (":nogroup", "no such user ''"), (7, "expected a string")],
+)  # fmt: skip
+def test_local_owner_refused(value: object, error: str) -> None:
+    with pytest.raises(config.ConfigError, match=rf"^local\.owner: {error}"):
+        config.from_dict({"local": {"owner": value}})
+
+
 def test_tls_listener_needs_a_certificate() -> None:
     with pytest.raises(config.ConfigError, match=r"tls.cert_file: required"):
         config.from_dict({"listener": [{"address": "127.0.0.1:2525", "tls": "implicit"}]})

@@ -175,6 +175,7 @@ RULES: dict[str, set[str]] = {
         "fastmta.config",
         "fastmta.deliverylog",
         "fastmta.smtp.commands",
+        "fastmta.smtp.xheaders",
         "fastmta.spool",
     },
     # The load generator: spec and stats below the per-loop client, the process runner on top.

@@ -8,7 +8,9 @@ import asyncio
 import dataclasses
 import email
 import errno
+import grp
 import os
+import pwd
 import stat
 import threading
 from pathlib import Path
@@ -210,6 +212,20 @@ def test_local_mode_applies_whatever_the_umask(tmp_path: Path) -> None:
     for d in (box.parent, box, box / "tmp", box / "new", box / "cur"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o750, d
     assert stat.S_IMODE((tmp_path / "mail").stat().st_mode) == 0o711
+
+
+def test_local_owner_gets_the_files_and_the_directories_fastmta_creates(tmp_path: Path) -> None:
+    """[local] owner = "nobody:nogroup" (the tests run as root): the message file and every
+    directory made for it belong to that user; an existing Maildir root is left alone."""
+    (tmp_path / "mail").mkdir()
+    local = config.from_dict({"local": {"owner": "nobody:nogroup"}}).local
+    nobody = (pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
+    assert local.owner == nobody
+    box = tmp_path / "mail" / "local.test" / "bob"
+    path = maildir_write(str(box), "h", [b"x"], local.mode, local.dir_mode, local.owner)
+    for p in (Path(path), box.parent, box, box / "tmp", box / "new", box / "cur"):
+        assert (p.stat().st_uid, p.stat().st_gid) == nobody, p
+    assert (tmp_path / "mail").stat().st_uid == os.geteuid()
 
 
 def test_maildir_write_leaves_no_tmp_file_on_failure(tmp_path: Path) -> None:

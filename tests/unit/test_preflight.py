@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fastmta import config, preflight
 from tests.fixtures.server import make_certs
-from tests.support import free_port, run_fastmta
+from tests.support import ROOT, fastmta_cmd, free_port, require_tool, run_fastmta
 
 
 def cfg_with(**sections: Any) -> config.Config:
@@ -105,6 +108,24 @@ def test_check_config_and_serve_refuse_a_missing_certificate(tmp_path: Path) -> 
             "tls.key_file: no such file: /x/key.pem",
         ]
     assert not (tmp_path / "spool").exists()  # serve stopped before touching anything
+
+
+def test_local_owner_needs_root() -> None:
+    """check-config (and so serve) run as another user than root refuse ``[local] owner``,
+    naming the key; as root it passes."""
+    with tempfile.TemporaryDirectory() as folder:  # outside pytest's 0700 tree: nobody reads it
+        os.chmod(folder, 0o755)
+        path = Path(folder) / "fastmta.toml"
+        path.write_text('hostname = "mx.fastmta.test"\n[local]\nowner = "root"\n[metrics]\naddress = ""\n')
+        path.chmod(0o644)
+        assert run_fastmta("check-config", "--config", str(path)).returncode == 0
+        r = subprocess.run([require_tool("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            *fastmta_cmd("check-config", "--config", str(path))],
+                           capture_output=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().splitlines() == [
+        "local.owner: giving mail to uid 0 gid 0 needs root; fastmta runs as uid 65534"
+    ]
 
 
 def test_check_config_warns_about_a_localhost_hostname(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastmta import config
 from fastmta.errors import Bounced, Deferred, Delivered, Reply
+from fastmta.scheduler import start_delivery
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.scheduler.shard import shard_of
@@ -114,6 +115,19 @@ def test_no_dsn_for_null_sender(fake_spool: FakeSpool) -> None:
         sched.submit([fake_spool.add("", ["b@dst.test"])])
         await settle(sched, lambda: not fake_spool.envs)
         assert fake_spool.dsns == []
+
+    run(t())
+
+
+def test_dsn_carries_the_tenant_of_its_message(fake_spool: FakeSpool) -> None:
+    """A bounce is mail sent for the tenant too: its delivery log lines and webhooks name it."""
+
+    async def t() -> None:
+        sched, _, _ = build(fake_spool, lambda d, e, i: USER_UNKNOWN)
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"], tenant="acme")])
+        await settle(sched, lambda: not fake_spool.envs)
+        [(dsn, _)] = fake_spool.dsns
+        assert dsn.sender == "" and dsn.tenant == "acme"
 
     run(t())
 
@@ -298,6 +312,22 @@ def test_hold_queues_but_delivers_nothing_until_reload(fake_spool: FakeSpool) ->
     run(t())
 
 
+def test_reload_reaches_every_deliverer(fake_spool: FakeSpool) -> None:
+    """A SIGHUP's configuration goes to the remote, local and feedback deliverers, not only
+    to the scheduler: their ports, TLS, timeouts, DNS and [local] settings change too."""
+
+    async def t() -> None:
+        remote, local, feedback = (FakeDeliverer(lambda d, e, i: OK) for _ in range(3))
+        service = await start_delivery(make_cfg(hold=True), fake_spool, remote, local, feedback=feedback)
+        new = make_cfg(hold=True, port=2526)
+        service.reload(new)
+        await service.stop()
+        assert [d.reloaded for d in (remote, local, feedback)] == [[new]] * 3
+        assert service.scheduler.cfg is new
+
+    run(t())
+
+
 def test_retry_then_success_through_the_feeder(fake_spool: FakeSpool) -> None:
     tries: dict[str, int] = {}
 
@@ -366,7 +396,7 @@ def test_notify_success_and_delay_and_never(fake_spool: FakeSpool) -> None:
 def test_admin_bounce_state_sends_dsn_without_delivery(fake_spool: FakeSpool) -> None:
     async def t() -> None:
         sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
-        env = fake_spool.add("a@src.test", ["b@dst.test"])
+        env = fake_spool.add("a@src.test", ["b@dst.test"], tenant="acme")
         stored = fake_spool.envs[env.id]
         stored.rcpts[0].state = "bounce"
         stored.rcpts[0].last_error = "550 5.0.0 Message deleted from the queue by the administrator"
@@ -374,7 +404,8 @@ def test_admin_bounce_state_sends_dsn_without_delivery(fake_spool: FakeSpool) ->
         assert await feeder.scan() == 1
         await settle(sched, lambda: not fake_spool.envs)
         assert dlv.calls == []
-        assert logs.events("bounced")[0]["code"] == 550
+        [line] = logs.events("bounced")
+        assert line["code"] == 550 and line["tenant"] == "acme"  # the bounce is the tenant's, as any other
         assert b"deleted from the queue by the administrator" in fake_spool.dsns[0][1]
 
     run(t())
