@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from fastmta import config as config_mod
@@ -23,7 +24,11 @@ from fastmta import parser
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.dns import Resolver
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
+from fastmta.delivery.mtasts import PolicyCache
 from fastmta.delivery.smtp import SmtpDeliverer
+from fastmta.delivery.tlspolicy import TlsPolicy
+from fastmta.delivery.tlsrpt import TlsReports
+from fastmta.delivery.tlsstate import StateFile, state_dir
 from fastmta.deliverylog import DeliveryLog
 from fastmta.dkim.service import DkimService
 from fastmta.node.exporter import serve_metrics
@@ -79,6 +84,7 @@ class Server:
         self.hub: Hub | None = None
         self.delivery: Any = None
         self.dkim: DkimService | None = None
+        self.tls_reports: TlsReports | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -101,7 +107,8 @@ class Server:
         self.dlog = DeliveryLog(cfg.log.file)
         if self.dkim is not None:
             await self.dkim.start()
-        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), self.dkim)
+        resolver = Resolver(cfg.dns)
+        remote = SmtpDeliverer(cfg, spool, resolver, self.dkim, self._tls_policy(resolver))
         self.delivery = await start_delivery(cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog)
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
@@ -133,6 +140,28 @@ class Server:
         exporter.close()
         say("stopped")
         return 0
+
+    def _tls_policy(self, resolver: Resolver) -> TlsPolicy:
+        """Outbound TLS policy with its MTA-STS cache and TLS-RPT counters kept beside the spool."""
+        cfg = self.cfg
+        where = state_dir(cfg.spool.path)
+        cache = PolicyCache(StateFile(os.path.join(where, "mta-sts.json")))
+        tls = TlsPolicy(cfg, resolver, cache)
+        if cfg.delivery.tls_rpt:
+            self.tls_reports = TlsReports(
+                resolver, cfg.hostname, cfg.delivery.bounce_from, self._inject_report, tls,
+                StateFile(os.path.join(where, "tls-rpt.json")),
+            )  # fmt: skip
+            tls.reports = self.tls_reports
+            self.tls_reports.start()
+        return tls
+
+    async def _inject_report(self, rcpt: str, message: bytes) -> str:
+        """Queue a TLS-RPT report mail as DSNs are queued: null sender, committed to the spool."""
+        now = time.time()
+        env = Envelope(new_id(), "", [Recipient(rcpt)], arrived=now, size=len(message),
+                       next_attempt=now, listener="tls-rpt")  # fmt: skip
+        return await self.spool.put(env, message)
 
     def _healthy(self) -> bool:
         return self.ready and not self.stopping
@@ -195,6 +224,8 @@ class Server:
             await server.wait_closed()
         if hub is not None:
             await hub.close()
+        if self.tls_reports is not None:
+            await self.tls_reports.close()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.dkim is not None:

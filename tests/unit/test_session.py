@@ -48,8 +48,8 @@ class FakeSettings:
     def unhealthy(self) -> str | None:
         return self.unhealthy_reason
 
-    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
-        return R.ehlo(self.hostname, ["PIPELINING"] + ["STARTTLS"] * starttls + ["AUTH PLAIN LOGIN"] * auth)
+    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes:
+        return R.ehlo(self.hostname, R.ehlo_keywords(1000, starttls, auth, encrypted))
 
     def rejected(self, reason: str) -> None:
         self.rejections.append(reason)
