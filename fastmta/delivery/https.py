@@ -89,10 +89,14 @@ class HttpsClient:
                     raise HttpError("http_error", f"{method} {url}: HTTP {resp.status}")
                 if content_type and resp.content_type != content_type:
                     raise HttpError("http_error", f"{url}: content type {resp.content_type}")
-                body = await resp.content.read(limit + 1)
-                if len(body) > limit:
-                    raise HttpError("too_large", f"{url}: more than {limit} bytes")
-                return body
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(16384):
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError("too_large", f"{url}: more than {limit} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
         except HttpError:
             raise
         except TimeoutError:

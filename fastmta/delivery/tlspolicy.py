@@ -293,8 +293,10 @@ class TlsPolicy:
             await client.starttls(self.verified_context(), host.name, helo)
         except HostError as e:
             self._fail(plan, host, label, _result_type(e.reply.text))
-            if mode == M_TESTING:
-                return await self._opportunistic(await reopen(), host, reopen)
+            if mode == M_TESTING:  # report, then deliver as without a policy
+                client = await reopen()
+                client.policy = label
+                return await self._opportunistic(client, host, reopen)
             raise HostError(e.reply, "tls") from None
         client.verified = mode == M_VERIFY
         self._ok(plan, host, label)
