@@ -374,4 +374,6 @@ def _result_type(text: str) -> str:
         return "certificate-host-mismatch"
     if "expired" in low:
         return "certificate-expired"
+    if "unable to get local issuer" in low or "self-signed" in low or "self signed" in low:
+        return "certificate-not-trusted"
     return "validation-failure"

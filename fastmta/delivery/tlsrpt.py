@@ -30,6 +30,7 @@ from fastmta.delivery.dns import DnsFailure, Resolver
 from fastmta.delivery.https import HttpError
 from fastmta.delivery.mtasts import txt_text
 from fastmta.delivery.tlsstate import StateFile
+from fastmta.spool.records import Envelope, Recipient
 
 log = logging.getLogger("fastmta.delivery")
 
@@ -44,6 +45,19 @@ class Poster(Protocol):
 
 
 Inject = Callable[[str, bytes], Awaitable[object]]  # (recipient, message) → queued
+
+
+def queue_into(put: Callable[[Envelope, bytes], Awaitable[object]], new_id: Callable[[], str],
+               clock: Callable[[], float] = time.time) -> Inject:  # fmt: skip
+    """Report mails go into the spool as DSNs do: null sender (no bounce loops), due now."""
+
+    async def inject(rcpt: str, message: bytes) -> object:
+        now = clock()
+        env = Envelope(new_id(), "", [Recipient(rcpt)], arrived=now, size=len(message),
+                       next_attempt=now, listener="tls-rpt")  # fmt: skip
+        return await put(env, message)
+
+    return inject
 
 
 def parse_rua(records: tuple[str, ...]) -> list[str]:

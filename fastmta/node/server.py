@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from fastmta import config as config_mod
@@ -27,7 +26,7 @@ from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
 from fastmta.delivery.mtasts import PolicyCache
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.delivery.tlspolicy import TlsPolicy
-from fastmta.delivery.tlsrpt import TlsReports
+from fastmta.delivery.tlsrpt import TlsReports, queue_into
 from fastmta.delivery.tlsstate import StateFile, state_dir
 from fastmta.deliverylog import DeliveryLog
 from fastmta.dkim.service import DkimService
@@ -149,19 +148,12 @@ class Server:
         tls = TlsPolicy(cfg, resolver, cache)
         if cfg.delivery.tls_rpt:
             self.tls_reports = TlsReports(
-                resolver, cfg.hostname, cfg.delivery.bounce_from, self._inject_report, tls,
+                resolver, cfg.hostname, cfg.delivery.bounce_from, queue_into(self.spool.put, new_id), tls,
                 StateFile(os.path.join(where, "tls-rpt.json")),
             )  # fmt: skip
             tls.reports = self.tls_reports
             self.tls_reports.start()
         return tls
-
-    async def _inject_report(self, rcpt: str, message: bytes) -> str:
-        """Queue a TLS-RPT report mail as DSNs are queued: null sender, committed to the spool."""
-        now = time.time()
-        env = Envelope(new_id(), "", [Recipient(rcpt)], arrived=now, size=len(message),
-                       next_attempt=now, listener="tls-rpt")  # fmt: skip
-        return await self.spool.put(env, message)
 
     def _healthy(self) -> bool:
         return self.ready and not self.stopping
