@@ -353,10 +353,16 @@ _TLS_REQUIRED_NO = re.compile(rb"^TLS-Required:[ \t]*No[ \t]*\r?$", re.IGNORECAS
 
 def tls_optional(message: bytes) -> bool:
     """The header says ``TLS-Required: No`` (RFC 8689 §5): the sender asks that the
-    recipient domain's TLS policy (MTA-STS, DANE) not stop delivery. One regex search
-    bounded to the header block."""
+    recipient domain's TLS policy (MTA-STS, DANE) not stop delivery.
+
+    On the delivery path: two ``find``s bounded to the header block, and the regex only
+    when one hits (a field name in odd mixed case is missed; the policy then holds).
+    """
     end = message.find(b"\r\n\r\n")
-    return _TLS_REQUIRED_NO.search(message, 0, end if end >= 0 else len(message)) is not None
+    end = end if end >= 0 else len(message)
+    if message.find(b"equired:", 0, end) < 0 and message.find(b"EQUIRED:", 0, end) < 0:
+        return False
+    return _TLS_REQUIRED_NO.search(message, 0, end) is not None
 
 
 def _unverified_context() -> ssl.SSLContext:
