@@ -157,7 +157,7 @@ class TlsPolicy:
             return plan
         if d.dane:
             plan.tlsa = await self._tlsa(dest.domain, hosts)
-        if d.mta_sts and not any(v is not None and v for v in plan.tlsa.values()):
+        if d.mta_sts and not all(h.name in plan.tlsa for h in hosts):  # DANE hosts ignore it
             plan.sts = await self.sts_policy(dest.domain)
         if any(plan.tlsa.values()) or None in plan.tlsa.values():
             plan.kind = "dane"

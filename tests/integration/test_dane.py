@@ -141,7 +141,8 @@ def test_unsigned_answers_do_not_enable_dane(dnsmasq: Any, sinks: Any, sink_port
 
 def test_dane_takes_precedence_over_mta_sts(unbound: Any, sinks: Any, sink_port: int, tls_ca: Any,
                                             tls_ca_file: str, https_server: Any) -> None:  # fmt: skip
-    """An MTA-STS policy that names other MX hosts does not stop a DANE-authenticated one."""
+    """An MTA-STS policy that names other MX hosts does not stop a DANE-authenticated one
+    (RFC 8461 §2); when every MX host has TLSA records the policy is not even fetched."""
     srv: HttpsServer = https_server("127.0.0.11", ["mta-sts.dane.test"])
     srv.policy(sts_policy("enforce", "mx9.elsewhere.test"))
     leaf = trustme.CA().issue_cert("unrelated.test")
@@ -151,3 +152,21 @@ def test_dane_takes_precedence_over_mta_sts(unbound: Any, sinks: Any, sink_port:
     attempt = attempt_with(ns, sink_port, tls_ca_file=tls_ca_file)
     assert isinstance(attempt.outcomes[0], Delivered) and attempt.tls_policy == "dane"
     assert len(mx1.messages) == 1 and srv.fetches() == 0
+
+
+def test_hosts_without_tlsa_follow_mta_sts(unbound: Any, sinks: Any, sink_port: int, tls_ca: Any,
+                                           tls_ca_file: str, https_server: Any) -> None:  # fmt: skip
+    """Precedence is per MX host: mx1 has TLSA records (and is down), mx2 has none and is
+    judged by the domain's MTA-STS policy, so its certificate must verify."""
+    srv: HttpsServer = https_server("127.0.0.11", ["mta-sts.dane.test"])
+    srv.policy(sts_policy("enforce", "*.dane.test"))
+    mx2 = sinks("127.0.0.3", sink_port, starttls=True, tls_names=("mx2.dane.test",))
+    sts = ('_mta-sts IN TXT "v=STSv1; id=7;"', "mta-sts IN A 127.0.0.11")
+    extra = ("@ IN MX 20 mx2", "mx2 IN A 127.0.0.3", *sts)
+    ns = zone(unbound, sink_port, [f"3 1 1 {'ab' * 32}"], extra=extra)
+    attempt = attempt_with(ns, sink_port, tls_ca_file=tls_ca_file)
+    assert isinstance(attempt.outcomes[0], Delivered), attempt.outcomes
+    assert attempt.tls_policy == "mta-sts-enforce" and len(mx2.messages) == 1 and srv.fetches() == 1
+    mx2.tls_context = context(trustme.CA().issue_cert("mx2.dane.test"))  # now from a CA nobody trusts
+    o = attempt_with(ns, sink_port, tls_ca_file=tls_ca_file).outcomes[0]
+    assert isinstance(o, Deferred) and o.bounce_class == "tls" and len(mx2.messages) == 1
