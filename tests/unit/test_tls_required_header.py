@@ -12,6 +12,8 @@ from fastmta.delivery.dane import Tlsa, parse_tlsa
 from fastmta.delivery.mtasts import parse_txt
 from fastmta.delivery.tlspolicy import tls_optional
 from fastmta.delivery.tlsrpt import parse_rua
+from fastmta.spool import records
+from fastmta.spool.records import Envelope, Recipient
 
 
 @pytest.mark.parametrize(("message", "optional"), [
@@ -38,3 +40,11 @@ def test_record_parsers_never_raise(text: str) -> None:
     assert parse_tlsa(text) is None or isinstance(parse_tlsa(text), Tlsa)
     assert isinstance(parse_rua((text,)), list)
     assert parse_txt((text,)) is None or parse_txt((text,)).isalnum()  # type: ignore[union-attr]
+
+
+def test_requiretls_flag_survives_the_spool_record() -> None:
+    """The flag rides in the envelope's MAIL parameters, which every record version keeps."""
+    env = Envelope(
+        "0123456789abcdef", "a@x.test", [Recipient("b@y.test")], params={"REQUIRETLS": "", "BODY": "8BITMIME"}
+    )
+    assert records.decode(env.id, records.encode(env)).params == {"REQUIRETLS": "", "BODY": "8BITMIME"}
