@@ -369,7 +369,12 @@ class DeliveryConfig:
     idle_timeout: float = _opt(parse_duration, 30.0)
     port: int = _opt(_int(1, 65535), 25)
     tls: str = _opt(_choice("none", "opportunistic", "required"), "opportunistic")
-    tls_ca_file: str = _opt(_str, "")  # CA bundle for tls = "required" ("" = the system's)
+    # CA bundle for verified TLS: tls = "required", MTA-STS (the policy fetch and the MX
+    # certificates) and TLS-RPT https: reports; "" = the system's CAs
+    tls_ca_file: str = _opt(_str, "")
+    mta_sts: bool = _opt(_bool, True)  # honour MTA-STS policies (RFC 8461)
+    dane: bool = _opt(_bool, False)  # DANE-TLSA (RFC 7672); needs a validating resolver in [dns]
+    tls_rpt: bool = _opt(_bool, False)  # send daily TLS-RPT reports (RFC 8460)
     bounce_from: str = _opt(_str, "")
     shaping: tuple[ShapingRule, ...] = ()
 

@@ -133,6 +133,23 @@ suppressed_total = Counter(
 complaints_total = Counter(
     "fastmta_complaints_total", "Feedback-loop complaints (ARF reports with a valid X-Fastmta-Ref) applied"
 )
+tls_policy_total = Counter(
+    "fastmta_tls_policy_total",
+    "Outbound TLS sessions by the policy applied (mta-sts-enforce|mta-sts-testing|dane|required|"
+    "opportunistic|none) and result (ok|failed)",
+    ["policy", "result"],
+)
+mta_sts_fetches_total = Counter(
+    "fastmta_mta_sts_fetches_total",
+    "MTA-STS policy fetches by result (ok|http_error|tls_error|invalid|too_large|timeout|error)",
+    ["result"],
+)
+tls_rpt_reports_total = Counter(
+    "fastmta_tls_rpt_reports_total",
+    "TLS-RPT aggregate reports by method (mailto|https) and result (sent|failed)",
+    ["method", "result"],
+)
+TLS_POLICIES = ("mta-sts-enforce", "mta-sts-testing", "dane", "required", "opportunistic", "none")
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
 # rate() over an absent series is "no data", not 0, and silences alerts. Under
@@ -145,6 +162,9 @@ for _result in ("ok", "refused", "timeout", "greeting"):
     delivery_connections_total.labels(_result)
 for _result in ("delivered", "deferred", "bounced"):
     pool_deliveries_total.labels("default", _result)
+for _policy in TLS_POLICIES:
+    for _result in ("ok", "failed"):
+        tls_policy_total.labels(_policy, _result)
 
 
 # --- hot-path handles ------------------------------------------------------------

@@ -13,6 +13,9 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 # OpenDKIM verifies fastmta's signatures in the tests and signs for Postfix in bench/dkim.py.
 command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need="$need opendkim opendkim-tools"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
+# DANE tests: Unbound validates a locally signed zone (ldns-signzone signs it) and sets AD.
+command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need="$need unbound"
+command -v ldns-signzone >/dev/null 2>&1 || need="$need ldnsutils"
 command -v make >/dev/null 2>&1 || need="$need make"
 # What building fastmta itself needs (python3-venv, python3-dev, gcc).
 build=$(sh "$(dirname "$0")/build-deps.sh")

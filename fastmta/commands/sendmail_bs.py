@@ -59,7 +59,7 @@ class StdioSettings:
         self.unhealthy: Callable[[], str | None] = lambda: None  # the injector finds out, then falls back
         self._ehlo = R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size))
 
-    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
+    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes:
         return self._ehlo
 
     def rejected(self, reason: str) -> None:

@@ -61,6 +61,7 @@ class Attempt:
     # next hop's job (RFC 3461 §5.2), not ours ("relayed" only when this is False)
     dsn_passed: bool = False
     dkim: tuple[str, ...] = ()  # d= domains of the DKIM signatures the message went out with
+    tls_policy: str = ""  # the outbound TLS policy applied (delivery/tlspolicy.py), "" for local
 
 
 class Deliverer(Protocol):

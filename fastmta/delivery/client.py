@@ -16,6 +16,7 @@ import base64
 import collections
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from fastmta import metrics
 from fastmta.delivery.mx import Host
@@ -93,6 +94,8 @@ class SmtpClient(asyncio.Protocol):
         self.command_timeout = command_timeout
         self.ext: dict[str, str] = {}  # EHLO keyword → parameters
         self.tls: str | None = None
+        self.verified = False  # TLS with the peer authenticated (WebPKI for the MX name, or DANE)
+        self.policy = ""  # the TLS policy the session was made under (the ``tls_policy`` log field)
         self.messages = 0  # transactions started on this connection
         self.clean = True  # every reply so far was read and none said 421
         self.needs_reset = False  # the server may be mid-transaction: RSET before the next MAIL
@@ -168,6 +171,12 @@ class SmtpClient(asyncio.Protocol):
     @property
     def nexthop(self) -> str:
         return str(self.host)
+
+    def ssl_object(self) -> Any:
+        """The ``ssl.SSLObject`` after STARTTLS (peer certificates for DANE), else None."""
+        if self._transport is None or self.tls is None:
+            return None
+        return self._transport.get_extra_info("ssl_object")
 
     def abort(self) -> None:
         if self._transport is not None:

@@ -6,6 +6,11 @@ the SOA minimum when the server sends one, else ``NEGATIVE_FLOOR``; server
 failures and timeouts are not cached, so a broken zone is asked again on the
 next attempt. Concurrent lookups of the same name share one query, so a burst of
 deliveries to one domain sends one packet, not hundreds.
+
+Every query carries the AD flag (RFC 6840 §5.7), so a validating resolver says
+whether it validated the answer; ``lookup_secure`` hands that bit to DANE, which
+trusts only what the configured resolver validated. No DO flag: the signatures
+themselves are the resolver's business, and answers stay small.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
@@ -51,6 +57,7 @@ class _Entry:
     expires: float
     records: tuple[str, ...]  # rdata as text; () = no data
     nxdomain: bool
+    secure: bool = False  # the resolver set AD: a DNSSEC-validated answer (or denial)
 
 
 class Resolver:
@@ -69,6 +76,7 @@ class Resolver:
         self._resolver.timeout = cfg.timeout
         self._resolver.lifetime = cfg.timeout
         self._resolver.cache = None
+        self._resolver.flags = dns.flags.RD | dns.flags.AD
         self._clock = clock
         self._cache: dict[tuple[str, str], _Entry] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[_Entry]] = {}
@@ -80,12 +88,20 @@ class Resolver:
 
     async def lookup(self, name: str, rdtype: str) -> tuple[str, ...]:
         """Records of ``name``/``rdtype`` as text (``()`` when the name has none of that type)."""
+        return _result(await self._entry(name, rdtype), (name, rdtype))
+
+    async def lookup_secure(self, name: str, rdtype: str) -> tuple[tuple[str, ...], bool]:
+        """``lookup`` plus whether the resolver validated the answer (the AD bit)."""
+        entry = await self._entry(name, rdtype)
+        return _result(entry, (name, rdtype)), entry.secure
+
+    async def _entry(self, name: str, rdtype: str) -> _Entry:
         key = (name.lower().rstrip("."), rdtype)
         entry = self._cache.get(key)
         if entry is not None:
             if entry.expires > self._clock():
                 self._hit.inc()
-                return _result(entry, key)
+                return entry
             del self._cache[key]
         fut = self._inflight.get(key)
         if fut is None:
@@ -105,7 +121,7 @@ class Resolver:
             self._cache[key] = entry
         else:
             entry = await asyncio.shield(fut)
-        return _result(entry, key)
+        return entry
 
     async def _query(self, name: str, rdtype: str) -> _Entry:
         start = self._clock()
@@ -113,19 +129,21 @@ class Resolver:
             answer = await self._resolver.resolve(name + ".", rdtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as e:
             self._done(NXDOMAIN, rdtype, start)
-            return _Entry(start + _negative_ttl(e.responses().values()), (), True)  # type: ignore[no-untyped-call]
+            responses = list(e.responses().values())  # type: ignore[no-untyped-call]
+            return _Entry(start + _negative_ttl(responses), (), True, _ad(responses))
         except dns.exception.Timeout:
             self._done(TIMEOUT, rdtype, start)
             raise DnsFailure(TIMEOUT, name, rdtype) from None
         except dns.exception.DNSException:  # SERVFAIL/REFUSED from every server, bad packets
             self._done(SERVFAIL, rdtype, start)
             raise DnsFailure(SERVFAIL, name, rdtype) from None
+        secure = _ad([answer.response])
         if answer.rrset is None:
             self._done(NODATA, rdtype, start)
-            return _Entry(start + _negative_ttl([answer.response]), (), False)
+            return _Entry(start + _negative_ttl([answer.response]), (), False, secure)
         self._done(OK, rdtype, start)
         ttl = min(float(answer.rrset.ttl), MAX_TTL)
-        return _Entry(start + ttl, tuple(r.to_text() for r in answer.rrset), False)
+        return _Entry(start + ttl, tuple(r.to_text() for r in answer.rrset), False, secure)
 
     def _done(self, result: str, rdtype: str, start: float) -> None:
         self._results[result].inc()
@@ -141,6 +159,11 @@ def _result(entry: _Entry, key: tuple[str, str]) -> tuple[str, ...]:
     if entry.nxdomain:
         raise DnsFailure(NXDOMAIN, *key)
     return entry.records
+
+
+def _ad(responses: list[object]) -> bool:
+    """Every response came with the AD bit: the resolver validated it."""
+    return bool(responses) and all(int(getattr(r, "flags", 0)) & dns.flags.AD for r in responses)
 
 
 def _negative_ttl(responses: object) -> float:

@@ -45,7 +45,7 @@ class MxError(Exception):
         self.outcome = outcome
 
 
-def _literal(name: str) -> str | None:
+def literal(name: str) -> str | None:
     """``[192.0.2.1]`` / ``[IPv6:::1]`` / a bare IP → the address, else None."""
     text = name[1:-1] if name.startswith("[") and name.endswith("]") else name
     if text[:5].lower() == "ipv6:":
@@ -72,9 +72,9 @@ def order_mx(records: tuple[str, ...], rng: random.Random | None = None) -> list
 
 async def resolve(resolver: Resolver, domain: str, port: int, max_hosts: int = MAX_HOSTS) -> list[Host]:
     """The hosts to try for ``domain``, best first; raises MxError when there are none."""
-    literal = _literal(domain)
-    if literal is not None:
-        return [Host(literal, literal, port)]
+    lit = literal(domain)
+    if lit is not None:
+        return [Host(lit, lit, port)]
     try:
         records = await resolver.lookup(domain, "MX")
     except DnsFailure as e:
@@ -109,9 +109,9 @@ async def addresses(
     resolver: Resolver, name: str, port: int, limit: int = MAX_HOSTS, pref: int = 0
 ) -> list[Host] | None:
     """A then AAAA of ``name`` as Hosts; ``[]`` when it has none, None on a temporary failure."""
-    literal = _literal(name)
-    if literal is not None:
-        return [Host(literal, literal, port, pref)]
+    lit = literal(name)
+    if lit is not None:
+        return [Host(lit, lit, port, pref)]
     found = await asyncio.gather(
         resolver.lookup(name, "A"), resolver.lookup(name, "AAAA"), return_exceptions=True
     )

@@ -22,6 +22,14 @@ TIMEOUT = Reply(451, "4.4.2", "Timed out waiting for the next hop's reply")
 PROTOCOL = Reply(451, "4.5.0", "Next hop broke the SMTP protocol")
 
 TLS_REQUIRED = Reply(451, "4.7.5", "TLS is required but the next hop does not offer STARTTLS")
+STS_NO_MX = Reply(451, "4.7.5", "No mail exchanger of the domain matches its MTA-STS policy")
+# RFC 8689 §4.2.1, §5: a REQUIRETLS message that cannot go out over verified TLS bounces
+REQUIRETLS_UNVERIFIED = Reply(
+    550,
+    "5.7.10",
+    "REQUIRETLS: the next hop cannot be reached over verified TLS (no MTA-STS, DANE or required TLS)",
+)
+REQUIRETLS_NOT_OFFERED = Reply(550, "5.7.10", "REQUIRETLS: the next hop does not support REQUIRETLS")
 AUTH_UNAVAILABLE = Reply(451, "4.7.0", "Next hop does not offer AUTH for the configured credentials")
 AUTH_FAILED = Reply(451, "4.7.0", "Authentication to the next hop failed")
 AUTH_FILE = Reply(451, "4.3.5", "Next hop credentials are not readable (route auth_file)")

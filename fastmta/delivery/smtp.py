@@ -13,9 +13,9 @@ with a 421 reply, which the scheduler reads as "throttle this destination".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import ssl
 import time
 from typing import Any, Protocol
 
@@ -28,13 +28,14 @@ from fastmta.delivery.dns import Resolver
 from fastmta.delivery.loops import OwnAddresses, too_many_hops
 from fastmta.delivery.mx import Host, MxError, addresses, resolve
 from fastmta.delivery.pool import Pool
+from fastmta.delivery.tlspolicy import VERIFIED_MODES, Plan, TlsPolicy, tls_optional
 from fastmta.errors import Bounced, Deferred, Delivered, Outcome, Reply
 from fastmta.smtp.commands import format_path, xtext_encode
 
 log = logging.getLogger("fastmta.delivery")
 
-NO_TLS_MEMORY = 3600.0  # seconds a host whose TLS handshake failed is tried in plaintext
 DEAD_HOST_MEMORY = 60.0  # seconds a host that refused or timed out is tried after the others
+RELAXED_POOL = " tls-optional"  # pool key suffix of sessions for "TLS-Required: No" mail
 
 
 class Signer(Protocol):
@@ -47,23 +48,22 @@ class SmtpDeliverer:
     """The Deliverer for remote domains and routes (see fastmta.delivery)."""
 
     def __init__(self, cfg: Config, spool: BodySource, resolver: Resolver | None = None,
-                 signer: Signer | None = None) -> None:  # fmt: skip
+                 signer: Signer | None = None, tls: TlsPolicy | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.spool = spool
         self.signer = signer
         self.resolver = resolver or Resolver(cfg.dns)
         d = cfg.delivery
         self.pool: Pool[SmtpClient] = Pool(d.max_messages_per_connection, d.idle_timeout)
-        self._no_tls: dict[tuple[str, int], float] = {}  # opportunistic TLS broken → plaintext until
         self._dead: dict[tuple[str, int], float] = {}  # unreachable → tried last until
-        self._opportunistic = _opportunistic_context()
-        self._verified: ssl.SSLContext | None = None
+        self.tls = tls or TlsPolicy(cfg, self.resolver)
         self._credentials: dict[str, tuple[int, tuple[str, str] | None]] = {}  # path → (mtime, creds)
         self._own = OwnAddresses(cfg.listeners)
         self._refs: ref.Signer | None = None  # read on first use (serve checks the key at start)
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.tls.close()
 
     def reload(self, cfg: Config) -> None:
         """SIGHUP: new settings apply from the next delivery.
@@ -78,7 +78,7 @@ class SmtpDeliverer:
         self.pool.max_messages = cfg.delivery.max_messages_per_connection
         self.pool.idle_timeout = cfg.delivery.idle_timeout
         self.pool.retire_idle()
-        self._verified = None
+        self.tls.reload(cfg, self.resolver)
         self._credentials.clear()
         self._own = OwnAddresses(cfg.listeners)
         self._refs = None
@@ -123,12 +123,19 @@ class SmtpDeliverer:
         return attempt
 
     async def _transmit(self, dest: Destination, envelope: Any, rcpts: list[int], body: bytes) -> Attempt:
+        requiretls = "REQUIRETLS" in envelope.params
+        relaxed = not requiretls and tls_optional(body)
+        if relaxed:  # its sessions skip the domain's TLS policy: never share them with other mail
+            dest = dataclasses.replace(dest, key=dest.key + RELAXED_POOL)
         client = self.pool.get(dest.key)
+        if client is not None and requiretls and not client.verified:
+            await self.pool.release(dest.key, client)
+            client = None
         if client is not None:
             attempt = await self._send(dest, client, envelope, rcpts, body, reused=True)
             if attempt is not None:
                 return attempt
-        client_or_failure = await self._connect(dest, rcpts)
+        client_or_failure = await self._connect(dest, rcpts, requiretls, relaxed)
         if isinstance(client_or_failure, Attempt):
             return client_or_failure
         attempt = await self._send(dest, client_or_failure, envelope, rcpts, body, reused=False)
@@ -149,7 +156,8 @@ class SmtpDeliverer:
         refusal = _unfit(client, envelope, rcpts, body)
         if refusal is not None:
             await self.pool.release(dest.key, client)
-            return Attempt(dict.fromkeys(rcpts, refusal), client.nexthop, client.tls)
+            return Attempt(dict.fromkeys(rcpts, refusal), client.nexthop, client.tls,
+                           tls_policy=client.policy)  # fmt: skip
         outcomes: dict[int, Outcome] = {}
         pending = rcpts
         while True:
@@ -167,22 +175,32 @@ class SmtpDeliverer:
                 break
             pending, reused = more, True
         await self.pool.release(dest.key, client)
-        return Attempt(outcomes, client.nexthop, client.tls, dsn_passed="DSN" in client.ext)
+        return Attempt(outcomes, client.nexthop, client.tls, dsn_passed="DSN" in client.ext,
+                       tls_policy=client.policy)  # fmt: skip
 
-    async def _connect(self, dest: Destination, rcpts: list[int]) -> SmtpClient | Attempt:
+    async def _connect(self, dest: Destination, rcpts: list[int], requiretls: bool = False,
+                       relaxed: bool = False) -> SmtpClient | Attempt:  # fmt: skip
         """A ready session to the first host that works, or the Attempt saying why none did."""
         route = dest.route
         try:
             hosts = await self._hosts(dest)
         except MxError as e:
             return Attempt(dict.fromkeys(rcpts, e.outcome))
-        policy = (route.tls if route is not None and route.tls else "") or self.cfg.delivery.tls
+        plan = await self.tls.plan(dest, hosts, relaxed)
+        hosts = self.tls.hosts_for(plan, hosts)
+        if requiretls:  # RFC 8689 §4.2.1: only hosts we can authenticate
+            hosts = [h for h in hosts if plan.mode(h) in VERIFIED_MODES]
+            if not hosts:
+                return Attempt(dict.fromkeys(rcpts, Bounced(replies.REQUIRETLS_UNVERIFIED, "tls")),
+                               tls_policy=plan.kind)  # fmt: skip
+        if not hosts:
+            return Attempt(dict.fromkeys(rcpts, Deferred(replies.STS_NO_MX, "tls")), tls_policy=plan.kind)
         failures: list[HostError] = []
         last_host = ""
         for host in self._alive_first(hosts):
             last_host = str(host)
             try:
-                client = await self._session(host, policy, route, dest)
+                client = await self._session(host, plan, route, dest)
             except HostError as e:
                 failures.append(e)
                 if e.kind in ("refused", "timeout"):
@@ -190,7 +208,7 @@ class SmtpDeliverer:
                 continue
             self._dead.pop((host.address, host.port), None)
             return client
-        return Attempt(dict.fromkeys(rcpts, _connect_failure(failures)), last_host)
+        return Attempt(dict.fromkeys(rcpts, _connect_failure(failures)), last_host, tls_policy=plan.kind)
 
     def _alive_first(self, hosts: list[Host]) -> list[Host]:
         """Hosts that recently refused or timed out go last (a blackholed primary MX would
@@ -220,27 +238,13 @@ class SmtpDeliverer:
         return self._own.usable(found, dest.domain)
 
     async def _session(
-        self, host: Host, policy: str, route: RouteConfig | None, dest: Destination
+        self, host: Host, plan: Plan, route: RouteConfig | None, dest: Destination
     ) -> SmtpClient:
-        key = (host.address, host.port)
         source = dest.source
         helo = source.ehlo if source is not None else self.cfg.hostname
         client = await self._open(host, source)
         try:
-            if policy == "required":
-                if "STARTTLS" not in client.ext:
-                    raise HostError(replies.TLS_REQUIRED, "tls")
-                await client.starttls(self._verified_context(), host.name, helo)
-            elif policy == "opportunistic" and "STARTTLS" in client.ext:
-                until = self._no_tls.get(key)
-                if until is None or until < time.monotonic():
-                    try:
-                        await client.starttls(self._opportunistic, host.name, helo)
-                    except HostError as e:  # as MTAs do: go on in plaintext
-                        self._no_tls[key] = time.monotonic() + NO_TLS_MEMORY
-                        if e.kind != "starttls" or not client.usable:
-                            client.abort()
-                            client = await self._open(host, source)
+            client = await self.tls.secure(client, host, plan, lambda: self._open(host, source), helo)
             if route is not None and route.auth_file:
                 await self._authenticate(client, route)
         except BaseException:
@@ -290,21 +294,8 @@ class SmtpDeliverer:
         self._credentials[path] = (stamp, creds)
         return creds
 
-    def _verified_context(self) -> ssl.SSLContext:
-        if self._verified is None:
-            self._verified = ssl.create_default_context(cafile=self.cfg.delivery.tls_ca_file or None)
-        return self._verified
-
 
 # --- pure helpers -------------------------------------------------------------------------------
-
-
-def _opportunistic_context() -> ssl.SSLContext:
-    """No verification (RFC 7435): encrypt when we can, never refuse for a bad certificate."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _connect_failure(failures: list[HostError]) -> Deferred:
@@ -327,6 +318,11 @@ def _connect_failure(failures: list[HostError]) -> Deferred:
 def _unfit(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> Bounced | None:
     """A reason this hop cannot take this message at all, checked before MAIL. Bodies in the
     spool are already CRLF-canonical (the listener made them so), so BDAT sends them as is."""
+    if "REQUIRETLS" in envelope.params:  # RFC 8689 §4.2.1: verified TLS and a hop that passes it on
+        if not client.verified:
+            return Bounced(replies.REQUIRETLS_UNVERIFIED, "tls")
+        if "REQUIRETLS" not in client.ext:
+            return Bounced(replies.REQUIRETLS_NOT_OFFERED, "tls")
     addrs = (envelope.rcpts[i].addr for i in rcpts)
     return unfit(client.ext, envelope.sender, addrs, envelope.params, body)
 
@@ -347,6 +343,8 @@ def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) 
         mail["RET"] = params["RET"]
     if dsn and params.get("ENVID"):
         mail["ENVID"] = xtext_encode(params["ENVID"])
+    if "REQUIRETLS" in params and "REQUIRETLS" in ext:
+        mail["REQUIRETLS"] = ""
     lines = []
     for i in rcpts:
         r = envelope.rcpts[i]

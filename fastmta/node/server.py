@@ -26,7 +26,11 @@ from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
 from fastmta.delivery.feedback import FeedbackDeliverer
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
+from fastmta.delivery.mtasts import PolicyCache
 from fastmta.delivery.smtp import SmtpDeliverer
+from fastmta.delivery.tlspolicy import TlsPolicy
+from fastmta.delivery.tlsrpt import TlsReports, queue_into
+from fastmta.delivery.tlsstate import StateFile, state_dir
 from fastmta.deliverylog import DeliveryLog
 from fastmta.dkim.service import DkimService
 from fastmta.node.exporter import serve_metrics
@@ -86,6 +90,7 @@ class Server:
         self.hub: Hub | None = None
         self.delivery: Any = None
         self.dkim: DkimService | None = None
+        self.tls_reports: TlsReports | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -115,7 +120,8 @@ class Server:
         )
         if self.dkim is not None:
             await self.dkim.start()
-        remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), self.dkim)
+        resolver = Resolver(cfg.dns)
+        remote = SmtpDeliverer(cfg, spool, resolver, self.dkim, self._tls_policy(resolver))
         self.delivery = await start_delivery(
             cfg,
             spool,
@@ -158,6 +164,21 @@ class Server:
         exporter.close()
         say("stopped")
         return 0
+
+    def _tls_policy(self, resolver: Resolver) -> TlsPolicy:
+        """Outbound TLS policy with its MTA-STS cache and TLS-RPT counters kept beside the spool."""
+        cfg = self.cfg
+        where = state_dir(cfg.spool.path)
+        cache = PolicyCache(StateFile(os.path.join(where, "mta-sts.json")))
+        tls = TlsPolicy(cfg, resolver, cache)
+        if cfg.delivery.tls_rpt:
+            self.tls_reports = TlsReports(
+                resolver, cfg.hostname, cfg.delivery.bounce_from, queue_into(self.spool.put, new_id), tls,
+                StateFile(os.path.join(where, "tls-rpt.json")),
+            )  # fmt: skip
+            tls.reports = self.tls_reports
+            self.tls_reports.start()
+        return tls
 
     def _healthy(self) -> bool:
         return self.ready and not self.stopping
@@ -222,6 +243,8 @@ class Server:
             await server.wait_closed()
         if hub is not None:
             await hub.close()
+        if self.tls_reports is not None:
+            await self.tls_reports.close()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.dkim is not None:

@@ -293,6 +293,8 @@ class Scheduler:
         }
         if attempt.dkim:
             base["dkim"] = list(attempt.dkim)
+        if attempt.tls_policy:
+            base["tls_policy"] = attempt.tls_policy
         results = attempt.outcomes
         records = self._log_buf
         for i in work.rcpts:

@@ -137,7 +137,7 @@ _MAIL_CHOICES = {"BODY": ("7BIT", "8BITMIME"), "RET": ("FULL", "HDRS")}
 def parse_mail(arg: str, max_size: int, esmtp: bool = True) -> tuple[str, dict[str, str]]:
     """``MAIL FROM:`` argument → (sender, params). ``<>`` is the null sender.
 
-    Params kept: BODY, SMTPUTF8, RET, ENVID (xtext decoded); SIZE is checked against
+    Params kept: BODY, SMTPUTF8, REQUIRETLS, RET, ENVID (xtext decoded); SIZE is checked against
     ``max_size``, AUTH (RFC 4954) accepted and dropped. Unknown ones, or any after
     HELO instead of EHLO (``esmtp=False``, RFC 5321 §4.1.1.11) → 555 5.5.4.
     """
@@ -156,7 +156,7 @@ def parse_mail(arg: str, max_size: int, esmtp: bool = True) -> tuple[str, dict[s
             if value.upper() not in _MAIL_CHOICES[key]:
                 raise ArgError(R.R_555_BAD_PARAM)
             params[key] = value.upper()
-        elif key == "SMTPUTF8":
+        elif key in ("SMTPUTF8", "REQUIRETLS"):
             if value:
                 raise ArgError(R.R_555_BAD_PARAM)
         elif key == "ENVID":

@@ -63,13 +63,14 @@ class ListenerSettings:
         self.metrics = metrics.ListenerMetrics(lcfg.label)
         self.banner = R.banner(cfg.hostname)
         self._ehlo = {
-            (tls, auth): R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size, tls, auth))
+            (tls, auth, up): R.ehlo(cfg.hostname, R.ehlo_keywords(self.max_size, tls, auth, up))
             for tls in (False, True)
             for auth in (False, True)
+            for up in (False, True)
         }
 
-    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
-        return self._ehlo[(starttls, auth)]
+    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes:
+        return self._ehlo[(starttls, auth, encrypted)]
 
     def rejected(self, reason: str) -> None:
         self.metrics.rejected(reason).inc()

@@ -72,6 +72,8 @@ R_503_NO_AUTH = _r("R_503_NO_AUTH", 503, "5.5.1", "AUTH not available")
 R_503_MIXED_DATA = _r("R_503_MIXED_DATA", 503, "5.5.1", "DATA and BDAT cannot be mixed")
 R_504_AUTH_MECH = _r("R_504_AUTH_MECH", 504, "5.5.4", "Unrecognized authentication type")
 R_530_AUTH_REQUIRED = _r("R_530_AUTH_REQUIRED", 530, "5.7.0", "Authentication required")
+# RFC 8689 §4.1 + RFC 3463 5.7.10 "encryption needed": REQUIRETLS outside TLS
+R_530_REQUIRETLS_NEEDS_TLS = _r("R_530_REQUIRETLS_NEEDS_TLS", 530, "5.7.10", "REQUIRETLS needs a TLS session")
 R_535_AUTH_FAILED = _r("R_535_AUTH_FAILED", 535, "5.7.8", "Authentication credentials invalid")
 R_538_ENCRYPTION_REQUIRED = _r(
     "R_538_ENCRYPTION_REQUIRED", 538, "5.7.11", "Encryption required for requested authentication mechanism"
@@ -112,11 +114,13 @@ def ehlo(hostname: str, keywords: list[str]) -> bytes:
     return f"{head}250 {lines[-1]}\r\n".encode()
 
 
-def ehlo_keywords(max_size: int, starttls: bool = False, auth: bool = False) -> list[str]:
-    """What EHLO offers: the extensions of every session, then STARTTLS and AUTH where allowed."""
+def ehlo_keywords(max_size: int, starttls: bool = False, auth: bool = False,
+                  requiretls: bool = False) -> list[str]:  # fmt: skip
+    """What EHLO offers: the extensions of every session, then STARTTLS and AUTH where allowed,
+    and REQUIRETLS once the session is encrypted (RFC 8689 §4.1)."""
     every = ["PIPELINING", f"SIZE {max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES",
              "CHUNKING", "DSN"]  # fmt: skip
-    return every + ["STARTTLS"] * starttls + ["AUTH PLAIN LOGIN"] * auth
+    return every + ["STARTTLS"] * starttls + ["AUTH PLAIN LOGIN"] * auth + ["REQUIRETLS"] * requiretls
 
 
 def queued(msg_id: str) -> bytes:

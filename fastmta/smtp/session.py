@@ -135,7 +135,7 @@ class Settings(Protocol):
 
     def unhealthy(self) -> str | None: ...
 
-    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes: ...
+    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes: ...
 
     def rejected(self, reason: str) -> None: ...
 
@@ -380,7 +380,7 @@ class Session:
         if not self._greet(arg):
             return self._error(R.R_501_EHLO_SYNTAX, "syntax")
         self.esmtp = True
-        self.out.append(self.cfg.ehlo_reply(self._offer_starttls(), self._offer_auth()))
+        self.out.append(self.cfg.ehlo_reply(self._offer_starttls(), self._offer_auth(), bool(self.tls)))
         return None
 
     def _helo(self, arg: bytes) -> Action | None:
@@ -412,6 +412,8 @@ class Session:
             return self._error(R.R_501_SYNTAX, "syntax")
         except ArgError as e:
             return self._error(e.reply, "size" if e.reply is R.R_552_TOO_BIG else "syntax")
+        if "REQUIRETLS" in params and not self.tls:  # offered only over TLS (RFC 8689 §4.1)
+            return self._error(R.R_530_REQUIRETLS_NEEDS_TLS, "tls")
         self.txn = Transaction(sender, params, helo=self.helo, client_ip=self.client_ip,
                                listener=self.cfg.listener, user=self.user, tls=self.tls)  # fmt: skip
         self._set_state(S_MAIL)

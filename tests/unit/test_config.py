@@ -32,6 +32,7 @@ def test_embedded_defaults_match_the_contract() -> None:
     assert cfg.delivery.bounce_from == f"MAILER-DAEMON@{cfg.hostname}"
     assert cfg.dns.nameservers == () and cfg.metrics.address == ("127.0.0.1", 9025)
     assert cfg.server.workers == 1
+    assert (cfg.delivery.mta_sts, cfg.delivery.dane, cfg.delivery.tls_rpt) == (True, False, False)
 
 
 @pytest.mark.parametrize(
@@ -268,3 +269,14 @@ def test_pools_and_their_errors() -> None:
         "pool[2].name: expected a name of 1 to 64 printable characters without spaces",
         "pool[2].sources: needs at least one source",
     ])  # fmt: skip
+
+
+def test_tls_policy_keys() -> None:
+    d = config.from_dict({"delivery": {"mta_sts": False, "dane": True, "tls_rpt": True}}).delivery
+    assert (d.mta_sts, d.dane, d.tls_rpt) == (False, True, True)
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"delivery": {"mta_sts": "yes", "dane": 1}})
+    assert e.value.errors == [
+        "delivery.mta_sts: expected true or false",
+        "delivery.dane: expected true or false",
+    ]

@@ -63,7 +63,8 @@ def test_required_panels(dash: dict) -> None:
     titles = " | ".join(p["title"] for p in _panels(dash)).lower()
     for needle in ("accept rate", "delivery rate by result", "queue depth by state", "spool commit latency",
                    "batch size", "connections in", "delivery latency", "dns failures",
-                   "bounces and deferrals", "rejections by reason", "dkim signatures"):  # fmt: skip
+                   "bounces and deferrals", "rejections by reason", "dkim signatures",
+                   "outbound tls policy", "mta-sts fetches"):  # fmt: skip
         assert needle in titles, needle
     exprs = " ".join(e for _, e in dashboard_exprs())
     assert "histogram_quantile(0.5, sum by (le) (rate(fastmta_spool_commit_seconds_bucket" in exprs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from fastmta.delivery.mx import Host, _literal, order_mx
+from fastmta.delivery.mx import Host, literal, order_mx
 
 
 def test_order_by_preference_then_shuffled() -> None:
@@ -24,11 +24,11 @@ def test_null_mx_target_is_kept_for_the_caller() -> None:
 
 
 def test_literals() -> None:
-    assert _literal("[192.0.2.1]") == "192.0.2.1"
-    assert _literal("[IPv6:2001:db8::1]") == "2001:db8::1"
-    assert _literal("127.0.0.1") == "127.0.0.1"
-    assert _literal("mx.a.test") is None
-    assert _literal("[not-an-ip]") is None
+    assert literal("[192.0.2.1]") == "192.0.2.1"
+    assert literal("[IPv6:2001:db8::1]") == "2001:db8::1"
+    assert literal("127.0.0.1") == "127.0.0.1"
+    assert literal("mx.a.test") is None
+    assert literal("[not-an-ip]") is None
 
 
 def test_host_text_is_the_log_form() -> None:

@@ -81,6 +81,23 @@ def test_delivered_message_leaves_the_spool_and_is_logged(fake_spool: FakeSpool)
     run(t())
 
 
+def test_log_lines_carry_the_tls_policy(fake_spool: FakeSpool) -> None:
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, lambda d, e, i: OK if i == 0 else TEMP)
+        dlv.tls_policy = "mta-sts-enforce"
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test", "c@dst.test"])])
+        await settle(sched, lambda: bool(logs.events("deferred")))
+        assert [r["tls_policy"] for r in logs.events("delivered") + logs.events("deferred")] == [
+            "mta-sts-enforce", "mta-sts-enforce"
+        ]  # fmt: skip
+        dlv.tls_policy = ""  # local delivery: no field
+        sched.submit([fake_spool.add("a@src.test", ["d@dst.test"])])
+        await settle(sched, lambda: len(logs.events("delivered")) == 2)
+        assert "tls_policy" not in logs.events("delivered")[1]
+
+    run(t())
+
+
 def test_recipients_split_per_destination_with_separate_states(fake_spool: FakeSpool) -> None:
     def script(d: Any, e: Any, i: int) -> Any:
         return {"ok.test": OK, "temp.test": TEMP, "bad.test": USER_UNKNOWN}[d.key]

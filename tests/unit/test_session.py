@@ -48,8 +48,8 @@ class FakeSettings:
     def unhealthy(self) -> str | None:
         return self.unhealthy_reason
 
-    def ehlo_reply(self, starttls: bool, auth: bool) -> bytes:
-        return R.ehlo(self.hostname, ["PIPELINING"] + ["STARTTLS"] * starttls + ["AUTH PLAIN LOGIN"] * auth)
+    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes:
+        return R.ehlo(self.hostname, R.ehlo_keywords(1000, starttls, auth, encrypted))
 
     def rejected(self, reason: str) -> None:
         self.rejections.append(reason)
@@ -423,6 +423,24 @@ def test_starttls_then_reset() -> None:
     assert s.state == S.S_INIT and not s.helo
     out, _ = run(s, b"EHLO c.test")
     assert b"STARTTLS" not in out and b"AUTH PLAIN LOGIN" in out
+
+
+def test_requiretls_offered_and_accepted_only_over_tls() -> None:
+    """RFC 8689 §4.1: REQUIRETLS is in EHLO once TLS is up, and MAIL may ask for it only then."""
+    plain = session_in(S.S_INIT)
+    out, _ = run(plain, b"EHLO c.test")
+    assert b"REQUIRETLS" not in out
+    out, _ = run(plain, b"MAIL FROM:<a@x.test> REQUIRETLS")
+    assert out == R.R_530_REQUIRETLS_NEEDS_TLS and plain.state == S.S_READY
+    assert plain.cfg.rejections[-1] == "tls"
+    tls = S.Session(FakeSettings(), "192.0.2.1", tls="TLSv1.3 X")
+    out, _ = run(tls, b"EHLO c.test")
+    assert b"250-REQUIRETLS\r\n" in out or b"250 REQUIRETLS\r\n" in out
+    out, _ = run(tls, b"MAIL FROM:<a@x.test> REQUIRETLS")
+    assert out == R.R_250_SENDER_OK and tls.txn is not None and tls.txn.params == {"REQUIRETLS": ""}
+    run(tls, b"RSET")
+    out, _ = run(tls, b"MAIL FROM:<a@x.test> REQUIRETLS=yes")
+    assert out == R.R_555_BAD_PARAM
 
 
 def test_bdat_sequence_and_rset() -> None:
