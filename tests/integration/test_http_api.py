@@ -103,8 +103,8 @@ def test_inject_parts_composes_mime_with_escaped_html_and_attachments(srv: ApiSe
         "attachments": [{"file_name": "a.bin", "content_type": "application/octet-stream",
                          "base64": base64.b64encode(blob).decode()}],
     }  # fmt: skip
-    doc = _doc(content=content, substitutions={"n": 21},
-               recipients=[{"email": "bob@a.test", "name": "Bob B", "substitutions": {"name": "<b>&"}}])  # fmt: skip
+    bob = {"email": "bob@a.test", "name": "Bob B", "substitutions": {"name": "<b>&"}}
+    doc = _doc(content=content, substitutions={"n": 21}, recipients=[bob])
     status, out, _ = srv.api.call("POST", INJECT, doc)
     assert status == 200, out
     msg = email.message_from_bytes(srv.srv.body(out["ids"][0]), policy=email.policy.default)
@@ -159,8 +159,8 @@ def test_curl_injects(srv: ApiServer, tmp_path: Path) -> None:
         (_doc(content={"from": "a@b.test", "text_body": "x", "headers": {"To": "x"}}), "content.headers.To"),
         (_doc(content={"from": "a@b.test", "text_body": "x", "headers": {"Bad Name": "x"}}),
          "content.headers.Bad Name"),
-        (_doc(content={"from": "a@b.test", "text_body": "x", "attachments": [{"file_name": "f", "base64": "!"}]}),
-         "content.attachments[0].base64"),
+        (_doc(content={"from": "a@b.test", "text_body": "x",
+                       "attachments": [{"file_name": "f", "base64": "!"}]}), "content.attachments[0].base64"),
         (_doc(substitutions="x"), "substitutions"),
         (_doc(extra=1), "extra"),
         ([1, 2], "body"),
@@ -234,7 +234,8 @@ def _mutated(draw: Callable[..., Any]) -> Any:
     kind = draw(st.integers(0, 2))
     if kind == 0:
         doc = _doc(content={"from": "a@src.test", "subject": "s", "text_body": "t", "html_body": "h",
-                            "attachments": [{"file_name": "f", "base64": "aGk="}], "headers": {"X-A": "b"}})  # fmt: skip
+                            "attachments": [{"file_name": "f", "base64": "aGk="}],
+                            "headers": {"X-A": "b"}})  # fmt: skip
         for f in draw(st.lists(_fields, max_size=3)):
             doc[f] = draw(_json)
         if draw(st.booleans()) and isinstance(doc.get("content"), dict):
