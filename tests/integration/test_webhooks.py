@@ -24,8 +24,8 @@ SECRET = "s3cret"
 
 
 def _config(hook: WebhookReceiver, sink_port: int, **keys: str) -> str:
-    webhook = "".join(f"{k} = {v}\n" for k, v in {"batch_size": "5", "max_delay": '"200ms"', "timeout": '"1s"',
-                                                   "secret": f'"{SECRET}"', **keys}.items())  # fmt: skip
+    keys = {"batch_size": "5", "max_delay": '"200ms"', "timeout": '"1s"', "secret": f'"{SECRET}"', **keys}
+    webhook = "".join(f"{k} = {v}\n" for k, v in keys.items())
     return (f'[delivery]\nhold = false\nretry_schedule = ["1s"]\n'
             f'[[route]]\ndomain = "*"\nnexthop = "127.0.0.2:{sink_port}"\n'
             f'[[webhook]]\nname = "app"\nurl = "{hook.url}"\n{webhook}')  # fmt: skip
