@@ -108,7 +108,8 @@ def set_suspension(node: SpoolConfig, own: Store, domain: str, until: float, rea
 
 
 def lift_suspension(node: SpoolConfig, own: Store, domain: str) -> bool:
-    """Remove the suspension from every shard; False if no shard had one."""
+    """Remove the suspension from every shard and make the domain's mail due now (what was
+    put back while suspended waits for the suspension's end otherwise); False if none."""
     found = False
     with node_stores(node, own) as stores:
         for store in stores:
@@ -118,6 +119,7 @@ def lift_suspension(node: SpoolConfig, own: Store, domain: str) -> bool:
                 return suspend.remove(txn, meta, domain)
 
             found |= store.write_growing(drop, 1024**2)
+            admin.apply(store, list(admin.ids_for_domain(store, domain)), admin.flush_fn(time.time()))
     return found
 
 
