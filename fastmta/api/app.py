@@ -13,6 +13,7 @@ answered only after the spool committed its messages (as a ``250``), and with
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -96,8 +97,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("HTTP API: %s %s failed", request.method, _endpoint(request))
         resp = error(500, "internal error")
-    metrics.http_requests_total.labels(_endpoint(request), str(resp.status)).inc()
+    _requests(_endpoint(request), resp.status).inc()
     return resp
+
+
+@functools.lru_cache(maxsize=256)
+def _requests(endpoint: str, status: int) -> Any:
+    """The request counter's child (bounded: route patterns × status codes)."""
+    return metrics.bound(metrics.http_requests_total, endpoint, str(status))
 
 
 async def _json(request: web.Request) -> Any:
