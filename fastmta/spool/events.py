@@ -51,12 +51,12 @@ def _first(txn: lmdb.Transaction, db: lmdb._Database) -> int:
 
 def _delete_upto(txn: lmdb.Transaction, db: lmdb._Database, seq: int) -> None:
     cur = txn.cursor(db)
-    n = 0
-    if cur.first():
-        while n < _PRUNE_MAX and SEQ.unpack(cur.key())[0] <= seq:
-            n += 1
-            if not cur.delete():
-                break
+    if not cur.first():
+        return
+    for _ in range(_PRUNE_MAX):
+        key = cur.key()  # empty once the last entry is deleted
+        if not key or SEQ.unpack(key)[0] > seq or not cur.delete():
+            break
 
 
 # --- operations the writer process runs (ops.py exports them) -------------------------
