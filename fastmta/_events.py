@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Events from CommandParser.feed(): (kind, payload).
 LINE = 1  # payload: the command line without its CRLF (bytes)
-LINE_TOO_LONG = 2  # payload: None; the over-long line was dropped up to its CRLF
+LINE_TOO_LONG = 2  # payload: None; sent once the line passes max_line, the rest dropped up to its CRLF
 DATA_END = 3  # payload: the whole body (bytes, dot-unstuffed, ends in CRLF or is empty)
 DATA_TOO_BIG = 4  # payload: None; body passed max_size, reported at the real end
 DATA_BARE_LF = 5  # payload: None; bare CR or LF seen with bare_lf="reject"

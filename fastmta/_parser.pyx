@@ -201,6 +201,11 @@ cdef class CommandParser:
         return self._stopped and PyBytes_GET_SIZE(self._buf) > 0
 
     @property
+    def partial(self):
+        """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
+        return self._mode == _CMD and not self._stopped and (self._skipping or PyBytes_GET_SIZE(self._buf) > 0)
+
+    @property
     def body_size(self):
         """Octets of the current DATA/BDAT body so far."""
         return self._size
@@ -283,13 +288,15 @@ cdef class CommandParser:
                     if p[n - 1] == _CR:
                         self._buf = b"\r"
                     return 0
+                # Reported when the limit was crossed; its rest is never a command.
                 self._skipping = False
-                events.append(_EV_TOO_LONG)
                 pos = end + 2
                 continue
             if end < 0:
                 if n - pos >= self._max_line:
-                    # Already over the limit whatever follows: drop, never buffer.
+                    # Already over the limit whatever follows: report it now (a client
+                    # that never sends the CRLF still hears 500), drop, never buffer.
+                    events.append(_EV_TOO_LONG)
                     self._skipping = True
                     if p[n - 1] == _CR:
                         self._buf = b"\r"

@@ -126,6 +126,11 @@ class CommandParser:
         return self._stopped and bool(self._buf)
 
     @property
+    def partial(self) -> bool:
+        """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
+        return self._mode == _CMD and not self._stopped and (self._skipping or bool(self._buf))
+
+    @property
     def body_size(self) -> int:
         """Octets of the current DATA/BDAT body so far (stops growing past max_size)."""
         return self._size
@@ -192,13 +197,15 @@ class CommandParser:
                     if buf[n - 1] == 13:
                         self._buf = b"\r"
                     return
+                # Reported when the limit was crossed; its rest is never a command.
                 self._skipping = False
-                events.append((LINE_TOO_LONG, None))
                 pos = end + 2
                 continue
             if end < 0:
                 if n - pos >= max_line:
-                    # Already over the limit whatever follows: drop, never buffer.
+                    # Already over the limit whatever follows: report it now (a client
+                    # that never sends the CRLF still hears 500), drop, never buffer.
+                    events.append((LINE_TOO_LONG, None))
                     self._skipping = True
                     if buf[n - 1] == 13:
                         self._buf = b"\r"

@@ -9,13 +9,15 @@ imports only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,20 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+@contextlib.contextmanager
+def address_in_use(what: str, address: tuple[str, int] | None) -> Iterator[None]:
+    """Around a bind: EADDRINUSE becomes the start-up error naming what and where,
+    ``listener mx: 127.0.0.1:2525 is already in use`` (serve exits 2 on it)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE or address is None:
+            raise
+        host, port = address
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError([f"{what}: {where} is already in use"]) from None
 
 
 class _Invalid(ValueError):
@@ -289,6 +305,7 @@ class LimitsConfig:
     max_errors: int = _opt(_int(1), 20)
     command_timeout: float = _opt(parse_duration, 300.0)
     data_timeout: float = _opt(parse_duration, 600.0)
+    max_session_time: float = _opt(parse_duration, 1800.0)  # whole session, however busy
     bare_lf: str = _opt(_choice("reject", "normalise"), "reject")
     # Received: and Delivered-To: fields a message may arrive with (as Postfix's
     # hopcount_limit): more is a mail loop, refused 554 5.4.6 or bounced 5.4.6.
@@ -303,6 +320,7 @@ class SpoolConfig:
     commit_window: float = _opt(parse_duration, 0.002)
     max_batch_bytes: int = _opt(parse_size, 64 * 1024**2)
     sync: bool = _opt(_bool, True)
+    node_path: str = ""  # not a key: the environment of node-wide data (suppression list); "" = path
 
 
 @dataclass(frozen=True)
@@ -431,6 +449,31 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One egress source of a sending pool: the address bound and the EHLO name said."""
+
+    address: str = _opt(_str, "")
+    ehlo: str = _opt(_domain, "")
+    weight: int = _opt(_int(1, 1000), 1)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str = _opt(_str, "")
+    sender_domains: tuple[str, ...] = _opt(_list(_domain), ())
+    sources: tuple[SourceConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    auto: bool = _opt(_bool, True)  # invalid_recipient bounces suppress the address for the tenant
+    fbl_addresses: tuple[str, ...] = _opt(
+        _list(lambda v: _str(v).strip().lower()), ()
+    )  # ARF reports to these are consumed
+    fbl_key_file: str = _opt(_str, "")  # "" = <spool path>/fbl.key, generated once
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = _opt(_str, "")
     server: ServerConfig = ServerConfig()
@@ -448,6 +491,8 @@ class Config:
     log: LogConfig = LogConfig()
     http: HttpConfig = HttpConfig()
     webhooks: tuple[WebhookConfig, ...] = ()
+    pools: tuple[PoolConfig, ...] = ()
+    suppression: SuppressionConfig = SuppressionConfig()
     source: str = ""  # the file this came from, "" for the embedded defaults
 
     def route_for(self, domain: str) -> RouteConfig | None:
@@ -494,6 +539,21 @@ def _build_list(cls: type[Any], raw: object, key: str, errors: list[str]) -> tup
     return tuple(_build(cls, item, f"{key}[{i}]", errors) for i, item in enumerate(raw))
 
 
+def _build_pools(raw: object, errors: list[str]) -> tuple[PoolConfig, ...]:
+    """``[[pool]]`` tables, each with its ``sources`` array of inline tables."""
+    if not isinstance(raw, list):
+        errors.append("pool: expected an array of tables ([[pool]])")
+        return ()
+    pools = []
+    for i, item in enumerate(raw):
+        key = f"pool[{i}]"
+        sources: tuple[SourceConfig, ...] = ()
+        if isinstance(item, Mapping) and "sources" in item:
+            sources = _build_list(SourceConfig, item["sources"], f"{key}.sources", errors)
+        pools.append(_build(PoolConfig, item, key, errors, sources=sources))
+    return tuple(pools)
+
+
 def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     """Build and validate a Config from parsed TOML; raise ConfigError listing every problem."""
     errors: list[str] = []
@@ -501,6 +561,7 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
         "server": ServerConfig, "tls": TlsConfig, "policy": PolicyConfig,
         "limits": LimitsConfig, "spool": SpoolConfig, "dns": DnsConfig,
         "local": LocalConfig, "metrics": MetricsConfig, "log": LogConfig, "http": HttpConfig,
+        "suppression": SuppressionConfig,
     }  # fmt: skip
     kwargs: dict[str, Any] = {"source": source}
     for name, value in raw.items():
@@ -519,6 +580,8 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
             if isinstance(value, Mapping) and "shaping" in value:
                 shaping = _build_list(ShapingRule, value["shaping"], "delivery.shaping", errors)
             kwargs["delivery"] = _build(DeliveryConfig, value, "delivery", errors, shaping=shaping)
+        elif name == "pool":
+            kwargs["pools"] = _build_pools(value, errors)
         elif name == "hostname":
             try:
                 kwargs["hostname"] = _domain(value)
@@ -553,6 +616,7 @@ def _cross_checks(cfg: Config) -> list[str]:
         except _Invalid:
             errors.append(f'local.lmtp: expected "host:port" or "unix:/path", got {cfg.local.lmtp!r}')
     errors.extend(_dkim_checks(cfg.dkim))
+    errors += _pool_checks(cfg.pools)
     errors.extend(_webhook_checks(cfg.webhooks))
     return errors
 
@@ -595,6 +659,28 @@ def _dkim_checks(entries: tuple[DkimConfig, ...]) -> list[str]:
         if (d.domain, d.selector) in seen:
             errors.append(f"{key}: a second entry for domain {d.domain!r} and selector {d.selector!r}")
         seen.add((d.domain, d.selector))
+    return errors
+
+
+def _pool_checks(pools: tuple[PoolConfig, ...]) -> list[str]:
+    errors = []
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        errors.append("pool: two pools share a name")
+    for i, p in enumerate(pools):
+        if not p.name or not p.name.isprintable() or " " in p.name or len(p.name) > 64:
+            errors.append(f"pool[{i}].name: expected a name of 1 to 64 printable characters without spaces")
+        if p.name == "default":
+            errors.append(f'pool[{i}].name: "default" names the pool of mail no pool claims')
+        if not p.sources:
+            errors.append(f"pool[{i}].sources: needs at least one source")
+        for j, src in enumerate(p.sources):
+            try:
+                ipaddress.ip_address(src.address)
+            except ValueError:
+                errors.append(f"pool[{i}].sources[{j}].address: expected an IP address")
+            if not src.ehlo:
+                errors.append(f"pool[{i}].sources[{j}].ehlo: required")
     return errors
 
 

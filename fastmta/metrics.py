@@ -142,6 +142,17 @@ webhook_delivery_seconds = Histogram(
 http_requests_total = Counter(
     "fastmta_http_requests_total", "HTTP API requests by endpoint and status code", ["endpoint", "code"]
 )
+pool_deliveries_total = Counter(
+    "fastmta_pool_deliveries_total",
+    'Per-recipient delivery attempt results by sending pool ([[pool]] names and "default")',
+    ["pool", "result"],
+)
+suppressed_total = Counter(
+    "fastmta_suppressed_total", "Recipients failed untried because they are on the suppression list"
+)
+complaints_total = Counter(
+    "fastmta_complaints_total", "Feedback-loop complaints (ARF reports with a valid X-Fastmta-Ref) applied"
+)
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
 # rate() over an absent series is "no data", not 0, and silences alerts. Under
@@ -152,6 +163,8 @@ for _state in ("ready", "deferred", "inflight"):
     queue_messages.labels(_state)
 for _result in ("ok", "refused", "timeout", "greeting"):
     delivery_connections_total.labels(_result)
+for _result in ("delivered", "deferred", "bounced"):
+    pool_deliveries_total.labels("default", _result)
 
 
 # --- hot-path handles ------------------------------------------------------------

@@ -14,11 +14,9 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need="$need opendkim opendkim-tools"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v make >/dev/null 2>&1 || need="$need make"
-command -v gcc >/dev/null 2>&1 || need="$need gcc"
-# scripts/venv.sh needs python3's venv module, and the Cython build its headers.
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
-python3 -c 'import os, sysconfig; exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-  >/dev/null 2>&1 || need="$need python3-dev"
+# What building fastmta itself needs (python3-venv, python3-dev, gcc).
+build=$(sh "$(dirname "$0")/build-deps.sh")
+[ -z "$build" ] || need="$need $build"
 [ -n "$need" ] || exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo

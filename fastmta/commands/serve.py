@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="fastmta serve", description="Run the MTA.")
     add_config_arg(ap)
     args = ap.parse_args(argv)
+    from fastmta.config import ConfigError
     from fastmta.node import supervisor
 
     worker = supervisor.worker_identity()
@@ -27,6 +28,9 @@ def main(argv: list[str]) -> int:
     if worker is None and cfg.server.workers > 1:
         try:
             return supervisor.Supervisor(cfg, args.config).run()
+        except ConfigError as e:  # an address in use
+            print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
+            return 2
         except OSError as e:
             print(f"fastmta serve: cannot start: {e}", file=sys.stderr)
             return 1
@@ -35,7 +39,6 @@ def main(argv: list[str]) -> int:
 
     import uvloop
 
-    from fastmta.config import ConfigError
     from fastmta.node.server import Server
     from fastmta.node.worker import WorkerServer
     from fastmta.smtp.auth import AuthConfigError

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from fastmta.config import RouteConfig
+from fastmta.config import RouteConfig, SourceConfig
 from fastmta.errors import Outcome
 
 if TYPE_CHECKING:
@@ -33,12 +33,16 @@ class Destination:
 
     ``key`` is the scheduling key: the recipient domain, ``"[host]:port"`` of a
     ``[[route]]`` next hop, or ``"local"``. ``domain`` is a recipient domain of the
-    batch (for routes: the first one).
+    batch (for routes: the first one). ``source`` is the egress source of a sending
+    pool (delivery/sources.py): its address is bound and its EHLO name said; the key
+    then names it too, so limits, suspensions and reused connections are per source.
     """
 
     key: str
     domain: str
     route: RouteConfig | None = None
+    source: SourceConfig | None = None
+    pool: str = "default"
 
 
 @dataclass(slots=True)

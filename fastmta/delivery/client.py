@@ -234,14 +234,19 @@ class SmtpClient(asyncio.Protocol):
 
     # --- session setup -------------------------------------------------------------------------
     @classmethod
-    async def open(cls, host: Host, helo: str, connect_timeout: float, command_timeout: float) -> SmtpClient:
-        """Connect, read the greeting, EHLO (HELO if refused). Raises HostError."""
+    async def open(cls, host: Host, helo: str, connect_timeout: float, command_timeout: float,
+                   source: str = "") -> SmtpClient:  # fmt: skip
+        """Connect (from the ``source`` address when given), read the greeting, EHLO (HELO if
+        refused). Raises HostError."""
         loop = asyncio.get_running_loop()
         counter = metrics.delivery_connections_total
         try:
             async with asyncio.timeout(connect_timeout):
                 _, client = await loop.create_connection(
-                    lambda: cls(host, command_timeout), host.address, host.port
+                    lambda: cls(host, command_timeout),
+                    host.address,
+                    host.port,
+                    local_addr=(source, 0) if source else None,
                 )
         except TimeoutError:
             metrics.bound(counter, "timeout").inc()

@@ -19,8 +19,8 @@ import ssl
 import time
 from typing import Any, Protocol
 
-from fastmta.config import Config, RouteConfig, is_localhost
-from fastmta.delivery import Attempt, BodySource, Destination, replies
+from fastmta.config import Config, RouteConfig, SourceConfig, is_localhost
+from fastmta.delivery import Attempt, BodySource, Destination, ref, replies
 from fastmta.delivery.capability import unfit
 from fastmta.delivery.classify import classify, failure_outcome
 from fastmta.delivery.client import HostError, SmtpClient, Transaction
@@ -60,6 +60,7 @@ class SmtpDeliverer:
         self._verified: ssl.SSLContext | None = None
         self._credentials: dict[str, tuple[int, tuple[str, str] | None]] = {}  # path → (mtime, creds)
         self._own = OwnAddresses(cfg.listeners)
+        self._refs: ref.Signer | None = None  # read on first use (serve checks the key at start)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -108,6 +109,11 @@ class SmtpDeliverer:
                 )
                 return Attempt(dict.fromkeys(rcpts, Deferred(replies.DKIM_UNAVAILABLE, "other")))
             body = fields + body if fields else body
+        # the complaint token (not signed by DKIM): names the recipient when this transaction carries only one
+        if self._refs is None:
+            self._refs = ref.Signer(ref.load_key(self.cfg))
+        body = self._refs.header(envelope.id, envelope.rcpts[rcpts[0]].addr if len(rcpts) == 1 else "",
+                                envelope.tenant) + body  # fmt: skip
         attempt = await self._transmit(dest, envelope, rcpts, body)
         attempt.dkim = dkim
         return attempt
@@ -172,7 +178,7 @@ class SmtpDeliverer:
         for host in self._alive_first(hosts):
             last_host = str(host)
             try:
-                client = await self._session(host, policy, route)
+                client = await self._session(host, policy, route, dest)
             except HostError as e:
                 failures.append(e)
                 if e.kind in ("refused", "timeout"):
@@ -209,24 +215,28 @@ class SmtpDeliverer:
             found = route_hosts
         return self._own.usable(found, dest.domain)
 
-    async def _session(self, host: Host, policy: str, route: RouteConfig | None) -> SmtpClient:
+    async def _session(
+        self, host: Host, policy: str, route: RouteConfig | None, dest: Destination
+    ) -> SmtpClient:
         key = (host.address, host.port)
-        client = await self._open(host)
+        source = dest.source
+        helo = source.ehlo if source is not None else self.cfg.hostname
+        client = await self._open(host, source)
         try:
             if policy == "required":
                 if "STARTTLS" not in client.ext:
                     raise HostError(replies.TLS_REQUIRED, "tls")
-                await client.starttls(self._verified_context(), host.name, self.cfg.hostname)
+                await client.starttls(self._verified_context(), host.name, helo)
             elif policy == "opportunistic" and "STARTTLS" in client.ext:
                 until = self._no_tls.get(key)
                 if until is None or until < time.monotonic():
                     try:
-                        await client.starttls(self._opportunistic, host.name, self.cfg.hostname)
+                        await client.starttls(self._opportunistic, host.name, helo)
                     except HostError as e:  # as MTAs do: go on in plaintext
                         self._no_tls[key] = time.monotonic() + NO_TLS_MEMORY
                         if e.kind != "starttls" or not client.usable:
                             client.abort()
-                            client = await self._open(host)
+                            client = await self._open(host, source)
             if route is not None and route.auth_file:
                 await self._authenticate(client, route)
         except BaseException:
@@ -234,9 +244,11 @@ class SmtpDeliverer:
             raise
         return client
 
-    async def _open(self, host: Host) -> SmtpClient:
+    async def _open(self, host: Host, source: SourceConfig | None = None) -> SmtpClient:
         d = self.cfg.delivery
-        return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)
+        if source is None:
+            return await SmtpClient.open(host, self.cfg.hostname, d.connect_timeout, d.command_timeout)
+        return await SmtpClient.open(host, source.ehlo, d.connect_timeout, d.command_timeout, source.address)
 
     async def _authenticate(self, client: SmtpClient, route: RouteConfig) -> None:
         creds = self._read_credentials(route.auth_file)

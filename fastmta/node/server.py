@@ -21,8 +21,10 @@ from typing import Any
 from fastmta import config as config_mod
 from fastmta import parser
 from fastmta.api import app as api
-from fastmta.config import Config, ConfigError
+from fastmta.config import Config, ConfigError, address_in_use
+from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
+from fastmta.delivery.feedback import FeedbackDeliverer
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.deliverylog import DeliveryLog
@@ -35,6 +37,7 @@ from fastmta.smtp.listener import Hub, ListenerSettings, listen
 from fastmta.smtp.policy import Policy
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
+from fastmta.spool.suppression import SuppressionList
 from fastmta.webhook import WebhookService
 
 log = logging.getLogger("fastmta.server")
@@ -51,7 +54,8 @@ class SpoolStore:
     def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
         rcpts = [Recipient(addr, orcpt=orcpt, notify=notify) for addr, notify, orcpt in txn.rcpts]
         env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
-                       listener=txn.listener, params=txn.params)  # fmt: skip
+                       listener=txn.listener, params=txn.params, pool=txn.pool,
+                       tenant=txn.tenant or txn.user)  # fmt: skip
         return self._put(env, body, head)
 
 
@@ -69,6 +73,8 @@ def say(text: str) -> None:
 
 class Server:
     """One running fastmta process (with ``[server] workers = N``, one per worker)."""
+
+    reuse_port = False  # SO_REUSEPORT: only workers share their listening addresses
 
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
@@ -102,6 +108,7 @@ class Server:
             loop.add_signal_handler(sig, handler)
         users = Users.load(cfg.policy.users_file)
         ssl_context = tls.server_context(cfg)
+        _check_sending(cfg)
         self.dkim = DkimService(cfg.dkim) if cfg.dkim else None  # a bad key stops us here
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
@@ -109,10 +116,24 @@ class Server:
         if cfg.webhooks:
             self.webhooks = WebhookService(cfg.webhooks, spool, self.dlog)
             await self.webhooks.start()
+        self.suppression = SuppressionList.open(cfg.spool)
+        feedback = (
+            FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
+            if cfg.suppression.fbl_addresses
+            else None
+        )
         if self.dkim is not None:
             await self.dkim.start()
         remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), self.dkim)
-        self.delivery = await start_delivery(cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog)
+        self.delivery = await start_delivery(
+            cfg,
+            spool,
+            remote,
+            LocalDeliverer(cfg, spool),
+            self.dlog,
+            suppression=self.suppression,
+            feedback=feedback,
+        )
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -120,12 +141,16 @@ class Server:
         try:
             for lcfg in cfg.listeners:
                 self._settings[lcfg.label] = ListenerSettings(cfg, lcfg, hub, policy, users, ssl_context)
-                server = await listen(hub, lcfg, lambda label=lcfg.label: self._settings[label])
+                server = await listen(
+                    hub, lcfg, lambda label=lcfg.label: self._settings[label], self.reuse_port
+                )
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
             if cfg.http.address is not None:
-                await self._start_api(cfg, spool)
-            exporter = serve_metrics(cfg.metrics.address, self._healthy)
+                with address_in_use("http.address", cfg.http.address):
+                    await self._start_api(cfg, spool)
+            with address_in_use("metrics", cfg.metrics.address):
+                exporter = serve_metrics(cfg.metrics.address, self._healthy)
         except BaseException:
             await self._shutdown(0.0)
             raise
@@ -177,6 +202,8 @@ class Server:
         self._reload_pending = False
         try:
             cfg = self.load_config()
+            if unbindable := sources.unbindable(cfg):
+                raise ConfigError(unbindable)
             users = Users.load(cfg.policy.users_file)
             if self.ssl_context is not None:
                 tls.reload(self.ssl_context, cfg)
@@ -228,8 +255,20 @@ class Server:
             await self.webhooks.close()
         if self.dkim is not None:
             await self.dkim.close()
+        self.suppression.close()
         self.spool.close()
         self.dlog.close()
+
+
+def _check_sending(cfg: Config) -> None:
+    """Every pool source can be bound and the complaint-token key read: else start-up errors naming them."""
+    errors = sources.unbindable(cfg)
+    try:
+        ref.load_key(cfg)
+    except OSError as e:
+        errors.append(f"suppression.fbl_key_file: cannot read {ref.key_path(cfg)}: {e.strerror or e}")
+    if errors:
+        raise ConfigError(errors)
 
 
 def _policy(cfg: Config) -> Policy:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastmta.config import Config
+from fastmta.config import Config, address_in_use
 
 WORKER_ENV = "FASTMTA_WORKER"  # "<index>/<count>/<lifeline fd>", set for workers only
 # lifeline bytes: worker → supervisor READY once, FLUSHED after each FLUSH request
@@ -117,6 +117,7 @@ class Supervisor:
         from fastmta.spool.store import ensure_dir
 
         ensure_dir(self.cfg.spool.path)
+        self._check_addresses()
         shards.adopt_orphans(self.cfg.spool, self.count)
         self._prepare_multiproc_dir()
         loop = self._loop = asyncio.get_running_loop()
@@ -143,6 +144,21 @@ class Supervisor:
     def stop(self) -> None:
         self.stopping = True
         self._stop.set()
+
+    def _check_addresses(self) -> None:
+        """Refuse to start where another process listens (another fastmta, say).
+
+        The workers bind with SO_REUSEPORT so that they can share each address; the
+        kernel would let any other SO_REUSEPORT socket of the same user join them
+        and take part of the traffic. A bind without it first fails on an address
+        held by anyone (only a simultaneous start of two instances slips through).
+        """
+        for lcfg in self.cfg.listeners:
+            host, port = lcfg.address
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as probe, address_in_use(f"listener {lcfg.label}", lcfg.address):
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+                probe.bind((host, port))
 
     def healthy(self) -> bool:
         """Every worker is up and has said it is ready (called from the exporter thread)."""
@@ -313,7 +329,8 @@ class Supervisor:
         registry = metrics.default_registry(first=_WorkersCollector(self))
         spool_cfg = self.cfg.spool
         metrics.set_spool_stats_source(lambda: shards.usage(spool_cfg))
-        exporter = serve_metrics(self.cfg.metrics.address, self.healthy, registry)
+        with address_in_use("metrics", self.cfg.metrics.address):
+            exporter = serve_metrics(self.cfg.metrics.address, self.healthy, registry)
         if exporter.address is not None:
             host, port = exporter.address
             say(f"metrics of every worker on http://{f'[{host}]' if ':' in host else host}:{port}/metrics")

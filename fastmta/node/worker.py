@@ -70,6 +70,8 @@ def worker_config(cfg: Config, index: int, workers: int) -> Config:
 class WorkerServer(Server):
     """A Server that reports readiness on its lifeline and stops when the supervisor goes away."""
 
+    reuse_port = True  # its siblings bind the same addresses; the supervisor checked them first
+
     def __init__(self, cfg: Config, config_path: str | None, index: int, workers: int, lifeline: int) -> None:
         super().__init__(worker_config(cfg, index, workers), config_path)
         self.node_spool = cfg.spool

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Delivery side entry point: the composition root calls ``start_delivery``.
 
-``DeliveryService`` is all ``server.py`` sees: ``submit`` committed envelopes
+``DeliveryService`` is all ``node/server.py`` sees: ``submit`` committed envelopes
 (from ``spool.on_commit``), ``reload`` on SIGHUP (lifts ``[delivery] hold``),
 ``stop`` at shutdown. The scheduler proper lives in core.py, shards in shard.py.
 """
@@ -19,6 +19,7 @@ from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
 from fastmta.scheduler.ports import QueueSpool
 from fastmta.spool.records import Envelope
+from fastmta.spool.suppression import SuppressionList
 
 
 class DeliveryService:
@@ -57,12 +58,16 @@ async def start_delivery(
     local: Deliverer | None = None,
     dlog: DeliveryLog | None = None,
     interval: float = 1.0,
+    suppression: SuppressionList | None = None,
+    feedback: Deliverer | None = None,
 ) -> DeliveryService:
     """Build the scheduler and its feeder around ready deliverers, and start feeding.
 
     ``remote`` takes every destination but the local domains, ``local`` those (None:
-    ``remote`` takes them too). The service closes both when it stops.
+    ``remote`` takes them too), ``feedback`` the ARF reports sent to ``[suppression]
+    fbl_addresses``. The service closes every deliverer when it stops.
     """
-    sched = Scheduler(cfg, spool, remote, local, dlog)
+    sched = Scheduler(cfg, spool, remote, local, dlog, suppression=suppression, feedback=feedback)
     feeder = Feeder(sched, interval, spool.count)
-    return DeliveryService(sched, feeder, [remote] if local is None else [remote, local])
+    deliverers = [d for d in (remote, local, feedback) if d is not None]
+    return DeliveryService(sched, feeder, deliverers)

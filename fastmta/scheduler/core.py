@@ -22,6 +22,7 @@ from fastmta import metrics
 from fastmta.config import Config
 from fastmta.delivery import LOCAL_KEY, Attempt, Deliverer, Destination, destination_for
 from fastmta.delivery import dsn as dsnlib
+from fastmta.delivery.sources import Sources, base_key
 from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
 from fastmta.scheduler import outcomes, retry
@@ -31,6 +32,7 @@ from fastmta.scheduler.rounds import Round, Work
 from fastmta.scheduler.shard import Shard, shard_of
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import BOUNCE, FAILED, PENDING, Envelope, RcptState, Recipient
+from fastmta.spool.suppression import Entry, SuppressionList
 
 log = logging.getLogger("fastmta.scheduler")
 
@@ -39,6 +41,18 @@ DEST_SHARE = 4  # one destination holds at most a quarter of that
 PARKED_MAX = 200_000  # ids remembered as turned away (their destination was full); ~100 bytes each
 _NO_OUTCOME = Deferred(Reply(451, "4.3.0", "Local error: no delivery outcome"), "other")
 _CRASH = Deferred(Reply(451, "4.3.0", "Local error in delivery"), "other")
+_SUPPRESSED = Reply(550, "5.7.1", "Recipient address is on the suppression list")
+FBL_KEY = "fbl"  # feedback-loop reports: consumed by the feedback deliverer, never sent on
+
+
+def _tags(env: Envelope, dest: Destination) -> dict[str, str]:
+    """Who a delivery was for and where it left from: every delivery log line carries these."""
+    return {"tenant": env.tenant, "pool": dest.pool, "source": dest.source.address if dest.source else ""}
+
+
+def _log_failed_write(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not add to the suppression list: %s", fut.exception())
 
 
 class Scheduler:
@@ -54,6 +68,8 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         max_in_memory: int = MAX_IN_MEMORY,
+        suppression: SuppressionList | None = None,
+        feedback: Deliverer | None = None,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
@@ -82,6 +98,13 @@ class Scheduler:
         self._m_seconds = metrics.bound(metrics.delivery_seconds)
         self._m_fail: dict[tuple[str, str], Any] = {}
         self._admin_suspended: set[str] = set()  # destination keys the administrator suspended
+        # sending pools, the suppression list and feedback-loop reports (docs/operations.md)
+        self.sources = Sources(cfg)
+        self.suppression = suppression
+        self.feedback = feedback
+        self._fbl = frozenset(cfg.suppression.fbl_addresses) if feedback is not None else frozenset()
+        self._m_pool: dict[tuple[str, str], Any] = {}
+        self._m_suppressed = metrics.bound(metrics.suppressed_total)
 
     # --- intake ----------------------------------------------------------------------
 
@@ -108,9 +131,21 @@ class Scheduler:
         """
         groups: dict[str, tuple[Shard, Destination, list[int]]] = {}
         admin: list[int] = []
+        blocked = self._suppressed_rcpts(env)
+        blocked_set = set(blocked)
+        pool = self.sources.pool_of(env.pool, env.sender)
+        source = self.sources.pick(pool)
         for i, rc in enumerate(env.rcpts):
             if rc.state == PENDING:
+                if blocked and i in blocked_set:
+                    continue
                 shard, dest = self._destination(rc.addr)
+                if self._fbl and rc.addr.lower() in self._fbl:
+                    shard, dest = self.shards[0], Destination(FBL_KEY, dest.domain)
+                elif dest.key != LOCAL_KEY:
+                    dest = self.sources.bind(dest, pool, source)
+                    if source is not None:
+                        shard = self.shards[shard_of(dest.key, len(self.shards))]
                 g = groups.get(dest.key)
                 if g is None:
                     groups[dest.key] = (shard, dest, [i])
@@ -119,7 +154,12 @@ class Scheduler:
             elif rc.state == BOUNCE:
                 admin.append(i)
         work = [(shard, shard.queue(dest), idx) for shard, dest, idx in groups.values()]
-        if work and not admin and all(len(dq.ready) + dq.inflight >= self.dest_cap for _, dq, _ in work):
+        if (
+            work
+            and not admin
+            and not blocked
+            and all(len(dq.ready) + dq.inflight >= self.dest_cap for _, dq, _ in work)
+        ):
             for _, dq, _ in work:
                 dq.parked = True
             if len(self.parked) >= PARKED_MAX:
@@ -128,9 +168,11 @@ class Scheduler:
             return False
         rnd = Round(env)
         self.rounds[env.id] = rnd
-        rnd.waiting = len(work) + (1 if admin else 0)
+        rnd.waiting = len(work) + (1 if admin else 0) + (1 if blocked else 0)
         if admin:
             self._admin_bounce(rnd, admin)
+        if blocked:
+            self._suppress(rnd, blocked)
         if rnd.waiting == 0:
             self._round_done(rnd)
             return True
@@ -166,6 +208,8 @@ class Scheduler:
     async def deliver(self, dest: Destination, work: Work) -> Attempt:
         """One deliver() call; a deliverer that breaks its promise and raises defers."""
         deliverer = self.local if dest.key == LOCAL_KEY and self.local is not None else self.remote
+        if dest.key == FBL_KEY and self.feedback is not None:
+            deliverer = self.feedback
         try:
             return await deliverer.deliver(dest, work.round.env, work.rcpts)
         except asyncio.CancelledError:
@@ -184,6 +228,7 @@ class Scheduler:
         ]
         if failed:
             self._react(dq, failed, now)
+        self._count_pool(dq.dest.pool, work, results, bool(failed))
         self._apply(dq, work, attempt, now, dq.suspended_until if dq.suspended(now) else 0.0)
         if dq.suspended(now) and dq.ready:
             shard.drain(dq, lambda w: self.skip(dq, w, now))
@@ -227,7 +272,7 @@ class Scheduler:
             dsn_passed=attempt.dsn_passed,
             tried=tried,
         )
-        base = {
+        base: dict[str, Any] = {
             "ts": iso_ts(now),
             "id": env.id,
             "from": env.sender,
@@ -235,6 +280,7 @@ class Scheduler:
             "attempt": env.attempts + 1,
             "elapsed_ms": int(attempt.elapsed * 1000),
             "tls": attempt.tls,
+            **_tags(env, dq.dest),
         }
         if attempt.dkim:
             base["dkim"] = list(attempt.dkim)
@@ -297,6 +343,67 @@ class Scheduler:
                 rnd.report(decision.report)
         self._schedule_flush()
         rnd.waiting -= 1
+
+    def _suppressed_rcpts(self, env: Envelope) -> list[int]:
+        """Pending recipients on the suppression list (one read transaction per message)."""
+        if self.suppression is None:
+            return []
+        todo = [(i, rc.addr) for i, rc in enumerate(env.rcpts) if rc.state == PENDING]
+        return self.suppression.suppressed(todo, env.tenant) if todo else []
+
+    def _suppress(self, rnd: Round, idx: list[int]) -> None:
+        """Suppressed recipients fail untried: ``550 5.7.1``, event ``suppressed``, a DSN."""
+        env = rnd.env
+        now = self.clock()
+        reply = _SUPPRESSED
+        for i in idx:
+            rc = env.rcpts[i]
+            rnd.states[i] = RcptState(FAILED, str(reply))
+            self._log_buf.append(
+                {
+                    "ts": iso_ts(now),
+                    "event": "suppressed",
+                    "id": env.id,
+                    "from": env.sender,
+                    "rcpt": rc.addr,
+                    "code": reply.code,
+                    "enhanced": reply.enhanced,
+                    "response": reply.text,
+                    "attempt": env.attempts,
+                    "bounce_class": "suppressed",
+                    "tenant": env.tenant,
+                }
+            )
+            self._count("bounced", "suppressed")
+            self._m_suppressed.inc()
+            if dsnlib.wanted(env.sender, rc.notify, "failed"):
+                rnd.report(dsnlib.RcptReport(rc.addr, "failed", dsnlib.status_of(reply), reply, rc.orcpt))
+        self._schedule_flush()
+        rnd.waiting -= 1
+
+    def _count_pool(self, pool: str, work: Work, results: dict[int, Any], failed: bool) -> None:
+        """``fastmta_pool_deliveries_total`` and, on ``invalid_recipient`` bounces, auto-suppression."""
+        auto: list[Entry] = []
+        for i in work.rcpts:
+            o = results.get(i, _NO_OUTCOME)
+            result = (
+                "delivered"
+                if isinstance(o, Delivered)
+                else "bounced"
+                if isinstance(o, Bounced)
+                else "deferred"
+            )
+            child = self._m_pool.get((pool, result))
+            if child is None:
+                child = self._m_pool[(pool, result)] = metrics.bound(
+                    metrics.pool_deliveries_total, pool, result
+                )
+            child.inc()
+            if failed and isinstance(o, Bounced) and o.bounce_class == "invalid_recipient":
+                auto.append(Entry(work.round.env.rcpts[i].addr, work.round.env.tenant, str(o.reply)))
+        if auto and self.suppression is not None and self.cfg.suppression.auto:
+            fut = self.suppression.add_soon(auto)
+            fut.add_done_callback(_log_failed_write)
 
     def _count(self, result: str, bounce_class: str) -> None:
         self._m_result[result].inc()
@@ -423,6 +530,9 @@ class Scheduler:
         self.held = cfg.delivery.hold
         self._local_domains = frozenset(cfg.policy.local_domains)
         self._dests.clear()
+        self.sources = Sources(cfg)
+        if self.feedback is not None:
+            self._fbl = frozenset(cfg.suppression.fbl_addresses)
         d = cfg.delivery
         for shard in self.shards:
             for dq in shard.dests.values():
@@ -437,12 +547,8 @@ class Scheduler:
         if domains is None:
             queues = [(s, dq) for s in self.shards for dq in s.dests.values()]
         else:
-            queues = []
-            for domain in domains:
-                shard, dest = self._destination("@" + domain)
-                dq = shard.dests.get(dest.key)
-                if dq is not None:
-                    queues.append((shard, dq))
+            keys = {self._destination("@" + domain)[1].key for domain in domains}
+            queues = [(s, dq) for s in self.shards for dq in s.dests.values() if base_key(dq.dest) in keys]
         for shard, dq in queues:
             if dq.suspended(now):
                 log.info("queue flush: delivery to %s resumed", dq.dest.key)

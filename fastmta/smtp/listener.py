@@ -3,8 +3,8 @@
 
 The ``Hub`` holds what is global to the process: connection counts (global and
 per IP), AUTH-failure counts, the set of open connections, the coarse clock and
-the sweeper that enforces command/data timeouts (one timer for all connections,
-not one per read). ``ListenerSettings`` is what a session needs to know about its
+the sweeper that enforces command/data timeouts and the session bound (one timer
+for all connections, not one per read). ``ListenerSettings`` is what a session needs to know about its
 listener, built once (replies prebuilt) and rebuilt on SIGHUP.
 """
 
@@ -18,7 +18,7 @@ import ssl
 from typing import Any
 
 from fastmta import metrics
-from fastmta.config import Config, ConfigError, ListenerConfig
+from fastmta.config import Config, ConfigError, ListenerConfig, address_in_use
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import MAX_LINE as AUTH_MAX_LINE
 from fastmta.smtp.auth import Users
@@ -53,6 +53,7 @@ class ListenerSettings:
         self.bare_lf = limits.bare_lf
         self.command_timeout = limits.command_timeout
         self.data_timeout = limits.data_timeout
+        self.max_session_time = limits.max_session_time
         self.policy = policy
         self.users = users
         self.auth_failures: AuthFailures = hub.auth_failures
@@ -98,7 +99,7 @@ class Hub:
         self.limits.max_connections = limits.max_connections
         self.limits.max_per_ip = limits.max_connections_per_ip
         self.auth_failures.limit = cfg.policy.max_auth_failures_per_ip
-        shortest = min(limits.command_timeout, limits.data_timeout)
+        shortest = min(limits.command_timeout, limits.data_timeout, limits.max_session_time)
         self._tick = min(1.0, max(0.05, shortest / 10))
 
     def start(self) -> None:
@@ -136,18 +137,27 @@ class Hub:
         self.auth_executor.shutdown(wait=False)
 
 
-async def listen(hub: Hub, lcfg: ListenerConfig, settings_of: Any) -> asyncio.Server:
-    """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it)."""
+async def listen(
+    hub: Hub, lcfg: ListenerConfig, settings_of: Any, reuse_port: bool = False
+) -> asyncio.Server:
+    """Bind one [[listener]]; ``settings_of()`` gives its current ListenerSettings (SIGHUP swaps it).
+
+    ``reuse_port`` (SO_REUSEPORT) only for the workers of one supervisor, which share
+    the address on purpose: a lone ``serve`` binding without it cannot start beside
+    another process on the same address (the kernel would split the traffic between
+    two spools and two configurations) but fails, naming the address.
+    """
     host, port = lcfg.address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    settings = settings_of()
-    implicit = settings.ssl_context if lcfg.tls == "implicit" else None
-    if implicit is not None and lcfg.proxy_protocol:
-        # the PROXY header precedes the TLS handshake, which the TLS layer would swallow
+    if lcfg.tls == "implicit" and lcfg.proxy_protocol:
+        # the ClientHello may come in the same read as the PROXY header, and bytes
+        # already read cannot be handed to the TLS layer
         raise ConfigError([f'listener {lcfg.label}: proxy_protocol is not supported with tls = "implicit"'])
-    return await hub.loop.create_server(
-        lambda: SmtpProtocol(hub, settings_of()),
-        host=host, port=port, family=family, reuse_address=True,
-        reuse_port=hasattr(socket, "SO_REUSEPORT"), backlog=1024, ssl=implicit,
-        ssl_handshake_timeout=settings.command_timeout if implicit else None,
-    )  # fmt: skip
+    # Implicit TLS is not the server's ssl= but SmtpProtocol's own handshake after
+    # admission: counted, logged, timed and given back like STARTTLS.
+    with address_in_use(f"listener {lcfg.label}", lcfg.address):
+        return await hub.loop.create_server(
+            lambda: SmtpProtocol(hub, settings_of()),
+            host=host, port=port, family=family, reuse_address=True,
+            reuse_port=reuse_port and hasattr(socket, "SO_REUSEPORT"), backlog=1024,
+        )  # fmt: skip

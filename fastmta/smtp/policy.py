@@ -27,6 +27,7 @@ class Policy:
         self._networks = p.relay_networks
         self._accept_domains = frozenset(p.relay_domains) | frozenset(p.local_domains)
         self.local_domains = frozenset(p.local_domains)
+        self.pools = frozenset(pool.name for pool in cfg.pools)  # names X-Fastmta-Pool may give
         self._relay_client = lru_cache(maxsize=4096)(self._in_networks)
 
     def _in_networks(self, ip: str) -> bool:

@@ -8,7 +8,13 @@ no task) and the AUTH check; while either is pending, the events already parsed
 are held and newly arrived bytes wait unparsed (reading pauses only past a
 bound), so PIPELINING keeps its order and memory stays bounded. After STARTTLS
 the parser drops buffered plaintext (``discard``), so no command sent before the
-handshake is ever run inside TLS.
+handshake is ever run inside TLS. Implicit TLS is the same handshake, run at
+connect time after admission, so both are counted, logged and timed alike.
+
+Every way a connection ends (close, reset, timeout, a failed or abandoned TLS
+handshake, shutdown) goes through ``_release``, which gives the connection's
+slots back exactly once: a TLS layer that never reports its end to us must not
+keep a client's per-IP share forever.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ _EARLY_LIMIT = 256 * 1024  # bytes taken in while a commit or AUTH check is pend
 
 
 class Store(Protocol):
-    """Where accepted messages go (server.py adapts the spool to this)."""
+    """Where accepted messages go (the composition root, node/server.py, adapts the spool to this)."""
 
     def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
         """Store ``head + body`` (the Received: line, then the message as received)."""
@@ -80,8 +86,8 @@ class SmtpProtocol(asyncio.Protocol):
     """One inbound connection."""
 
     __slots__ = ("hub", "settings", "transport", "parser", "session", "peer", "last_active",
-                 "_held", "_early", "_waiting", "_paused_write", "_paused_early", "_admitted",
-                 "_closed", "_proxy")  # fmt: skip
+                 "_line_start", "_started", "_held", "_early", "_waiting", "_paused_write",
+                 "_paused_early", "_admitted", "_closed", "_proxy")  # fmt: skip
 
     def __init__(self, hub: Hub, settings: ListenerSettings) -> None:
         self.hub = hub
@@ -90,7 +96,9 @@ class SmtpProtocol(asyncio.Protocol):
         self.parser: Any = None
         self.session: Session | None = None
         self.peer = ""
-        self.last_active = 0.0
+        self.last_active = 0.0  # the last read (the idle timers run from here)
+        self._line_start = 0.0  # the read that began the unfinished command line, if any
+        self._started = 0.0  # connect time (max_session_time)
         self._held: list[tuple[int, object]] = []  # events parsed but not yet handled
         self._early = bytearray()  # bytes that arrived during a wait, not yet parsed
         self._waiting = False  # a commit, AUTH check or TLS handshake is pending
@@ -106,36 +114,48 @@ class SmtpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "unknown"
         self.settings.metrics.connections.inc()
+        self._started = self.last_active = self.hub.now
+        self.hub.connections.add(self)
         if self.settings.proxy_protocol:
             # The balancer speaks first: admission and the banner wait for the real client address.
             self._proxy = b""
-            self.last_active = self.hub.now
-            self.hub.connections.add(self)
             return
-        self._open()
+        if not self._admit():
+            return
+        if self.settings.implicit_tls:
+            # Admitted first, so the limits also guard the costly part: the handshake.
+            self._waiting = True
+            transport.pause_reading()  # the ClientHello is for the TLS layer
+            self.hub.loop.create_task(self._start_tls())
+            return
+        self._open("")
 
-    def _open(self) -> bool:
-        """Admit the client (limits, draining), start its session and send the banner."""
+    def _admit(self) -> bool:
+        """Take this client's connection slots (per IP and global), or refuse it with 421."""
         transport = self.transport
         settings = self.settings
         hub = self.hub
         if hub.draining:
             transport.write(R.R_421_SHUTDOWN)
-            transport.close()
+            self._close_now()
             return False
         refused = hub.limits.admit(self.peer)
         if refused is not None:
             settings.rejected("connection_limit")
             transport.write(R.R_421_IP_LIMIT if refused == "per_ip" else R.R_421_BUSY)
-            transport.close()
+            self._close_now()
             return False
         self._admitted = True
         settings.metrics.active.inc()
+        return True
+
+    def _open(self, tls: str) -> None:
+        """Start the admitted client's session and send the banner."""
+        transport = self.transport
+        settings = self.settings
         self.parser = CommandParser(settings.parser_max_line, settings.max_size, settings.bare_lf)
-        tls = tls_description(transport.get_extra_info("ssl_object")) if settings.implicit_tls else ""
         self.session = Session(settings, self.peer, tls)
-        self.last_active = hub.now
-        hub.connections.add(self)
+        self.last_active = self.hub.now
         if settings.pregreet_check:
             early = _bytes_waiting(transport)
             if early:  # sent before we even accepted: a legitimate client waits for the 220
@@ -144,7 +164,6 @@ class SmtpProtocol(asyncio.Protocol):
                     "client %s talked before the banner (%d bytes waiting at accept)", self.peer, early
                 )
         transport.write(settings.banner)
-        return True
 
     def _proxy_header(self, data: bytes) -> None:
         buf = self._proxy + data  # type: ignore[operator]
@@ -162,18 +181,22 @@ class SmtpProtocol(asyncio.Protocol):
             return
         used, client = parsed
         self._proxy = None
-        self.hub.connections.discard(self)
         if client:
             self.peer = client
-        if self._open() and len(buf) > used:
+        if not self._admit():
+            return
+        self._open("")
+        if len(buf) > used:
             self.data_received(buf[used:])
 
     def _close_now(self) -> None:
+        """Close without a word more; the slots are given back when the transport is gone."""
         self._closed = True
-        self.hub.connections.discard(self)
+        self.last_active = self.hub.now
         self.transport.close()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _release(self) -> None:
+        """The connection is over: give its slots back. Idempotent; every end comes here."""
         self._closed = True
         self.hub.connections.discard(self)
         if not self._admitted:
@@ -182,6 +205,9 @@ class SmtpProtocol(asyncio.Protocol):
         self.hub.limits.release(self.peer)
         self.settings.metrics.active.dec()
         self.parser = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
 
     def pause_writing(self) -> None:
         # The peer does not read its replies: stop reading its commands (bounded memory).
@@ -197,10 +223,16 @@ class SmtpProtocol(asyncio.Protocol):
     # --- the hot path -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._closed or self.session is None:
-            if self._proxy is not None and not self._closed:
+            if self._closed:
+                return
+            if self._proxy is not None:
                 self._proxy_header(data)
+            elif len(self._early) + len(data) <= _EARLY_LIMIT:
+                self._early += data  # implicit TLS: the ClientHello, read before the handshake began
+            else:
+                self.abort()
             return
-        self.last_active = self.hub.now
+        now = self.last_active = self.hub.now
         if self._waiting:
             # Not parsed yet: the held events may end at a DATA barrier the session has
             # not seen, and parsing on would read a body as commands. Reading goes on
@@ -211,18 +243,24 @@ class SmtpProtocol(asyncio.Protocol):
                 self._paused_early = True
                 self.transport.pause_reading()
             return
+        parser = self.parser
+        fresh = not parser.partial
         try:
-            self._run(self.parser.feed(data))
+            self._run(parser.feed(data))
         except Exception:
             self._internal_error()
+            return
+        # A command line is timed from its first octet, not its last (slowloris): note
+        # the read that began the unfinished line, if any. One check per read, no timer.
+        if parser.partial and (fresh or b"\r\n" in data):
+            self._line_start = now
 
     def _internal_error(self) -> None:
         """A bug, not bad input: log it, tell the client 451 and close this connection only."""
         log.exception("internal error in a session with %s", self.peer)
         if not self._closed:
-            self._closed = True
             self.transport.write(R.R_451_LOCAL_ERROR)
-            self.transport.close()
+            self._close_now()
 
     def _run(self, events: list[tuple[int, object]]) -> None:
         """Handle events in order; stop (holding the rest) at anything that must wait."""
@@ -295,7 +333,7 @@ class SmtpProtocol(asyncio.Protocol):
         self._waiting = False
         if self._closed:
             return
-        self.last_active = self.hub.now
+        self._line_start = self.last_active = self.hub.now
         held, self._held = self._held, []
         try:
             self._run(held)
@@ -314,8 +352,7 @@ class SmtpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._flush()
-        self._closed = True
-        self.transport.close()
+        self._close_now()
 
     # --- waits -------------------------------------------------------------------------
     def _commit(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> None:
@@ -374,9 +411,16 @@ class SmtpProtocol(asyncio.Protocol):
         self._resume()
 
     async def _start_tls(self) -> None:
+        """The TLS handshake: after STARTTLS, or at connect on an implicit-TLS listener."""
         settings = self.settings
         ctx: ssl.SSLContext | None = settings.ssl_context
         assert ctx is not None
+        kind = "STARTTLS" if self.session is not None else "TLS"
+        if self.session is None and self._early:
+            # Implicit TLS: the transport reads from connect on, so the ClientHello may
+            # already be here. Handed to the TLS layer right after start_tls() installs
+            # it (and has paused reading), before the handshake looks for it.
+            self.hub.loop.call_soon(self._to_tls_layer, bytes(self._early))
         # Bytes read since the STARTTLS line (a read that raced pause_reading) are
         # plaintext: none of it may run as a command inside TLS (RFC 3207 §5). What
         # arrives from here on comes through the TLS layer.
@@ -385,34 +429,75 @@ class SmtpProtocol(asyncio.Protocol):
             transport = await self.hub.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=settings.command_timeout
             )
+            if transport is None:
+                raise ConnectionResetError("connection lost during the handshake")
         except Exception as e:  # a failed handshake of any kind ends this connection only
             settings.metrics.tls_failed.inc()
-            log.info("STARTTLS handshake with %s failed: %s", self.peer, e)
-            self._closed = True
+            # Some failures (a reset, a timeout) carry no message: the class names them.
+            log.info("%s handshake with %s failed: %s", kind, self.peer, str(e) or type(e).__name__)
+            # The TLS layer took the socket over and never reports its end to this
+            # protocol: abort it and give the slots back here, or they are lost.
             self.transport.abort()
-            return
-        if transport is None:  # the peer went away during the handshake
-            self._closed = True
+            self._release()
             return
         settings.metrics.tls_ok.inc()
         self.transport = transport
         self._paused_write = self._paused_early = False
-        self.session.tls_started(tls_description(transport.get_extra_info("ssl_object")))  # type: ignore[union-attr]
-        if self.parser is not None:
-            self.parser.discard()  # defence in depth, as at the STARTTLS line
-        self._resume()
+        tls = tls_description(transport.get_extra_info("ssl_object"))
+        if self._closed:  # shut down while the handshake ran
+            transport.abort()
+            self._release()
+        elif self.session is None:  # implicit TLS: the session starts now
+            self._waiting = False
+            self._open(tls)
+            if self.hub.draining:
+                self.drain()
+        else:
+            self.session.tls_started(tls)
+            if self.parser is not None:
+                self.parser.discard()  # defence in depth, as at the STARTTLS line
+            self._resume()
+
+    def _to_tls_layer(self, data: bytes) -> None:
+        """Give bytes read before the handshake to the TLS layer (a BufferedProtocol)."""
+        if self._closed:
+            return
+        layer = self.transport.get_protocol()
+        view = memoryview(data)
+        while view:
+            buf = layer.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            layer.buffer_updated(n)
+            view = view[n:]
 
     # --- called by the hub -------------------------------------------------------------
     def check_timeout(self, now: float) -> None:
-        session = self.session
-        if self._proxy is not None and now - self.last_active > self.settings.command_timeout:
-            self._close_now()
-            return
-        if self._waiting or self._closed or session is None:
-            return
         settings = self.settings
-        limit = settings.data_timeout if session.state in (S_DATA, S_BDAT) else settings.command_timeout
-        if now - self.last_active > limit:
+        if self._closed:
+            # Closing, but the peer does not read what is left to send: no close
+            # may hold the slots forever.
+            if now - self.last_active > settings.command_timeout:
+                self.transport.abort()
+                self._release()
+            return
+        if self._proxy is not None:
+            if now - self.last_active > settings.command_timeout:
+                self._close_now()
+            return
+        session = self.session
+        if self._waiting or session is None:
+            return  # a handshake has its own timeout; a commit or AUTH check ends by itself
+        if self.parser.partial:
+            why = "command line unfinished" if now - self._line_start > settings.command_timeout else ""
+        elif session.state in (S_DATA, S_BDAT):
+            why = "idle in the message data" if now - self.last_active > settings.data_timeout else ""
+        else:
+            why = "idle" if now - self.last_active > settings.command_timeout else ""
+        if not why and now - self._started > settings.max_session_time:
+            why = "session too long"
+        if why:
+            log.info("closing the session with %s: %s", self.peer, why)
             session.timeout()
             self._close()
 
@@ -423,13 +508,14 @@ class SmtpProtocol(asyncio.Protocol):
             self._close_now()  # no client behind this balancer connection yet
             return
         if session is None or self._closed:
-            return
+            return  # an implicit-TLS handshake still running drains when it ends
         session.draining = True
         if not self._waiting and not session.in_transaction:
             session.out.append(R.R_421_SHUTDOWN)
             self._close()
 
     def abort(self) -> None:
-        if not self._closed and self.transport is not None:
-            self._closed = True
+        """Shutdown past its grace period: drop the connection whatever it is doing."""
+        if self.transport is not None:
             self.transport.abort()
+        self._release()

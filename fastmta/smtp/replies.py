@@ -82,6 +82,11 @@ R_552_TOO_BIG = _r("R_552_TOO_BIG", 552, "5.3.4", "Message size exceeds fixed li
 R_553_NEED_SMTPUTF8 = _r("R_553_NEED_SMTPUTF8", 553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 R_553_BAD_MAILBOX = _r("R_553_BAD_MAILBOX", 553, "5.1.3", "Mailbox name not allowed")
 R_554_TOO_MANY_HOPS = _r("R_554_TOO_MANY_HOPS", 554, "5.4.6", "Too many hops: message refused as a mail loop")
+R_550_XHEADER_DENIED = _r(
+    "R_550_XHEADER_DENIED", 550, "5.7.1", "X-Fastmta headers are not accepted from this client"
+)
+R_550_XHEADER_BAD = _r("R_550_XHEADER_BAD", 550, "5.7.1", "Bad X-Fastmta-Pool or X-Fastmta-Tenant value")
+R_550_POOL_UNKNOWN = _r("R_550_POOL_UNKNOWN", 550, "5.7.1", "Unknown sending pool")
 R_554_RELAY_DENIED = _r("R_554_RELAY_DENIED", 554, "5.7.1", "Relay access denied")
 R_555_BAD_PARAM = _r("R_555_BAD_PARAM", 555, "5.5.4", "Unsupported or malformed MAIL or RCPT parameter")
 

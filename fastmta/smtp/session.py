@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastmta.errors import SpoolFullError
-from fastmta.smtp import auth
+from fastmta.smtp import auth, xheaders
 from fastmta.smtp import replies as R
 from fastmta.smtp.commands import ArgError, domain_of, parse_mail, parse_rcpt
 from fastmta.smtp.headers import missing_fields
@@ -111,6 +111,8 @@ class Transaction:
     listener: str = ""
     user: str = ""
     tls: str = ""
+    pool: str = ""  # from X-Fastmta-Pool (smtp/xheaders.py)
+    tenant: str = ""  # from X-Fastmta-Tenant
 
 
 class Settings(Protocol):
@@ -250,6 +252,12 @@ class Session:
             return None
         if hops(body) > self.cfg.max_hops:  # a mail loop: refused whole, like a smuggling attempt
             return self._body_refused(R.R_554_TOO_MANY_HOPS, "too_many_hops")
+        tags = xheaders.extract(body)
+        if tags is not None:
+            refusal = self._tags_refusal(tags)
+            if refusal is not None:
+                return self._body_refused(refusal, "xheader")
+            txn.pool, txn.tenant, body = tags.pool, tags.tenant, tags.body
         msg_id = self.cfg.new_id()
         self._set_state(S_COMMIT)
         # The Received: line travels beside the body, not joined to it: no copy of the body.
@@ -257,6 +265,16 @@ class Session:
         if self.cfg.submission:  # our own clients' mail gets a missing Date:/Message-ID: (RFC 6409 §8)
             head += missing_fields(body, msg_id, self.cfg.hostname)
         return (A_COMMIT, msg_id, txn, head, body)
+
+    def _tags_refusal(self, tags: xheaders.Tags) -> bytes | None:
+        """Only clients that may relay choose pool and tenant, and only pools that exist."""
+        if not (self.relay_client or self.user):
+            return R.R_550_XHEADER_DENIED
+        if not tags.valid:
+            return R.R_550_XHEADER_BAD
+        if tags.pool and tags.pool not in self.cfg.policy.pools:
+            return R.R_550_POOL_UNKNOWN
+        return None
 
     def data_too_big(self) -> Action | None:
         return self._body_refused(R.R_552_TOO_BIG, "size")

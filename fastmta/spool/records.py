@@ -4,7 +4,8 @@
 A record is ``version byte | crc32 | fixed header | length-prefixed strings |
 recipients``; the CRC lets recovery check a million records without decoding them.
 Fields are only ever appended within a version and decoders ignore trailing bytes,
-so an older reader tolerates a newer writer's additions. Anything that does not
+so an older reader tolerates a newer writer's additions: the sending pool and the
+tenant ride in such a trailing block (``_TAGS``), absent from older records. Anything that does not
 decode raises ``RecordError``; recovery quarantines such a record, it never
 crashes on it. The message id is the LMDB key, not part of the value.
 """
@@ -32,6 +33,7 @@ MAX_ERROR = 1000  # characters of last_error kept; replies can be long
 _CRC = struct.Struct("<BI")  # version, crc32 of the rest
 _HDR = struct.Struct("<dQIdH")  # arrived, size, attempts, next_attempt, n_rcpts
 _NEXT = struct.Struct("<d")
+_TAGS = struct.Struct("<HH")  # trailing block: pool and tenant lengths, then their bytes
 NEXT_ATTEMPT_END = 5 + 8 + 8 + 4 + 8  # crc header, arrived, size, attempts, next_attempt
 
 
@@ -68,6 +70,8 @@ class Envelope:
     helo: str = ""
     listener: str = ""
     params: dict[str, str] = field(default_factory=dict)  # MAIL params: BODY, SMTPUTF8, RET, ENVID
+    pool: str = ""  # sending pool chosen at reception ("" = by sender domain, else the default)
+    tenant: str = ""  # who the message was sent for ("" = nobody in particular)
 
     def pending(self) -> list[int]:
         """Indexes of recipients still to be handled."""
@@ -110,8 +114,15 @@ def encode(env: Envelope) -> bytes:
         enc = [_cap(b) for b in enc]
         lens = [len(b) for b in enc]
     n = len(env.rcpts)
+    tags = b""
+    if env.pool or env.tenant:
+        pool, tenant = (
+            _cap(env.pool.encode("utf-8", "surrogateescape")),
+            _cap(env.tenant.encode("utf-8", "surrogateescape")),
+        )
+        tags = _TAGS.pack(len(pool), len(tenant)) + pool + tenant
     payload = b"".join([_HDR.pack(env.arrived, env.size, env.attempts, env.next_attempt, n),
-                        _layout(n).pack(*fixed, *lens), *enc])  # fmt: skip
+                        _layout(n).pack(*fixed, *lens), *enc, tags])  # fmt: skip
     return _CRC.pack(VERSION, zlib.crc32(payload)) + payload
 
 
@@ -150,9 +161,22 @@ def decode(msg_id: str, data: bytes | memoryview) -> Envelope:
             p += ln
         rcpts = [Recipient(strs[j], STATES[fixed[2 * i]], strs[j + 1], strs[j + 2], strs[j + 3],
                            fixed[2 * i + 1]) for i, j in enumerate(range(6, k, 4))]  # fmt: skip
+        pool, tenant = _tags(blob, p)
     except (struct.error, IndexError) as e:
         raise RecordError(f"damaged record: {e}") from None
     sender, last_error, client_ip, helo, listener, params_s = strs[:6]
     params = dict(p.split("=", 1) for p in params_s.split("\x00") if "=" in p) if params_s else {}
     return Envelope(msg_id, sender, rcpts, arrived, size, attempts, next_attempt, last_error,
-                    client_ip, helo, listener, params)  # fmt: skip
+                    client_ip, helo, listener, params, pool, tenant)  # fmt: skip
+
+
+def _tags(blob: bytes, pos: int) -> tuple[str, str]:
+    """The trailing (pool, tenant) block; ("", "") for a record written before it existed."""
+    if len(blob) - pos < _TAGS.size:
+        return "", ""
+    a, b = _TAGS.unpack_from(blob, pos)
+    pos += _TAGS.size
+    if pos + a + b > len(blob):
+        raise RecordError("truncated pool/tenant block")
+    dec = [blob[pos : pos + a], blob[pos + a : pos + a + b]]
+    return dec[0].decode("utf-8", "surrogateescape"), dec[1].decode("utf-8", "surrogateescape")

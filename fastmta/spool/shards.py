@@ -42,7 +42,9 @@ def shard_config(cfg: SpoolConfig, index: int, workers: int) -> SpoolConfig:
     """The spool of worker ``index`` of ``workers``: ``<path>`` alone, else ``<path>/<index>``."""
     if workers <= 1:
         return cfg
-    return dataclasses.replace(cfg, path=os.path.join(cfg.path, str(index)))
+    return dataclasses.replace(
+        cfg, path=os.path.join(cfg.path, str(index)), node_path=cfg.node_path or cfg.path
+    )
 
 
 def injection_config(cfg: Config) -> SpoolConfig:

@@ -169,7 +169,10 @@ def test_start_errors(tmp_path: Path) -> None:
         cfg.write_text(f'[[listener]]\naddress = "127.0.0.1:{port}"\n[spool]\npath = "{tmp_path / "sp"}"\n'
                        '[metrics]\naddress = ""\n[dns]\nnameservers = ["127.0.0.1:9"]\n')  # fmt: skip
         r = run_fastmta("serve", "--config", str(cfg))
-    assert r.returncode == 1 and b"cannot start" in r.stderr
+    assert (
+        r.returncode == 2
+        and f"listener 127.0.0.1:{port}: 127.0.0.1:{port} is already in use".encode() in r.stderr
+    )
 
 
 def test_metrics_per_listener(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 
 from tests.fixtures.metrics import scrape, value
 from tests.fixtures.server import RawClient, Running, running
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -266,3 +269,123 @@ def test_memory_bounded_when_the_client_never_reads(srv: Running) -> None:
     assert grown < 20 * 1024, f"server RSS grew {grown} KiB"
     with RawClient(srv.host, srv.port) as c:
         assert c.cmd(b"NOOP").startswith(b"250")
+
+
+def test_command_line_is_timed_from_its_first_byte(srv: Running) -> None:
+    """Slowloris: a byte every 0.5 s never leaves the line idle for command_timeout (1.5 s),
+    but the line must still be complete 1.5 s after its first byte."""
+    with RawClient(srv.host, srv.port) as c:
+        t0 = time.monotonic()
+        reply = b""
+        for byte in b"NOOP" + b" " * 40:
+            try:
+                c.send(bytes([byte]))
+            except OSError:
+                break
+            c.sock.settimeout(0.5)
+            try:
+                reply += c.sock.recv(1000)
+            except TimeoutError:
+                continue
+            if reply.endswith(b"\r\n"):
+                break
+        held = time.monotonic() - t0
+        assert reply == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
+        assert held < 6, f"the drip held the slot {held:.1f}s"
+        assert c.closed()
+
+
+def test_over_long_line_is_answered_before_its_crlf(srv: Running) -> None:
+    metrics = ("127.0.0.1", srv.ports["metrics"])
+    before = value(scrape(metrics), "fastmta_messages_rejected_total", reason="line_too_long")
+    with RawClient(srv.host, srv.port) as c:
+        c.send(b"NOOP " + b"a" * 93 + b"\r")  # 99 octets: an LF would make it 100, the limit
+        c.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            c.sock.recv(100)
+        c.sock.settimeout(30)
+        c.send(b"a")  # 100 octets without a CRLF: past the limit, whatever comes next
+        assert c.reply() == b"500 5.5.2 Line too long\r\n"
+        c.send(b"RSET\r\n")  # still the over-long line: never read as a command
+        assert c.cmd(b"NOOP") == b"250 2.0.0 Ok\r\n"
+    after = value(scrape(metrics), "fastmta_messages_rejected_total", reason="line_too_long")
+    assert after == before + 1
+
+
+def test_over_long_lines_count_towards_max_errors(srv: Running) -> None:
+    with RawClient(srv.host, srv.port) as c:
+        for _ in range(3):  # max_errors = 3, each answered at once
+            c.send(b"x" * 200)
+            assert c.reply() == b"500 5.5.2 Line too long\r\n"
+            c.send(b"\r\n")
+        c.send(b"x" * 200)
+        assert c.reply() == b"421 4.7.0 Too many errors, closing connection\r\n"
+        assert c.closed()
+
+
+@pytest.fixture(scope="module")
+def short_sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    extra = '[limits]\nmax_session_time = "2s"\ncommand_timeout = "30s"\ndata_timeout = "30s"\n'
+    with running(tmp_path_factory.mktemp("session-time"), extra) as s:
+        yield s
+
+
+def test_session_within_max_session_time(short_sessions: Running) -> None:
+    with RawClient(short_sessions.host, short_sessions.port) as c:
+        for _ in range(3):  # about 0.6 s of a 2 s bound
+            time.sleep(0.2)
+            assert c.cmd(b"NOOP").startswith(b"250")
+        assert c.cmd(b"QUIT").startswith(b"221")
+
+
+def test_busy_session_past_max_session_time(short_sessions: Running) -> None:
+    """Never idle, yet cut: at a command boundary after max_session_time."""
+    with RawClient(short_sessions.host, short_sessions.port) as c:
+        t0 = time.monotonic()
+        while True:
+            time.sleep(0.2)
+            reply = c.cmd(b"NOOP")
+            if not reply.startswith(b"250"):
+                break
+            assert time.monotonic() - t0 < 15, "the session was never cut"
+        assert reply == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
+        assert time.monotonic() - t0 >= 1.5
+        assert c.closed()
+
+
+def test_session_stuck_in_data_past_max_session_time(short_sessions: Running) -> None:
+    """A body dripped slowly (never idle past data_timeout) is cut by the session bound."""
+    before = len(short_sessions.bodies())
+    with RawClient(short_sessions.host, short_sessions.port) as c:
+        start(c)
+        assert c.cmd(b"DATA").startswith(b"354")
+        t0 = time.monotonic()
+        c.sock.settimeout(0.3)
+        got = b""
+        while not got.endswith(b"\r\n") and time.monotonic() - t0 < 15:
+            try:
+                c.send(b"x")
+                got += c.sock.recv(1000)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        assert got == b"421 4.4.2 Timeout exceeded, closing connection\r\n"
+    assert len(short_sessions.bodies()) == before  # the cut message was not queued
+
+
+def test_slowloris_fault_scenario(srv: Running) -> None:
+    """bench/faults/slowloris.py against command_timeout = 1.5 s: every dripping connection
+    is told 421 and closed near the limit, none lasts until the scenario's own bound."""
+    wait_no_connections(srv)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.faults.slowloris", "--port", str(srv.port), "--connections", "3",
+         "--interval", "0.3", "--max-time", "20"],
+        capture_output=True, timeout=60, cwd=ROOT, check=True,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report["closed_by_server"] == 3 and report["still_open_at_max_time"] == 0, report
+    assert report["held_s"]["max"] < 8, report
+    for conn in report["per_connection"]:
+        assert conn["replies"][-1] == "421 4.4.2 Timeout exceeded, closing connection", conn
+    wait_no_connections(srv)

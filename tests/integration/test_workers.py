@@ -147,20 +147,17 @@ def test_workers_stop_when_the_supervisor_is_killed(workers_server: Callable[...
     wait_until(lambda: not any(_alive(p) for p in pids), what="every worker gone")
 
 
-def test_a_worker_that_cannot_start_stops_the_start(make_config: Callable[..., Path]) -> None:
-    """A listener address another process holds (without SO_REUSEPORT): exit 1 with the reason."""
-    import socket
-
+def test_a_worker_that_cannot_start_stops_the_start(make_config: Callable[..., Path], tmp_path: Path) -> None:
+    """A certificate the workers cannot read: the start stops with the worker's exit status."""
     from tests.fixtures.workers import workers_toml
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        cfg = make_config(workers_toml(port, free_port(), hold=True))
-        r = run_fastmta("serve", "--config", str(cfg), timeout=60)
-    assert r.returncode == 1, r.stderr
-    assert b"failed to start" in r.stderr and b"cannot start" in r.stderr
+    tls = f'[tls]\ncert_file = "{tmp_path / "missing.pem"}"\nkey_file = "{tmp_path / "missing.key"}"\n'
+    cfg = make_config(
+        workers_toml(free_port(), free_port(), hold=True, extra=tls, listener_extra='tls = "starttls"')
+    )
+    r = run_fastmta("serve", "--config", str(cfg), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert b"failed to start" in r.stderr and b"tls.cert_file: cannot read" in r.stderr
 
 
 def test_metrics_address_in_use_fails_the_start(make_config: Callable[..., Path]) -> None:
@@ -171,9 +168,10 @@ def test_metrics_address_in_use_fails_the_start(make_config: Callable[..., Path]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        cfg = make_config(workers_toml(free_port(), taken.getsockname()[1], hold=True))
+        port = taken.getsockname()[1]
+        cfg = make_config(workers_toml(free_port(), port, hold=True))
         r = run_fastmta("serve", "--config", str(cfg), timeout=60)
-    assert r.returncode == 1 and b"cannot start" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"metrics: 127.0.0.1:{port} is already in use".encode() in r.stderr, r.stderr
 
 
 def test_sendmail_writes_into_a_shard_the_queue_sees(workers_server: Callable[..., Supervised]) -> None:

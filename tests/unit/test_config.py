@@ -223,3 +223,29 @@ def test_max_hops() -> None:
     for bad in (0, "50", True):
         with pytest.raises(config.ConfigError, match=r"limits.max_hops: expected an integer"):
             config.from_dict({"limits": {"max_hops": bad}})
+
+
+def test_pools_and_their_errors() -> None:
+    src = [{"address": "127.0.0.3", "ehlo": "m3.test"}, {"address": "::1", "ehlo": "m6.test", "weight": 3}]
+    cfg = config.from_dict({"pool": [{"name": "bulk", "sender_domains": ["News.Test"], "sources": src}],
+                            "suppression": {"fbl_addresses": ["FBL@x.test"], "auto": False}})  # fmt: skip
+    [pool] = cfg.pools
+    assert pool.sender_domains == ("news.test",) and [s.weight for s in pool.sources] == [1, 3]
+    assert cfg.suppression.fbl_addresses == ("fbl@x.test",) and not cfg.suppression.auto
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"pool": [
+            {"name": "default", "sources": [{"address": "nowhere", "ehlo": "m.test", "weight": 0}]},
+            {"name": "default", "sources": [{"address": "127.0.0.3"}], "colour": "red"},
+            {"name": "two words", "sources": []},
+        ]})  # fmt: skip
+    assert sorted(e.value.errors) == sorted([
+        "pool[0].sources[0].weight: expected an integer from 1 to 1000",
+        "pool[1].colour: unknown key",
+        "pool: two pools share a name",
+        'pool[0].name: "default" names the pool of mail no pool claims',
+        "pool[0].sources[0].address: expected an IP address",
+        'pool[1].name: "default" names the pool of mail no pool claims',
+        "pool[1].sources[0].ehlo: required",
+        "pool[2].name: expected a name of 1 to 64 printable characters without spaces",
+        "pool[2].sources: needs at least one source",
+    ])  # fmt: skip

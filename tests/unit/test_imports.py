@@ -159,6 +159,15 @@ RULES: dict[str, set[str]] = {
     },
     # DKIM signing: a leaf beside delivery; the remote deliverer gets it as a typing.Protocol.
     "fastmta.dkim": {"fastmta.dkim", "fastmta.config", "fastmta.metrics"},
+    # Feedback loops: a Deliverer that turns ARF reports into suppression entries.
+    "fastmta.delivery.feedback": {
+        "fastmta.config",
+        "fastmta.delivery",
+        "fastmta.errors",
+        "fastmta.deliverylog",
+        "fastmta.metrics",
+        "fastmta.spool.suppression",
+    },
     # Local injection (sendmail, send): header fix-ups and spool/SMTP submission.
     "fastmta.inject.compose": {"fastmta.smtp.commands", "fastmta.smtp.headers"},
     "fastmta.inject": {

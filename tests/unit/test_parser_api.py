@@ -77,9 +77,53 @@ def test_buffer_types(parser_impl: ModuleType) -> None:
 def test_huge_line_is_dropped_not_buffered(parser_impl: ModuleType) -> None:
     parser = parser_impl.CommandParser()
     block = b"A" * (1 << 20)
-    for _ in range(16):
+    assert parser.feed(block) == [(LINE_TOO_LONG, None)]  # reported once, when the limit is crossed
+    for _ in range(15):
         assert parser.feed(block) == []
-    assert parser.feed(b"\r\nNOOP\r\n") == [(LINE_TOO_LONG, None), (LINE, b"NOOP")]
+        assert parser.partial
+    assert parser.feed(b"\r\nNOOP\r\n") == [(LINE, b"NOOP")]
+
+
+def test_over_long_line_is_reported_when_the_limit_is_crossed(parser_impl: ModuleType) -> None:
+    """A client that never sends the CRLF still hears 500 (slowloris): at max_line octets
+    without a CRLF, not at the CRLF. The rest of the line is still never a command."""
+    parser = parser_impl.CommandParser(max_line=8)
+    assert parser.feed(b"x" * 7) == []  # 7 octets: not yet known to be over (see the edges below)
+    assert parser.partial
+    assert parser.feed(b"x") == [(LINE_TOO_LONG, None)]
+    assert parser.feed(b"NOOP\r") == []
+    assert parser.feed(b"\nNOOP\r\n") == [(LINE, b"NOOP")]
+    assert not parser.partial
+
+
+@pytest.mark.parametrize(
+    ("chunks", "events"),
+    [
+        ([b"x" * 6 + b"\r", b"\n"], [[], [(LINE, b"x" * 6)]]),  # 8 octets with the CRLF: at the limit
+        ([b"x" * 7 + b"\r", b"\n"], [[(LINE_TOO_LONG, None)], []]),  # 9: past it, known at 8 octets
+        ([b"x" * 7, b"\r\n"], [[], [(LINE_TOO_LONG, None)]]),  # 9, known only at the CRLF
+    ],
+)
+def test_line_limit_edges_feed_by_feed(
+    parser_impl: ModuleType, chunks: list[bytes], events: list[list[tuple[int, object]]]
+) -> None:
+    parser = parser_impl.CommandParser(max_line=8)
+    assert [parser.feed(c) for c in chunks] == events
+    assert not parser.partial
+
+
+def test_partial_says_whether_a_command_line_is_unfinished(parser_impl: ModuleType) -> None:
+    parser = parser_impl.CommandParser()
+    assert not parser.partial
+    assert parser.feed(b"NOOP\r\nMAIL FR") == [(LINE, b"NOOP")]
+    assert parser.partial
+    assert parser.feed(b"OM:<>\r\n") == [(LINE, b"MAIL FROM:<>")]
+    assert not parser.partial
+    assert parser.feed(b"DATA\r\nbody") == [(LINE, b"DATA")]
+    assert not parser.partial  # stopped at the barrier: the rest is unparsed, not a line
+    parser.start_data()
+    assert parser.feed(b"") == []
+    assert not parser.partial  # message data is no command line
 
 
 def test_huge_body_past_max_size_is_not_kept(parser_impl: ModuleType) -> None:

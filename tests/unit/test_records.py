@@ -25,6 +25,7 @@ envelope = st.builds(
     helo=text, listener=text,
     params=st.dictionaries(st.sampled_from(["BODY", "SMTPUTF8", "RET", "ENVID"]),
                            st.text("abcXYZ=+", max_size=20)),
+    pool=st.text(max_size=20), tenant=text,
 )  # fmt: skip
 
 
@@ -85,3 +86,16 @@ def test_ids_unique_sortable_and_safe() -> None:
     later = ids.new_id()
     assert later[:9] >= made[-1][:9] and abs(ids.id_time(later) - t0) < 5
     assert not ids.is_valid("../etc/passwd...") and not ids.is_valid("short")
+
+
+def test_records_from_before_pools_and_tenants_still_load() -> None:
+    """A record without the trailing pool/tenant block (written by an older fastmta) loads with
+    both empty; an older reader ignores the block (it decodes the fields it knows and stops)."""
+    env = Envelope("8DxmqQ7yK0Zr3aBc", "a@src.test", [Recipient("b@dst.test")], 1.0, 10)
+    old = records.encode(env)
+    env.pool, env.tenant = "bulk", "shop1"
+    new = records.encode(env)
+    assert len(new) == len(old) + 4 + len("bulk") + len("shop1")
+    assert (records.decode(env.id, old).pool, records.decode(env.id, old).tenant) == ("", "")
+    assert (records.decode(env.id, new).pool, records.decode(env.id, new).tenant) == ("bulk", "shop1")
+    assert new[5 : len(old)] == old[5:]  # after the CRC header: the same fields, then the block
