@@ -123,8 +123,11 @@ def lift_suspension(node: SpoolConfig, own: Store, domain: str) -> bool:
     return found
 
 
-def bounce(node: SpoolConfig, own: Store, *, msg_id: str = "", domain: str = "", reason: str = "") -> int:
-    """Fail pending recipients now (of one message, or those at one domain) with a DSN; how many messages."""
+def bounce(
+    node: SpoolConfig, own: Store, *, msg_id: str = "", domain: str = "", tenant: str = "", reason: str = ""
+) -> int:
+    """Fail pending recipients now (of one message, of a tenant's messages, or those at one
+    domain) with a DSN; how many messages."""
     error = ops.ADMIN_BOUNCE_ERROR if not reason else f"550 5.0.0 {reason}"
     now = time.time()
 
@@ -134,6 +137,11 @@ def bounce(node: SpoolConfig, own: Store, *, msg_id: str = "", domain: str = "",
     changed = 0
     with node_stores(node, own) as stores:
         for store in stores:
-            ids = [msg_id] if msg_id else list(admin.ids_for_domain(store, domain))
+            if msg_id:
+                ids = [msg_id]
+            elif tenant:
+                ids = [e.id for e in admin.iter_envelopes(store) if e.tenant == tenant]
+            else:
+                ids = list(admin.ids_for_domain(store, domain))
             changed += admin.apply(store, ids, fn)[0]
     return changed

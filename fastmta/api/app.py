@@ -13,6 +13,7 @@ answered only after the spool committed its messages (as a ``250``), and with
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 import logging
@@ -27,12 +28,14 @@ from aiohttp import web
 from fastmta import config as config_mod
 from fastmta import metrics
 from fastmta.api import admin, openapi, tokens
-from fastmta.api.inject import BadRequest, RenderError, parse
+from fastmta.api.inject import BadRequest, RenderError, label_ok, parse
 from fastmta.config import Config, SpoolConfig
 from fastmta.errors import SmtpError, SpoolFullError
 from fastmta.smtp.headers import date_field
 from fastmta.spool import Envelope, Recipient, Spool, new_id
+from fastmta.spool import suppression as supp
 from fastmta.spool.admin import iso
+from fastmta.spool.suppression import SuppressionList
 
 log = logging.getLogger("fastmta.api")
 LISTENER = "http"  # the listener name of injected mail (envelope, log lines)
@@ -52,6 +55,7 @@ class Context:
     tokens: list[tuple[str, bytes]]
     healthy: Callable[[], bool]
     admin_changed: Callable[[], None]  # a suspension changed: apply it here at once
+    suppression: SuppressionList
 
 
 CTX = web.AppKey("ctx", Context)
@@ -152,6 +156,9 @@ async def inject(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     cfg, spool = ctx.cfg, ctx.spool
     inj = parse(await _json(request), cfg.http.max_recipients)
+    if inj.pool and inj.pool not in {p.name for p in cfg.pools}:
+        raise BadRequest("pool", f"no [[pool]] named {inj.pool!r}")
+    tenant = request["token_name"] if inj.tenant is None else inj.tenant
     if spool.unhealthy_reason() is not None:
         return error(
             503, "the spool is not taking mail now; retry later", headers={"Retry-After": RETRY_AFTER}
@@ -183,7 +190,7 @@ async def inject(request: web.Request) -> web.Response:
         head = (f"Received: from {peer} by {hostname} (fastmta HTTP API) with HTTP id {msg_id}\r\n"
                 f"\tfor <{rcpt.email}>; {date}\r\n").encode("utf-8", "surrogateescape")  # fmt: skip
         env = Envelope(msg_id, inj.sender, [Recipient(rcpt.email)], client_ip=peer, listener=LISTENER,
-                       params=params)  # fmt: skip
+                       params=params, pool=inj.pool, tenant=tenant)  # fmt: skip
         try:
             pending.append((rcpt.email, spool.put(env, data, head)))
         except SmtpError as e:  # the spool stopped meanwhile
@@ -282,8 +289,13 @@ async def bounce(request: web.Request) -> web.Response:
         raise BadRequest("domain", 'expected exactly one of "domain", "tenant" or "id"')
     reason = _reason(doc)
     if given[0] == "tenant":
-        raise BadRequest("tenant", "messages carry no tenant in this build; bounce by domain or id")
-    if given[0] == "id":
+        tenant = _field_str(doc, "tenant")
+        if not label_ok(tenant):
+            raise BadRequest("tenant", "not a tenant name")
+        n = await asyncio.to_thread(
+            admin.bounce, ctx.node_spool, ctx.spool.store, tenant=tenant, reason=reason
+        )
+    elif given[0] == "id":
         msg_id = _field_str(doc, "id")
         if not _ID.fullmatch(msg_id):
             raise BadRequest("id", "not a message id")
@@ -300,6 +312,93 @@ async def bounce(request: web.Request) -> web.Response:
     return web.json_response({"messages": n})
 
 
+MAX_LIST = 10_000  # suppression entries per GET page
+MAX_ADDRESSES = 10_000  # addresses per POST or DELETE
+
+
+def _tenant_arg(value: Any, where: str = "tenant") -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not label_ok(value):
+        raise BadRequest(where, "not a tenant name")
+    return value
+
+
+def _addresses(doc: dict[str, Any]) -> list[str]:
+    raw = doc.get("addresses", [doc["address"]] if "address" in doc else None)
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("addresses", 'expected "address" or a non-empty list "addresses"')
+    if len(raw) > MAX_ADDRESSES:
+        raise BadRequest("addresses", f"more than {MAX_ADDRESSES} addresses")
+    out = []
+    for i, a in enumerate(raw):
+        if not isinstance(a, str) or "@" not in a or len(a) > 1000 or any(c in a for c in "\r\n\x00 "):
+            raise BadRequest(f"addresses[{i}]", "not an address")
+        out.append(a)
+    return out
+
+
+async def suppressions_list(request: web.Request) -> web.Response:
+    """Entries (of one ``tenant``, "*" or none = all), ``limit`` at a time after ``after``."""
+    lst = request.app[CTX].suppression
+    q = request.query
+    tenant = q.get("tenant")
+    tenant = None if tenant in (None, "*") else _tenant_arg(tenant)
+    try:
+        limit = int(q.get("limit", "1000"))
+    except ValueError:
+        raise BadRequest("limit", "expected an integer") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise BadRequest("limit", f"expected 1 to {MAX_LIST}")
+    try:
+        after = base64.b64decode(q.get("after", ""), altchars=b"-_", validate=True)
+    except (ValueError, TypeError):
+        raise BadRequest("after", "not a cursor from a previous page") from None
+
+    def page() -> list[supp.Entry]:
+        out = []
+        for e in supp.entries(lst.store, lst.db, tenant):
+            if after and supp.key(e.address, e.tenant) <= after:
+                continue
+            out.append(e)
+            if len(out) >= limit:
+                break
+        return out
+
+    entries = await asyncio.to_thread(page)
+    docs = [{"address": e.address, "tenant": e.tenant or None, "reason": e.reason, "added": iso(e.time)}
+            for e in entries]  # fmt: skip
+    last = entries[-1] if len(entries) >= limit else None
+    cursor = base64.urlsafe_b64encode(supp.key(last.address, last.tenant)).decode() if last else None
+    return web.json_response({"suppressions": docs, "next": cursor})
+
+
+async def suppressions_add(request: web.Request) -> web.Response:
+    lst = request.app[CTX].suppression
+    doc = await _json(request)
+    if not isinstance(doc, dict):
+        raise BadRequest("body", "expected an object")
+    addrs = _addresses(doc)
+    tenant = _tenant_arg(doc.get("tenant"))
+    reason = _reason(doc) or "added through the HTTP API"
+    n = await lst.add_soon([supp.Entry(a, tenant, reason) for a in addrs])
+    return web.json_response({"added": n})
+
+
+async def suppressions_remove(request: web.Request) -> web.Response:
+    lst = request.app[CTX].suppression
+    if request.can_read_body:
+        doc = await _json(request)
+        if not isinstance(doc, dict):
+            raise BadRequest("body", "expected an object")
+    else:
+        doc = dict(request.query)
+    addrs = _addresses(doc)
+    tenant = _tenant_arg(doc.get("tenant"))
+    n = await asyncio.to_thread(supp.remove, lst.store, lst.db, addrs, tenant)
+    return web.json_response({"removed": n})
+
+
 async def openapi_doc(request: web.Request) -> web.Response:
     return web.json_response(openapi.DOCUMENT)
 
@@ -313,6 +412,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/api/v1/suspend", suspend),
     ("DELETE", "/api/v1/suspend/{domain}", unsuspend),
     ("POST", "/api/v1/bounce", bounce),
+    ("GET", "/api/v1/suppressions", suppressions_list),
+    ("POST", "/api/v1/suppressions", suppressions_add),
+    ("DELETE", "/api/v1/suppressions", suppressions_remove),
     ("GET", "/api/v1/openapi.json", openapi_doc),
 ]
 

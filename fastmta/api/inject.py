@@ -141,7 +141,7 @@ def _address(value: str, where: str, allow_empty: bool = False) -> str:
 def _unknown(doc: Mapping[str, Any], known: frozenset[str], where: str) -> None:
     for key in doc:
         if key not in known:
-            raise BadRequest(f"{where}{key}", "unknown field")
+            raise BadRequest(f"{where}{key or chr(34) * 2}", "unknown field")  # "" names an empty key
 
 
 def _substitutions(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -185,6 +185,8 @@ class Injection:
     substitutions: dict[str, Any]
     build: Callable[[Recipient, dict[str, Any], str, str], bytes] = field(repr=False)
     eight_bit: bool = False  # the body may hold 8-bit text (a raw content string)
+    tenant: str | None = None  # None: the token's name
+    pool: str = ""  # "" = by sender domain, else the default pool
 
     def message(self, i: int, msg_id: str, hostname: str) -> bytes:
         """Recipient ``i``'s message (CRLF, with Date: and Message-ID:); RenderError."""
@@ -199,7 +201,9 @@ class Injection:
 def parse(doc: Any, max_recipients: int) -> Injection:
     """Check a decoded JSON request (see the module docstring); BadRequest names the field."""
     doc = _obj(doc, "body")
-    _unknown(doc, frozenset({"envelope_sender", "recipients", "content", "substitutions"}), "")
+    _unknown(
+        doc, frozenset({"envelope_sender", "recipients", "content", "substitutions", "tenant", "pool"}), ""
+    )
     sender = _address(_string(doc, "envelope_sender", "", required=True), "envelope_sender", allow_empty=True)
     raw = doc.get("recipients")
     if not isinstance(raw, list) or not raw:
@@ -219,8 +223,25 @@ def parse(doc: Any, max_recipients: int) -> Injection:
         raise BadRequest("content", "required")
     content = doc["content"]
     if isinstance(content, str):
-        return Injection(sender, rcpts, subs, _raw_builder(content), eight_bit=not content.isascii())
-    return Injection(sender, rcpts, subs, _parts_builder(_obj(content, "content")))
+        inj = Injection(sender, rcpts, subs, _raw_builder(content), eight_bit=not content.isascii())
+    else:
+        inj = Injection(sender, rcpts, subs, _parts_builder(_obj(content, "content")))
+    if "tenant" in doc:
+        inj.tenant = _label(_string(doc, "tenant", ""), "tenant")
+    if "pool" in doc:
+        inj.pool = _label(_string(doc, "pool", ""), "pool")
+    return inj
+
+
+def label_ok(value: str) -> bool:
+    """A tenant or pool name: 1–64 printable ASCII characters (as the X-Fastmta- headers take)."""
+    return 0 < len(value) <= 64 and value.isascii() and value.isprintable() and " " not in value
+
+
+def _label(value: str, where: str) -> str:
+    if not label_ok(value):
+        raise BadRequest(where, "expected 1 to 64 printable ASCII characters without spaces")
+    return value
 
 
 def _raw_builder(content: str) -> Callable[[Recipient, dict[str, Any], str, str], bytes]:

@@ -89,6 +89,8 @@ SCHEMAS: dict[str, Any] = {
                 ]
             },
             "substitutions": _SUBS,
+            "tenant": {"type": "string", "description": "who the mail is sent for [the token's name]"},
+            "pool": {"type": "string", "description": "a [[pool]] name [by sender domain, else the default]"},
         },
     },
     "InjectResult": {
@@ -131,6 +133,16 @@ SCHEMAS: dict[str, Any] = {
             "duration": {"type": ["string", "number"], "description": '"30s", "5m", "2h", "5d" or seconds'},
             "reason": _STR,
             "until": _STR,
+        },
+    },
+    "Suppressions": {
+        "type": "object",
+        "description": "address or addresses; tenant (absent = global); reason (POST)",
+        "properties": {
+            "address": _STR,
+            "addresses": {"type": "array", "items": _STR, "maxItems": 10000},
+            "tenant": _STR,
+            "reason": _STR,
         },
     },
     "Bounce": {
@@ -219,6 +231,34 @@ DOCUMENT: dict[str, Any] = {
                 "Bounce",
                 more={"404": _json(_ref("Error"), "no such message")},
             )  # fmt: skip
+        },
+        "/api/v1/suppressions": {
+            "get": {
+                **_op(
+                    "Suppression list entries, a page at a time",
+                    _json({"type": "object"}, "suppressions and the next page's cursor (null: no more)"),
+                ),
+                "parameters": [
+                    {"name": "tenant", "in": "query", "schema": _STR, "description": '"*" or absent: all'},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 10000}},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": _STR,
+                        "description": "next from the previous page",
+                    },
+                ],
+            },
+            "post": _op(
+                "Suppress addresses (globally or for a tenant)",
+                _json({"type": "object"}, "added"),
+                "Suppressions",
+            ),
+            "delete": _op(
+                "Lift suppressions (a JSON body, or address and tenant in the query)",
+                _json({"type": "object"}, "removed"),
+                "Suppressions",
+            ),
         },
         "/api/v1/openapi.json": {"get": _op("This document", _json({"type": "object"}, "OpenAPI 3.1"))},
     },

@@ -173,7 +173,13 @@ class Server:
 
     async def _start_api(self, cfg: Config, spool: Spool) -> None:
         ctx = self.api_ctx = api.Context(
-            cfg, spool, self.node_spool, api.load_tokens(cfg), self._healthy, self.delivery.feeder.wake
+            cfg,
+            spool,
+            self.node_spool,
+            api.load_tokens(cfg),
+            self._healthy,
+            self.delivery.feeder.wake,
+            self.suppression,
         )
         self._api, bound = await api.start(ctx, reuse_port=self.workers > 1)
         say(f"HTTP API on http://{_fmt(bound)}/api/v1/ ({len(ctx.tokens)} token(s))")

@@ -15,7 +15,7 @@ from fastmta.spool import admin, suspend
 from tests.fixtures.http import Api, ApiServer, write_tokens
 from tests.fixtures.sink import Sink
 from tests.fixtures.workers import Supervised
-from tests.support import ServerProcess, free_port, wait_until
+from tests.support import ServerProcess, free_port, run_fastmta, wait_until
 
 INJECT = "/api/v1/inject"
 
@@ -54,7 +54,7 @@ def test_queue_message_and_bounce(api_server: Callable[..., ApiServer]) -> None:
     assert api.call("POST", "/api/v1/bounce", {"domain": "b.test"})[1] == {"messages": 2}
     q = api.call("GET", "/api/v1/queue")[1]
     assert {d["domain"]: d["bounce"] for d in q["destinations"]} == {"a.test": 1, "b.test": 2}
-    for bad, field in (({"domain": "a.test", "id": "x"}, "domain"), ({"tenant": "t"}, "tenant"),
+    for bad, field in (({"domain": "a.test", "id": "x"}, "domain"), ({"tenant": "a b"}, "tenant"),
                        ({"id": "nope!"}, "id"), ({"domain": "a b"}, "domain"), ({}, "domain")):  # fmt: skip
         status, out, _ = api.call("POST", "/api/v1/bounce", bad)
         assert status == 400 and out["field"] == field, (bad, out)
@@ -134,3 +134,52 @@ def test_api_on_two_workers_sees_and_writes_every_shard(
                 assert list(suspend.load(txn.get(suspend.KEY, db=store.meta))) == ["a.test"]
         finally:
             store.close()
+
+
+def test_tenants_suppressions_and_bounce_by_tenant(api_server: Callable[..., ApiServer]) -> None:
+    s = api_server()
+    api = s.api
+    (mine,) = _inject(api, ["a@t.test"])
+    doc = {"envelope_sender": "a@src.test", "recipients": [{"email": "b@t.test"}], "tenant": "shop",
+           "content": "Subject: x\r\n\r\nhi\r\n"}  # fmt: skip
+    status, out, _ = api.call("POST", INJECT, doc)
+    assert status == 200, out
+    (shops,) = out["ids"]
+    assert s.srv.envelope(mine).tenant == "app"  # the token's name
+    assert s.srv.envelope(shops).tenant == "shop"
+    for bad, field in ((dict(doc, pool="nope"), "pool"), (dict(doc, tenant="a b"), "tenant")):
+        status, out, _ = api.call("POST", INJECT, bad)
+        assert status == 400 and out["field"] == field, out
+    # the suppression list the scheduler and `fastmta suppress` use
+    added = {"addresses": ["Bob@x.test", "c@x.test", "d@x.test"], "tenant": "shop", "reason": "asked to"}
+    assert api.call("POST", "/api/v1/suppressions", added)[1] == {"added": 3}
+    assert api.call("POST", "/api/v1/suppressions", {"address": "g@x.test"})[1] == {"added": 1}
+    out = run_fastmta(
+        "suppress", "check", "bob@x.test", "--tenant", "shop", "--config", str(s.srv.proc.config_path)
+    )
+    assert out.returncode == 0, out
+    page = api.call("GET", "/api/v1/suppressions?tenant=shop&limit=2")[1]
+    assert [e["address"] for e in page["suppressions"]] == ["bob@x.test", "c@x.test"] and page["next"]
+    rest = api.call("GET", f"/api/v1/suppressions?tenant=shop&limit=2&after={page['next']}")[1]
+    assert [e["address"] for e in rest["suppressions"]] == ["d@x.test"] and rest["next"] is None
+    everything = api.call("GET", "/api/v1/suppressions")[1]["suppressions"]
+    assert {(e["address"], e["tenant"]) for e in everything} == {
+        ("g@x.test", None), ("bob@x.test", "shop"), ("c@x.test", "shop"), ("d@x.test", "shop")}  # fmt: skip
+    assert everything[-1]["reason"] == "asked to" and everything[-1]["added"]
+    assert api.call("DELETE", "/api/v1/suppressions?address=c@x.test&tenant=shop")[1] == {"removed": 1}
+    assert api.call("DELETE", "/api/v1/suppressions", {"addresses": ["g@x.test", "zz@x.test"]})[1] == {
+        "removed": 1
+    }
+    for method, path, body, field in (
+        ("POST", "/api/v1/suppressions", {"addresses": []}, "addresses"),
+        ("POST", "/api/v1/suppressions", {"addresses": ["no-at"]}, "addresses[0]"),
+        ("POST", "/api/v1/suppressions", {"address": "a@x.test", "tenant": 5}, "tenant"),
+        ("GET", "/api/v1/suppressions?limit=0", None, "limit"),
+        ("GET", "/api/v1/suppressions?after=%%%", None, "after"),
+    ):
+        status, out, _ = api.call(method, path, body)
+        assert status == 400 and out["field"] == field, (path, body, out)
+    # bounce by tenant: only the shop's message
+    assert api.call("POST", "/api/v1/bounce", {"tenant": "shop"})[1] == {"messages": 1}
+    states = {i: api.call("GET", f"/api/v1/messages/{i}")[1]["recipients"][0]["state"] for i in (mine, shops)}
+    assert states == {mine: "pending", shops: "bounce"}

@@ -163,6 +163,7 @@ def test_curl_injects(srv: ApiServer, tmp_path: Path) -> None:
                        "attachments": [{"file_name": "f", "base64": "!"}]}), "content.attachments[0].base64"),
         (_doc(substitutions="x"), "substitutions"),
         (_doc(extra=1), "extra"),
+        ({"": None}, '""'),
         ([1, 2], "body"),
     ],
 )  # fmt: skip
