@@ -20,6 +20,7 @@ COMMANDS = {
     "send": ("send", "compose a MIME message with attachments and submit it"),
     "load": ("load", "SMTP load generator"),
     "dkim": ("dkim", "DKIM keys: keygen writes a key and prints its DNS record"),
+    "http": ("http", "HTTP API: token NAME prints a new bearer token and its tokens_file line"),
     "suppress": ("suppress", "add, remove, list, check suppressed recipient addresses"),
 }
 

@@ -435,6 +435,48 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP API (injection and administration); ``address`` None = off."""
+
+    address: tuple[str, int] | None = _opt(_optional_address, None)
+    tokens_file: str = _opt(_str, "")  # "name:sha256-hex" lines
+    max_body_size: int = _opt(parse_size, 64 * 1024**2)  # a request body past it: 413
+    max_recipients: int = _opt(_int(1), 10_000)  # recipients of one injection request
+    request_timeout: float = _opt(parse_duration, 60.0)  # reading and answering one request
+
+
+WEBHOOK_EVENTS = ("delivered", "bounced", "deferred", "expired", "suppressed", "complaint")
+
+
+def _url(value: object) -> str:
+    s = _str(value)
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", s):
+        raise _Invalid('expected an "http://" or "https://" URL')
+    return s
+
+
+def _name(value: object) -> str:
+    s = _str(value)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
+        raise _Invalid("expected 1 to 64 letters, digits, '_', '.' or '-'")
+    return s
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[webhook]]``: delivery-log events POSTed in batches, at least once."""
+
+    url: str = _opt(_url, "")
+    name: str = _opt(_name, "")  # [webhook<index>] the ``webhook`` metric label and the cursor's key
+    events: tuple[str, ...] = _opt(_list(_choice(*WEBHOOK_EVENTS)), WEBHOOK_EVENTS)
+    batch_size: int = _opt(_int(1, 10_000), 100)
+    max_delay: float = _opt(parse_duration, 1.0)
+    secret: str = _opt(_str, "")
+    timeout: float = _opt(parse_duration, 30.0)  # one POST, answer included
+    max_backlog: int = _opt(_int(1), 1_000_000)  # events kept on disk for it; older ones are dropped
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """One egress source of a sending pool: the address bound and the EHLO name said."""
 
@@ -475,6 +517,8 @@ class Config:
     local: LocalConfig = LocalConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    http: HttpConfig = HttpConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     suppression: SuppressionConfig = SuppressionConfig()
     source: str = ""  # the file this came from, "" for the embedded defaults
@@ -544,7 +588,7 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
     sections: dict[str, type[Any]] = {
         "server": ServerConfig, "tls": TlsConfig, "policy": PolicyConfig,
         "limits": LimitsConfig, "spool": SpoolConfig, "dns": DnsConfig,
-        "local": LocalConfig, "metrics": MetricsConfig, "log": LogConfig,
+        "local": LocalConfig, "metrics": MetricsConfig, "log": LogConfig, "http": HttpConfig,
         "suppression": SuppressionConfig,
     }  # fmt: skip
     kwargs: dict[str, Any] = {"source": source}
@@ -557,6 +601,8 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
             kwargs["routes"] = _build_list(RouteConfig, value, "route", errors)
         elif name == "dkim":
             kwargs["dkim"] = _build_list(DkimConfig, value, "dkim", errors)
+        elif name == "webhook":
+            kwargs["webhooks"] = _build_list(WebhookConfig, value, "webhook", errors)
         elif name == "delivery":
             shaping: tuple[ShapingRule, ...] = ()
             if isinstance(value, Mapping) and "shaping" in value:
@@ -599,6 +645,22 @@ def _cross_checks(cfg: Config) -> list[str]:
             errors.append(f'local.lmtp: expected "host:port" or "unix:/path", got {cfg.local.lmtp!r}')
     errors.extend(_dkim_checks(cfg.dkim))
     errors += _pool_checks(cfg.pools)
+    errors.extend(_webhook_checks(cfg.webhooks))
+    return errors
+
+
+def _webhook_checks(entries: tuple[WebhookConfig, ...]) -> list[str]:
+    errors = []
+    names = set()
+    for i, w in enumerate(entries):
+        if not w.url:
+            errors.append(f"webhook[{i}].url: required")
+        if not w.events:
+            errors.append(f"webhook[{i}].events: needs at least one event")
+        name = w.name or f"webhook{i}"
+        if name in names:
+            errors.append(f"webhook[{i}].name: {name!r} is used twice")
+        names.add(name)
     return errors
 
 
@@ -668,7 +730,10 @@ def _fill_derived(cfg: Config, local_domains_set: bool) -> Config:
         policy = dataclasses.replace(
             policy, local_domains=tuple(dict.fromkeys(("localhost", hostname.lower())))
         )
-    return dataclasses.replace(cfg, hostname=hostname, delivery=delivery, routes=routes, policy=policy)
+    webhooks = tuple(dataclasses.replace(w, name=w.name or f"webhook{i}") for i, w in enumerate(cfg.webhooks))
+    return dataclasses.replace(
+        cfg, hostname=hostname, delivery=delivery, routes=routes, policy=policy, webhooks=webhooks
+    )
 
 
 def load(path: str | None = None) -> Config:

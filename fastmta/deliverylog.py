@@ -12,7 +12,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -36,21 +36,33 @@ def iso_ts(t: float | None = None) -> str:
     return f"{_whole_second(ms // 1000)}.{ms % 1000:03d}Z"
 
 
+Tap = Callable[[list[dict[str, Any]], list[str]], None]
+
+
 class DeliveryLog:
-    """Writes delivery-log records; ``enabled=False`` makes every call free."""
+    """Writes delivery-log records; ``enabled=False`` makes every call free.
+
+    ``tap(records, lines)``, when set, sees every batch ``write`` gets with its encoded
+    lines (the webhooks' journal), whether or not the log itself is written.
+    """
 
     def __init__(self, path: str = "", enabled: bool = True) -> None:
         self.enabled = enabled
+        self.tap: Tap | None = None
         self._own = bool(path)
         self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """Write records (dicts of log fields; missing ones are omitted) in one call."""
-        if not self.enabled:
+        tap = self.tap
+        if not self.enabled and tap is None:
             return
-        text = "".join(_encode(r) + "\n" for r in records)
-        if text:
-            self._out.write(text)
+        recs = records if isinstance(records, list) else list(records)
+        lines = [_encode(r) for r in recs]
+        if tap is not None:
+            tap(recs, lines)
+        if self.enabled and lines:
+            self._out.write("\n".join(lines) + "\n")
             self._out.flush()
 
     def received(self, envelopes: Iterable[Any]) -> None:

@@ -122,6 +122,26 @@ dkim_sign_seconds = Histogram(
     "CPU time to sign one message (canonicalisation, body hash, every signature)",
     buckets=_LATENCY_BUCKETS,
 )
+webhook_events_total = Counter(
+    "fastmta_webhook_events_total",
+    "Webhook events by result (delivered | failed: in a POST not acknowledged | dropped: past max_backlog)",
+    ["webhook", "result"],
+)
+webhook_backlog_events = Gauge(
+    "fastmta_webhook_backlog_events",
+    "Events on disk not yet acknowledged by the webhook",
+    ["webhook"],
+    multiprocess_mode="livesum",
+)
+webhook_delivery_seconds = Histogram(
+    "fastmta_webhook_delivery_seconds",
+    "Time of one webhook POST, answer included",
+    ["webhook"],
+    buckets=_DELIVERY_BUCKETS,
+)
+http_requests_total = Counter(
+    "fastmta_http_requests_total", "HTTP API requests by endpoint and status code", ["endpoint", "code"]
+)
 pool_deliveries_total = Counter(
     "fastmta_pool_deliveries_total",
     'Per-recipient delivery attempt results by sending pool ([[pool]] names and "default")',

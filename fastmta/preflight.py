@@ -15,6 +15,7 @@ import os
 import ssl
 from collections.abc import Callable
 
+from fastmta.api import tokens
 from fastmta.config import Config, is_localhost
 from fastmta.dkim import keys
 from fastmta.smtp.auth import AuthConfigError, Users
@@ -104,9 +105,37 @@ def _local_owner(cfg: Config, errors: list[str]) -> None:
                       f"fastmta runs as uid {os.geteuid()}")  # fmt: skip
 
 
+def _http_tokens(cfg: Config, errors: list[str]) -> None:
+    """The API's tokens file: readable, well-formed, not writable by others (a line added there
+    is a working token)."""
+    path = cfg.http.tokens_file
+    if not path:
+        return
+    data = _read("http.tokens_file", path, errors)
+    if data is None:
+        return
+    try:
+        entries = tokens.parse(data.decode("utf-8"), path)
+    except (tokens.TokensError, UnicodeDecodeError) as e:
+        errors.append(f"http.tokens_file: {e}")
+        return
+    if not entries:
+        errors.append(
+            f'http.tokens_file: no "name:sha256" line in {path} (fastmta http token NAME makes one)'
+        )
+    if os.stat(path).st_mode & 0o022:
+        errors.append(f"http.tokens_file: {path} is writable by group or others (chmod 0600)")
+
+
 CHECKS: tuple[Callable[[Config, list[str]], None], ...] = (
-    _tls, _ca_file, _users, _plain_files, _dkim_keys, _local_owner,
-)  # fmt: skip
+    _tls,
+    _ca_file,
+    _users,
+    _plain_files,
+    _dkim_keys,
+    _local_owner,
+    _http_tokens,
+)
 
 
 def problems(cfg: Config) -> list[str]:
@@ -125,6 +154,14 @@ def warnings(cfg: Config) -> list[str]:
             f"hostname: is {cfg.hostname!r}, which the banner, EHLO, Received: lines, Message-IDs and "
             f"MAILER-DAEMON@{cfg.hostname} all carry; set hostname to this machine's mail name"
         )
+    if cfg.http.address is not None and not cfg.http.tokens_file:
+        out.append("http.tokens_file: not set, so the HTTP API refuses every request but /healthz (401)")
+    if (
+        cfg.http.tokens_file
+        and os.path.exists(cfg.http.tokens_file)
+        and os.stat(cfg.http.tokens_file).st_mode & 0o004
+    ):
+        out.append(f"http.tokens_file: {cfg.http.tokens_file} is world-readable (chmod 0600)")
     if cfg.local.lmtp.startswith("unix:"):
         folder = os.path.dirname(cfg.local.lmtp[5:])
         if folder and not os.path.isdir(folder):

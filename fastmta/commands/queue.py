@@ -15,32 +15,18 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from fastmta.commands import add_config_arg, load_config_or_exit
 from fastmta.spool import admin, ops, records, shards
 from fastmta.spool.ids import is_valid
-from fastmta.spool.records import Envelope
 from fastmta.spool.store import Store
 
 EX_USAGE = 64
 
 
-def iso(ts: float | None) -> str | None:
-    """ISO 8601 UTC, second precision: ``2026-11-28T20:30:00Z``."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def row(env: Envelope) -> dict[str, Any]:
-    """The ``list --json`` object (its keys are a public contract: docs/operations.md)."""
-    return {
-        "id": env.id, "from": env.sender, "rcpts": [r.addr for r in env.rcpts if r.pending],
-        "size": env.size, "attempts": env.attempts, "arrived": iso(env.arrived),
-        "next_attempt": iso(env.next_attempt), "last_error": env.last_error,
-    }  # fmt: skip
+iso = admin.iso
+row = admin.row
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,11 +119,8 @@ def _show(stores: list[Store], args: argparse.Namespace, ids: list[str]) -> int:
     body = store.body(env.id.encode("ascii")) if args.body else admin.first_chunk(store, env.id)
     text = (body or b"") if args.body else admin.headers(body)
     if args.json:
-        doc = {**row(env), "arrived_ts": env.arrived, "next_attempt_ts": env.next_attempt,
-               "client_ip": env.client_ip, "helo": env.helo, "listener": env.listener, "params": env.params,
-               "recipients": [{"addr": r.addr, "state": r.state, "orcpt": r.orcpt, "notify": r.notify,
-                               "attempts": r.attempts, "last_error": r.last_error} for r in env.rcpts],
-               "headers" if not args.body else "message": text.decode("utf-8", "replace")}  # fmt: skip
+        doc = admin.show_doc(env)
+        doc["headers" if not args.body else "message"] = text.decode("utf-8", "replace")
         print(json.dumps(doc, ensure_ascii=False, indent=1))
         return 0
     w = sys.stdout.write

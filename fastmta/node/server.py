@@ -21,6 +21,7 @@ from typing import Any
 
 from fastmta import config as config_mod
 from fastmta import parser
+from fastmta.api import app as api
 from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
@@ -42,6 +43,7 @@ from fastmta.smtp.policy import Policy
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 from fastmta.spool.suppression import SuppressionList
+from fastmta.webhook import WebhookService
 
 log = logging.getLogger("fastmta.server")
 # Starts the one stderr line every unhandled loop exception gets (the test harness fails on it).
@@ -82,6 +84,8 @@ class Server:
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.node_spool = cfg.spool  # the node's whole spool (a worker's cfg names its shard)
+        self.workers = 1
         self.stopping = False
         self.ready = False
         self._stop = asyncio.Event()
@@ -91,6 +95,9 @@ class Server:
         self.delivery: Any = None
         self.dkim: DkimService | None = None
         self.tls_reports: TlsReports | None = None
+        self.webhooks: WebhookService | None = None
+        self.api_ctx: api.Context | None = None
+        self._api: Any = None  # the HTTP API's runner
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -112,6 +119,9 @@ class Server:
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
         self.dlog = DeliveryLog(cfg.log.file)
+        if cfg.webhooks:
+            self.webhooks = WebhookService(cfg.webhooks, spool, self.dlog)
+            await self.webhooks.start()
         self.suppression = SuppressionList.open(cfg.spool)
         feedback = (
             FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
@@ -143,6 +153,9 @@ class Server:
                 )
                 self._servers.append(server)
                 say(f"listening on {lcfg.label} ({_where(server)}, mode {lcfg.mode}, tls {lcfg.tls})")
+            if cfg.http.address is not None:
+                with address_in_use("http.address", cfg.http.address):
+                    await self._start_api(cfg, spool)
             with address_in_use("metrics", cfg.metrics.address):
                 exporter = serve_metrics(cfg.metrics.address, self._healthy)
         except BaseException:
@@ -179,6 +192,19 @@ class Server:
             tls.reports = self.tls_reports
             self.tls_reports.start()
         return tls
+
+    async def _start_api(self, cfg: Config, spool: Spool) -> None:
+        ctx = self.api_ctx = api.Context(
+            cfg,
+            spool,
+            self.node_spool,
+            api.load_tokens(cfg),
+            self._healthy,
+            self.delivery.feeder.wake,
+            self.suppression,
+        )
+        self._api, bound = await api.start(ctx, reuse_port=self.workers > 1)
+        say(f"HTTP API on http://{_fmt(bound)}/api/v1/ ({len(ctx.tokens)} token(s))")
 
     def _healthy(self) -> bool:
         return self.ready and not self.stopping
@@ -227,6 +253,12 @@ class Server:
                 say(f"listener {lcfg.label} is new: it needs a restart")
         hub.configure(cfg)
         self.delivery.reload(cfg)
+        if self.api_ctx is not None:
+            try:
+                self.api_ctx.tokens = api.load_tokens(cfg)
+            except ValueError as e:
+                say(f"HTTP API tokens not reloaded: {e}")
+            self.api_ctx.cfg = cfg
         self.cfg = cfg
         say("configuration reloaded")
 
@@ -237,6 +269,8 @@ class Server:
             if not await hub.wait_idle(grace):
                 say(f"{len(hub.connections)} connection(s) still open after the grace period: closing them")
                 hub.abort_all()
+        if self._api is not None:
+            await self._api.cleanup()
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -247,6 +281,8 @@ class Server:
             await self.tls_reports.close()
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self.dkim is not None:
             await self.dkim.close()
         self.suppression.close()

@@ -74,6 +74,7 @@ class WorkerServer(Server):
 
     def __init__(self, cfg: Config, config_path: str | None, index: int, workers: int, lifeline: int) -> None:
         super().__init__(worker_config(cfg, index, workers), config_path)
+        self.node_spool = cfg.spool
         self.index = index
         self.workers = workers
         self._lifeline = socket.socket(fileno=lifeline)

@@ -107,6 +107,7 @@ class Scheduler:
         }
         self._m_seconds = metrics.bound(metrics.delivery_seconds)
         self._m_fail: dict[tuple[str, str], Any] = {}
+        self._admin_suspended: set[str] = set()  # destination keys the administrator suspended
         # sending pools, the suppression list and feedback-loop reports (docs/operations.md)
         self.sources = Sources(cfg)
         self.suppression = suppression
@@ -541,6 +542,35 @@ class Scheduler:
                 log.info("queue flush: delivery to %s resumed", dq.dest.key)
                 dq.suspended_until = 0.0
                 shard.kick(dq, now)
+
+    def suspend_admin(self, entries: dict[str, tuple[float, str]]) -> None:
+        """Administrative suspensions (spool/suspend.py): domain → (until, reason), all of them.
+
+        Each named destination is suspended until its end: ready work is put back
+        untried at once, new work is deferred to the end. Destinations no longer
+        named are resumed (as a ``queue flush`` resumes them)."""
+        now = self.clock()
+        keys: set[str] = set()
+        for domain, (until, reason) in entries.items():
+            shard, dest = self._destination("@" + domain)
+            keys.add(dest.key)
+            dq = shard.queue(dest)
+            dq.suspend(
+                until, Reply(451, "4.7.1", f"by the administrator: {reason or 'no reason given'}"), "other"
+            )
+            if dq.suspended(now) and dq.ready:
+                self._skip_all(shard, dq, now)
+        for key in self._admin_suspended - keys:
+            for shard in self.shards:
+                old = shard.dests.get(key)
+                if old is not None and old.suspended(now):
+                    log.info("delivery to %s resumed by the administrator", key)
+                    old.suspended_until = 0.0
+                    shard.kick(old, now)
+        self._admin_suspended = keys
+
+    def _skip_all(self, shard: Shard, dq: DestQueue, now: float) -> None:
+        shard.drain(dq, lambda w: self.skip(dq, w, now))
 
     def room_for(self, dq: DestQueue) -> None:
         """A parked destination (it had hit ``dest_cap``) has drained to half: feed it again."""

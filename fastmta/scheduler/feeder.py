@@ -40,6 +40,7 @@ class Feeder:
         self.budget = max(10 * PAGE, sched.max_in_memory)  # index entries looked at per pass
         self._cursor: tuple[float, str] | None = None
         self._flush_gen = 0  # the last ``queue flush`` generation acted on (spool/flush.py)
+        self._suspended: dict[str, tuple[float, str]] = {}  # administrative suspensions applied
         self._wake = asyncio.Event()
         self._gauges = {
             s: metrics.bound(metrics.queue_messages, s) for s in ("ready", "inflight", "deferred")
@@ -57,6 +58,7 @@ class Feeder:
         while True:
             try:
                 self.check_flush()
+                self.check_suspensions()
                 await self.scan()
                 self.update_gauges()
             except asyncio.CancelledError:
@@ -74,6 +76,13 @@ class Feeder:
             self._flush_gen = gen
             if domains is None or domains:
                 self.sched.lift(domains)
+
+    def check_suspensions(self) -> None:
+        """One meta read: apply administrative suspensions (the HTTP API's) that changed."""
+        entries = self.sched.spool.suspensions()
+        if entries != self._suspended:
+            self._suspended = entries
+            self.sched.suspend_admin(entries)
 
     async def scan(self) -> int:
         """Admit due messages not in memory, up to the memory bound; returns how many.

@@ -40,6 +40,10 @@ class QueueSpool(BodySource, Protocol):
         """``queue flush`` generation and the domains flushed after ``seen`` (None: all)."""
         ...
 
+    def suspensions(self) -> dict[str, tuple[float, str]]:
+        """Administrative suspensions in force: domain → (until, reason) (spool/suspend.py)."""
+        ...
+
     def count(self) -> int:
         """Messages in the spool (cheap)."""
         ...

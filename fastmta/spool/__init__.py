@@ -19,7 +19,7 @@ from typing import Any
 from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolUnavailableError
-from fastmta.spool import flush, records
+from fastmta.spool import events, flush, records, suspend
 from fastmta.spool.committer import Committer, Pending, outcome
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
@@ -111,6 +111,15 @@ class Spool:
             out.append(self._op("update", msg_id.encode("ascii"), states, next_due, attempts_inc))
         return out
 
+    def append_events(self, items: Sequence[bytes], keep: int) -> asyncio.Future[Any]:
+        """Journal delivery-log events for the webhooks (events.py); resolves to the last
+        sequence number once committed. Sent before the spool updates they report."""
+        return self._op("events_append", list(items), keep)
+
+    def ack_events(self, name: str, seq: int, names: Sequence[str]) -> asyncio.Future[Any]:
+        """Save webhook ``name``'s cursor at ``seq``; what all of ``names`` have is deleted."""
+        return self._op("webhook_ack", name, seq, list(names))
+
     def _op(self, name: str, *args: Any) -> asyncio.Future[Any]:
         committer = self._running()
         fut = committer.loop.create_future()
@@ -196,6 +205,19 @@ class Spool:
         store = self.store
         with store.read() as txn:
             return flush.since(txn.get(flush.KEY, db=store.meta), seen)
+
+    def suspensions(self) -> suspend.Suspensions:
+        """Administrative suspensions still running (suspend.py): domain → (until, reason)."""
+        store = self.store
+        with store.read() as txn:
+            return suspend.load(txn.get(suspend.KEY, db=store.meta))
+
+    def events_after(self, seq: int, limit: int) -> tuple[list[tuple[int, bytes]], int, int]:
+        """Journalled events after ``seq`` (events.py): (items, first held, last held)."""
+        return events.after(self.store, seq, limit)
+
+    def events_cursor(self, name: str) -> int:
+        return events.cursor(self.store, name)
 
     # --- health --------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import lmdb
 
@@ -61,6 +62,31 @@ def iter_envelopes(store: Store, on_damaged: Callable[[str, str], None] | None =
                 if on_damaged is not None:
                     on_damaged(msg_id, str(e))
         after = rows[-1][0]
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC, second precision: ``2026-11-28T20:30:00Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row(env: Envelope) -> dict[str, Any]:
+    """The ``queue list --json`` object (its keys are a public contract: docs/operations.md)."""
+    return {
+        "id": env.id, "from": env.sender, "rcpts": [r.addr for r in env.rcpts if r.pending],
+        "size": env.size, "attempts": env.attempts, "arrived": iso(env.arrived),
+        "next_attempt": iso(env.next_attempt), "last_error": env.last_error,
+    }  # fmt: skip
+
+
+def show_doc(env: Envelope) -> dict[str, Any]:
+    """``queue show --json`` and the HTTP API's message: the list row and every detail."""
+    return {**row(env), "arrived_ts": env.arrived, "next_attempt_ts": env.next_attempt,
+            "client_ip": env.client_ip, "helo": env.helo, "listener": env.listener, "params": env.params,
+            "recipients": [{"addr": r.addr, "state": r.state, "orcpt": r.orcpt, "notify": r.notify,
+                            "attempts": r.attempts, "last_error": r.last_error}
+                           for r in env.rcpts]}  # fmt: skip
 
 
 def headers(body: bytes | None) -> bytes:

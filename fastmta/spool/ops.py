@@ -16,10 +16,14 @@ from collections.abc import Mapping
 import lmdb
 
 from fastmta.spool import records
+from fastmta.spool.events import ack as webhook_ack
+from fastmta.spool.events import append as events_append
 from fastmta.spool.records import BOUNCE, PENDING, Envelope, RcptState
 from fastmta.spool.store import Store, sched_key
 
 ADMIN_BOUNCE_ERROR = "550 5.0.0 Message deleted from the queue by the administrator"
+
+__all__ = ["bounce", "events_append", "quarantine", "remove", "reschedule", "update", "webhook_ack"]
 
 
 def load(store: Store, txn: lmdb.Transaction, id_b: bytes) -> Envelope | None:
@@ -102,16 +106,27 @@ def quarantine(store: Store, txn: lmdb.Transaction, id_b: bytes) -> bool:
     return True
 
 
-def bounce(store: Store, txn: lmdb.Transaction, id_b: bytes, now: float | None = None) -> bool:
-    """``queue bounce``: pending recipients → "bounce"; the scheduler sends the DSN."""
+def bounce(
+    store: Store,
+    txn: lmdb.Transaction,
+    id_b: bytes,
+    now: float | None = None,
+    error: str = ADMIN_BOUNCE_ERROR,
+    domain: str = "",
+) -> bool:
+    """``queue bounce``: pending recipients (those at ``domain`` when given) → "bounce" with
+    ``error``; the scheduler sends the DSN. False if none was pending there."""
     env = load(store, txn, id_b)
     if env is None:
         return False
     old = env.next_attempt
+    hit = False
     for r in env.rcpts:
-        if r.state == PENDING:
-            r.state, r.last_error = BOUNCE, ADMIN_BOUNCE_ERROR
-    env.last_error = ADMIN_BOUNCE_ERROR
+        if r.state == PENDING and (not domain or r.addr.rpartition("@")[2].lower() == domain):
+            r.state, r.last_error, hit = BOUNCE, error, True
+    if not hit and domain:
+        return False
+    env.last_error = error
     env.next_attempt = time.time() if now is None else now
     save(store, txn, env, old)
     return True

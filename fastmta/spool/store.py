@@ -10,7 +10,9 @@ All synchronous. Keys:
   exactly (n pages − 16 header bytes), so a 4 KiB body takes one page, not two
 * ``sched`` due time in ms (8 bytes, big-endian) + id → b"": ``due()`` is a range scan
 * ``quar``  id → damaged envelope record moved aside (by recovery, or when a read finds it)
-* ``meta``  spool-wide facts: the schema version and the ``queue flush`` signal (flush.py)
+* ``meta``  spool-wide facts: the schema version, the ``queue flush`` signal (flush.py),
+  administrative suspensions (suspend.py) and the webhooks' cursors (events.py)
+* ``events`` sequence number → a delivery-log event kept for the webhooks (events.py)
 
 Write transactions run on one thread per process (the writer process, recovery
 and shard adoption before it starts, or a short ``fastmta queue`` command).
@@ -41,7 +43,7 @@ PAGE = mmap.PAGESIZE  # LMDB's page size is the OS page size
 CHUNK = 256 * PAGE - 16  # a full piece: 256 overflow pages, header included
 _INLINE_TAIL = PAGE // 4  # a tail this short sits inside a leaf page, not an overflow page
 SCHEMA = b"1"
-DB_NAMES = (b"env", b"body", b"sched", b"quar", b"meta")
+DB_NAMES = (b"env", b"body", b"sched", b"quar", b"meta", b"events")
 _DUE = struct.Struct(">Q")
 _CHUNK_NO = struct.Struct(">H")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
@@ -130,7 +132,7 @@ class Store:
     def _open_dbs(self) -> None:
         with self.write() as txn:  # another process may have grown the map: write() adopts it
             self.dbs = [self.env.open_db(name, txn=txn) for name in DB_NAMES]
-            self.envs, self.bodies, self.sched, self.quar, self.meta = self.dbs
+            self.envs, self.bodies, self.sched, self.quar, self.meta, self.events = self.dbs
             schema = txn.get(b"schema", db=self.meta)
             if schema is None:
                 txn.put(b"schema", SCHEMA, db=self.meta)

@@ -58,7 +58,9 @@ REC_LEN = struct.Struct("<I")
 ACK = struct.Struct("<I")
 PUT, OP = 1, 2
 OK, FULL, UNAVAILABLE, ERROR = 0, 1, 2, 3
-OPERATIONS = frozenset({"update", "remove", "reschedule", "bounce", "quarantine"})
+OPERATIONS = frozenset(
+    {"update", "remove", "reschedule", "bounce", "quarantine", "events_append", "webhook_ack"}
+)
 MAX_BATCH_OPS = 8192
 RUNWAY = 2 * 1024**2  # zeroed file space kept ahead of LMDB's last page
 RUNWAY_STEP = 1024**2

@@ -182,6 +182,27 @@ RULES: dict[str, set[str]] = {
     "fastmta.loadgen": {"fastmta.loadgen", "fastmta.parser", "fastmta.smtp.proxy"},
     "fastmta.loadgen.spec": {"fastmta.parser"},
     "fastmta.loadgen.stats": {"fastmta.loadgen.spec"},
+    # The HTTP API: request checks and message building (inject), queue administration over
+    # the node's shards (admin), the aiohttp application (app). The server hands it a Context.
+    "fastmta.api": {
+        "fastmta.api",
+        "fastmta.config",
+        "fastmta.errors",
+        "fastmta.metrics",
+        "fastmta.spool",
+        "fastmta.inject.compose",
+        "fastmta.smtp.commands",
+        "fastmta.smtp.headers",
+    },
+    "fastmta.api.tokens": LEAF,
+    # Event webhooks: the delivery log's tap journals events in the spool; senders POST them.
+    "fastmta.webhook": {
+        "fastmta.webhook",
+        "fastmta.config",
+        "fastmta.metrics",
+        "fastmta.spool",
+        "fastmta.deliverylog",
+    },
     # The node: composition root, worker processes and their supervisor.
     "fastmta.node": LEAF,
     # The /metrics + /healthz HTTP exporter of the node (a daemon thread).
@@ -210,7 +231,7 @@ RULES: dict[str, set[str]] = {
     "fastmta.cli": LEAF,
     "fastmta.commands": {"fastmta.config", "fastmta.preflight"},
     # Start-up checks of the files the configuration names (check-config and serve).
-    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth", "fastmta.dkim.keys"},
+    "fastmta.preflight": {"fastmta.config", "fastmta.smtp.auth", "fastmta.dkim.keys", "fastmta.api.tokens"},
 }
 # Each command is an entry point: it may use anything below the dispatcher.
 for _name in MODULES:

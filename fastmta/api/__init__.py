@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: MIT
+"""The HTTP API: message injection and queue administration over JSON (``[http]``)."""
