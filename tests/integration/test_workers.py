@@ -148,16 +148,15 @@ def test_workers_stop_when_the_supervisor_is_killed(workers_server: Callable[...
 
 
 def test_a_worker_that_cannot_start_stops_the_start(make_config: Callable[..., Path], tmp_path: Path) -> None:
-    """A certificate the workers cannot read: the start stops with the worker's exit status."""
+    """A pool source address this host does not have (the start-up checks before the workers
+    cannot see it; each worker binds it): the start stops with the worker's exit status."""
     from tests.fixtures.workers import workers_toml
 
-    tls = f'[tls]\ncert_file = "{tmp_path / "missing.pem"}"\nkey_file = "{tmp_path / "missing.key"}"\n'
-    cfg = make_config(
-        workers_toml(free_port(), free_port(), hold=True, extra=tls, listener_extra='tls = "starttls"')
-    )
+    pool = '[[pool]]\nname = "bulk"\nsources = [{ address = "192.0.2.1", ehlo = "m.test" }]\n'
+    cfg = make_config(workers_toml(free_port(), free_port(), hold=True, extra=pool))
     r = run_fastmta("serve", "--config", str(cfg), timeout=60)
     assert r.returncode == 2, r.stderr
-    assert b"failed to start" in r.stderr and b"tls.cert_file: cannot read" in r.stderr
+    assert b"failed to start" in r.stderr and b"192.0.2.1" in r.stderr, r.stderr
 
 
 def test_metrics_address_in_use_fails_the_start(make_config: Callable[..., Path]) -> None:
