@@ -39,8 +39,10 @@ def iso_ts(t: float | None = None) -> str:
 class DeliveryLog:
     """Writes delivery-log records; ``enabled=False`` makes every call free."""
 
-    def __init__(self, path: str = "", enabled: bool = True) -> None:
+    def __init__(self, path: str = "", enabled: bool = True, node: str = "") -> None:
         self.enabled = enabled
+        # every line ends with the node that wrote it (``[cluster] node_id``), when there is one
+        self._end = f',"node":{_jstr(node)}}}' if node else "}"
         self._own = bool(path)
         self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
 
@@ -48,7 +50,8 @@ class DeliveryLog:
         """Write records (dicts of log fields; missing ones are omitted) in one call."""
         if not self.enabled:
             return
-        text = "".join(_encode(r) + "\n" for r in records)
+        end = self._end
+        text = "".join(_encode(r)[:-1] + end + "\n" for r in records)
         if text:
             self._out.write(text)
             self._out.flush()
@@ -63,7 +66,7 @@ class DeliveryLog:
         for e in envelopes:
             head = f'{{"ts":{ts},"event":"received","id":{_jstr(e.id)},"from":{_jstr(e.sender)},"rcpt":'
             tail = (f',"size":{e.size},"client_ip":{_jstr(e.client_ip)},'
-                    f'"listener":{_jstr(e.listener)}}}\n')  # fmt: skip
+                    f'"listener":{_jstr(e.listener)}{self._end}\n')  # fmt: skip
             parts += [head + _jstr(r.addr) + tail for r in e.rcpts]
         if parts:
             self._out.write("".join(parts))

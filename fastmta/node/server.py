@@ -20,6 +20,7 @@ from typing import Any
 
 from fastmta import config as config_mod
 from fastmta import parser
+from fastmta.cluster.limits import Cluster
 from fastmta.config import Config, ConfigError
 from fastmta.delivery.dns import Resolver
 from fastmta.delivery.local import LocalDeliverer, local_recipient_exists
@@ -36,6 +37,7 @@ from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 
 log = logging.getLogger("fastmta.server")
+CLUSTER_LINGER_MARGIN = 2.0  # seconds past the pool's idle time: covers the idle connection's QUIT
 # Starts the one stderr line every unhandled loop exception gets (the test harness fails on it).
 LOOP_EXCEPTION = "unhandled exception in the event loop"
 
@@ -79,6 +81,7 @@ class Server:
         self.hub: Hub | None = None
         self.delivery: Any = None
         self.dkim: DkimService | None = None
+        self.cluster: Cluster | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -98,11 +101,23 @@ class Server:
         self.dkim = DkimService(cfg.dkim) if cfg.dkim else None  # a bad key stops us here
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
-        self.dlog = DeliveryLog(cfg.log.file)
+        self.dlog = DeliveryLog(cfg.log.file, node=cfg.cluster.node_id)
         if self.dkim is not None:
             await self.dkim.start()
+        if cfg.cluster.redis:
+            # a lease outlives its worker by the pool's idle time: the pooled connection is still open
+            self.cluster = Cluster(cfg.cluster, linger=cfg.delivery.idle_timeout + CLUSTER_LINGER_MARGIN)
+            await self.cluster.start()
+            say(
+                f"cluster node {cfg.cluster.node_id}: limits shared through {_redacted(cfg.cluster.redis)}"
+                f" ({self.cluster.nodes} node(s) seen, Redis {'up' if self.cluster.up else 'DOWN'})"
+            )
         remote = SmtpDeliverer(cfg, spool, Resolver(cfg.dns), self.dkim)
-        self.delivery = await start_delivery(cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog)
+        self.delivery = await start_delivery(
+            cfg, spool, remote, LocalDeliverer(cfg, spool), self.dlog, shared=self.cluster
+        )
+        if self.cluster is not None:
+            self.cluster.on_state = self.delivery.scheduler.apply_shared
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -197,6 +212,8 @@ class Server:
             await hub.close()
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.dkim is not None:
             await self.dkim.close()
         self.spool.close()
@@ -206,6 +223,12 @@ class Server:
 def _policy(cfg: Config) -> Policy:
     """The relay policy, with delivery.local's RCPT-time mailbox check for local_domains."""
     return Policy(cfg, lambda addr: local_recipient_exists(cfg, addr))
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL fit for a log line: no password."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 def _where(server: asyncio.Server) -> str:

@@ -3,7 +3,8 @@
 
 ``DeliveryService`` is all ``server.py`` sees: ``submit`` committed envelopes
 (from ``spool.on_commit``), ``reload`` on SIGHUP (lifts ``[delivery] hold``),
-``stop`` at shutdown. The scheduler proper lives in core.py, shards in shard.py.
+``suspend``/``resume`` a destination (the admin API), ``stop`` at shutdown. The
+scheduler proper lives in core.py, shards in shard.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastmta.delivery import Deliverer
 from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
-from fastmta.scheduler.ports import QueueSpool
+from fastmta.scheduler.ports import QueueSpool, SharedLimits
 from fastmta.spool.records import Envelope
 
 
@@ -33,6 +34,14 @@ class DeliveryService:
     def submit(self, envelopes: Iterable[Envelope]) -> None:
         """Hand freshly committed messages to the scheduler (fast path, no spool scan)."""
         self.scheduler.submit(envelopes)
+
+    def suspend(self, domain: str, seconds: float, reason: str = "") -> None:
+        """Hold delivery to ``domain`` for ``seconds`` (cluster-wide with ``[cluster] redis``)."""
+        self.scheduler.suspend(domain, seconds, reason)
+
+    def resume(self, domain: str) -> None:
+        """End ``domain``'s suspension now (cluster-wide with ``[cluster] redis``)."""
+        self.scheduler.resume(domain)
 
     def reload(self, cfg: Config) -> None:
         """Apply a reloaded configuration (SIGHUP); lifting hold makes the feeder scan now."""
@@ -57,12 +66,14 @@ async def start_delivery(
     local: Deliverer | None = None,
     dlog: DeliveryLog | None = None,
     interval: float = 1.0,
+    shared: SharedLimits | None = None,
 ) -> DeliveryService:
     """Build the scheduler and its feeder around ready deliverers, and start feeding.
 
     ``remote`` takes every destination but the local domains, ``local`` those (None:
-    ``remote`` takes them too). The service closes both when it stops.
+    ``remote`` takes them too). The service closes both when it stops. ``shared``: the
+    cluster's limits (its heartbeat news goes to ``Scheduler.apply_shared``).
     """
-    sched = Scheduler(cfg, spool, remote, local, dlog)
+    sched = Scheduler(cfg, spool, remote, local, dlog, shared=shared)
     feeder = Feeder(sched, interval, spool.count)
     return DeliveryService(sched, feeder, [remote] if local is None else [remote, local])

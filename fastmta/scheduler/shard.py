@@ -21,6 +21,7 @@ from fastmta.scheduler.destination import DestQueue
 
 if TYPE_CHECKING:
     from fastmta.scheduler.core import Scheduler
+    from fastmta.scheduler.ports import SharedLimits
     from fastmta.scheduler.rounds import Work
 
 
@@ -50,6 +51,8 @@ class Shard:
             dq = self.dests[dest.key] = DestQueue(
                 dest, d.max_connections_per_destination, d.message_rate_per_destination
             )
+            if self.sched.shared_state or self.sched.shared_limits:
+                self.sched.adopt(dq)
         return dq
 
     def add(self, dq: DestQueue, work: Work) -> None:
@@ -79,16 +82,23 @@ class Shard:
 
     async def _worker(self, dq: DestQueue) -> None:
         sched = self.sched
+        shared = sched.shared
+        leased = False
         try:
+            if shared is not None:
+                leased = await self._lease(dq, shared)
             while dq.ready:
                 now = sched.clock()
                 if dq.suspended(now) or sched.held or dq.inflight >= dq.connections(now):
                     return
-                wait = dq.reserve(now)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    if not dq.ready or dq.suspended(sched.clock()):
-                        return
+                if shared is None:
+                    wait = dq.reserve(now)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        if not dq.ready or dq.suspended(sched.clock()):
+                            return
+                elif not await self._token(dq, shared):
+                    return
                 work = dq.ready.popleft()
                 self.ready -= 1
                 if dq.parked and len(dq.ready) < sched.dest_cap // 2:
@@ -105,6 +115,9 @@ class Shard:
                 except Exception:  # a bug here must not take the destination's worker down with it
                     log.exception("applying a delivery result for %s failed", dq.dest.key)
         finally:
+            if leased:
+                assert shared is not None
+                shared.close_slot(dq.dest.key)
             dq.workers -= 1
             now = sched.clock()
             idle = not (dq.ready or dq.workers or dq.inflight)
@@ -115,3 +128,25 @@ class Shard:
             ):
                 # no state worth keeping: forget it, so the dict does not grow with every domain ever seen
                 del self.dests[dq.dest.key]
+
+    def _stopped(self, dq: DestQueue) -> bool:
+        return not dq.ready or self.sched.held or dq.suspended(self.sched.clock())
+
+    async def _lease(self, dq: DestQueue, shared: SharedLimits) -> bool:
+        """Wait for a cluster-wide connection lease; False: there is no more work for it."""
+        while not self._stopped(dq):
+            wait = await shared.open(dq.dest.key, dq.connections(self.sched.clock()))
+            if wait <= 0:
+                return True
+            await asyncio.sleep(wait)
+        return False
+
+    async def _token(self, dq: DestQueue, shared: SharedLimits) -> bool:
+        """Wait for a cluster-wide rate token; False: the work went away meanwhile."""
+        while True:
+            wait = await shared.token(dq.dest.key, dq.current_rate(self.sched.clock()))
+            if wait <= 0:
+                return not self._stopped(dq)
+            await asyncio.sleep(wait)
+            if self._stopped(dq):
+                return False
