@@ -236,7 +236,8 @@ def test_cluster_errors_name_their_key() -> None:
         config.from_dict({"cluster": {"redis": "127.0.0.1:6379", "on_redis_failure": "ignore", "batch": 0,
                                       "nodeid": "x"}})  # fmt: skip
     text = str(e.value)
-    for key in ("cluster.redis:", "cluster.on_redis_failure:", "cluster.batch:", "cluster.nodeid: unknown key"):
+    keys = ("cluster.redis:", "cluster.on_redis_failure:", "cluster.batch:", "cluster.nodeid: unknown key")
+    for key in keys:
         assert key in text, key
     with pytest.raises(config.ConfigError, match=r"cluster\.lease_ttl: must be at least 3"):
         config.from_dict({"cluster": {"redis": "redis://127.0.0.1:6379/0", "lease_ttl": "2s"}})
