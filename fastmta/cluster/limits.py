@@ -2,13 +2,13 @@
 """Per-destination limits held with the other nodes of a cluster, through one Redis.
 
 ``Cluster`` is the scheduler's ``SharedLimits``. A connection slot is a lease in a
-sorted set (member ``node:n``, score = expiry); a node that dies stops renewing and
-its leases lapse after ``lease_ttl``. A lease outlives its delivery by the pool's idle
-time: a pooled connection is still open, and a receiver counts open connections.
-Message rates are a GCRA bucket taken ``batch`` tokens at a time. Suspensions and
-shaping limits are hashes the heartbeat polls. None of this costs a Redis round trip
-per message: leases last a connection's life, tokens come in batches, and the
-heartbeat renews every lease in one pipeline.
+sorted set (member ``node:n``, score = expiry), held by one delivery worker for its
+life; the worker closes its destination's idle pooled connections before giving it
+back, since a receiver counts open connections. A node that dies stops renewing and
+its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken
+``batch`` tokens at a time. Suspensions and shaping limits are hashes the heartbeat
+polls. None of this costs a Redis round trip per message: a lease lasts a worker's
+life, tokens come in batches, and the heartbeat renews every lease in one pipeline.
 
 When Redis fails (an error, or no answer within ``timeout``) a node falls back to its
 share of each limit (limit / nodes last seen, at least 1) or, with
@@ -18,7 +18,6 @@ share of each limit (limit / nodes last seen, at least 1) or, with
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
@@ -37,7 +36,10 @@ from fastmta.errors import Reply
 
 log = logging.getLogger("fastmta.cluster")
 
-DENIED_WAIT = 0.2  # seconds before a node asks again for a lease it was refused
+DENIED_WAIT = 0.1  # seconds before a node asks again for a lease it was refused
+# after giving a lease back, a node waits this long before asking for the destination
+# again: nodes that were refused meanwhile (asking every DENIED_WAIT) get their turn
+YIELD = 0.15
 TOKEN_LIFE = 1.0  # seconds a node may keep rate tokens it has not spent
 NODE_HORIZON_MS = 60_000  # a node counts as present while its heartbeat is this recent
 
@@ -52,24 +54,23 @@ StateCallback = Callable[[Suspensions, Limits], None]
 class _Dest:
     """This node's leases and unspent tokens for one destination."""
 
-    __slots__ = ("held", "busy", "releases", "tokens", "tokens_until", "local_next")
+    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking")
 
     def __init__(self) -> None:
-        self.held: list[str] = []  # lease members this node holds (busy + lingering)
-        self.busy = 0  # of those, in use by a delivery worker
-        self.releases: collections.deque[asyncio.TimerHandle] = collections.deque()
+        self.held: list[str] = []  # lease members this node holds, one per delivery worker
         self.tokens = 0
         self.tokens_until = 0.0
         self.local_next = 0.0  # fallback: next message start under this node's rate share
+        self.released = 0.0  # when this node last gave a lease of it back
+        self.asking: asyncio.Future[float] | None = None  # a batch of tokens being asked for
 
 
 class Cluster:
     """Shared limits for one node; ``start`` it after the loop runs, ``close`` at shutdown."""
 
-    def __init__(self, cfg: ClusterConfig, linger: float, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, cfg: ClusterConfig, client: aioredis.Redis | None = None) -> None:
         self.cfg = cfg
         self.node = cfg.node_id
-        self.linger = linger  # how long a lease outlives its worker: the pool's idle time + a margin
         self.redis = client or aioredis.from_url(
             cfg.redis,
             socket_timeout=cfg.timeout,
@@ -111,9 +112,6 @@ class Cluster:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for d in self._dests.values():
-            for h in d.releases:
-                h.cancel()
         if self.up:
             pipe = self.redis.pipeline(transaction=False)
             for key, d in self._dests.items():
@@ -139,13 +137,11 @@ class Cluster:
         d = self._dests.get(key)
         if d is None:
             d = self._dests[key] = _Dest()
-        if d.busy < len(d.held):  # a lingering lease: its pooled connection may be reused
-            d.busy += 1
-            if d.releases:
-                d.releases.popleft().cancel()  # keep the later release times: the safe side
-            return 0.0
         if self.paused:
             return self.cfg.interval
+        since = time.monotonic() - d.released
+        if since < YIELD:
+            return YIELD - since
         member = self._member()
         if self.up:
             try:
@@ -159,31 +155,19 @@ class Cluster:
         elif len(d.held) >= max(1, limit // self.nodes):
             return DENIED_WAIT
         d.held.append(member)
-        d.busy += 1
         self._m_leases.inc()
         return 0.0
 
     def close_slot(self, key: str) -> None:
-        """A worker that held a lease of ``key`` ended; the lease lingers, then goes back."""
+        """A worker that held a lease of ``key`` ended (its connections are closed): give it back."""
         d = self._dests.get(key)
-        if d is None or d.busy <= 0:
+        if d is None or not d.held:
             return
-        d.busy -= 1
-        d.releases.append(asyncio.get_running_loop().call_later(self.linger, self._release, key))
-
-    def _release(self, key: str) -> None:
-        d = self._dests.get(key)
-        if d is None:
-            return
-        if d.releases:
-            d.releases.popleft()
-        if d.busy < len(d.held):
-            member = d.held.pop()
-            self._m_leases.dec()
-            if self.up:
-                self._spawn(self._call(self.redis.zrem(self._conn_key(key), member)))
-        if not d.held and not d.busy and d.tokens_until < time.monotonic():
-            del self._dests[key]
+        member = d.held.pop()
+        self._m_leases.dec()
+        d.released = time.monotonic()
+        if self.up:
+            self._spawn(self._call(self.redis.zrem(self._conn_key(key), member)))
 
     def leases(self, key: str) -> int:
         d = self._dests.get(key)
@@ -209,18 +193,32 @@ class Cluster:
                 return d.local_next - now
             d.local_next = max(now, d.local_next) + self.nodes / rate
             return 0.0
-        n = max(1, min(self.cfg.batch, math.ceil(rate / 10)))  # at most a tenth of a second's worth
+        if d.asking is not None:  # one ask per node and destination at a time: share its answer
+            wait = await asyncio.shield(d.asking)
+            return wait if wait > 0 else await self.token(key, rate)
+        d.asking = asking = asyncio.get_running_loop().create_future()
+        wait = 0.0
         try:
-            k, wait_us = await self._call(
-                self._take(keys=[self._rate_key(key)], args=[math.ceil(1e6 / rate), n, n])
-            )
+            wait = await self._take_batch(d, key, rate)
         except _Down:
-            return await self.token(key, rate)
-        if k > 0:
-            d.tokens = int(k) - 1
-            d.tokens_until = time.monotonic() + TOKEN_LIFE
-            return 0.0
-        return max(int(wait_us) / 1e6, 0.001)
+            pass  # wait 0: ask again, and meet the fallback
+        finally:
+            d.asking = None
+            asking.set_result(wait)
+        return wait if wait > 0 else await self.token(key, rate)
+
+    async def _take_batch(self, d: _Dest, key: str, rate: float) -> float:
+        """Up to ``batch`` tokens (at most a tenth of a second's worth) into the node's stash;
+        0, or the seconds until a whole batch is there."""
+        n = max(1, min(self.cfg.batch, math.ceil(rate / 10)))
+        k, wait_us = await self._call(
+            self._take(keys=[self._rate_key(key)], args=[math.ceil(1e6 / rate), n, n])
+        )
+        if k <= 0:
+            return max(int(wait_us) / 1e6, 0.001)
+        d.tokens = int(k)
+        d.tokens_until = time.monotonic() + TOKEN_LIFE
+        return 0.0
 
     # --- suspensions and shaping limits -----------------------------------------------------------
 
@@ -247,6 +245,11 @@ class Cluster:
 
     async def heartbeat(self) -> None:
         """Announce this node, renew its leases, read the node count, suspensions and limits."""
+        now = time.monotonic()
+        idle = [k for k, d in self._dests.items() if not d.held and now > d.released + YIELD
+                and now > max(d.tokens_until, d.local_next)]  # fmt: skip
+        for key in idle:  # nothing worth keeping: the dict does not grow with every domain
+            del self._dests[key]
         pipe = self.redis.pipeline(transaction=False)
         await self._tick(
             keys=[self._nodes_key, self._suspend_key, self._limit_key],

@@ -62,6 +62,12 @@ class Attempt:
 class Deliverer(Protocol):
     async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt: ...
 
+    async def hang_up(self, key: str, keep: int = 0) -> None:
+        """Close the idle connections kept for destination ``key`` but the ``keep`` most recent,
+        and wait for their QUIT (a cluster-wide connection lease must not end before its
+        connection does)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -93,6 +93,24 @@ class Pool(Generic[C]):
             self._idle.pop(key, None)
         self.retire(client)
 
+    async def drop(self, key: str, keep: int = 0) -> None:
+        """QUIT the idle connections of ``key`` but the ``keep`` most recently used, and wait
+        (briefly) for the goodbyes."""
+        idle = self._idle.get(key, [])
+        cut = max(0, len(idle) - keep)
+        gone, idle[:cut] = idle[:cut], []
+        if not idle:
+            self._idle.pop(key, None)
+        closing = []
+        for client, timer in gone:
+            timer.cancel()
+            task = self.retire(client)
+            if task is not None:
+                closing.append(task)
+        if closing:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(closing, timeout=3.0)
+
     def idle_count(self, key: str | None = None) -> int:
         if key is not None:
             return len(self._idle.get(key, ()))

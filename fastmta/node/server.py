@@ -37,7 +37,6 @@ from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 
 log = logging.getLogger("fastmta.server")
-CLUSTER_LINGER_MARGIN = 2.0  # seconds past the pool's idle time: covers the idle connection's QUIT
 # Starts the one stderr line every unhandled loop exception gets (the test harness fails on it).
 LOOP_EXCEPTION = "unhandled exception in the event loop"
 
@@ -105,8 +104,7 @@ class Server:
         if self.dkim is not None:
             await self.dkim.start()
         if cfg.cluster.redis:
-            # a lease outlives its worker by the pool's idle time: the pooled connection is still open
-            self.cluster = Cluster(cfg.cluster, linger=cfg.delivery.idle_timeout + CLUSTER_LINGER_MARGIN)
+            self.cluster = Cluster(cfg.cluster)
             await self.cluster.start()
             say(
                 f"cluster node {cfg.cluster.node_id}: limits shared through {_redacted(cfg.cluster.redis)}"

@@ -62,6 +62,10 @@ class SharedLimits(Protocol):
         """A worker that ``open`` admitted has ended."""
         ...
 
+    def leases(self, key: str) -> int:
+        """Connection leases of ``key`` this node holds now."""
+        ...
+
     async def token(self, key: str, rate: float) -> float:
         """0: one message to ``key`` may start (``rate`` ≤ 0: unlimited); else seconds to wait."""
         ...

@@ -11,12 +11,13 @@ suspended or dead only ever occupies its own workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fastmta.delivery import Destination
+from fastmta.delivery import LOCAL_KEY, Destination
 from fastmta.scheduler.destination import DestQueue
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("fastmta.scheduler")
+LEASE_GRACE = 0.25  # seconds a worker with a cluster lease keeps it (and its connection) for more work
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -63,6 +65,8 @@ class Shard:
             return
         dq.ready.append(work)
         self.ready += 1
+        if dq.more is not None:
+            dq.more.set()
         self.kick(dq, now)
 
     def kick(self, dq: DestQueue, now: float) -> None:
@@ -82,12 +86,16 @@ class Shard:
 
     async def _worker(self, dq: DestQueue) -> None:
         sched = self.sched
-        shared = sched.shared
+        shared = sched.shared if dq.dest.key != LOCAL_KEY else None  # local delivery is this node's own
         leased = False
+        # with a cluster lease, a worker gives it back after a connection's worth of messages,
+        # so nodes waiting for the destination take their turn (as the connection would end)
+        budget = sched.cfg.delivery.max_messages_per_connection if shared is not None else -1
         try:
             if shared is not None:
                 leased = await self._lease(dq, shared)
-            while dq.ready:
+            while budget and (dq.ready or (leased and await self._more_work(dq))):
+                budget -= 1
                 now = sched.clock()
                 if dq.suspended(now) or sched.held or dq.inflight >= dq.connections(now):
                     return
@@ -117,8 +125,10 @@ class Shard:
         finally:
             if leased:
                 assert shared is not None
-                shared.close_slot(dq.dest.key)
+                await self._hang_up(dq, shared)
             dq.workers -= 1
+            if not budget and dq.ready:
+                self.kick(dq, sched.clock())  # its successor asks for a lease like any other node
             now = sched.clock()
             idle = not (dq.ready or dq.workers or dq.inflight)
             if (
@@ -128,6 +138,25 @@ class Shard:
             ):
                 # no state worth keeping: forget it, so the dict does not grow with every domain ever seen
                 del self.dests[dq.dest.key]
+
+    async def _hang_up(self, dq: DestQueue, shared: SharedLimits) -> None:
+        """The worker's lease goes back once the pool holds no more connections than the other
+        workers' leases cover: a receiver counts open connections, idle ones too."""
+        try:
+            keep = max(0, shared.leases(dq.dest.key) - 1 - dq.inflight)  # covered by the other leases
+            await self.sched.remote.hang_up(dq.dest.key, keep)
+        finally:
+            shared.close_slot(dq.dest.key)
+
+    async def _more_work(self, dq: DestQueue) -> bool:
+        """A worker holding a cluster lease waits a moment for more work before it hangs up:
+        mail arriving in a trickle would otherwise cost a lease and a new connection each."""
+        if dq.more is None:
+            dq.more = asyncio.Event()
+        dq.more.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dq.more.wait(), LEASE_GRACE)
+        return not self._stopped(dq)
 
     def _stopped(self, dq: DestQueue) -> bool:
         return not dq.ready or self.sched.held or dq.suspended(self.sched.clock())

@@ -32,8 +32,8 @@ def run(fn: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
     return asyncio.run(main())
 
 
-async def started(url: str, node: str, linger: float = 0.1, **over: Any) -> Cluster:
-    c = Cluster(ccfg(url, node, **over), linger=linger)
+async def started(url: str, node: str, **over: Any) -> Cluster:
+    c = Cluster(ccfg(url, node, **over))
     await c.start()
     return c
 
@@ -54,12 +54,9 @@ def test_connection_leases_hold_across_nodes(redis_server: Callable[[], RedisSer
             assert await a.open(KEY, 2) == 0 and await a.open(KEY, 2) == 0
             assert await b.open(KEY, 2) == DENIED_WAIT  # at the limit: node b waits
             assert await a.open(KEY, 2) == DENIED_WAIT  # node a too
-            a.close_slot(KEY)
-            assert await b.open(KEY, 2) == DENIED_WAIT  # the lease lingers with the pooled connection
-            assert await a.open(KEY, 2) == 0  # ... and its own node may reuse it at once
-            a.close_slot(KEY)
-            await asyncio.sleep(0.3)  # past the linger: given back
+            a.close_slot(KEY)  # a worker of node a ended: its lease goes back
             assert a.leases(KEY) == 1
+            await until(lambda: r.command("ZCARD", f"fastmta:conn:{KEY}") == b":1\r\n")
             assert await b.open(KEY, 2) == 0
             assert int(r.command("ZCARD", f"fastmta:conn:{KEY}").split(b":")[1]) == 2
         finally:
@@ -126,9 +123,10 @@ def test_rate_tokens_are_shared_and_batched(redis_server: Callable[[], RedisServ
     sent, calls = run(main)
     # rate × time, plus the one burst of the shared bucket (a tenth of a second: 20 tokens)
     assert rate * seconds * 0.85 <= sent <= rate * seconds + 20 + 1, sent
-    # tokens come 20 at a time (0.1 s worth); three nodes waking for the same batch may
-    # each ask once per batch: about 3 round trips per 20 messages, never one per message
-    assert calls <= sent / 4, (calls, sent)
+    # tokens come 20 at a time (0.1 s worth); three nodes waking for the same batch each
+    # ask for it (a refused ask waits for the next whole batch): a few round trips per
+    # 20 messages, never one per message
+    assert calls <= sent / 3, (calls, sent)
 
 
 def test_suspensions_and_limits_reach_every_node(redis_server: Callable[[], RedisServer]) -> None:

@@ -79,8 +79,9 @@ def test_destination_limits_hold_across_nodes(
     assert all(v > 0 for v in per_node.values()), per_node  # HAProxy spread the mail
     if shared:
         assert sink.peak_open <= 2, sink.peak_open
-        # 50/s cluster-wide (plus one batch: a tenth of a second's worth per node): ≥ 2.4 s
-        assert took >= (n - 3 * 5) / 50 * 0.9, took
+        # 50/s cluster-wide (plus one batch: a tenth of a second's worth per node): ≥ 2.4 s;
+        # and not far below it: a lease kept idle by one node would stall the others
+        assert (n - 3 * 5) / 50 * 0.9 <= took <= n / 50 * 1.6 + 1, took
         assert metric(nodes[0], "fastmta_cluster_nodes") == 3
         assert metric(nodes[0], "fastmta_cluster_redis_up") == 1
         assert {json.loads(line)["node"] for nd in nodes for line in nd.proc.log_lines()} == {
