@@ -143,7 +143,7 @@ cluster_nodes = Gauge(
 )
 cluster_leases = Gauge(
     "fastmta_cluster_leases",
-    "Destination connection leases this node holds (in use or lingering with a pooled connection)",
+    "Destination connection leases this node holds (one per running delivery worker)",
     ["node"],
     multiprocess_mode="livesum",
 )
