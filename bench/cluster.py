@@ -110,6 +110,8 @@ def hold_check(sink: peers.SmtpSink, redis: str, seconds: float, log: Any) -> di
         elapsed = time.perf_counter() - t0
         stop.set()
         sampler.join()
+        # a node that found Redis too slow (``[cluster] timeout``) kept to its share meanwhile
+        fallbacks = sum(p.log_tail(100_000).count("Redis unreachable") for p in group)
     finally:
         for p in group:
             p.stop()
@@ -121,6 +123,7 @@ def hold_check(sink: peers.SmtpSink, redis: str, seconds: float, log: Any) -> di
         "max_connections_seen": peak,
         "rate": round(rate, 2),
         "rate_error_pct": round((rate - 50) / 50 * 100, 1),
+        "redis_fallbacks": fallbacks,
     }
     res["holds"] = peak <= 2 and abs(rate - 50) <= 5
     log(f"hold check: {res}")
