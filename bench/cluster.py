@@ -40,10 +40,13 @@ STALL = 20.0
 
 
 def nodes(n: int, sink: str, redis: str | None, delivery: str, tag: str) -> list[peers.Fastmta]:
+    """``n`` nodes relaying to ``sink``; with ``redis`` a cluster of their own (key prefix ``tag``)."""
     out = []
     try:
         for i in range(n):
-            extra = f'[cluster]\nnode_id = "{tag}{i}"\nredis = "{redis}"\n' if redis else ""
+            extra = ""
+            if redis:
+                extra = f'[cluster]\nnode_id = "{tag}{i}"\nredis = "{redis}"\nprefix = "{tag}:"\n'
             out.append(peers.Fastmta(hold=False, relay_to=sink, name=f"{tag}{i}", extra_config=extra,
                                      delivery=delivery).start())  # fmt: skip
     except BaseException:

@@ -88,6 +88,7 @@ class Cluster:
         self._dests: dict[str, _Dest] = {}
         self._serial = 0
         self.up = True  # believed reachable until a call fails
+        self._reregister = False  # leases were taken while Redis was away: the next renewal adds them
         self.nodes = 1  # nodes seen in the last minute (the fallback divides limits by it)
         self.on_state: StateCallback | None = None
         self._task: asyncio.Task[None] | None = None
@@ -256,13 +257,17 @@ class Cluster:
             args=[self.node, NODE_HORIZON_MS],
             client=pipe,
         )
+        readd = self._reregister  # after an outage: register the leases taken meanwhile
+        mode = "" if readd else "XX"
         for key, d in self._dests.items():
             if d.held:
-                await self._renew(keys=[self._conn_key(key)], args=[self._ttl_ms, *d.held], client=pipe)
+                await self._renew(keys=[self._conn_key(key)], args=[self._ttl_ms, mode, *d.held], client=pipe)
         try:
             results = await self._call(pipe.execute(), probe=True)
         except _Down:
             return
+        if readd:
+            self._reregister = False
         nodes, suspended, limited = results[0]
         self.nodes = max(1, int(nodes))
         self._m_nodes.set(self.nodes)
@@ -296,6 +301,8 @@ class Cluster:
         if up == self.up:
             return
         self.up = up
+        if not up:
+            self._reregister = True
         self._m_up.set(1 if up else 0)
         self._m_fallback.set(0 if up else 1)
         if up:

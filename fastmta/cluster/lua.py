@@ -36,14 +36,18 @@ return granted
 """
 )
 
-# KEYS[1] lease set; ARGV: ttl ms, members held. Pushes their expiry out (re-adding any that
-# lapsed while Redis was away: those connections are open, so they count).
+# KEYS[1] lease set; ARGV: ttl ms, "XX" or "", members held. Pushes their expiry out. With
+# "XX" only members still there (one released meanwhile stays released); with "" it re-adds
+# those that lapsed while Redis was away: their connections are open, so they count.
 RENEW = (
     _NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local exp = string.format('%.0f', now + tonumber(ARGV[1]))
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end
+for i = 3, #ARGV do
+  if ARGV[2] == 'XX' then redis.call('ZADD', KEYS[1], 'XX', exp, ARGV[i])
+  else redis.call('ZADD', KEYS[1], exp, ARGV[i]) end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
