@@ -64,8 +64,8 @@ class SmtpDeliverer:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def hang_up(self, key: str, keep: int = 0) -> None:
-        await self.pool.drop(key, keep)
+    async def hang_up(self, key: str, keep: int = 0) -> int:
+        return await self.pool.drop(key, keep)
 
     def reload(self, cfg: Config) -> None:
         """SIGHUP: new settings apply from the next connection; idle ones finish as they are.

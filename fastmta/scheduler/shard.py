@@ -142,9 +142,12 @@ class Shard:
     async def _hang_up(self, dq: DestQueue, shared: SharedLimits) -> None:
         """The worker's lease goes back once the pool holds no more connections than the other
         workers' leases cover: a receiver counts open connections, idle ones too."""
+        key = dq.dest.key
         try:
-            keep = max(0, shared.leases(dq.dest.key) - 1 - dq.inflight)  # covered by the other leases
-            await self.sched.remote.hang_up(dq.dest.key, keep)
+            # counted afresh after every wait: other workers come and go meanwhile, and the
+            # last check and the release happen in one step of the loop
+            while await self.sched.remote.hang_up(key, max(0, shared.leases(key) - 1 - dq.inflight)):
+                pass
         finally:
             shared.close_slot(dq.dest.key)
 
