@@ -320,11 +320,12 @@ class Fastmta(Peer):
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
                  spool: Path | None = None, name: str = "fastmta", sync: bool = True,
-                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "",
-                 limits: str = "") -> None:  # fmt: skip
+                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "", limits: str = "",
+                 delivery: str = "max_connections_per_destination = 20\n") -> None:  # fmt: skip
         self.name = name
         self.limits = limits
         self.extra_config = extra_config  # appended TOML (bench/dkim.py: [[dkim]] tables)
+        self.delivery = delivery  # lines of the [delivery] table (bench/cluster.py: its limits)
         self.durable = sync
         super().__init__()
         self.hold = hold
@@ -344,7 +345,7 @@ class Fastmta(Peer):
             + (f'max_map_size = "{self.max_map_size}"\n' if self.max_map_size else "")
             + f"sync = {'true' if self.durable else 'false'}\n\n"
             f'[delivery]\nhold = {"true" if self.hold else "false"}\ntls = "none"\n'
-            f"max_connections_per_destination = 20\n\n"
+            f"{self.delivery}\n"
             f'[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n\n'
             f'[metrics]\naddress = "{HOST}:{free_port()}"\n\n'
             f'[log]\nfile = "{self.workdir / "delivery.log"}"\n'
@@ -380,6 +381,34 @@ class Fastmta(Peer):
                 self.proc.wait(30)
             return
         super().stop()
+
+
+class Redis(Peer):
+    """Debian's ``redis-server`` on a loopback port, nothing saved ([cluster] benches)."""
+
+    name = "redis"
+    durable = False
+
+    def command(self) -> list[str]:
+        return [tool("redis-server"), "--port", str(self.port), "--bind", HOST, "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def _launch(self) -> None:
+        """No banner to wait for: up once it answers PING."""
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=self.workdir, preexec_fn=die_with_parent)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on {self.port}: {self.log_tail(6)}")
 
 
 class Postfix(Peer):

@@ -40,14 +40,17 @@ STALL = 20.0  # seconds without a message at the sink: the MTA is stuck, stop wa
 
 
 def established(port: int) -> int:
-    """TCP connections to ``port`` on loopback that are open now (from /proc/net/tcp)."""
-    n = 0
+    """TCP connections to ``port`` on loopback that are open now (from /proc/net/tcp).
+
+    Counted by peer address: the kernel writes the table in pieces, so a socket can be
+    listed twice when connections come and go during the read."""
+    peers_seen = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             parts = line.split()
             if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:  # 01 = ESTABLISHED
-                n += 1
-    return n
+                peers_seen.add(parts[2])
+    return len(peers_seen)
 
 
 class RssSampler:

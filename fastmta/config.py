@@ -434,6 +434,27 @@ class LogConfig:
     file: str = _opt(_str, "")
 
 
+def _redis_url(value: object) -> str:
+    s = _str(value).strip()
+    if s and not s.startswith(("redis://", "rediss://", "unix://")):
+        raise _Invalid('expected "redis://host:port/db", "rediss://…" or "unix:///path", or ""')
+    return s
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes sharing per-destination limits through one Redis."""
+
+    node_id: str = _opt(_str, "")  # "" = the hostname (filled in by _fill_derived)
+    redis: str = _opt(_redis_url, "")  # "" = every limit is node-local
+    on_redis_failure: str = _opt(_choice("local", "pause"), "local")
+    lease_ttl: float = _opt(parse_duration, 30.0)  # a dead node's connection leases lapse after this
+    batch: int = _opt(_int(1, 10_000), 20)  # rate tokens taken from Redis at once (at most 0.1 s worth)
+    interval: float = _opt(parse_duration, 1.0)  # heartbeat, lease renewal and suspension poll
+    timeout: float = _opt(parse_duration, 0.5)  # a Redis call slower than this counts as a failure
+    prefix: str = _opt(_str, "fastmta:")  # key prefix: clusters sharing one Redis keep apart
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     """The HTTP API (injection and administration); ``address`` None = off."""
@@ -521,6 +542,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     pools: tuple[PoolConfig, ...] = ()
     suppression: SuppressionConfig = SuppressionConfig()
+    cluster: ClusterConfig = ClusterConfig()
     source: str = ""  # the file this came from, "" for the embedded defaults
 
     def route_for(self, domain: str) -> RouteConfig | None:
@@ -590,6 +612,7 @@ def from_dict(raw: Mapping[str, Any], source: str = "") -> Config:
         "limits": LimitsConfig, "spool": SpoolConfig, "dns": DnsConfig,
         "local": LocalConfig, "metrics": MetricsConfig, "log": LogConfig, "http": HttpConfig,
         "suppression": SuppressionConfig,
+        "cluster": ClusterConfig,
     }  # fmt: skip
     kwargs: dict[str, Any] = {"source": source}
     for name, value in raw.items():
@@ -644,6 +667,12 @@ def _cross_checks(cfg: Config) -> list[str]:
         except _Invalid:
             errors.append(f'local.lmtp: expected "host:port" or "unix:/path", got {cfg.local.lmtp!r}')
     errors.extend(_dkim_checks(cfg.dkim))
+    if cfg.cluster.redis and cfg.cluster.lease_ttl < 3 * cfg.cluster.interval:
+        errors.append("cluster.lease_ttl: must be at least 3 × cluster.interval (the renewal period)")
+    if cfg.cluster.timeout <= 0:
+        errors.append("cluster.timeout: must be above 0")
+    if cfg.cluster.interval <= 0:
+        errors.append("cluster.interval: must be above 0")
     errors += _pool_checks(cfg.pools)
     errors.extend(_webhook_checks(cfg.webhooks))
     return errors
@@ -730,9 +759,18 @@ def _fill_derived(cfg: Config, local_domains_set: bool) -> Config:
         policy = dataclasses.replace(
             policy, local_domains=tuple(dict.fromkeys(("localhost", hostname.lower())))
         )
+    cluster = cfg.cluster
+    if not cluster.node_id:
+        cluster = dataclasses.replace(cluster, node_id=hostname)
     webhooks = tuple(dataclasses.replace(w, name=w.name or f"webhook{i}") for i, w in enumerate(cfg.webhooks))
     return dataclasses.replace(
-        cfg, hostname=hostname, delivery=delivery, routes=routes, policy=policy, webhooks=webhooks
+        cfg,
+        hostname=hostname,
+        delivery=delivery,
+        routes=routes,
+        policy=policy,
+        webhooks=webhooks,
+        cluster=cluster,
     )
 
 

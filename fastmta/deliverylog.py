@@ -46,9 +46,11 @@ class DeliveryLog:
     lines (the webhooks' journal), whether or not the log itself is written.
     """
 
-    def __init__(self, path: str = "", enabled: bool = True) -> None:
+    def __init__(self, path: str = "", enabled: bool = True, node: str = "") -> None:
         self.enabled = enabled
         self.tap: Tap | None = None
+        # every line ends with the node that wrote it (``[cluster] node_id``), when there is one
+        self._end = f',"node":{_jstr(node)}}}' if node else "}"
         self._own = bool(path)
         self._out: TextIO = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout  # noqa: SIM115
 
@@ -58,7 +60,8 @@ class DeliveryLog:
         if not self.enabled and tap is None:
             return
         recs = records if isinstance(records, list) else list(records)
-        lines = [_encode(r) for r in recs]
+        end = self._end
+        lines = [_encode(r)[:-1] + end for r in recs]
         if tap is not None:
             tap(recs, lines)
         if self.enabled and lines:
@@ -75,7 +78,7 @@ class DeliveryLog:
         for e in envelopes:
             head = f'{{"ts":{ts},"event":"received","id":{_jstr(e.id)},"from":{_jstr(e.sender)},"rcpt":'
             tail = (f',"size":{e.size},"client_ip":{_jstr(e.client_ip)},'
-                    f'"listener":{_jstr(e.listener)}}}\n')  # fmt: skip
+                    f'"listener":{_jstr(e.listener)}{self._end}\n')  # fmt: skip
             parts += [head + _jstr(r.addr) + tail for r in e.rcpts]
         if parts:
             self._out.write("".join(parts))

@@ -171,6 +171,34 @@ tls_rpt_reports_total = Counter(
 )
 TLS_POLICIES = ("mta-sts-enforce", "mta-sts-testing", "dane", "required", "opportunistic", "none")
 
+cluster_redis_up = Gauge(
+    "fastmta_cluster_redis_up",
+    "1 while the cluster's Redis answers, 0 while this node runs on its fallback",
+    ["node"],
+    multiprocess_mode="max",
+)
+cluster_fallback = Gauge(
+    "fastmta_cluster_fallback",
+    "1 while Redis is away and this node keeps to its share of each limit (or pauses)",
+    ["node"],
+    multiprocess_mode="max",
+)
+cluster_nodes = Gauge(
+    "fastmta_cluster_nodes",
+    "Nodes whose heartbeat Redis saw in the last minute",
+    ["node"],
+    multiprocess_mode="max",
+)
+cluster_leases = Gauge(
+    "fastmta_cluster_leases",
+    "Destination connection leases this node holds (one per running delivery worker)",
+    ["node"],
+    multiprocess_mode="livesum",
+)
+cluster_redis_errors_total = Counter(
+    "fastmta_cluster_redis_errors_total", "Redis calls that failed or timed out", ["node"]
+)
+
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
 # rate() over an absent series is "no data", not 0, and silences alerts. Under
 # PROMETHEUS_MULTIPROC_DIR a labelled family with no child is not exported at all.

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""``fastmta queue list|show|flush|delete|bounce|stats``: inspect and steer the spool.
+"""``fastmta queue list|show|flush|delete|bounce|stats|transfer``: inspect and steer the spool.
 
 Works while ``serve`` runs (LMDB is multi-process; the server sees a flush or a
 delete within about a second) and when it does not, over every spool shard on
@@ -17,7 +17,8 @@ import sys
 import time
 from typing import Any
 
-from fastmta.commands import add_config_arg, load_config_or_exit
+from fastmta.commands import add_config_arg, load_config_or_exit, transfer
+from fastmta.config import parse_hostport
 from fastmta.spool import admin, ops, records, shards
 from fastmta.spool.ids import is_valid
 from fastmta.spool.store import Store
@@ -31,7 +32,9 @@ row = admin.row
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fastmta queue", description="Inspect and steer the mail queue.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{list,show,flush,delete,bounce,stats}")
+    sub = ap.add_subparsers(
+        dest="cmd", required=True, metavar="{list,show,flush,delete,bounce,stats,transfer}"
+    )
     p = sub.add_parser("list", help="one row per queued message")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = sub.add_parser("show", help="envelope and headers of one message")
@@ -47,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID")
     p = sub.add_parser("stats", help="counts by state, bytes, oldest message, map use")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("transfer", help="move queued mail to another node over SMTP (drain this one)")
+    p.add_argument("--to", required=True, metavar="HOST:PORT", help="the other node's SMTP listener")
+    p.add_argument("--domain", metavar="D", help="only recipients at D")
     for p in sub.choices.values():
         add_config_arg(p)
     return ap
@@ -57,7 +63,8 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EX_USAGE if e.code else 0
-    cfg = load_config_or_exit(args.config).spool
+    full = load_config_or_exit(args.config)
+    cfg = full.spool
     ids = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) else [])
     bad = [i for i in ids if not is_valid(i)]
     if bad:
@@ -71,8 +78,17 @@ def main(argv: list[str]) -> int:
             return _stats_empty(args) if args.cmd == "stats" else 0
         print(f"fastmta queue: no spool at {cfg.path}", file=sys.stderr)
         return 1
+    to = None
+    if args.cmd == "transfer":
+        try:
+            to = parse_hostport(args.to)
+        except ValueError as e:
+            print(f"fastmta queue transfer: --to: {e}", file=sys.stderr)
+            return EX_USAGE
     stores = shards.open_all(cfg)
     try:
+        if to is not None:
+            return transfer.run(full, stores, to, args.domain)
         return _COMMANDS[args.cmd](stores, args, ids)
     except BrokenPipeError:  # `fastmta queue list | head`: the reader has what it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

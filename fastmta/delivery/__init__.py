@@ -67,6 +67,12 @@ class Attempt:
 class Deliverer(Protocol):
     async def deliver(self, dest: Destination, envelope: Envelope, rcpts: list[int]) -> Attempt: ...
 
+    async def hang_up(self, key: str, keep: int = 0) -> int:
+        """Close the idle connections kept for destination ``key`` but the ``keep`` most recent,
+        and wait for their QUIT (a cluster-wide connection lease must not end before its
+        connection does); how many it closed (0: returns without yielding to the loop)."""
+        ...
+
     def reload(self, cfg: Config) -> None:
         """SIGHUP: the next delivery uses ``cfg``; deliveries in flight finish as they began."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,7 @@ class SmtpClient(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._active = metrics.bound(metrics.destination_connections_active)
         self._open = False
+        self._gone: asyncio.Future[None] = self._loop.create_future()  # resolved by connection_lost
         self._greeting = self._expect(1)  # registered before any byte can arrive
 
     # --- asyncio.Protocol -------------------------------------------------------------
@@ -138,6 +140,8 @@ class SmtpClient(asyncio.Protocol):
             self._open = False
             self._active.dec()
         self._fail(ConnectionLost(str(exc) if exc else "connection closed"))
+        if not self._gone.done():
+            self._gone.set_result(None)
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -402,9 +406,14 @@ class SmtpClient(asyncio.Protocol):
         return Transaction(mail_r, rcpt_r, (await self._collect(futs))[0])
 
     async def quit(self, timeout: float = 2.0) -> None:
-        """QUIT politely (short wait), then close."""
+        """QUIT politely (short wait), let the server close first (RFC 5321 §4.1.1.10: it
+        closes after its 221, and a receiver counting connections counts ours until then),
+        then close."""
         if self._lost is None and self._transport is not None and not self._transport.is_closing():
-            await self.command(b"QUIT\r\n", timeout)
+            reply = await self.command(b"QUIT\r\n", timeout)
+            if reply is not None and reply.code == 221:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._gone), timeout)
         if self._transport is not None:
             self._transport.close()
 

@@ -122,5 +122,9 @@ class FeedbackDeliverer:
         """SIGHUP: tokens are checked with the key file as it is now."""
         self.signer = ref.Signer(ref.load_key(cfg))
 
+    async def hang_up(self, key: str, keep: int = 0) -> int:
+        """Reports are consumed here, never sent on: no connection, no cluster lease."""
+        return 0
+
     async def close(self) -> None:
         return None

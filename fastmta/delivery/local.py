@@ -322,6 +322,10 @@ class LocalDeliverer:
             outcomes.update(await lmtp.deliver(envelope.id, sender, envelope.params or {}, todo, body))
         return outcomes
 
+    async def hang_up(self, key: str, keep: int = 0) -> int:
+        """Local delivery is this node's own: no cluster lease covers it, nothing to close."""
+        return 0
+
     async def close(self) -> None:
         if self._lmtp is not None:
             await self._lmtp.close()

@@ -65,6 +65,9 @@ class SmtpDeliverer:
         await self.pool.close()
         await self.tls.close()
 
+    async def hang_up(self, key: str, keep: int = 0) -> int:
+        return await self.pool.drop(key, keep)
+
     def reload(self, cfg: Config) -> None:
         """SIGHUP: new settings apply from the next delivery.
 
@@ -161,12 +164,12 @@ class SmtpDeliverer:
         outcomes: dict[int, Outcome] = {}
         pending = rcpts
         while True:
-            mail, rcpt_lines = _commands(client, envelope, pending, body)
+            mail, rcpt_lines = mail_commands(client, envelope, pending, body)
             tx = await client.send(mail, rcpt_lines, body, reset=reused and client.needs_reset)
             if reused and not outcomes and (tx.mail is None or tx.mail.code == 421):
                 client.abort()  # died while idle, or "421 reconnect": the caller opens a fresh one
                 return None
-            outcomes.update(_outcomes(tx, pending))
+            outcomes.update(rcpt_outcomes(tx, pending))
             # RFC 5321 §4.5.3.1.10: "452 too many recipients" → the rest in another transaction
             more = [i for i, r in zip(pending, tx.rcpts, strict=True) if r is not None and r.code == 452]
             if not more or len(more) == len(pending) or tx.data is None or tx.data.code >= 400:
@@ -327,7 +330,9 @@ def _unfit(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> 
     return unfit(client.ext, envelope.sender, addrs, envelope.params, body)
 
 
-def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) -> tuple[bytes, list[bytes]]:
+def mail_commands(
+    client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes
+) -> tuple[bytes, list[bytes]]:
     """MAIL and RCPT lines with the parameters this hop understands."""
     ext = client.ext
     params = envelope.params
@@ -358,7 +363,7 @@ def _commands(client: SmtpClient, envelope: Any, rcpts: list[int], body: bytes) 
     return f"MAIL FROM:{format_path(envelope.sender, mail)}\r\n".encode(), lines
 
 
-def _outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
+def rcpt_outcomes(tx: Transaction, rcpts: list[int]) -> dict[int, Outcome]:
     """Per recipient: its RCPT reply if that failed, else the final reply."""
     if tx.mail is None or tx.mail.code >= 400:
         return dict.fromkeys(rcpts, _failure(tx.mail, tx.error))

@@ -95,7 +95,7 @@ class Injector:
         if not self.cfg.log.file:
             return
         try:
-            dlog = DeliveryLog(self.cfg.log.file)
+            dlog = DeliveryLog(self.cfg.log.file, node=self.cfg.cluster.node_id)
         except OSError as e:
             print(f"sendmail: delivery log not written: {e.strerror}", file=sys.stderr)
             return

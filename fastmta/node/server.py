@@ -22,6 +22,7 @@ from typing import Any
 from fastmta import config as config_mod
 from fastmta import parser
 from fastmta.api import app as api
+from fastmta.cluster.limits import Cluster
 from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
@@ -98,6 +99,7 @@ class Server:
         self.webhooks: WebhookService | None = None
         self.api_ctx: api.Context | None = None
         self._api: Any = None  # the HTTP API's runner
+        self.cluster: Cluster | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -118,7 +120,7 @@ class Server:
         self.dkim = DkimService(cfg.dkim) if cfg.dkim else None  # a bad key stops us here
         spool = self.spool = Spool.open(cfg.spool)
         await spool.start()
-        self.dlog = DeliveryLog(cfg.log.file)
+        self.dlog = DeliveryLog(cfg.log.file, node=cfg.cluster.node_id)
         if cfg.webhooks:
             self.webhooks = WebhookService(cfg.webhooks, spool, self.dlog)
             await self.webhooks.start()
@@ -130,6 +132,13 @@ class Server:
         )
         if self.dkim is not None:
             await self.dkim.start()
+        if cfg.cluster.redis:
+            self.cluster = Cluster(cfg.cluster)
+            await self.cluster.start()
+            say(
+                f"cluster node {cfg.cluster.node_id}: limits shared through {_redacted(cfg.cluster.redis)}"
+                f" ({self.cluster.nodes} node(s) seen, Redis {'up' if self.cluster.up else 'DOWN'})"
+            )
         resolver = Resolver(cfg.dns)
         remote = SmtpDeliverer(cfg, spool, resolver, self.dkim, self._tls_policy(resolver))
         self.delivery = await start_delivery(
@@ -140,7 +149,10 @@ class Server:
             self.dlog,
             suppression=self.suppression,
             feedback=feedback,
+            shared=self.cluster,
         )
+        if self.cluster is not None:
+            self.cluster.on_state = self.delivery.scheduler.apply_shared
         spool.on_commit(self._committed)
         hub = self.hub = Hub(cfg, SpoolStore(spool), new_id, spool.unhealthy_reason)
         self.ssl_context = ssl_context
@@ -283,6 +295,8 @@ class Server:
             await self.delivery.stop()
         if self.webhooks is not None:
             await self.webhooks.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self.dkim is not None:
             await self.dkim.close()
         self.suppression.close()
@@ -304,6 +318,12 @@ def _check_sending(cfg: Config) -> None:
 def _policy(cfg: Config) -> Policy:
     """The relay policy, with delivery.local's RCPT-time mailbox check for local_domains."""
     return Policy(cfg, lambda addr: local_recipient_exists(cfg, addr))
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL fit for a log line: no password."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + rest.rpartition("@")[2]
 
 
 def _where(server: asyncio.Server) -> str:

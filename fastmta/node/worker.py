@@ -38,7 +38,9 @@ def worker_config(cfg: Config, index: int, workers: int) -> Config:
     and message rates rate / N, so the node as a whole keeps to what the
     configuration says. The kernel spreads connections over the workers by a
     hash of the address pair, so a per-IP ceiling can refuse a client a little
-    before it holds the full number of connections node-wide.
+    before it holds the full number of connections node-wide. With ``[cluster] redis``
+    the outbound limits stay whole: Redis shares them among every worker of every
+    node, each worker a cluster member named ``<node_id>/<index>``.
     """
     limits = dataclasses.replace(
         cfg.limits,
@@ -58,12 +60,17 @@ def worker_config(cfg: Config, index: int, workers: int) -> Config:
         message_rate_per_destination=d.message_rate_per_destination / workers,
         shaping=shaping,
     )
+    cluster = cfg.cluster
+    if cluster.redis:
+        delivery = d
+        cluster = dataclasses.replace(cluster, node_id=f"{cluster.node_id}/{index}")
     return dataclasses.replace(
         cfg,
         spool=shard_config(cfg.spool, index, workers),
         metrics=MetricsConfig(address=None),
         limits=limits,
         delivery=delivery,
+        cluster=cluster,
     )
 
 

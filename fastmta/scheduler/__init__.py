@@ -3,8 +3,9 @@
 
 ``DeliveryService`` is all ``node/server.py`` sees: ``submit`` committed envelopes
 (from ``spool.on_commit``), ``reload`` on SIGHUP (the scheduler's limits and
-``[delivery] hold``, and every deliverer's own settings), ``stop`` at shutdown.
-The scheduler proper lives in core.py, shards in shard.py.
+``[delivery] hold``, and every deliverer's own settings), ``suspend``/``resume`` a
+destination on every node of a cluster, ``stop`` at shutdown. The scheduler proper
+lives in core.py, shards in shard.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastmta.delivery import Deliverer
 from fastmta.deliverylog import DeliveryLog
 from fastmta.scheduler.core import Scheduler
 from fastmta.scheduler.feeder import Feeder
-from fastmta.scheduler.ports import QueueSpool
+from fastmta.scheduler.ports import QueueSpool, SharedLimits
 from fastmta.spool.records import Envelope
 from fastmta.spool.suppression import SuppressionList
 
@@ -35,6 +36,14 @@ class DeliveryService:
     def submit(self, envelopes: Iterable[Envelope]) -> None:
         """Hand freshly committed messages to the scheduler (fast path, no spool scan)."""
         self.scheduler.submit(envelopes)
+
+    def suspend(self, domain: str, seconds: float, reason: str = "") -> None:
+        """Hold delivery to ``domain`` for ``seconds`` (cluster-wide with ``[cluster] redis``)."""
+        self.scheduler.suspend(domain, seconds, reason)
+
+    def resume(self, domain: str) -> None:
+        """End ``domain``'s suspension now (cluster-wide with ``[cluster] redis``)."""
+        self.scheduler.resume(domain)
 
     def reload(self, cfg: Config) -> None:
         """Apply a reloaded configuration (SIGHUP) to the scheduler and to every deliverer
@@ -64,14 +73,18 @@ async def start_delivery(
     interval: float = 1.0,
     suppression: SuppressionList | None = None,
     feedback: Deliverer | None = None,
+    shared: SharedLimits | None = None,
 ) -> DeliveryService:
     """Build the scheduler and its feeder around ready deliverers, and start feeding.
 
     ``remote`` takes every destination but the local domains, ``local`` those (None:
     ``remote`` takes them too), ``feedback`` the ARF reports sent to ``[suppression]
-    fbl_addresses``. The service closes every deliverer when it stops.
+    fbl_addresses``. The service closes every deliverer when it stops. ``shared``: the
+    cluster's limits (its heartbeat news goes to ``Scheduler.apply_shared``).
     """
-    sched = Scheduler(cfg, spool, remote, local, dlog, suppression=suppression, feedback=feedback)
+    sched = Scheduler(
+        cfg, spool, remote, local, dlog, suppression=suppression, feedback=feedback, shared=shared
+    )
     feeder = Feeder(sched, interval, spool.count)
     deliverers = [d for d in (remote, local, feedback) if d is not None]
     return DeliveryService(sched, feeder, deliverers)

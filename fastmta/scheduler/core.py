@@ -27,7 +27,7 @@ from fastmta.deliverylog import DeliveryLog, iso_ts
 from fastmta.errors import Bounced, Deferred, Delivered, Reply, SmtpError
 from fastmta.scheduler import outcomes, retry
 from fastmta.scheduler.destination import DestQueue
-from fastmta.scheduler.ports import QueueSpool
+from fastmta.scheduler.ports import QueueSpool, SharedLimits
 from fastmta.scheduler.rounds import Round, Work
 from fastmta.scheduler.shard import Shard, shard_of
 from fastmta.spool.ids import new_id
@@ -80,12 +80,18 @@ class Scheduler:
         max_in_memory: int = MAX_IN_MEMORY,
         suppression: SuppressionList | None = None,
         feedback: Deliverer | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.cfg = cfg
+        self.shared = shared
+        # what the other nodes said, as of the last heartbeat: dest key → (until, reply, class)
+        # and dest key → (until, connections, rate); new destination queues adopt it
+        self.shared_state: dict[str, tuple[float, Reply, str]] = {}
+        self.shared_limits: dict[str, tuple[float, int, float]] = {}
         self.spool = spool
         self.remote = remote
         self.local = local
-        self.dlog = dlog if dlog is not None else DeliveryLog(cfg.log.file)
+        self.dlog = dlog if dlog is not None else DeliveryLog(cfg.log.file, node=cfg.cluster.node_id)
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.max_in_memory = max_in_memory
@@ -257,10 +263,15 @@ class Scheduler:
         for rule in self.cfg.delivery.shaping:
             for o in failed:
                 if rule.match.search(str(o.reply)):
+                    shared = self.shared
                     if rule.action == "suspend":
                         dq.suspend(now + rule.duration, o.reply, o.bounce_class)
+                        if shared is not None:
+                            shared.suspend(dq.dest.key, rule.duration, o.reply, o.bounce_class)
                     else:
                         dq.limit(now + rule.duration, rule.max_connections, rule.message_rate)
+                        if shared is not None:
+                            shared.limit(dq.dest.key, rule.duration, rule.max_connections, rule.message_rate)
                     return
 
     def _apply(
@@ -555,9 +566,10 @@ class Scheduler:
             shard, dest = self._destination("@" + domain)
             keys.add(dest.key)
             dq = shard.queue(dest)
-            dq.suspend(
-                until, Reply(451, "4.7.1", f"by the administrator: {reason or 'no reason given'}"), "other"
-            )
+            reply = Reply(451, "4.7.1", f"by the administrator: {reason or 'no reason given'}")
+            dq.suspend(until, reply, "other")
+            if self.shared is not None and until > now:  # every node of a cluster
+                self.shared.suspend(dest.key, until - now, reply, "other")
             if dq.suspended(now) and dq.ready:
                 self._skip_all(shard, dq, now)
         for key in self._admin_suspended - keys:
@@ -567,10 +579,76 @@ class Scheduler:
                     log.info("delivery to %s resumed by the administrator", key)
                     old.suspended_until = 0.0
                     shard.kick(old, now)
+            if self.shared is not None:
+                self.shared.resume(key)
         self._admin_suspended = keys
 
     def _skip_all(self, shard: Shard, dq: DestQueue, now: float) -> None:
         shard.drain(dq, lambda w: self.skip(dq, w, now))
+
+    def suspend(self, domain: str, seconds: float, reason: str) -> None:
+        """Suspend delivery to ``domain``'s destination for ``seconds``, on every node of a
+        cluster: queued mail waits (deferred, untried) until the suspension ends or ``resume``."""
+        shard, dest = self._destination("@" + domain.lower().rstrip("."))
+        reply = Reply(451, "4.7.1", reason or "suspended by the operator")
+        self._suspend_here(shard, shard.queue(dest), self.clock() + seconds, reply, "policy")
+        if self.shared is not None:
+            self.shared.suspend(dest.key, seconds, reply, "policy")
+
+    def resume(self, domain: str) -> None:
+        """End a suspension of ``domain``'s destination now, on every node of a cluster."""
+        _, dest = self._destination("@" + domain.lower().rstrip("."))
+        self.shared_state.pop(dest.key, None)
+        self._lift_keys([dest.key])
+        if self.shared is not None:
+            self.shared.resume(dest.key)
+
+    def _suspend_here(self, shard: Shard, dq: DestQueue, until: float, reply: Reply, cls: str) -> None:
+        dq.suspend(until, reply, cls)
+        now = self.clock()
+        if dq.suspended(now) and dq.ready:
+            shard.drain(dq, lambda w: self.skip(dq, w, now))
+
+    def apply_shared(
+        self, suspended: dict[str, tuple[float, Reply, str]], limited: dict[str, tuple[float, int, float]]
+    ) -> None:
+        """The cluster heartbeat's news (seconds left per destination): suspend and limit the
+        destinations other nodes suspended or limited; lift those resumed before their end."""
+        now = self.clock()
+        ended = [k for k, (until, _, _) in self.shared_state.items() if k not in suspended and until > now]
+        self.shared_state = {k: (now + left, reply, cls) for k, (left, reply, cls) in suspended.items()}
+        self.shared_limits = {k: (now + left, c, r) for k, (left, c, r) in limited.items()}
+        for key, (until, reply, cls) in self.shared_state.items():
+            shard = self.shards[shard_of(key, len(self.shards))]
+            dq = shard.dests.get(key)
+            if dq is not None and until > dq.suspended_until:
+                self._suspend_here(shard, dq, until, reply, cls)
+        for key, (until, conn, rate) in self.shared_limits.items():
+            dq = self.shards[shard_of(key, len(self.shards))].dests.get(key)
+            if dq is not None and until > dq.limit_until:
+                dq.limit(until, conn, rate)
+        if ended:
+            self._lift_keys(ended)
+
+    def adopt(self, dq: DestQueue) -> None:
+        """A new destination queue takes on the cluster's suspension and limit of its key."""
+        key = dq.dest.key
+        s = self.shared_state.get(key)
+        if s is not None:
+            dq.suspend(*s)
+        lim = self.shared_limits.get(key)
+        if lim is not None:
+            dq.limit(*lim)
+
+    def _lift_keys(self, keys: Iterable[str]) -> None:
+        now = self.clock()
+        for key in keys:
+            shard = self.shards[shard_of(key, len(self.shards))]
+            dq = shard.dests.get(key)
+            if dq is not None and dq.suspended(now):
+                log.info("delivery to %s resumed", key)
+                dq.suspended_until = 0.0
+                shard.kick(dq, now)
 
     def room_for(self, dq: DestQueue) -> None:
         """A parked destination (it had hit ``dest_cap``) has drained to half: feed it again."""

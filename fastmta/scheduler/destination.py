@@ -9,6 +9,7 @@ Nothing here awaits or touches the spool; the shard runs the workers.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ class DestQueue:
         "limit_until",
         "limit_conn",
         "limit_rate",
+        "more",
     )
 
     def __init__(self, dest: Destination, max_conn: int, rate: float) -> None:
@@ -54,6 +56,7 @@ class DestQueue:
         self.limit_until = 0.0  # a shaping "limit" lowers conn/rate until then
         self.limit_conn = 0
         self.limit_rate = 0.0
+        self.more: asyncio.Event | None = None  # set when work arrives for a worker waiting on a lease
 
     def connections(self, now: float) -> int:
         """Concurrent deliveries allowed now."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fastmta.delivery import BodySource
+from fastmta.errors import Reply
 from fastmta.spool.records import Envelope, RcptState
 
 
@@ -46,4 +47,41 @@ class QueueSpool(BodySource, Protocol):
 
     def count(self) -> int:
         """Messages in the spool (cheap)."""
+        ...
+
+
+class SharedLimits(Protocol):
+    """Per-destination limits held with other nodes (``fastmta.cluster.limits.Cluster``).
+
+    Absent (None) on a single node: then the scheduler's own counters are the limits.
+    Each call answers from memory when it can; the few that ask Redis happen once per
+    connection or per batch of rate tokens, never per message.
+    """
+
+    async def open(self, key: str, limit: int) -> float:
+        """0: one more connection to ``key`` may run (a lease covers it); else seconds to wait."""
+        ...
+
+    def close_slot(self, key: str) -> None:
+        """A worker that ``open`` admitted has ended."""
+        ...
+
+    def leases(self, key: str) -> int:
+        """Connection leases of ``key`` this node holds now."""
+        ...
+
+    async def token(self, key: str, rate: float) -> float:
+        """0: one message to ``key`` may start (``rate`` ≤ 0: unlimited); else seconds to wait."""
+        ...
+
+    def suspend(self, key: str, seconds: float, reply: Reply, bounce_class: str) -> None:
+        """Tell every node to suspend ``key``."""
+        ...
+
+    def limit(self, key: str, seconds: float, connections: int, rate: float) -> None:
+        """Tell every node to lower ``key``'s limits."""
+        ...
+
+    def resume(self, key: str) -> None:
+        """Tell every node to end ``key``'s suspension."""
         ...

@@ -11,20 +11,23 @@ suspended or dead only ever occupies its own workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fastmta.delivery import Destination
+from fastmta.delivery import LOCAL_KEY, Destination
 from fastmta.scheduler.destination import DestQueue
 
 if TYPE_CHECKING:
     from fastmta.scheduler.core import Scheduler
+    from fastmta.scheduler.ports import SharedLimits
     from fastmta.scheduler.rounds import Work
 
 
 log = logging.getLogger("fastmta.scheduler")
+LEASE_GRACE = 0.25  # seconds a worker with a cluster lease keeps it (and its connection) for more work
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -50,6 +53,8 @@ class Shard:
             dq = self.dests[dest.key] = DestQueue(
                 dest, d.max_connections_per_destination, d.message_rate_per_destination
             )
+            if self.sched.shared_state or self.sched.shared_limits:
+                self.sched.adopt(dq)
         return dq
 
     def add(self, dq: DestQueue, work: Work) -> None:
@@ -60,6 +65,8 @@ class Shard:
             return
         dq.ready.append(work)
         self.ready += 1
+        if dq.more is not None:
+            dq.more.set()
         self.kick(dq, now)
 
     def kick(self, dq: DestQueue, now: float) -> None:
@@ -79,16 +86,27 @@ class Shard:
 
     async def _worker(self, dq: DestQueue) -> None:
         sched = self.sched
+        shared = sched.shared if dq.dest.key != LOCAL_KEY else None  # local delivery is this node's own
+        leased = False
+        # with a cluster lease, a worker gives it back after a connection's worth of messages,
+        # so nodes waiting for the destination take their turn (as the connection would end)
+        budget = sched.cfg.delivery.max_messages_per_connection if shared is not None else -1
         try:
-            while dq.ready:
+            if shared is not None:
+                leased = await self._lease(dq, shared)
+            while budget and (dq.ready or (leased and await self._more_work(dq))):
+                budget -= 1
                 now = sched.clock()
                 if dq.suspended(now) or sched.held or dq.inflight >= dq.connections(now):
                     return
-                wait = dq.reserve(now)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    if not dq.ready or dq.suspended(sched.clock()):
-                        return
+                if shared is None:
+                    wait = dq.reserve(now)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                        if not dq.ready or dq.suspended(sched.clock()):
+                            return
+                elif not await self._token(dq, shared):
+                    return
                 work = dq.ready.popleft()
                 self.ready -= 1
                 if dq.parked and len(dq.ready) < sched.dest_cap // 2:
@@ -105,7 +123,12 @@ class Shard:
                 except Exception:  # a bug here must not take the destination's worker down with it
                     log.exception("applying a delivery result for %s failed", dq.dest.key)
         finally:
+            if leased:
+                assert shared is not None
+                await self._hang_up(dq, shared)
             dq.workers -= 1
+            if not budget and dq.ready:
+                self.kick(dq, sched.clock())  # its successor asks for a lease like any other node
             now = sched.clock()
             idle = not (dq.ready or dq.workers or dq.inflight)
             if (
@@ -115,3 +138,47 @@ class Shard:
             ):
                 # no state worth keeping: forget it, so the dict does not grow with every domain ever seen
                 del self.dests[dq.dest.key]
+
+    async def _hang_up(self, dq: DestQueue, shared: SharedLimits) -> None:
+        """The worker's lease goes back once the pool holds no more connections than the other
+        workers' leases cover: a receiver counts open connections, idle ones too."""
+        key = dq.dest.key
+        try:
+            # counted afresh after every wait: other workers come and go meanwhile, and the
+            # last check and the release happen in one step of the loop
+            while await self.sched.remote.hang_up(key, max(0, shared.leases(key) - 1 - dq.inflight)):
+                pass
+        finally:
+            shared.close_slot(dq.dest.key)
+
+    async def _more_work(self, dq: DestQueue) -> bool:
+        """A worker holding a cluster lease waits a moment for more work before it hangs up:
+        mail arriving in a trickle would otherwise cost a lease and a new connection each."""
+        if dq.more is None:
+            dq.more = asyncio.Event()
+        dq.more.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dq.more.wait(), LEASE_GRACE)
+        return not self._stopped(dq)
+
+    def _stopped(self, dq: DestQueue) -> bool:
+        return not dq.ready or self.sched.held or dq.suspended(self.sched.clock())
+
+    async def _lease(self, dq: DestQueue, shared: SharedLimits) -> bool:
+        """Wait for a cluster-wide connection lease; False: there is no more work for it."""
+        while not self._stopped(dq):
+            wait = await shared.open(dq.dest.key, dq.connections(self.sched.clock()))
+            if wait <= 0:
+                return True
+            await asyncio.sleep(wait)
+        return False
+
+    async def _token(self, dq: DestQueue, shared: SharedLimits) -> bool:
+        """Wait for a cluster-wide rate token; False: the work went away meanwhile."""
+        while True:
+            wait = await shared.token(dq.dest.key, dq.current_rate(self.sched.clock()))
+            if wait <= 0:
+                return not self._stopped(dq)
+            await asyncio.sleep(wait)
+            if self._stopped(dq):
+                return False

@@ -13,7 +13,7 @@ import pytest
 
 from fastmta import metrics
 from fastmta.delivery import Attempt, Destination, destination_for
-from fastmta.delivery.smtp import SmtpDeliverer, _commands, _outcomes
+from fastmta.delivery.smtp import SmtpDeliverer, mail_commands, rcpt_outcomes
 from fastmta.errors import Bounced, Deferred, Delivered
 from tests.integration.test_delivery_client import Bodies, deliver_once, envelope, make_cfg, run
 
@@ -197,9 +197,9 @@ def test_slow_final_reply_times_out(zone: Any, sinks: Any, sink_port: int) -> No
             client = await d._open(next(iter(await d._hosts(A))))
             mx1.script.data = None
             mx1.script.delay = 3.0  # now every reply is late
-            mail, rcpts = _commands(client, env, [0], bodies.data["m1"])
+            mail, rcpts = mail_commands(client, env, [0], bodies.data["m1"])
             tx = await client.send(mail, rcpts, bodies.data["m1"], reset=False)
-            return tx, client.usable, _outcomes(tx, [0])
+            return tx, client.usable, rcpt_outcomes(tx, [0])
         finally:
             await d.close()
 

@@ -280,3 +280,23 @@ def test_tls_policy_keys() -> None:
         "delivery.mta_sts: expected true or false",
         "delivery.dane: expected true or false",
     ]
+
+
+def test_cluster_defaults_keep_limits_node_local() -> None:
+    c = config.from_dict({"hostname": "mx1.example.test"}).cluster
+    assert (c.redis, c.node_id, c.on_redis_failure) == ("", "mx1.example.test", "local")
+    assert (c.lease_ttl, c.batch, c.interval, c.timeout, c.prefix) == (30.0, 20, 1.0, 0.5, "fastmta:")
+
+
+def test_cluster_errors_name_their_key() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.from_dict({"cluster": {"redis": "127.0.0.1:6379", "on_redis_failure": "ignore", "batch": 0,
+                                      "nodeid": "x"}})  # fmt: skip
+    text = str(e.value)
+    keys = ("cluster.redis:", "cluster.on_redis_failure:", "cluster.batch:", "cluster.nodeid: unknown key")
+    for key in keys:
+        assert key in text, key
+    with pytest.raises(config.ConfigError, match=r"cluster\.lease_ttl: must be at least 3"):
+        config.from_dict({"cluster": {"redis": "redis://127.0.0.1:6379/0", "lease_ttl": "2s"}})
+    ok = config.from_dict({"cluster": {"redis": "redis://127.0.0.1:6379/0", "lease_ttl": "3s"}})
+    assert ok.cluster.redis == "redis://127.0.0.1:6379/0"

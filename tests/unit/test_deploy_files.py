@@ -116,7 +116,8 @@ def test_dockerfile_copies_only_what_exists_and_dockerignore_lets_it_through() -
 def test_compose_services_mounts_and_ports() -> None:
     compose = yaml.safe_load(deploy_path("docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"fastmta", "prometheus", "grafana"}
+    assert set(services) == {"fastmta", "prometheus", "grafana", "redis"}
+    assert services["redis"]["profiles"] == ["cluster"]  # started only for [cluster] setups
     mta = services["fastmta"]
     assert (DEPLOY / mta["build"]["context"] / mta["build"]["dockerfile"]).resolve() == deploy_path(
         "Dockerfile"
@@ -242,7 +243,7 @@ def test_statefulset_spool_claim_per_pod_and_scrape_annotations(k8s: dict) -> No
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"smtp": 25, "submission": 587, "metrics": 9025}
     for (kind, name), doc in k8s.items():
-        if kind == "Service":
+        if kind == "Service" and name != "fastmta-redis":  # Redis: the pods' shared limits (redis.yaml)
             for p in doc["spec"]["ports"]:
                 assert p["targetPort"] in ports, (name, p)
             assert doc["spec"]["selector"] == pod["metadata"]["labels"]
@@ -255,11 +256,13 @@ def test_k8s_configmap_is_a_valid_config(k8s: dict, tmp_path: Path) -> None:
     cfg = config.load(str(path))
     assert cfg.spool.path.startswith(SPOOL_DIR)
     assert cfg.metrics.address == ("0.0.0.0", 9025)
+    redis = k8s[("Service", "fastmta-redis")]["spec"]["ports"][0]["port"]
+    assert cfg.cluster.redis == f"redis://fastmta-redis:{redis}/0"
 
 
 def test_k8s_readme_covers_scaling_out() -> None:
     text = deploy_path("kubernetes", "README.md").read_text()
-    for needle in ("MX records", "PROXY protocol", "own", "spool"):
+    for needle in ("MX records", "PROXY protocol", "own", "spool", "Redis", "queue transfer"):
         assert needle in text, needle
 
 

@@ -157,6 +157,8 @@ RULES: dict[str, set[str]] = {
         "fastmta.config",
         "fastmta.errors",
     },
+    # Shared limits through Redis: the scheduler sees them as its SharedLimits protocol.
+    "fastmta.cluster": {"fastmta.cluster", "fastmta.config", "fastmta.metrics", "fastmta.errors"},
     # DKIM signing: a leaf beside delivery; the remote deliverer gets it as a typing.Protocol.
     "fastmta.dkim": {"fastmta.dkim", "fastmta.config", "fastmta.metrics"},
     # Feedback loops: a Deliverer that turns ARF reports into suppression entries.

@@ -681,3 +681,46 @@ def test_dsn_to_a_utf8_sender_travels_with_smtputf8(fake_spool: FakeSpool) -> No
         assert "To: <älice@src.test>".encode() in body
 
     run(t())
+
+
+def test_operator_suspension_defers_untried_until_resumed(fake_spool: FakeSpool) -> None:
+    """``DeliveryService.suspend``/``resume`` (the admin API's call): node-local without Redis."""
+
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
+        sched.suspend("DST.test.", 3600, "maintenance at the receiver")
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test"])])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert dlv.calls == []
+        (rec,) = logs.events("deferred")
+        assert (rec["code"], rec["enhanced"], rec["bounce_class"]) == (451, "4.7.1", "policy")
+        assert "maintenance at the receiver" in rec["response"]
+        sched.resume("dst.test")
+        env = next(iter(fake_spool.envs.values()))
+        sched.submit([env])
+        await settle(sched, lambda: not fake_spool.envs)
+        assert [c[0] for c in dlv.calls] == ["dst.test"]
+
+    run(t())
+
+
+def test_shared_state_suspends_limits_and_lifts(fake_spool: FakeSpool) -> None:
+    """What the cluster heartbeat reports: other nodes' suspensions and limits apply here,
+    and a suspension that vanished before its end was resumed elsewhere."""
+    from fastmta.errors import Reply
+
+    async def t() -> None:
+        sched, dlv, logs = build(fake_spool, lambda d, e, i: OK)
+        sched.apply_shared({"dst.test": (60.0, Reply(421, "4.7.28", "TSS04"), "rate_limited")},
+                           {"lim.test": (60.0, 1, 5.0)})  # fmt: skip
+        sched.submit([fake_spool.add("a@src.test", ["b@dst.test", "c@lim.test"])])
+        await settle(sched, lambda: fake_spool.updates >= 1)
+        assert [c[0] for c in dlv.calls] == ["lim.test"]
+        assert logs.events("deferred")[0]["bounce_class"] == "rate_limited"
+        queues = {k: dq for s in sched.shards for k, dq in s.dests.items()}
+        assert queues["lim.test"].connections(time.time()) == 1  # kept: its limit has not ended
+        assert queues["dst.test"].suspended(time.time())
+        sched.apply_shared({}, {})
+        assert not queues["dst.test"].suspended(time.time())
+
+    run(t())
