@@ -34,11 +34,11 @@ def test_drop_keeps_the_most_recent_and_quits_the_rest() -> None:
         pool: Pool[Conn] = Pool(max_messages=100, idle_timeout=30)
         conns = [Conn(f"c{i}") for i in range(3)]
         for c in conns:
-            pool.put("k", c)
+            await pool.release("k", c)
         assert await pool.drop("k", keep=1) == 2
         assert [c.quitted for c in conns] == [True, True, False]
         assert pool.idle_count("k") == 1 and pool.get("k") is conns[2]
-        pool.put("k", conns[2])
+        await pool.release("k", conns[2])
         coro = pool.drop("k", keep=1)
         try:
             coro.send(None)  # nothing to close: it finishes in this one step, no await
