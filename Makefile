@@ -29,4 +29,4 @@ bench:
 	.venv/bin/python bench/run.py
 
 clean:
-	rm -rf build dist *.egg-info fastmta/*.so fastmta/_parser.c fastmta/*.html
+	rm -rf build dist *.egg-info fastmta/*.so fastmta/smtp/*.so fastmta/_parser.c fastmta/smtp/_core.c fastmta/*.html fastmta/smtp/*.html
