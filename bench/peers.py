@@ -315,12 +315,16 @@ class Fastmta(Peer):
     sink (relay tests). ``metrics`` False sets FASTMTA_METRICS=off. ``sync`` False is
     ``[spool] sync = false``: not durable, a diagnostic of what the fsyncs cost.
     ``map_size`` and ``max_map_size`` are the ``[spool]`` keys (fault runs use small ones).
+    ``root`` runs another checkout with its own ``.venv`` (an A/B baseline in the same run).
     """
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
                  spool: Path | None = None, name: str = "fastmta", sync: bool = True,
-                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "") -> None:  # fmt: skip
+                 map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "",
+                 root: Path | None = None) -> None:  # fmt: skip
         self.name = name
+        self.root = root or ROOT
+        self.python = str(root / ".venv" / "bin" / "python") if root else PYTHON
         self.extra_config = extra_config  # appended TOML (bench/dkim.py: [[dkim]] tables)
         self.durable = sync
         super().__init__()
@@ -349,10 +353,10 @@ class Fastmta(Peer):
         )
 
     def command(self) -> list[str]:
-        return [PYTHON, "-m", "fastmta", "serve", "--config", str(self.config)]
+        return [self.python, "-m", "fastmta", "serve", "--config", str(self.config)]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.root))
         if not self.metrics:
             env["FASTMTA_METRICS"] = "off"
         return env
@@ -363,8 +367,8 @@ class Fastmta(Peer):
 
     def queued(self) -> int | None:
         """Messages in this instance's spool, from ``fastmta queue stats --json``."""
-        cmd = [PYTHON, "-m", "fastmta", "queue", "stats", "--json", "--config", str(self.config)]
-        r = subprocess.run(cmd, capture_output=True, timeout=300, cwd=ROOT, env=self.env())
+        cmd = [self.python, "-m", "fastmta", "queue", "stats", "--json", "--config", str(self.config)]
+        r = subprocess.run(cmd, capture_output=True, timeout=300, cwd=self.root, env=self.env())
         with contextlib.suppress(ValueError, IndexError):
             stats = json.loads(r.stdout.decode().strip().splitlines()[-1])
             return int(stats["messages"])
