@@ -8,6 +8,9 @@ dialogue closed must be identical. No sockets: the cores are sans-I/O.
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -111,3 +114,12 @@ def test_a_pipelined_dialogue_is_one_write_per_read() -> None:
         assert writes[0].endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         assert writes[1].startswith(b"250 2.0.0 Ok: queued as ID1\r\n250 2.0.0 Ok\r\n221 ")
         assert record[-1] == ("action", S.A_CLOSE)
+
+
+@pytest.mark.parametrize(("env", "backend"), [({"FASTMTA_PURE_PYTHON": "1"}, "python"), ({}, "cython")])
+def test_the_core_follows_the_parser_switch(env: dict[str, str], backend: str) -> None:
+    """One switch for both compiled parts: a pure run never mixes in the compiled core."""
+    code = "import fastmta.parser as p, fastmta.smtp.core as c; print(p.backend, c.backend)"
+    clean = {k: v for k, v in os.environ.items() if k != "FASTMTA_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, check=True)
+    assert out.stdout.split() == [backend.encode(), backend.encode()]
