@@ -14,6 +14,8 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 command -v opendkim >/dev/null 2>&1 || [ -x /usr/sbin/opendkim ] || need="$need opendkim opendkim-tools"
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v make >/dev/null 2>&1 || need="$need make"
+# bench/core.py --callgrind counts instructions per message (exact on a busy machine).
+command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 # What building fastmta itself needs (python3-venv, python3-dev, gcc).
 build=$(sh "$(dirname "$0")/build-deps.sh")
 [ -z "$build" ] || need="$need $build"
