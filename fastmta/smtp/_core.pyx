@@ -7,10 +7,15 @@ the action handling run in C: one Python-level call per read instead of a few
 per event. The session (its table, its handlers) stays the one Python state
 machine both twins drive; rare paths (AUTH, STARTTLS, policy, errors) are its
 Python code, called from here. `_core_py.py` documents the contract.
+
+One shortcut: a plain command line (a known four-letter verb, alone or before a
+space, within the length limit, outside AUTH) goes straight to the handler the
+session's table names, as `Session.line` would send it, without that method's
+slicing and lookups; any other line goes through `Session.line` itself.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 from fastmta.parser import events as _ev
 from fastmta.smtp import replies as R
@@ -31,6 +36,11 @@ cdef int _A_CLOSE = S.A_CLOSE
 cdef tuple _CLOSE = (S.A_CLOSE,)
 cdef bytes _R_421_SHUTDOWN = R.R_421_SHUTDOWN
 cdef bytes _EMPTY = b""
+cdef int _S_AUTH = S.S_AUTH
+cdef list _HANDLERS = S._HANDLERS  # state → {verb: handler}, the session's own table
+cdef object _SESSION = S.Session  # a subclass may override line(): no shortcut for it
+# The four-letter verbs, by their octets upper-cased and read as one little-endian word.
+cdef dict _VERBS = {int.from_bytes(v, "little"): v for v in S.KNOWN_VERBS if len(v) == 4}
 
 
 cdef class Core:
@@ -118,7 +128,7 @@ cdef class Core:
                 i += 1
                 kind = ev[0]
                 if kind == _LINE:
-                    act = session.line(ev[1])
+                    act = _line(session, ev[1])
                 elif kind == _DATA_END:
                     act = session.data_end(ev[1])
                 elif kind == _BDAT_CHUNK:
@@ -166,6 +176,38 @@ cdef class Core:
             return _CLOSE
         self.flush()
         return None
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef object _line(object session, object line):
+    """``session.line(line)``, taking the plain-command shortcut where it applies."""
+    cdef Py_ssize_t n
+    cdef const unsigned char* p
+    cdef unsigned int word = 0
+    cdef unsigned char c
+    cdef int i, state
+    if type(line) is not bytes or type(session) is not _SESSION:
+        return session.line(line)
+    n = PyBytes_GET_SIZE(line)
+    p = <const unsigned char*>PyBytes_AS_STRING(line)
+    if n < 4 or (n > 4 and p[4] != 32):
+        return session.line(line)
+    for i in range(4):
+        c = p[i]
+        if 97 <= c <= 122:  # ASCII a-z, as bytes.upper()
+            c -= 32
+        word |= (<unsigned int>c) << (8 * i)
+    verb = _VERBS.get(word)
+    if verb is None:
+        return session.line(line)
+    state = session.state
+    if state == _S_AUTH or n > session._max_text:
+        return session.line(line)
+    handler = (<dict>_HANDLERS[state]).get(verb)
+    if handler is None:
+        return session.line(line)
+    return handler(session, _EMPTY if n <= 5 else PyBytes_FromStringAndSize(<const char*>p + 5, n - 5))
 
 
 cdef inline bint _has_crlf(object data):
