@@ -32,4 +32,4 @@ faults:
 	.venv/bin/python bench/faults/run.py
 
 clean:
-	rm -rf build dist *.egg-info fastmta/*.so fastmta/_parser.c fastmta/*.html
+	rm -rf build dist *.egg-info fastmta/*.so fastmta/smtp/*.so fastmta/_parser.c fastmta/smtp/_core.c fastmta/*.html fastmta/smtp/*.html

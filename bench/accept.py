@@ -12,6 +12,11 @@ and the server's CPU time per accepted message (from /proc). ``smtp-sink`` is in
 the line-up as the load tools' own ceiling, and ``fastmta-nosync`` (``[spool] sync =
 false``, not durable) shows what the fsyncs cost. Medians of the repetitions with min–max.
 
+``--baseline TREE`` adds ``fastmta-base``: the same server from another checkout (with
+its own ``.venv``), for an A/B comparison in one run. For every fastmta system and
+scenario ``vs_limit`` puts its server CPU per message beside the limit's and its
+share of the limit's rate (MB/s at 100 KiB).
+
 The disk's flush latency is measured in the same run (``bench/disk.py``): at one
 connection each message waits for its own commit, so the limit's time per message
 plus that floor bounds what any LMDB-durable server can reach there (``floors``).
@@ -160,6 +165,30 @@ def ratios(summary: dict[str, Any], base: str = "fastmta") -> dict[str, Any]:
     return out
 
 
+def vs_limit(summary: dict[str, Any]) -> dict[str, Any]:
+    """Each fastmta system against the bare-uvloop limit, per scenario and driver: server CPU
+    µs per message of both, their ratio, and the share of the limit's rate (MB/s at 100 KiB)."""
+    out: dict[str, Any] = {}
+    for sc, by_drv in summary.items():
+        key = "mb_s" if sc.startswith("100k") else "rate"
+        for drv, by_sys in by_drv.items():
+            limit = by_sys.get("limit", {})
+            limit_rate = limit.get(key, {}).get("median")
+            limit_cpu = limit.get("cpu_us_per_msg", {}).get("median")
+            for system, cell in by_sys.items():
+                if not system.startswith("fastmta"):
+                    continue
+                rate = cell.get(key, {}).get("median")
+                cpu = cell.get("cpu_us_per_msg", {}).get("median")
+                row = {"cpu_us_per_msg": cpu, "limit_cpu_us_per_msg": limit_cpu}
+                if cpu and limit_cpu:
+                    row["cpu_over_limit"] = round(cpu / limit_cpu, 2)
+                if rate and limit_rate:
+                    row["share_of_limit_rate"] = round(rate / limit_rate, 2)
+                out.setdefault(sc, {}).setdefault(drv, {})[system] = row
+    return out
+
+
 def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: float) -> dict[str, Any]:
     """One-connection cells: the best rate a durable server could reach (limit + flush floor).
 
@@ -188,7 +217,8 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
 
 
 def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: list[Scenario],
-        driver_names: tuple[str, ...], log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+        driver_names: tuple[str, ...], log: Callable[[str], None],
+        baseline: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Start every system, run the rotating matrix, stop every system; the JSON result."""
     started: dict[str, peers.Peer] = {}
     unavailable: dict[str, str] = {}
@@ -205,7 +235,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
     try:
         for name in systems:
             try:
-                started[name] = SYSTEMS[name]().start()
+                peer = peers.Fastmta(hold=True, name=name, root=baseline) if name == "fastmta-base" else None
+                started[name] = (peer or SYSTEMS[name]()).start()
                 log(f"started {name} on {started[name].address} (pid {started[name].pid})")
             except Exception as e:  # a peer that cannot start is reported, not fatal
                 unavailable[name] = f"{type(e).__name__}: {e}"[:300]
@@ -236,6 +267,13 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
             with contextlib.suppress(Exception):
                 peer.stop()
     summary = summarise(runs)
+    against_limit = vs_limit(summary)
+    for sc, by_drv in against_limit.items():
+        for drv, by_sys in by_drv.items():
+            for system, row in by_sys.items():
+                log(f"{sc:<14} {drv:<12} {system:<18} cpu/msg {row['cpu_us_per_msg']} µs"
+                    f" (limit {row['limit_cpu_us_per_msg']}: {row.get('cpu_over_limit', '-')}×)"
+                    f"  rate {row.get('share_of_limit_rate', '-')} of the limit's")  # fmt: skip
     return {
         "bench": "accept",
         "quick": quick,
@@ -247,6 +285,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
         "stored_check": stored,
         "summary": summary,
         "ratios": ratios(summary),
+        "vs_limit": against_limit,
+        "baseline": str(baseline) if baseline else None,
         "disk": flush,
         "floors": floors(summary, scenarios, flush["commit_floor_us"]),
         "runs": runs,
@@ -275,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=None, help="comma-separated subset of scenario names")
     ap.add_argument("--drivers", default=",".join(DRIVERS))
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
+    ap.add_argument("--baseline", type=Path, metavar="TREE",
+                    help="also run fastmta-base: the checkout at TREE, with its own .venv")  # fmt: skip
     args = ap.parse_args(argv)
     peers.stop_on_sigterm()
     scenarios = SCENARIOS + (FULL_EXTRA if args.full else [])
@@ -282,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         wanted = args.scenarios.split(",")
         scenarios = [s for s in SCENARIOS + FULL_EXTRA if s.name in wanted]
     systems = [s for s in args.systems.split(",") if s]
-    bad = [s for s in systems if s not in SYSTEMS]
+    if args.baseline:
+        systems.append("fastmta-base")
+    bad = [s for s in systems if s not in SYSTEMS and not (s == "fastmta-base" and args.baseline)]
     if bad:
         ap.error(f"unknown systems {bad}; known: {list(SYSTEMS)}")
     seconds = args.seconds or (0.8 if args.quick else 4.0)
     result = run(args.quick, args.reps, seconds, systems, scenarios, tuple(args.drivers.split(",")),
-                 lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
+                 lambda line: print(line, file=sys.stderr, flush=True), args.baseline)  # fmt: skip
     report.write_json(result, args.json)
     return 0
 

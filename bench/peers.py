@@ -316,14 +316,18 @@ class Fastmta(Peer):
     ``[spool] sync = false``: not durable, a diagnostic of what the fsyncs cost.
     ``map_size`` and ``max_map_size`` are the ``[spool]`` keys (fault runs use small ones);
     ``limits`` adds ``[limits]`` lines (the slowloris fault run shortens ``command_timeout``).
+    ``root`` runs another checkout with its own ``.venv`` (an A/B baseline in the same run).
     """
 
     def __init__(self, hold: bool = True, relay_to: str | None = None, metrics: bool = True,
                  spool: Path | None = None, name: str = "fastmta", sync: bool = True,
                  map_size: str = "1GiB", max_map_size: str = "", extra_config: str = "", limits: str = "",
-                 delivery: str = "max_connections_per_destination = 20\n") -> None:  # fmt: skip
+                 delivery: str = "max_connections_per_destination = 20\n",
+                 root: Path | None = None) -> None:  # fmt: skip
         self.name = name
         self.limits = limits
+        self.root = root or ROOT
+        self.python = str(root / ".venv" / "bin" / "python") if root else PYTHON
         self.extra_config = extra_config  # appended TOML (bench/dkim.py: [[dkim]] tables)
         self.delivery = delivery  # lines of the [delivery] table (bench/cluster.py: its limits)
         self.durable = sync
@@ -353,10 +357,10 @@ class Fastmta(Peer):
         )
 
     def command(self) -> list[str]:
-        return [PYTHON, "-m", "fastmta", "serve", "--config", str(self.config)]
+        return [self.python, "-m", "fastmta", "serve", "--config", str(self.config)]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self.root))
         if not self.metrics:
             env["FASTMTA_METRICS"] = "off"
         return env
@@ -367,8 +371,8 @@ class Fastmta(Peer):
 
     def queued(self) -> int | None:
         """Messages in this instance's spool, from ``fastmta queue stats --json``."""
-        cmd = [PYTHON, "-m", "fastmta", "queue", "stats", "--json", "--config", str(self.config)]
-        r = subprocess.run(cmd, capture_output=True, timeout=300, cwd=ROOT, env=self.env())
+        cmd = [self.python, "-m", "fastmta", "queue", "stats", "--json", "--config", str(self.config)]
+        r = subprocess.run(cmd, capture_output=True, timeout=300, cwd=self.root, env=self.env())
         with contextlib.suppress(ValueError, IndexError):
             stats = json.loads(r.stdout.decode().strip().splitlines()[-1])
             return int(stats["messages"])

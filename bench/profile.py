@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """Where fastmta's accept CPU goes: py-spy samples of a loaded server, by area.
 
-    .venv/bin/python bench/profile.py [--quick] [--seconds 3] [--json OUT]
+    .venv/bin/python bench/profile.py [--quick] [--seconds 3] [--root TREE] [--json OUT]
 
 ``fastmta serve`` (delivery held) takes ``fastmta load`` for a while; ``py-spy
 record --native --subprocesses`` samples the server and its spool writer process.
@@ -43,8 +43,8 @@ AREAS = [
     ("parser", ("_parser",)),
     ("session", ("fastmta/smtp/session.py", "fastmta/smtp/commands.py", "fastmta/smtp/replies.py",
                  "fastmta/smtp/policy.py", "fastmta/smtp/auth.py")),
-    ("protocol", ("fastmta/smtp/protocol.py", "fastmta/smtp/listener.py", "fastmta/smtp/tls.py",
-                  "fastmta/node/server.py")),
+    ("protocol", ("fastmta/smtp/protocol.py", "fastmta/smtp/_core", "fastmta/smtp/listener.py",
+                  "fastmta/smtp/tls.py", "fastmta/node/server.py")),
     ("spool", ("fastmta/spool/", "lmdb")),
     ("metrics+log", ("fastmta/metrics.py", "prometheus_client", "fastmta/deliverylog.py")),
     ("scheduler+delivery", ("fastmta/scheduler/", "fastmta/delivery/")),
@@ -167,8 +167,8 @@ def profile_one(peer: peers.Fastmta, name: str, seconds: float, rate: int) -> di
     return result
 
 
-def run(seconds: float, rate: int, names: list[str], log: Any) -> dict[str, Any]:
-    peer = peers.Fastmta(hold=True, name="fastmta-profile").start()
+def run(seconds: float, rate: int, names: list[str], log: Any, root: Path | None = None) -> dict[str, Any]:
+    peer = peers.Fastmta(hold=True, name="fastmta-profile", root=root).start()
     out: dict[str, Any] = {"bench": "profile", "seconds": seconds, "rate_hz": rate, "scenarios": {}}
     try:
         for name in names:
@@ -188,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=200, help="samples per second")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
+    ap.add_argument("--root", type=Path, metavar="TREE", help="profile the checkout at TREE (its own .venv)")
     args = ap.parse_args(argv)
     peers.stop_on_sigterm()
     seconds = args.seconds or (3.0 if args.quick else 10.0)
-    result = run(
-        seconds, args.rate, args.scenarios.split(","), lambda s: print(s, file=sys.stderr, flush=True)
-    )
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    result = run(seconds, args.rate, args.scenarios.split(","), log, args.root)
     report.write_json(result, args.json)
     return 0
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from bench import peers  # noqa: E402
 
 # Column order of the accept tables, and the ratios asked for (fastmta ÷ peer).
-ACCEPT_SYSTEMS = ("fastmta", "fastmta-nometrics", "fastmta-nosync", "postfix", "aiosmtpd-sink",
-                  "aiosmtpd-durable", "limit", "smtp-sink")  # fmt: skip
+ACCEPT_SYSTEMS = ("fastmta", "fastmta-base", "fastmta-nometrics", "fastmta-nosync", "postfix",
+                  "aiosmtpd-sink", "aiosmtpd-durable", "limit", "smtp-sink")  # fmt: skip
 RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit")
 
 
@@ -114,6 +114,19 @@ def accept_tables(acc: dict[str, Any]) -> list[str]:
                     f"{p99 if p99 is not None else '–'} / {f'{cpu:,.0f}' if cpu is not None else '–'}"
                 )
             rows.append([acc["scenarios"][sc], *cells])
+        out += _md(rows)
+    against = acc.get("vs_limit")
+    if against:
+        out += ["", "**Against the bare-uvloop limit**: server CPU µs per message (the limit's), CPU "
+                "ratio, share of the limit's rate (MB/s at 100 KiB)", ""]  # fmt: skip
+        rows = [["scenario", "driver", "system", "CPU µs/msg (limit)", "CPU ÷ limit", "rate ÷ limit"]]
+        for sc, by_drv in against.items():
+            for drv, by_sys in by_drv.items():
+                for system, r in by_sys.items():
+                    cpu = f"{r['cpu_us_per_msg']} ({r['limit_cpu_us_per_msg']})"
+                    ratio = f"{r.get('cpu_over_limit', '–')}×"
+                    share = f"{r.get('share_of_limit_rate', '–')}"
+                    rows.append([acc["scenarios"].get(sc, sc), drv, system, cpu, ratio, share])
         out += _md(rows)
     if acc.get("unavailable"):
         out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in acc["unavailable"].items())]

@@ -19,6 +19,8 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || need="$need unbound"
 command -v ldns-signzone >/dev/null 2>&1 || need="$need ldnsutils"
 command -v make >/dev/null 2>&1 || need="$need make"
+# bench/core.py --callgrind counts instructions per message (exact on a busy machine).
+command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 # What building fastmta itself needs (python3-venv, python3-dev, gcc).
 build=$(sh "$(dirname "$0")/build-deps.sh")
 [ -z "$build" ] || need="$need $build"

@@ -22,9 +22,9 @@ from fastmta.inject.submit import EX_OK, EX_TEMPFAIL, InjectError
 from fastmta.parser import CommandParser
 from fastmta.smtp import replies as R
 from fastmta.smtp.auth import Users
-from fastmta.smtp.dispatch import dispatch
+from fastmta.smtp.core import Core
 from fastmta.smtp.policy import AuthFailures, Policy
-from fastmta.smtp.session import A_BDAT, A_CLOSE, A_COMMIT, A_DATA, A_RESET_BODY, Session, Transaction
+from fastmta.smtp.session import A_COMMIT, Session, Transaction
 from fastmta.spool.ids import new_id
 
 _READ = 65536
@@ -77,51 +77,38 @@ def serve_stdio(injector: Injector, inp: BinaryIO, out: BinaryIO) -> int:
     parser = CommandParser(limits.max_line_length, limits.max_message_size, limits.bare_lf)
     out.write(R.banner(cfg.hostname))
     out.flush()
+
+    def write(replies: bytes) -> None:
+        out.write(replies)
+        out.flush()
+
+    core = Core(session, parser, write)
     read = getattr(inp, "read1", inp.read)
     held = b""  # a trailing CR, until we know whether LF follows
     while True:
         data = held + read(_READ)
         if data == held:
             if held:
-                _run(injector, session, parser, parser.feed(held))
+                _run(injector, core, held)
             return EX_TEMPFAIL if session.in_transaction else EX_OK
         held = b"\r" if data.endswith(b"\r") else b""
         # Local scripts write LF line ends (printf, PHP): take them as CRLF, as Postfix's
         # -bs does. Smuggling is no concern with a peer that may inject anything anyway.
         data = data[: len(data) - len(held)].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        closed = _run(injector, session, parser, parser.feed(data))
-        if session.out:
-            out.write(b"".join(session.out))
-            out.flush()
-            session.out.clear()
-        if closed:
+        if _run(injector, core, data):
             return EX_OK
 
 
-def _run(
-    injector: Injector, session: Session, parser: CommandParser, events: list[tuple[int, object]]
-) -> bool:
-    """Handle a batch of parser events in order (as smtp/protocol.py does); True once closed."""
-    while True:
-        kick = False  # "BDAT 0": an empty chunk to report without new bytes
-        for kind, payload in events:
-            act = dispatch(session, kind, payload)
-            if act is None:
-                continue
-            if act[0] == A_DATA:
-                parser.start_data()
-            elif act[0] == A_BDAT:
-                parser.start_bdat(act[1], act[2])
-                kick = act[1] == 0
-            elif act[0] == A_RESET_BODY:
-                parser.reset_body()
-            elif act[0] == A_COMMIT:
-                _commit(injector, session, act[1], act[2], act[4])  # act[3]: the session's Received:
-            elif act[0] == A_CLOSE:
-                return True
-        if not (parser.pending or kick):  # else: stopped at a DATA/BDAT barrier with bytes left
-            return False
-        events = parser.feed(b"")
+def _run(injector: Injector, core: Core, data: bytes) -> bool:
+    """Handle one read as the listener's protocol does (the same core); True once closed.
+    Commits are synchronous here: the core goes on at once with what followed."""
+    act = core.feed(data)
+    while act is not None:
+        if act[0] != A_COMMIT:
+            return True  # A_CLOSE: no AUTH or STARTTLS is offered on stdin
+        _commit(injector, core.session, act[1], act[2], act[4])  # act[3]: the session's Received:
+        act = core.resume()
+    return False
 
 
 def _commit(injector: Injector, session: Session, msg_id: str, txn: Transaction, body: bytes) -> None:

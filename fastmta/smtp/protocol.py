@@ -1,15 +1,15 @@
 # SPDX-License-Identifier: MIT
-"""asyncio.Protocol glue: bytes → parser → session → one batched write per read.
+"""asyncio.Protocol shell around the protocol core: connections, waits, timeouts.
 
-This is the hot path, so its cost per message is kept small: one ``data_received`` makes one parser call,
-every event of it is handled in order, and all replies go out in ONE
-``transport.write``. Only two things wait: the spool commit (a future callback,
-no task) and the AUTH check; while either is pending, the events already parsed
-are held and newly arrived bytes wait unparsed (reading pauses only past a
-bound), so PIPELINING keeps its order and memory stays bounded. After STARTTLS
-the parser drops buffered plaintext (``discard``), so no command sent before the
-handshake is ever run inside TLS. Implicit TLS is the same handshake, run at
-connect time after admission, so both are counted, logged and timed alike.
+The hot path is one call per read into the core (``core.py``: parser → session →
+one batched ``transport.write``, compiled in ``_core.pyx``). This shell carries
+out what the core hands back: the spool commit (a future callback, no task),
+the AUTH check and the TLS handshake. While one is pending the core holds the
+events already parsed and newly arrived bytes wait unparsed (reading pauses only
+past a bound), so PIPELINING keeps its order and memory stays bounded. After
+STARTTLS the parser drops buffered plaintext (``discard``), so no command sent
+before the handshake is ever run inside TLS. Implicit TLS is the same handshake,
+run at connect time after admission, so both are counted, logged and timed alike.
 
 Every way a connection ends (close, reset, timeout, a failed or abandoned TLS
 handshake, shutdown) goes through ``_release``, which gives the connection's
@@ -31,20 +31,8 @@ from fastmta.errors import SmtpError
 from fastmta.parser import CommandParser
 from fastmta.smtp import proxy
 from fastmta.smtp import replies as R
-from fastmta.smtp.dispatch import dispatch
-from fastmta.smtp.session import (
-    A_AUTH,
-    A_BDAT,
-    A_CLOSE,
-    A_COMMIT,
-    A_DATA,
-    A_RESET_BODY,
-    A_STARTTLS,
-    S_BDAT,  # fmt: skip
-    S_DATA,
-    Session,
-    Transaction,
-)
+from fastmta.smtp.core import Core
+from fastmta.smtp.session import A_AUTH, A_CLOSE, A_COMMIT, A_STARTTLS, S_BDAT, S_DATA, Session, Transaction
 
 if TYPE_CHECKING:
     from fastmta.smtp.listener import Hub, ListenerSettings
@@ -85,28 +73,30 @@ def tls_description(ssl_object: Any) -> str:
 class SmtpProtocol(asyncio.Protocol):
     """One inbound connection."""
 
-    __slots__ = ("hub", "settings", "transport", "parser", "session", "peer", "last_active",
-                 "_line_start", "_started", "_held", "_early", "_waiting", "_paused_write",
-                 "_paused_early", "_admitted", "_closed", "_proxy")  # fmt: skip
+    __slots__ = ("hub", "settings", "transport", "core", "parser", "session", "peer", "last_active",
+                 "_line_start", "_started", "_early", "_waiting", "_paused_write",
+                 "_paused_early", "_admitted", "_closed", "_proxy", "_msg_id", "_msg_size")  # fmt: skip
 
     def __init__(self, hub: Hub, settings: ListenerSettings) -> None:
         self.hub = hub
         self.settings = settings
         self.transport: Any = None
+        self.core: Core | None = None  # parser + session, from the admitted client's banner on
         self.parser: Any = None
         self.session: Session | None = None
         self.peer = ""
         self.last_active = 0.0  # the last read (the idle timers run from here)
         self._line_start = 0.0  # the read that began the unfinished command line, if any
         self._started = 0.0  # connect time (max_session_time)
-        self._held: list[tuple[int, object]] = []  # events parsed but not yet handled
-        self._early = bytearray()  # bytes that arrived during a wait, not yet parsed
+        self._early = bytearray()  # implicit TLS: bytes read before the handshake began
         self._waiting = False  # a commit, AUTH check or TLS handshake is pending
         self._paused_write = False  # the peer does not read its replies
         self._paused_early = False  # too many bytes arrived during a wait
         self._admitted = False
         self._closed = False
         self._proxy: bytes | None = None  # PROXY header bytes so far, while waiting for it
+        self._msg_id = ""  # the message being committed
+        self._msg_size = 0
 
     # --- connection life ----------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -155,6 +145,7 @@ class SmtpProtocol(asyncio.Protocol):
         settings = self.settings
         self.parser = CommandParser(settings.parser_max_line, settings.max_size, settings.bare_lf)
         self.session = Session(settings, self.peer, tls)
+        self.core = Core(self.session, self.parser, transport.write)
         self.last_active = self.hub.now
         if settings.pregreet_check:
             early = _bytes_waiting(transport)
@@ -205,6 +196,7 @@ class SmtpProtocol(asyncio.Protocol):
         self.hub.limits.release(self.peer)
         self.settings.metrics.active.dec()
         self.parser = None
+        self.core = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
@@ -222,7 +214,8 @@ class SmtpProtocol(asyncio.Protocol):
 
     # --- the hot path -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._closed or self.session is None:
+        core = self.core
+        if core is None or self._closed:
             if self._closed:
                 return
             if self._proxy is not None:
@@ -233,26 +226,24 @@ class SmtpProtocol(asyncio.Protocol):
                 self.abort()
             return
         now = self.last_active = self.hub.now
-        if self._waiting:
+        if core.waiting:
             # Not parsed yet: the held events may end at a DATA barrier the session has
             # not seen, and parsing on would read a body as commands. Reading goes on
             # (no epoll change per message) until the backlog passes its bound.
-            early = self._early
-            early += data
-            if len(early) > _EARLY_LIMIT and not self._paused_early:
+            if core.hold(data) > _EARLY_LIMIT and not self._paused_early:
                 self._paused_early = True
                 self.transport.pause_reading()
             return
-        parser = self.parser
-        fresh = not parser.partial
         try:
-            self._run(parser.feed(data))
+            act = core.feed(data)
         except Exception:
             self._internal_error()
             return
+        if act is not None:
+            self._act(act)
         # A command line is timed from its first octet, not its last (slowloris): note
         # the read that began the unfinished line, if any. One check per read, no timer.
-        if parser.partial and (fresh or b"\r\n" in data):
+        if core.line_started:
             self._line_start = now
 
     def _internal_error(self) -> None:
@@ -262,71 +253,24 @@ class SmtpProtocol(asyncio.Protocol):
             self.transport.write(R.R_451_LOCAL_ERROR)
             self._close_now()
 
-    def _run(self, events: list[tuple[int, object]]) -> None:
-        """Handle events in order; stop (holding the rest) at anything that must wait."""
-        session = self.session
-        parser = self.parser
-        assert session is not None
-        i = 0
-        n = len(events)
-        kick = False  # "BDAT 0": the parser has an empty chunk to report without new bytes
-        while True:
-            while i < n:
-                kind, payload = events[i]
-                i += 1
-                act = dispatch(session, kind, payload)
-                if act is None:
-                    continue
-                a = act[0]
-                if a == A_DATA:
-                    parser.start_data()
-                elif a == A_BDAT:
-                    parser.start_bdat(act[1], act[2])
-                    kick = act[1] == 0
-                elif a == A_RESET_BODY:
-                    parser.reset_body()
-                elif a == A_COMMIT:
-                    self._hold(events, i)
-                    self._commit(act[1], act[2], act[3], act[4])
-                    return
-                elif a == A_AUTH:
-                    self._hold(events, i)
-                    self._flush()
-                    self.hub.loop.create_task(self._check_auth(act[1], act[2]))
-                    return
-                elif a == A_STARTTLS:
-                    parser.discard()  # no plaintext command survives into TLS (RFC 3207 §5)
-                    self._held = []
-                    self._waiting = True
-                    self.transport.pause_reading()  # the handshake bytes are for the TLS layer
-                    self._flush()
-                    self.hub.loop.create_task(self._start_tls())
-                    return
-                elif a == A_CLOSE:
-                    self._close()
-                    return
-            if parser.pending or kick:  # stopped at a DATA/BDAT/STARTTLS barrier with bytes left
-                kick = False
-                events = parser.feed(b"")
-                i = 0
-                n = len(events)
-                continue
-            break
-        if session.draining and not session.in_transaction:
-            session.out.append(R.R_421_SHUTDOWN)
-            self._close()
-            return
-        self._flush()
+    def _act(self, act: tuple[Any, ...]) -> None:
+        """Carry out what the core handed back (its replies are written already)."""
+        a = act[0]
+        if a == A_COMMIT:
+            self._waiting = True
+            self._commit(act[1], act[2], act[3], act[4])
+        elif a == A_AUTH:
+            self._waiting = True
+            self.hub.loop.create_task(self._check_auth(act[1], act[2]))
+        elif a == A_STARTTLS:
+            self._waiting = True
+            self.transport.pause_reading()  # the handshake bytes are for the TLS layer
+            self.hub.loop.create_task(self._start_tls())
+        elif a == A_CLOSE:
+            self._close_now()
 
     def _flush(self) -> None:
-        out = self.session.out  # type: ignore[union-attr]
-        if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-
-    def _hold(self, events: list[tuple[int, object]], i: int) -> None:
-        self._held = events[i:] if i < len(events) else []
-        self._waiting = True
+        self.core.flush()  # type: ignore[union-attr]
 
     def _resume(self) -> None:
         """The wait is over: handle the held events, then read again."""
@@ -334,14 +278,10 @@ class SmtpProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._line_start = self.last_active = self.hub.now
-        held, self._held = self._held, []
         try:
-            self._run(held)
-            early = self._early
-            while early and not self._waiting and not self._closed:
-                data = bytes(early)
-                early.clear()
-                self._run(self.parser.feed(data))
+            act = self.core.resume()  # type: ignore[union-attr]
+            if act is not None:
+                self._act(act)
         except Exception:
             self._internal_error()
             return
@@ -356,25 +296,25 @@ class SmtpProtocol(asyncio.Protocol):
 
     # --- waits -------------------------------------------------------------------------
     def _commit(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> None:
-        self._flush()  # replies before the DATA end go out now, the 250 after the fsync
         try:
             fut = self.hub.store.put(msg_id, txn, head, body)
         except Exception as e:
             self._commit_failed(e)
             self._resume()
             return
-        size = len(head) + len(body)
-        fut.add_done_callback(lambda f: self._committed(f, msg_id, size))
+        self._msg_id = msg_id
+        self._msg_size = len(head) + len(body)
+        fut.add_done_callback(self._committed)
 
-    def _committed(self, fut: asyncio.Future[Any], msg_id: str, size: int) -> None:
+    def _committed(self, fut: asyncio.Future[Any]) -> None:
         session = self.session
         assert session is not None
         exc = fut.exception()
         if exc is None:
-            session.commit_done(msg_id)
+            session.commit_done(self._msg_id)
             metrics = self.settings.metrics
             metrics.received.inc()
-            metrics.received_bytes.inc(size)
+            metrics.received_bytes.inc(self._msg_size)
         else:
             self._commit_failed(exc)
         self._resume()
@@ -425,6 +365,8 @@ class SmtpProtocol(asyncio.Protocol):
         # plaintext: none of it may run as a command inside TLS (RFC 3207 §5). What
         # arrives from here on comes through the TLS layer.
         self._early.clear()
+        if self.core is not None:
+            self.core.drop_early()
         try:
             transport = await self.hub.loop.start_tls(
                 self.transport, self, ctx, server_side=True, ssl_handshake_timeout=settings.command_timeout
@@ -442,6 +384,8 @@ class SmtpProtocol(asyncio.Protocol):
             return
         settings.metrics.tls_ok.inc()
         self.transport = transport
+        if self.core is not None:
+            self.core.write = transport.write
         self._paused_write = self._paused_early = False
         tls = tls_description(transport.get_extra_info("ssl_object"))
         if self._closed:  # shut down while the handshake ran

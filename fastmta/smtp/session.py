@@ -222,7 +222,9 @@ class Session:
 
     # --- events ----------------------------------------------------------------------
     def line(self, line: bytes) -> Action | None:
-        """One command line (CRLF removed)."""
+        """One command line (CRLF removed). The compiled core (smtp/_core.pyx ``_line``)
+        sends plain commands straight to their ``_HANDLERS`` entry: a check added here
+        that is not in that table must be added there too."""
         if len(line) > self._max_text and not self._auth_line(line):
             return self.line_too_long()
         if self.state == S_AUTH:

@@ -29,7 +29,8 @@ def _module_name(path: Path) -> str:
 
 
 MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
-ALL_MODULES = set(MODULES) | {"fastmta._parser"}
+PYX: dict[str, Path] = {_module_name(p): p for p in sorted(PKG.rglob("*.pyx"))}
+ALL_MODULES = set(MODULES) | set(PYX)
 PACKAGES = {_module_name(p) for p in PKG.rglob("__init__.py")}
 
 
@@ -85,11 +86,11 @@ def _edges(tree: ast.Module, module: str) -> list[Edge]:
     return found
 
 
-def _pyx_edges() -> list[Edge]:
-    """The Cython twin is not Python: read its ``import``/``from`` lines."""
+def _pyx_edges(path: Path) -> list[Edge]:
+    """A Cython twin is not Python: read its ``import``/``from`` lines."""
     found = []
     pattern = re.compile(r"^\s*(?:from\s+(fastmta[\w.]*)\s+(?:c?import)\s+(\w+)|import\s+(fastmta[\w.]*))")
-    for lineno, line in enumerate((PKG / "_parser.pyx").read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         m = pattern.match(line)
         if m:
             target = m.group(3) or next(_resolve(m.group(1), [m.group(2)]))
@@ -100,7 +101,7 @@ def _pyx_edges() -> list[Edge]:
 GRAPH: dict[str, list[Edge]] = {
     name: _edges(ast.parse(path.read_text(), str(path)), name) for name, path in MODULES.items()
 }
-GRAPH["fastmta._parser"] = _pyx_edges()
+GRAPH.update({name: _pyx_edges(path) for name, path in PYX.items()})
 
 
 def _within(target: str, prefixes: set[str]) -> bool:
@@ -135,6 +136,10 @@ RULES: dict[str, set[str]] = {
     },
     # The session is a pure state machine: no transport, no metrics, no config.
     "fastmta.smtp.session": {"fastmta.smtp", "fastmta.errors", "fastmta.smtp.policy"},
+    # The protocol core: two twins of one loop (parser → session → replies), one import site.
+    "fastmta.smtp.core": {"fastmta.smtp._core", "fastmta.smtp._core_py"},
+    "fastmta.smtp._core": {"fastmta.parser", "fastmta.smtp.replies", "fastmta.smtp.session"},
+    "fastmta.smtp._core_py": {"fastmta.parser", "fastmta.smtp.replies", "fastmta.smtp.session"},
     "fastmta.smtp.commands": {"fastmta.smtp.replies"},
     "fastmta.smtp.replies": LEAF,
     "fastmta.spool": {"fastmta.spool", "fastmta.config", "fastmta.metrics", "fastmta.errors"},

@@ -4,55 +4,16 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from fastmta.config import from_dict
 from fastmta.errors import SpoolFullError, SpoolUnavailableError
 from fastmta.smtp import replies as R
 from fastmta.smtp import session as S
-from fastmta.smtp.auth import Users
 from fastmta.smtp.headers import MAX_HEAD, missing_fields
-from fastmta.smtp.policy import AuthFailures, Policy
+from tests.fixtures.session import FakeSettings
 from tests.support import traced_message
-
-
-@dataclass
-class FakeSettings:
-    """Implements session.Settings with plain values (no listener, no spool)."""
-
-    hostname: str = "mx.test"
-    listener: str = "mx"
-    submission: bool = False
-    starttls: bool = True
-    max_size: int = 1000
-    max_line: int = 512
-    max_recipients: int = 2
-    max_errors: int = 3
-    max_hops: int = 5
-    policy: Policy = field(
-        default_factory=lambda: Policy(from_dict({"policy": {"relay_domains": ["in.test"]}}))
-    )
-    users: Users = field(default_factory=lambda: Users({"u": lambda pw: pw == b"p"}))
-    auth_failures: AuthFailures = field(default_factory=lambda: AuthFailures(2))
-    unhealthy_reason: str | None = None
-    rejections: list[str] = field(default_factory=list)
-    ids: int = 0
-
-    def new_id(self) -> str:
-        self.ids += 1
-        return f"ID{self.ids}"
-
-    def unhealthy(self) -> str | None:
-        return self.unhealthy_reason
-
-    def ehlo_reply(self, starttls: bool, auth: bool, encrypted: bool = False) -> bytes:
-        return R.ehlo(self.hostname, R.ehlo_keywords(1000, starttls, auth, encrypted))
-
-    def rejected(self, reason: str) -> None:
-        self.rejections.append(reason)
 
 
 def run(s: S.Session, line: bytes) -> tuple[bytes, S.Action | None]:

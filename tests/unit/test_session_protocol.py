@@ -178,7 +178,8 @@ def test_a_bug_closes_only_that_connection(loop: asyncio.AbstractEventLoop) -> N
         def line(self, line: bytes) -> None:
             raise RuntimeError("bug")
 
-    proto.session = Buggy(proto.settings, "127.0.0.1")
+    assert proto.core is not None
+    proto.session = proto.core.session = Buggy(proto.settings, "127.0.0.1")
     proto.data_received(b"NOOP\r\n")
     assert t.writes == [R.R_451_LOCAL_ERROR] and t.closed
     other, t2, _ = connect(loop)
