@@ -40,7 +40,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], float, float]] = {
     "profile": ("profile.py", ["--quick"], [], 90, 300),
     "workers": ("workers.py", ["--quick"], [], 180, 1800),
     "local": ("local.py", ["--quick"], [], 120, 900),
-    "http": ("http.py", ["--quick"], [], 420, 3600),
+    "http": ("http_api.py", ["--quick"], [], 420, 3600),
     "cluster": ("cluster.py", ["--quick"], [], 600, 1800),
 }
 

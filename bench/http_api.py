@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """HTTP API benchmark: injection over HTTP against SMTP, and webhooks while relaying.
 
-    .venv/bin/python bench/http.py [--quick] [--count N] [--json OUT]
+    .venv/bin/python bench/http_api.py [--quick] [--count N] [--json OUT]
 
 Injection (delivery held, so nothing competes with it), in one run against one
 server: ``smtp-source`` with reused connections (50, 4 KiB messages); the API with
