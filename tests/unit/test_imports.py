@@ -137,7 +137,7 @@ RULES: dict[str, set[str]] = {
     # The session is a pure state machine: no transport, no metrics, no config.
     "fastmta.smtp.session": {"fastmta.smtp", "fastmta.errors", "fastmta.smtp.policy"},
     # The protocol core: two twins of one loop (parser → session → replies), one import site.
-    "fastmta.smtp.core": {"fastmta.smtp._core", "fastmta.smtp._core_py"},
+    "fastmta.smtp.core": {"fastmta.parser", "fastmta.smtp._core", "fastmta.smtp._core_py"},
     "fastmta.smtp._core": {"fastmta.parser", "fastmta.smtp.replies", "fastmta.smtp.session"},
     "fastmta.smtp._core_py": {"fastmta.parser", "fastmta.smtp.replies", "fastmta.smtp.session"},
     "fastmta.smtp.commands": {"fastmta.smtp.replies"},
