@@ -198,6 +198,23 @@ cluster_leases = Gauge(
 cluster_redis_errors_total = Counter(
     "fastmta_cluster_redis_errors_total", "Redis calls that failed or timed out", ["node"]
 )
+cluster_suppression_in_sync = Gauge(
+    "fastmta_cluster_suppression_in_sync",
+    "1 while this node's suppression list follows the cluster's (Redis answers, nothing left to publish)",
+    ["node"],
+    multiprocess_mode="max",
+)
+cluster_suppression_outbox = Gauge(
+    "fastmta_cluster_suppression_outbox",
+    "Suppression-list changes made on this node and not yet published to Redis",
+    ["node"],
+    multiprocess_mode="max",
+)
+cluster_suppression_changes_total = Counter(
+    "fastmta_cluster_suppression_changes_total",
+    "Suppression-list changes published to Redis and changes from Redis that altered this node's list",
+    ["node", "direction"],
+)
 
 # Series that dashboards and alerts compare must exist (at 0) before the first event:
 # rate() over an absent series is "no data", not 0, and silences alerts. Under

@@ -395,7 +395,7 @@ async def suppressions_remove(request: web.Request) -> web.Response:
         doc = dict(request.query)
     addrs = _addresses(doc)
     tenant = _tenant_arg(doc.get("tenant"))
-    n = await asyncio.to_thread(supp.remove, lst.store, lst.db, addrs, tenant)
+    n = await lst.remove_soon(addrs, tenant)
     return web.json_response({"removed": n})
 
 

@@ -12,6 +12,11 @@ Keys (``P`` is ``[cluster] prefix``):
   ``P suspend``      hash dest → ``"<until ms> <code> <enhanced> <class> <text>"``
   ``P limit``        hash dest → ``"<until ms> <connections> <rate>"``
   ``P nodes``        sorted set node id → last heartbeat (ms)
+  ``P suppress``     hash entry key → ``"<ms> +<reason>"`` or ``"<ms> -"`` (the suppression list)
+  ``P suppress:log`` stream of the suppression changes that took, fields ``k`` and ``v``
+
+The suppression scripts alone take their times from the change (the node that made
+it): a change made while Redis was away must keep its place in the order.
 """
 
 from __future__ import annotations
@@ -116,3 +121,34 @@ end
 return out
 """
 )
+
+# KEYS: the suppression hash and its log stream; ARGV: the log's approximate length, then
+# (entry key, "<ms> +reason" | "<ms> -") pairs. A change takes only over an older one (a
+# removal also over an add of the same ms; the same change again does nothing), and only a
+# change that took is logged: replaying the log gives the hash. Returns {took, {entry key,
+# value, …}}: the value that beat each refused change, for the node that made it to take.
+SUPPRESS = """
+local took, beaten = 0, {}
+for i = 2, #ARGV, 2 do
+  local ms, op = string.match(ARGV[i + 1], '^(%d+) ([+-])')
+  if ms then
+    ms = tonumber(ms)
+    local take = true
+    local old = redis.call('HGET', KEYS[1], ARGV[i])
+    if old then
+      local old_ms, old_op = string.match(old, '^(%d+) ([+-])')
+      old_ms = tonumber(old_ms)
+      if old_ms and (old_ms > ms or (old_ms == ms and (old_op == '-' or old_op == op))) then take = false end
+    end
+    if take then
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'k', ARGV[i], 'v', ARGV[i + 1])
+      took = took + 1
+    elseif old ~= ARGV[i + 1] then
+      beaten[#beaten + 1] = ARGV[i]
+      beaten[#beaten + 1] = old
+    end
+  end
+end
+return {took, beaten}
+"""

@@ -2,8 +2,11 @@
 """``fastmta suppress add|remove|list|check``: the node's suppression list (spool/suppression.py).
 
 Works while ``serve`` runs: the list is in LMDB, and the next delivery of every
-worker sees a change. Exit status: ``check`` 0 suppressed, 1 not; ``remove`` 1 when
-an address was not on the list; 2 bad configuration; 64 usage.
+worker sees a change. With ``[cluster] redis`` a change also goes to the list's
+outbox, which the node's running server publishes to the other nodes (at its start
+when none runs now); the command itself never talks to Redis. Exit status:
+``check`` 0 suppressed, 1 not; ``remove`` 1 when an address was not on the list;
+2 bad configuration; 64 usage.
 """
 
 from __future__ import annotations
@@ -51,17 +54,18 @@ def main(argv: list[str]) -> int:
     store = admin.open_store(suppression.node_config(cfg.spool))
     try:
         db = suppression.open_db(store)
+        outbox = suppression.open_outbox(store) if cfg.cluster.redis else None
         tenant = args.tenant or ""
         if args.cmd == "add":
             bad = [a for a in args.addresses if "@" not in a]
             if bad:
                 print(f"fastmta suppress: not an address: {', '.join(bad)}", file=sys.stderr)
                 return 64
-            n = suppression.add(store, db, [Entry(a, tenant, args.reason) for a in args.addresses])
+            n = suppression.add(store, db, [Entry(a, tenant, args.reason) for a in args.addresses], outbox)
             print(f"{n} address(es) suppressed" + (f" for tenant {tenant}" if tenant else " globally"))
             return 0
         if args.cmd == "remove":
-            n = suppression.remove(store, db, args.addresses, tenant)
+            n = suppression.remove(store, db, args.addresses, tenant, outbox)
             print(f"{n} of {len(args.addresses)} address(es) removed")
             return 0 if n == len(args.addresses) else 1
         if args.cmd == "check":

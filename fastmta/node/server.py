@@ -23,6 +23,7 @@ from fastmta import config as config_mod
 from fastmta import parser
 from fastmta.api import app as api
 from fastmta.cluster.limits import Cluster
+from fastmta.cluster.suppression import SuppressionSync
 from fastmta.config import Config, ConfigError, address_in_use
 from fastmta.delivery import ref, sources
 from fastmta.delivery.dns import Resolver
@@ -81,6 +82,7 @@ class Server:
     """One running fastmta process (with ``[server] workers = N``, one per worker)."""
 
     reuse_port = False  # SO_REUSEPORT: only workers share their listening addresses
+    index = 0  # a worker's number; node-wide tasks (the suppression list's sync) run in number 0
 
     def __init__(self, cfg: Config, config_path: str | None) -> None:
         self.cfg = cfg
@@ -100,6 +102,7 @@ class Server:
         self.api_ctx: api.Context | None = None
         self._api: Any = None  # the HTTP API's runner
         self.cluster: Cluster | None = None
+        self.suppression_sync: SuppressionSync | None = None
         self._reload_pending = False  # a SIGHUP during start-up, applied once ready
 
     async def run(self) -> int:
@@ -124,7 +127,7 @@ class Server:
         if cfg.webhooks:
             self.webhooks = WebhookService(cfg.webhooks, spool, self.dlog)
             await self.webhooks.start()
-        self.suppression = SuppressionList.open(cfg.spool)
+        self.suppression = SuppressionList.open(cfg.spool, shared=bool(cfg.cluster.redis))
         feedback = (
             FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
             if cfg.suppression.fbl_addresses
@@ -135,6 +138,9 @@ class Server:
         if cfg.cluster.redis:
             self.cluster = Cluster(cfg.cluster)
             await self.cluster.start()
+            if self.index == 0:
+                self.suppression_sync = SuppressionSync(cfg.cluster, self.suppression)
+                self.suppression_sync.start()
             say(
                 f"cluster node {cfg.cluster.node_id}: limits shared through {_redacted(cfg.cluster.redis)}"
                 f" ({self.cluster.nodes} node(s) seen, Redis {'up' if self.cluster.up else 'DOWN'})"
@@ -297,6 +303,8 @@ class Server:
             await self.webhooks.close()
         if self.cluster is not None:
             await self.cluster.close()
+        if self.suppression_sync is not None:
+            await self.suppression_sync.close()
         if self.dkim is not None:
             await self.dkim.close()
         self.suppression.close()

@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: MIT
+"""``fastmta.cluster.suppression.SuppressionSync`` against a real Redis, each "node" a real
+LMDB list of its own: changes travel both ways, conflicts go to the later change (a
+removal wins a tie), a node joining late gets the list and brings its own, and Redis
+killed, emptied or stalled loses no change and never holds up a local one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fastmta.cluster import lua
+from fastmta.cluster.suppression import SuppressionSync
+from fastmta.config import SpoolConfig
+from fastmta.spool import suppression
+from fastmta.spool.suppression import Entry, SuppressionList
+from tests.fixtures.redis import RedisServer
+from tests.integration.test_cluster_limits import ccfg, run, until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Node:
+    """One node's list and its sync task."""
+
+    def __init__(self, tmp: Path, name: str, url: str) -> None:
+        self.list = SuppressionList.open(SpoolConfig(path=str(tmp / name)), shared=True)
+        self.sync = SuppressionSync(ccfg(url, name), self.list)
+
+    def has(self, addr: str, tenant: str = "") -> bool:
+        return bool(self.list.suppressed([(0, addr)], tenant))
+
+    def count(self) -> int:
+        return len(list(suppression.entries(self.list.store, self.list.db)))
+
+    async def close(self) -> None:
+        await self.sync.close()
+        self.list.close()
+
+
+async def nodes(tmp: Path, url: str, *names: str) -> list[Node]:
+    out = [Node(tmp, n, url) for n in names]
+    for n in out:
+        n.sync.start()
+    await until(lambda: all(n.sync.synced for n in out))
+    return out
+
+
+def test_changes_reach_the_other_node_and_the_later_change_wins(
+    tmp_path: Path, redis_server: Callable[[], RedisServer]
+) -> None:
+    r = redis_server()
+
+    async def main() -> None:
+        a, b = await nodes(tmp_path, r.url, "a", "b")
+        try:
+            await a.list.add_soon([Entry("Gone@X.test", reason="asked"), Entry("t@x.test", "shop1")])
+            await until(lambda: b.has("gone@x.test") and b.has("t@x.test", "shop1"))
+            assert not b.has("t@x.test", "shop2")  # a tenant's entry stays that tenant's
+            [e] = [e for e in suppression.entries(b.list.store, b.list.db) if e.address == "gone@x.test"]
+            assert e.reason == "asked"
+            assert await b.list.remove_soon(["gone@x.test"]) == 1
+            await until(lambda: not a.has("gone@x.test"))
+            # an add older than that removal (a node whose change was delayed) stays lifted
+            await a.list.add_soon([Entry("gone@x.test", time=time.time() - 60)])
+            await until(lambda: a.list.pending() == 0)
+            await asyncio.sleep(0.5)
+            assert not b.has("gone@x.test")
+            await until(lambda: not a.has("gone@x.test"))  # Redis said no: a follows the cluster
+            # a later add wins over the removal
+            await a.list.add_soon([Entry("gone@x.test", reason="again")])
+            await until(lambda: b.has("gone@x.test"))
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_the_script_takes_a_change_over_an_older_one_and_a_removal_wins_a_tie(
+    redis_server: Callable[[], RedisServer],
+) -> None:
+    r = redis_server()
+
+    def send(*pairs: str) -> None:
+        r.command("EVAL", lua.SUPPRESS, "2", "h", "log", "100", *pairs)
+
+    def value(k: str) -> bytes:
+        return r.command("HGET", "h", k).split(b"\r\n")[1]
+
+    send("k", "2000 +first")
+    send("k", "1000 +older")  # older: refused
+    assert value("k") == b"2000 +first"
+    send("k", "2000 -")  # a removal of the same ms wins the tie
+    send("k", "2000 +same ms")  # and an add of that ms does not undo it
+    assert value("k") == b"2000 -"
+    send("k", "3000 +later")
+    assert value("k") == b"3000 +later"
+    send("k", "3000 +later")  # the same change again is not logged again
+    assert r.command("XLEN", "log") == b":3\r\n"
+
+
+def test_a_node_joining_later_gets_the_list_and_brings_its_own(
+    tmp_path: Path, redis_server: Callable[[], RedisServer]
+) -> None:
+    r = redis_server()
+    n = 10_000
+
+    async def main() -> None:
+        (a,) = await nodes(tmp_path, r.url, "a")
+        # c had a list before it joined the cluster (nothing of it in any outbox)
+        own = SuppressionList.open(SpoolConfig(path=str(tmp_path / "c")))
+        suppression.add(own.store, own.db, [Entry(f"c{i}@c.test") for i in range(3)])
+        own.close()
+        try:
+            await a.list.add_soon([Entry(f"u{i}@a.test", reason="bulk") for i in range(n)])
+            await until(lambda: a.list.pending() == 0, 60)
+            t0 = time.monotonic()
+            (c,) = await nodes(tmp_path, r.url, "c")
+            await until(lambda: c.count() == n + 3, 60)
+            took = time.monotonic() - t0
+            await until(lambda: a.count() == n + 3)  # c's own entries reached a
+            print(f"\n{n} entries reached a node that joined later in {took:.2f}s")
+            await c.close()
+        finally:
+            await a.close()
+
+    run(main, 120)
+
+
+@pytest.mark.parametrize("how", ["kill", "stall"])
+def test_redis_away_loses_no_change_and_holds_up_none(
+    tmp_path: Path, redis_server: Callable[[], RedisServer], how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = redis_server()
+
+    async def main() -> None:
+        a, b = await nodes(tmp_path, r.url, "a", "b")
+        try:
+            await a.list.add_soon([Entry("before@x.test")])
+            await until(lambda: b.has("before@x.test"))
+            r.kill() if how == "kill" else r.stall()
+            t0 = time.monotonic()
+            await a.list.add_soon([Entry("during@x.test")])
+            await a.list.remove_soon(["before@x.test"])
+            assert time.monotonic() - t0 < 0.5  # local changes never wait for Redis
+            assert a.has("during@x.test") and not a.has("before@x.test")
+            await until(lambda: not a.sync.synced and not b.sync.synced)
+            await asyncio.sleep(0.5)
+            assert not b.has("during@x.test") and b.has("before@x.test")
+            assert a.list.pending() == 2  # kept for when Redis is back
+            r.start() if how == "kill" else r.resume()  # killed: it comes back empty
+            await until(lambda: b.has("during@x.test") and not b.has("before@x.test"), 30)
+            await until(lambda: a.sync.synced and b.sync.synced and a.list.pending() == 0)
+        finally:
+            await a.close()
+            await b.close()
+
+    with caplog.at_level(logging.WARNING, "fastmta.cluster"):
+        run(main)
+    assert "suppression list out of sync" in caplog.text
+    assert "suppression list in sync with Redis again" in caplog.text
