@@ -114,13 +114,13 @@ class Cluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.up:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, d in self._dests.items():
-                if d.held:
-                    pipe.zrem(self._conn_key(key), *d.held)
-            pipe.zrem(self._nodes_key, self.node)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pipe.execute(), self.cfg.timeout)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, d in self._dests.items():
+                    if d.held:
+                        pipe.zrem(self._conn_key(key), *d.held)
+                pipe.zrem(self._nodes_key, self.node)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pipe.execute(), self.cfg.timeout)
         self._dests.clear()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
@@ -251,21 +251,25 @@ class Cluster:
                 and now > max(d.tokens_until, d.local_next)]  # fmt: skip
         for key in idle:  # nothing worth keeping: the dict does not grow with every domain
             del self._dests[key]
-        pipe = self.redis.pipeline(transaction=False)
-        await self._tick(
-            keys=[self._nodes_key, self._suspend_key, self._limit_key],
-            args=[self.node, NODE_HORIZON_MS],
-            client=pipe,
-        )
         readd = self._reregister  # after an outage: register the leases taken meanwhile
         mode = "" if readd else "XX"
-        for key, d in self._dests.items():
-            if d.held:
-                await self._renew(keys=[self._conn_key(key)], args=[self._ttl_ms, mode, *d.held], client=pipe)
-        try:
-            results = await self._call(pipe.execute(), probe=True)
-        except _Down:
-            return
+        # "async with": a pipeline whose execute timed out (a stalled Redis) still holds its
+        # connection, and one left to the garbage collector is reported as unclosed
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._tick(
+                keys=[self._nodes_key, self._suspend_key, self._limit_key],
+                args=[self.node, NODE_HORIZON_MS],
+                client=pipe,
+            )
+            for key, d in self._dests.items():
+                if d.held:
+                    await self._renew(
+                        keys=[self._conn_key(key)], args=[self._ttl_ms, mode, *d.held], client=pipe
+                    )
+            try:
+                results = await self._call(pipe.execute(), probe=True)
+            except _Down:
+                return
         if readd:
             self._reregister = False
         nodes, suspended, limited = results[0]
