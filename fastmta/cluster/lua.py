@@ -124,7 +124,8 @@ return out
 
 # KEYS: the suppression hash and its log stream; ARGV: the log's approximate length, then
 # (entry key, "<ms> +reason" | "<ms> -") pairs. A change takes only over an older one (a
-# removal also over an add of the same ms; the same change again does nothing), and only a
+# removal also over an add of the same ms, and of two adds of one ms the greater value, so
+# every order of the same changes ends alike; the same change again does nothing), and only a
 # change that took is logged: replaying the log gives the hash. Returns {took, {entry key,
 # value, …}}: the value that beat each refused change, for the node that made it to take.
 SUPPRESS = """
@@ -138,7 +139,8 @@ for i = 2, #ARGV, 2 do
     if old then
       local old_ms, old_op = string.match(old, '^(%d+) ([+-])')
       old_ms = tonumber(old_ms)
-      if old_ms and (old_ms > ms or (old_ms == ms and (old_op == '-' or old_op == op))) then take = false end
+      if old_ms and old_ms > ms then take = false end
+      if old_ms == ms and (old_op == '-' or (op == '+' and old >= ARGV[i + 1])) then take = false end
     end
     if take then
       redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])

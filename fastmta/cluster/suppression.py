@@ -143,7 +143,7 @@ class SuppressionSync:
             return cursor
         if len(entries) == READ and cursor != NO_CURSOR and not await self._in_log(cursor):
             raise _Down("fell behind the stream's length: reconciling")
-        changes = [c for _, fields in entries if (c := _decode(fields.get(b"k"), fields.get(b"v")))]
+        changes = [c for _, fields in entries if (c := decode(fields.get(b"k"), fields.get(b"v")))]
         last = bytes(entries[-1][0])
         self._m_applied.inc(await self.local.apply(changes, last))
         return last
@@ -159,7 +159,7 @@ class SuppressionSync:
         scan: int = 0
         while True:
             scan, page = await self._call(self.redis.hscan(self._hash, scan, count=READ))
-            changes = [c for k, v in page.items() if (c := _decode(k, v))]
+            changes = [c for k, v in page.items() if (c := decode(k, v))]
             pulled += await self.local.apply(changes, None)
             if scan == 0:
                 break
@@ -212,11 +212,11 @@ class SuppressionSync:
         """Changes into Redis; those a later change beat are undone here too (a node whose
         change lost, made while Redis was away or on a clock behind, takes the winner)."""
         args: list[Any] = [LOG_MAX]
-        for k, ms, removed, reason in changes:
-            args += [k, f"{ms} -" if removed else f"{ms} +{reason}"]
+        for c in changes:
+            args += [c[0], encode(c)]
         took, beaten = await self._call(self._script(keys=[self._hash, self._log], args=args))
         if beaten:
-            winners = [c for i in range(0, len(beaten), 2) if (c := _decode(beaten[i], beaten[i + 1]))]
+            winners = [c for i in range(0, len(beaten), 2) if (c := decode(beaten[i], beaten[i + 1]))]
             self._m_applied.inc(await self.local.apply(winners, None))
         return int(took)
 
@@ -251,7 +251,13 @@ class _Down(Exception):
     """Redis did not answer (or the stream moved past us): resync after ``interval``."""
 
 
-def _decode(k: Any, v: Any) -> Change | None:
+def encode(change: Change) -> bytes:
+    """The value Redis keeps for a change: ``"<ms> +<reason>"`` or ``"<ms> -"``."""
+    _, ms, removed, reason = change
+    return f"{ms} -".encode() if removed else f"{ms} +{reason}".encode("utf-8", "replace")
+
+
+def decode(k: Any, v: Any) -> Change | None:
     """A change from a hash field and value, or None for anything malformed."""
     if not isinstance(k, bytes) or b"\x00" not in k or not isinstance(v, bytes):
         return None

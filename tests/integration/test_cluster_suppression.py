@@ -7,12 +7,17 @@ killed, emptied or stalled loses no change and never holds up a local one."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastmta.cluster import lua
 from fastmta.cluster.suppression import SuppressionSync
@@ -21,6 +26,7 @@ from fastmta.spool import suppression
 from fastmta.spool.suppression import Entry, SuppressionList
 from tests.fixtures.redis import RedisServer
 from tests.integration.test_cluster_limits import ccfg, run, until
+from tests.support import run_fastmta
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -165,3 +171,76 @@ def test_redis_away_loses_no_change_and_holds_up_none(
         run(main)
     assert "suppression list out of sync" in caplog.text
     assert "suppression list in sync with Redis again" in caplog.text
+
+
+def test_junk_in_redis_is_skipped_not_fatal(tmp_path: Path, redis_server: Callable[[], RedisServer]) -> None:
+    r = redis_server()
+    for field, value in (("no-nul", "1 +x"), ("\x00bad@x.test", "soon +x"), ("\x00good@x.test", "5 +ok")):
+        r.command("HSET", "fastmta:suppress", field, value)
+
+    async def main() -> None:
+        (a,) = await nodes(tmp_path, r.url, "a")
+        try:
+            await until(lambda: a.has("good@x.test"))
+            assert not a.has("bad@x.test")
+            r.command("XADD", "fastmta:suppress:log", "*", "x", "y")
+            r.command("XADD", "fastmta:suppress:log", "*", "k", "\x00next@x.test", "v", "6 +ok")
+            await until(lambda: a.has("next@x.test"))
+            assert a.sync.synced
+        finally:
+            await a.close()
+
+    run(main)
+
+
+def test_the_command_writes_the_outbox_only_in_a_cluster(tmp_path: Path) -> None:
+    for name, cluster in (("alone", ""), ("member", '[cluster]\nredis = "redis://127.0.0.1:9/0"\n')):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f'[spool]\npath = "{tmp_path / name}"\n{cluster}')
+        assert run_fastmta("suppress", "add", "a@b.test", "--config", str(cfg)).returncode == 0
+        assert run_fastmta("suppress", "remove", "a@b.test", "--config", str(cfg)).returncode == 0
+        lst = SuppressionList.open(SpoolConfig(path=str(tmp_path / name)))
+        try:
+            ops = [
+                c[2] for _, _, c in suppression._outgoing(lst.store, suppression.open_outbox(lst.store), 10)
+            ]
+        finally:
+            lst.close()
+        assert ops == ([] if not cluster else [False, True])
+
+
+CHANGES = st.lists(
+    st.tuples(st.sampled_from(["k1", "k2"]), st.integers(1, 4), st.sampled_from(["+a", "+b", "-"])),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=CHANGES, order=st.randoms())
+def test_the_script_ends_alike_whatever_order_the_changes_come_in(
+    redis_server: Callable[[], RedisServer], changes: list[tuple[str, int, str]], order: random.Random
+) -> None:
+    r = redis.Redis.from_url(_one_redis(redis_server).url)
+    script = r.register_script(lua.SUPPRESS)
+    shuffled = changes[:]
+    order.shuffle(shuffled)
+    ends = []
+    for run_ in (changes, shuffled):
+        h = f"h{next(_RUNS)}"
+        for k, ms, op in run_:
+            script(keys=[h, h + ":log"], args=[100, k, f"{ms} {op}"])
+        ends.append(r.hmget(h, ["k1", "k2"]))
+    r.close()
+    assert ends[0] == ends[1]
+
+
+_RUNS = itertools.count()
+_REDIS: list[RedisServer] = []
+
+
+def _one_redis(start: Callable[[], RedisServer]) -> RedisServer:
+    """One Redis for every example of a Hypothesis test (each example uses fresh keys)."""
+    if not _REDIS or _REDIS[0].proc is None or _REDIS[0].proc.poll() is not None:
+        _REDIS[:] = [start()]
+    return _REDIS[0]
