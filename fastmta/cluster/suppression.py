@@ -212,8 +212,8 @@ class SuppressionSync:
         """Changes into Redis; those a later change beat are undone here too (a node whose
         change lost, made while Redis was away or on a clock behind, takes the winner)."""
         args: list[Any] = [LOG_MAX]
-        for c in changes:
-            args += [c[0], encode(c)]
+        for change in changes:
+            args += [change[0], encode(change)]
         took, beaten = await self._call(self._script(keys=[self._hash, self._log], args=args))
         if beaten:
             winners = [c for i in range(0, len(beaten), 2) if (c := decode(beaten[i], beaten[i + 1]))]
