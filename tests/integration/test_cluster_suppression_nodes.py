@@ -4,7 +4,8 @@
 Each node is a one-node group behind its own HAProxy (so a test can mail a chosen
 node) with the HTTP API on; changes come from the API, ``fastmta suppress`` and a hard
 bounce, and show as ``suppressed`` log lines on the other nodes. Redis killed (it
-comes back empty) or stalled: nothing is lost, nothing waits for it.
+comes back empty) or stalled: nothing is lost, nothing waits for it. Tests ask for
+``redis_server`` before ``members`` so that Redis outlives the nodes at teardown.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def members(tmp_path: Path, cluster: Callable[..., Any], sinks: Callable[..., An
 
 
 def test_a_suppression_made_on_one_node_holds_on_every_node(
-    members: Callable[..., Member], redis_server: Callable[[], RedisServer]
+    redis_server: Callable[[], RedisServer], members: Callable[..., Member]
 ) -> None:
     url = redis_server().url
     a, b = members(url), members(url, "[server]\nworkers = 2\n")
@@ -92,7 +93,7 @@ def test_a_suppression_made_on_one_node_holds_on_every_node(
 
 
 def test_redis_killed_or_stalled_loses_no_suppression_and_holds_up_nothing(
-    members: Callable[..., Member], redis_server: Callable[[], RedisServer]
+    redis_server: Callable[[], RedisServer], members: Callable[..., Member]
 ) -> None:
     r = redis_server()
     a, b = members(r.url), members(r.url)
@@ -123,7 +124,7 @@ def test_redis_killed_or_stalled_loses_no_suppression_and_holds_up_nothing(
 
 
 def test_a_node_started_later_gets_the_whole_list(
-    members: Callable[..., Member], redis_server: Callable[[], RedisServer]
+    redis_server: Callable[[], RedisServer], members: Callable[..., Member]
 ) -> None:
     url = redis_server().url
     a, b = members(url), members(url)
