@@ -69,9 +69,10 @@ class LocalList(Protocol):
 class SuppressionSync:
     """Keeps one node's list and the cluster's in step; ``start`` after the loop runs."""
 
-    def __init__(self, cfg: ClusterConfig, local: LocalList) -> None:
+    def __init__(self, cfg: ClusterConfig, local: LocalList, log_max: int = LOG_MAX) -> None:
         self.cfg = cfg
         self.local = local
+        self.log_max = log_max
         # no socket timeout: XREAD blocks on purpose; every call runs under its own bound
         self.redis = aioredis.from_url(
             cfg.redis, socket_connect_timeout=cfg.timeout, retry=Retry(NoBackoff(), 0)
@@ -211,7 +212,7 @@ class SuppressionSync:
     async def _send(self, changes: Sequence[Change]) -> int:
         """Changes into Redis; those a later change beat are undone here too (a node whose
         change lost, made while Redis was away or on a clock behind, takes the winner)."""
-        args: list[Any] = [LOG_MAX]
+        args: list[Any] = [self.log_max]
         for change in changes:
             args += [change[0], encode(change)]
         took, beaten = await self._call(self._script(keys=[self._hash, self._log], args=args))

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastmta.cluster import lua
-from fastmta.cluster.suppression import SuppressionSync
+from fastmta.cluster.suppression import LOG_MAX, SuppressionSync
 from fastmta.config import SpoolConfig
 from fastmta.spool import suppression
 from fastmta.spool.suppression import Entry, SuppressionList
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.timeout(120)
 class Node:
     """One node's list and its sync task."""
 
-    def __init__(self, tmp: Path, name: str, url: str) -> None:
+    def __init__(self, tmp: Path, name: str, url: str, log_max: int = LOG_MAX) -> None:
         self.list = SuppressionList.open(SpoolConfig(path=str(tmp / name)), shared=True)
-        self.sync = SuppressionSync(ccfg(url, name), self.list)
+        self.sync = SuppressionSync(ccfg(url, name), self.list, log_max)
 
     def has(self, addr: str, tenant: str = "") -> bool:
         return bool(self.list.suppressed([(0, addr)], tenant))
@@ -49,8 +49,8 @@ class Node:
         self.list.close()
 
 
-async def nodes(tmp: Path, url: str, *names: str) -> list[Node]:
-    out = [Node(tmp, n, url) for n in names]
+async def nodes(tmp: Path, url: str, *names: str, log_max: int = LOG_MAX) -> list[Node]:
+    out = [Node(tmp, n, url, log_max) for n in names]
     for n in out:
         n.sync.start()
     await until(lambda: all(n.sync.synced for n in out))
@@ -171,6 +171,42 @@ def test_redis_away_loses_no_change_and_holds_up_none(
         run(main)
     assert "suppression list out of sync" in caplog.text
     assert "suppression list in sync with Redis again" in caplog.text
+
+
+def test_a_node_back_from_a_stop_reads_on_or_reconciles_when_the_stream_moved_on(
+    tmp_path: Path, redis_server: Callable[[], RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    r = redis_server()
+
+    def reconciles() -> int:
+        return caplog.text.count("suppression list reconciled")
+
+    async def main() -> None:
+        (a,) = await nodes(tmp_path, r.url, "a", log_max=10)  # the stream keeps about 10 changes
+        try:
+            (b,) = await nodes(tmp_path, r.url, "b")
+            assert reconciles() == 2  # both start with no cursor
+            await a.list.add_soon([Entry("x@x.test")])
+            await until(lambda: b.has("x@x.test"))
+            await b.close()
+            await a.list.add_soon([Entry("y@x.test")])
+            (b,) = await nodes(tmp_path, r.url, "b")  # its cursor is still in the stream: reads on
+            await until(lambda: b.has("y@x.test"))
+            assert reconciles() == 2
+            await b.close()
+            for i in range(300):  # the stream trims its oldest entries, b's cursor with them
+                await a.list.add_soon([Entry(f"z{i}@x.test")])
+            await until(lambda: a.list.pending() == 0, 30)
+            assert int(r.command("XLEN", "fastmta:suppress:log")[1:].split(b"\r")[0]) < 300
+            (b,) = await nodes(tmp_path, r.url, "b")
+            await until(lambda: b.count() == 302, 30)
+            assert reconciles() == 3
+            await b.close()
+        finally:
+            await a.close()
+
+    with caplog.at_level(logging.INFO, "fastmta.cluster"):
+        run(main)
 
 
 def test_junk_in_redis_is_skipped_not_fatal(tmp_path: Path, redis_server: Callable[[], RedisServer]) -> None:
