@@ -287,10 +287,12 @@ def _outgoing(store: Store, outbox: Any, limit: int) -> list[Outgoing]:
 
 
 def _published(store: Store, outbox: Any, done: list[Outgoing]) -> None:
-    with store.write() as txn:
+    def drop(txn: lmdb.Transaction) -> None:
         for k, v, _ in done:
             if txn.get(k, db=outbox) == v:
                 txn.delete(k, db=outbox)
+
+    store.write_growing(drop, 4096)
 
 
 def apply(store: Store, db: Any, changes: Sequence[Change], cursor: bytes | None = None) -> int:
