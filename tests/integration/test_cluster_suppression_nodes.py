@@ -140,5 +140,6 @@ def test_a_node_started_later_gets_the_whole_list(
     joined = time.monotonic() - t1
     c.mail("user9999@bulk.test")
     wait_until(lambda: c.events("suppressed", "user9999@bulk.test"), 30, "suppressed on node c")
+    [synced] = [ln for ln in c.node.proc.stderr().splitlines() if "suppression list reconciled" in ln]
     print(f"\n{n} entries: on a running node {spread:.2f}s after the API call;"
-          f" on a new node {joined:.2f}s after its start")  # fmt: skip
+          f" on a new node {joined:.2f}s after its start ({synced.split('cluster: ')[-1]})")  # fmt: skip
