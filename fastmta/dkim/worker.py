@@ -13,7 +13,8 @@ reply is a few ``struct`` calls per message on the loop):
 * the first reply frame says the process is up: ``<I`` length + one line per
   entry, ``algorithm SP domain``, in the order of the entries it was given;
 * then one frame for every read of requests, so messages that arrive together
-  are answered together: ``<I`` length + ``<If`` (count, CPU seconds per message
+  are answered together (a long batch in frames of about ``FLUSH_AFTER`` of
+  work each): ``<I`` length + ``<If`` (count, CPU seconds per message
   over the batch) + per message ``<IIB`` (sequence number, length of the
   ``DKIM-Signature`` fields to prepend, number of results) + the fields +
   per result ``<HB`` (entry index, ``CODES`` index: signed, exists, error).
@@ -42,6 +43,10 @@ BATCH = struct.Struct("<If")
 RECORD = struct.Struct("<IIB")
 RESULT = struct.Struct("<HB")
 CODES = (signer.SIGNED, signer.EXISTS, signer.ERROR)
+# Replies go out at least this often (seconds) while a batch is signed: the deliveries
+# of the first messages start on the loop's core while the rest are signed on this one,
+# and a batch of 20 RSA signatures does not hold all 20 until the last is done.
+FLUSH_AFTER = 0.001
 log = logging.getLogger("fastmta.dkim")
 
 Labels = list[tuple[str, str]]  # (algorithm, domain) per entry index
@@ -101,6 +106,7 @@ def serve(sock: socket.socket, entries: list[signer.Entry]) -> None:
         buf += data
         pos, out = 0, []
         start = time.process_time()
+        flush_at = time.perf_counter() + FLUSH_AFTER
         while len(buf) - pos >= REQ.size:
             n, seq, timestamp = REQ.unpack_from(buf, pos)
             if len(buf) - pos - REQ.size < n:
@@ -108,11 +114,21 @@ def serve(sock: socket.socket, entries: list[signer.Entry]) -> None:
             begin = pos + REQ.size
             out.append(handle(entries, index, seq, timestamp, bytes(buf[begin : begin + n])))
             pos = begin + n
+            if time.perf_counter() >= flush_at:
+                start = _reply(sock, out, start)
+                out = []
+                flush_at = time.perf_counter() + FLUSH_AFTER
         del buf[:pos]
         if out:
-            per_message = (time.process_time() - start) / len(out)
-            payload = b"".join([BATCH.pack(len(out), per_message), *out])
-            sock.sendall(FRAME.pack(len(payload)) + payload)
+            _reply(sock, out, start)
+
+
+def _reply(sock: socket.socket, out: list[bytes], start: float) -> float:
+    """Send one batch frame; returns the CPU clock for the next batch's start."""
+    now = time.process_time()
+    payload = b"".join([BATCH.pack(len(out), (now - start) / len(out)), *out])
+    sock.sendall(FRAME.pack(len(payload)) + payload)
+    return now
 
 
 def main(argv: list[str]) -> int:

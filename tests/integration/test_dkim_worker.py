@@ -37,7 +37,17 @@ def _frame(sock: socket.socket) -> bytes:
     return exactly(n)
 
 
-def test_requests_written_together_are_answered_in_one_flat_frame(dkim_keys: Keys) -> None:
+def _replies(sock: socket.socket, count: int) -> list[list[worker.Reply]]:
+    """Frames read until ``count`` replies have come, each frame's replies as one list."""
+    frames: list[list[worker.Reply]] = []
+    while sum(map(len, frames)) < count:
+        seconds, replies = worker.decode_batch(_frame(sock))
+        assert seconds > 0 and replies
+        frames.append(replies)
+    return frames
+
+
+def test_requests_written_together_get_flat_binary_replies(dkim_keys: Keys) -> None:
     ours, theirs = socket.socketpair()
     proc = service.spawn(_configs(dkim_keys), theirs)
     theirs.close()
@@ -47,16 +57,21 @@ def test_requests_written_together_are_answered_in_one_flat_frame(dkim_keys: Key
         senders = [f"a@{DOMAIN}", "a@other.test", f"a@news.{DOMAIN}"]
         msgs = [_message(s, i) for i, s in enumerate(senders)]
         ours.sendall(b"".join(worker.REQ.pack(len(m), 10 + i, T) + m for i, m in enumerate(msgs)))
-        seconds, replies = worker.decode_batch(_frame(ours))
-        assert seconds > 0
+        replies = [r for frame in _replies(ours, 3) for r in frame]
         assert [(seq, codes) for seq, _, codes in replies] == [
             (10, [(0, 0), (1, 0)]),  # both entries signed
             (11, []),  # no entry covers other.test
             (12, [(0, 0), (1, 0)]),
         ]
-        signed = replies[0][1] + msgs[0]
-        assert dkim_keys.dkimpy(signed) == [True, True]
+        assert dkim_keys.dkimpy(replies[0][1] + msgs[0]) == [True, True]
         assert replies[1][1] == b""
+        # 20 messages in one write: 40 signatures take well over FLUSH_AFTER, so the first
+        # replies come before the last message is signed
+        many = [_message(f"a@{DOMAIN}", i) for i in range(20)]
+        ours.sendall(b"".join(worker.REQ.pack(len(m), 100 + i, T) + m for i, m in enumerate(many)))
+        frames = _replies(ours, 20)
+        assert [r[0] for frame in frames for r in frame] == list(range(100, 120))
+        assert len(frames) >= 2
     finally:
         ours.close()
         proc.wait(10)
