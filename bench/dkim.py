@@ -16,12 +16,25 @@ Reports msg/s end to end and server CPU µs per message (the whole process tree:
 fastmta's signing and spool processes, Postfix's daemons plus the opendkim
 process), medians of ``--reps``, systems in alternating order. Targets: RSA ≥ 60 %
 and Ed25519 ≥ 85 % of fastmta without DKIM; RSA ≥ 8× Postfix+OpenDKIM.
+
+Ceilings, measured in the same run, say which targets this machine allows:
+
+* ``openssl speed -seconds 3 rsa2048 ed25519`` before and after the runs: one
+  signature's CPU on one core (``raw_sign_us``, the mean of the two);
+* ``fastmta / postfix-opendkim``: signing can only lower fastmta's rate, so the
+  RSA ratio to Postfix+OpenDKIM cannot exceed fastmta's own rate without DKIM over it;
+* the CPU budget: every process (smtp-source, the MTA, smtp-sink, the signer) shares
+  the cores, so with C the total CPU per message of the run without DKIM (server +
+  smtp-source + smtp-sink) and S the raw signature, signing cannot keep more than
+  C / (C + S) of the rate without DKIM.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import re
 import shutil
 import socket
 import statistics
@@ -103,6 +116,39 @@ def dkim_table(key_file: Path, algorithm: str) -> str:
     return f'[[dkim]]\ndomain = "{DOMAIN}"\nselector = "{SELECTOR}-{algorithm}"\nkey_file = "{key_file}"\n'
 
 
+def openssl_speed(seconds: int = 3) -> dict[str, float]:
+    """Signatures per second on one core: ``openssl speed -seconds 3 rsa2048 ed25519``."""
+    out = subprocess.run([peers.tool("openssl"), "speed", "-seconds", str(seconds), "rsa2048", "ed25519"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    found = {}
+    for algorithm, label in (("rsa", r"rsa\s+2048 bits"), ("ed25519", r"\d+ bits EdDSA \(Ed25519\)")):
+        line = re.search(rf"(?m)^\s*{label}\s+(.*)$", out)
+        rates = [float(t) for t in line.group(1).split() if not t.endswith("s")] if line else []
+        if not rates:
+            raise RuntimeError(f"no {algorithm} line in openssl speed's output: {out[-300:]}")
+        found[algorithm] = rates[0]  # the columns after the times: sign/s first, then verify/s
+    return found
+
+
+def ceilings(summary: dict[str, Any], speeds: list[dict[str, float]]) -> dict[str, Any]:
+    """The bounds the module docstring describes, from this run's own measurements."""
+    out: dict[str, Any] = {}
+    if speeds:
+        out["raw_sign_us"] = {a: round(statistics.mean(1e6 / s[a] for s in speeds), 1) for a in speeds[0]}
+    plain, postfix = summary.get("fastmta"), summary.get("postfix-opendkim")
+    if plain and postfix:
+        out["fastmta / postfix-opendkim"] = round(plain["rate_median"] / postfix["rate_median"], 2)
+    if plain and speeds:
+        total = plain["cpu_us_per_msg_median"] + plain["client_cpu_us_per_msg_median"] + plain[
+            "sink_cpu_us_per_msg_median"]  # fmt: skip
+        out["plain_total_cpu_us_per_msg"] = round(total, 1)
+        for algorithm, sign_us in out["raw_sign_us"].items():
+            share = total / (total + sign_us)
+            out[f"cpu budget fastmta-{algorithm} / fastmta"] = round(share, 3)
+            out[f"cpu budget fastmta-{algorithm} msg/s"] = round(plain["rate_median"] * share, 1)
+    return out
+
+
 def signed_lines(mta: peers.Peer) -> int:
     """Delivered log lines carrying ``dkim``: proof the run signed what it relayed."""
     log = mta.workdir / "delivery.log"
@@ -129,7 +175,11 @@ def run(quick: bool, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     mtas: dict[str, peers.Peer] = {}
     unavailable: dict[str, str] = {}
     runs: list[dict[str, Any]] = []
+    speeds: list[dict[str, float]] = []
+    load = [os.getloadavg()[0]]
     try:
+        speeds.append(openssl_speed())
+        log(f"openssl speed: {speeds[-1]} sign/s")
         for name, make in makers.items():
             try:
                 mtas[name] = make().start()
@@ -145,6 +195,9 @@ def run(quick: bool, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
                 log(f"rep {rep} {name:<17} {r['rate']:>8.1f} msg/s, {r['cpu_us_per_msg']:>7.1f} µs CPU/msg"
                     f" ({r['delivered']}/{count} arrived)")  # fmt: skip
         signed = {name: signed_lines(mta) for name, mta in mtas.items() if name.startswith("fastmta-")}
+        load.append(os.getloadavg()[0])
+        speeds.append(openssl_speed())
+        log(f"openssl speed: {speeds[-1]} sign/s")
     finally:
         for peer in mtas.values():
             with contextlib.suppress(Exception):
@@ -157,7 +210,8 @@ def run(quick: bool, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
         if done:
             summary[name] = {
                 "rate_median": round(statistics.median(r["rate"] for r in done), 1),
-                "cpu_us_per_msg_median": round(statistics.median(r["cpu_us_per_msg"] for r in done), 1),
+                **{f"{k}_median": round(statistics.median(r[k] for r in done), 1)
+                   for k in ("cpu_us_per_msg", "client_cpu_us_per_msg", "sink_cpu_us_per_msg")},
                 "rates": [r["rate"] for r in done], "complete_reps": len(done), "reps": reps,
             }  # fmt: skip
     rate = {n: s["rate_median"] for n, s in summary.items()}
@@ -182,6 +236,9 @@ def run(quick: bool, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
             "fastmta-ed25519 / fastmta": 0.85,
             "fastmta-rsa / postfix-opendkim": 8.0,
         },  # fmt: skip
+        "ceilings": ceilings(summary, speeds),
+        "openssl_speed_sign_per_s": speeds,
+        "load_average_1min": {"start": round(load[0], 2), "end": round(load[-1], 2)},
         "signed_delivery_log_lines": signed,
         "runs": runs,
         "elapsed_s": round(time.monotonic() - t0, 1),
@@ -196,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     peers.stop_on_sigterm()
     result = run(args.quick, args.reps, lambda line: print(line, file=sys.stderr, flush=True))
+    print("\n".join(report.dkim_lines(result)), file=sys.stderr)
     report.write_json(result, args.json)
     return 0
 

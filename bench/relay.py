@@ -81,7 +81,7 @@ def end_to_end(
 ) -> dict[str, Any]:
     """One bounded relay run: inject with smtp-source, wait until the sink has every message."""
     _, before = sink.counts()
-    cpu0 = mta.cpu()
+    cpu0, sink_cpu0 = mta.cpu(), sink.cpu()
     start = time.perf_counter()
     res = drivers.smtp_source(mta.address, count, CONNECTIONS, reuse, SIZE, timeout)
     accepted_in = time.perf_counter() - start
@@ -97,6 +97,8 @@ def end_to_end(
         "rate": round((after - before) / elapsed, 1) if elapsed > 0 else 0.0,
         "elapsed_s": round(elapsed, 3),
         "cpu_us_per_msg": round((mta.cpu() - cpu0) / max(1, after - before) * 1e6, 1),
+        "client_cpu_us_per_msg": res.client_cpu_us_per_msg,
+        "sink_cpu_us_per_msg": round((sink.cpu() - sink_cpu0) / max(1, after - before) * 1e6, 1),
         "errors": res.errors,
     }
 

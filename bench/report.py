@@ -250,6 +250,45 @@ def relay_tables(rel: dict[str, Any]) -> list[str]:
     return out
 
 
+def dkim_lines(dk: dict[str, Any]) -> list[str]:
+    """bench/dkim.py: the systems, then each target against what this machine's ceiling allows."""
+    out = ["", f"**DKIM relay** (smtp-source → MTA → smtp-sink, 4 KiB, 50 connections, "
+           f"{dk['count_per_run']} msgs per run): msg/s, and CPU µs per message of the server tree, "
+           "smtp-source and smtp-sink", ""]  # fmt: skip
+    rows = [["system", "msg/s (min–max)", "server CPU", "smtp-source CPU", "smtp-sink CPU"]]
+    for name, c in dk["summary"].items():
+        rows.append([name, f"{c['rate_median']:,.0f} ({min(c['rates']):,.0f}–{max(c['rates']):,.0f})",
+                     *(f"{c.get(k + '_median', 0):,.0f}" for k in ("cpu_us_per_msg", "client_cpu_us_per_msg",
+                                                                   "sink_cpu_us_per_msg"))])  # fmt: skip
+    out += _md(rows)
+    ceil = dk.get("ceilings", {})
+    bounds = {f"fastmta-{a} / fastmta": ("CPU budget", ceil.get(f"cpu budget fastmta-{a} / fastmta"))
+              for a in ("rsa", "ed25519")}  # fmt: skip
+    bounds["fastmta-rsa / postfix-opendkim"] = ("fastmta ÷ postfix", ceil.get("fastmta / postfix-opendkim"))
+    rows = [["ratio", "target", "achieved", "ceiling here", "verdict"]]
+    for name, target in dk["targets"].items():
+        got = dk["ratios"].get(name)
+        why, bound = bounds.get(name, ("", None))
+        if got is not None and got >= target:
+            verdict = "met"
+        elif bound is not None and bound < target:
+            verdict = "above this machine's ceiling"
+        else:
+            verdict = "**not met**" if got is not None else "–"
+        rows.append([name, f"≥ {target:g}", f"{got:g}" if got is not None else "–",
+                     f"{bound:g} ({why})" if bound is not None else "–", verdict])  # fmt: skip
+    out += ["", *_md(rows)]
+    if "raw_sign_us" in ceil:
+        sign, load = ceil["raw_sign_us"], dk["load_average_1min"]
+        out += ["", f"openssl speed, one core: RSA-2048 {sign['rsa']:,.0f} µs and Ed25519 "
+                f"{sign['ed25519']:,.0f} µs per signature; no-DKIM total CPU "
+                f"{ceil.get('plain_total_cpu_us_per_msg', 0):,.0f} µs per message; "
+                f"load average {load['start']} at the start, {load['end']} at the end"]  # fmt: skip
+    if dk.get("unavailable"):
+        out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in dk["unavailable"].items())]
+    return out
+
+
 def drain_lines(drained: dict[str, Any] | None) -> list[str]:
     """The drain of a pre-filled queue to smtp-sink, per system, with fastmta ÷ Postfix."""
     if not drained:
@@ -400,6 +439,8 @@ def render(result: dict[str, Any]) -> str:
             lines += ceiling_lines(data) + floor_lines(data)
         elif name == "relay":
             lines += relay_tables(data)
+        elif name == "dkim" and "summary" in data:
+            lines += dkim_lines(data)
         elif name == "spool":
             lines += spool_lines(data)
         elif name == "parser" and "results" in data:

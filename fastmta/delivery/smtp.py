@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from fastmta.config import Config, RouteConfig, SourceConfig, is_localhost
@@ -41,7 +42,8 @@ RELAXED_POOL = " tls-optional"  # pool key suffix of sessions for "TLS-Required:
 class Signer(Protocol):
     """DKIM (fastmta.dkim.service): the fields to prepend and their d= domains."""
 
-    async def sign(self, msg_id: str, arrived: float, message: bytes) -> tuple[bytes, tuple[str, ...]]: ...
+    def sign(self, msg_id: str, arrived: float, message: bytes) -> Awaitable[tuple[bytes, tuple[str, ...]]]:
+        """Awaitable, not necessarily a coroutine: the signer may hand back one future."""
 
 
 class SmtpDeliverer:

@@ -19,25 +19,25 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import socket
 import subprocess
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastmta import metrics
 from fastmta.config import ConfigError, DkimConfig
-from fastmta.dkim import canon, keys, signer
-from fastmta.dkim.worker import REPLY, REQ
+from fastmta.dkim import canon, keys, signer, worker
+from fastmta.dkim.worker import FRAME, REQ
 
 log = logging.getLogger("fastmta.dkim")
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _WORKER_MAIN = "import sys; from fastmta.dkim.worker import main; sys.exit(main(sys.argv[1:]))"
 REMEMBERED = 8192  # message ids whose signature is kept for a retry or another destination
 _SECONDS = metrics.bound(metrics.dkim_sign_seconds)
+_SIGNED, _ERROR = worker.CODES.index(signer.SIGNED), worker.CODES.index(signer.ERROR)
 
 
 class SignerUnavailable(Exception):
@@ -48,22 +48,27 @@ Signed = tuple[bytes, tuple[str, ...]]  # (the DKIM-Signature fields, the d= dom
 
 
 class _Link(asyncio.Protocol):
-    """One signing process: frames out, batched replies in, futures by sequence number."""
+    """One signing process: frames out, batched replies in, futures by sequence number.
+
+    A reply settles its future with the ``Signed`` value itself, so a delivery waits
+    on exactly one future and the metrics are counted here, once per reply."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> None:
         self.loop, self.proc = loop, proc
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.pending: dict[int, asyncio.Future[Signed]] = {}
         self.ready: asyncio.Future[None] = loop.create_future()
         self.buf = bytearray()
         self.seq = 0
         self.out: list[bytes] = []
+        self.labels: list[tuple[str, str]] = []  # (algorithm, domain) per entry, from the ready frame
+        self.counters: list[list[Any]] = []  # [entry][code] → bound fastmta_dkim_signatures_total
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, message: bytes, timestamp: int) -> asyncio.Future[Any]:
-        fut = self.loop.create_future()
+    def send(self, message: bytes, timestamp: int) -> asyncio.Future[Signed]:
+        fut: asyncio.Future[Signed] = self.loop.create_future()
         if self.transport is None or self.transport.is_closing():
             fut.set_exception(SignerUnavailable())
             return fut
@@ -83,22 +88,42 @@ class _Link(asyncio.Protocol):
         buf = self.buf
         buf += data
         pos = 0
-        while len(buf) - pos >= REPLY.size:
-            (n,) = REPLY.unpack_from(buf, pos)
-            if len(buf) - pos - REPLY.size < n:
+        while len(buf) - pos >= FRAME.size:
+            (n,) = FRAME.unpack_from(buf, pos)
+            end = pos + FRAME.size + n
+            if len(buf) < end:
                 break
-            if n == 0:  # the process is up, its keys loaded
-                if not self.ready.done():
-                    self.ready.set_result(None)
+            payload = buf[pos + FRAME.size : end]
+            if not self.ready.done():  # the first frame: the process is up, its keys loaded
+                self._started(worker.decode_ready(payload))
             else:
-                for seq, fields, results, seconds in pickle.loads(
-                    buf[pos + REPLY.size : pos + REPLY.size + n]
-                ):
-                    fut = self.pending.pop(seq, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result((fields, results, seconds))
-            pos += REPLY.size + n
+                self._replies(payload)
+            pos = end
         del buf[:pos]
+
+    def _started(self, labels: list[tuple[str, str]]) -> None:
+        self.labels = labels
+        self.counters = [
+            [metrics.bound(metrics.dkim_signatures_total, alg, code) for code in worker.CODES]
+            for alg, _ in labels
+        ]
+        self.ready.set_result(None)
+
+    def _replies(self, payload: bytearray) -> None:
+        seconds, replies = worker.decode_batch(payload)
+        pending, labels, counters, observe = self.pending, self.labels, self.counters, _SECONDS.observe
+        for seq, fields, codes in replies:
+            domains: dict[str, None] = {}
+            for i, code in codes:
+                counters[i][code].inc()
+                if code == _SIGNED:
+                    domains[labels[i][1]] = None
+                elif code == _ERROR:
+                    log.error("DKIM: could not sign a message for %s; it goes out unsigned", labels[i][1])
+            observe(seconds)
+            fut = pending.pop(seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result((fields, tuple(domains)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -122,6 +147,16 @@ class _Link(asyncio.Protocol):
             self.proc.wait()
 
 
+def spawn(configs: Sequence[DkimConfig], sock: socket.socket) -> subprocess.Popen[bytes]:
+    """Start a signing process for ``configs`` on its end of a socketpair."""
+    entries = json.dumps([dataclasses.asdict(c) for c in configs])
+    path = os.pathsep.join(filter(None, [_PKG_ROOT, os.environ.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-c", _WORKER_MAIN, "--fd", str(sock.fileno()), "--entries", entries]
+    env = {**os.environ, "PYTHONPATH": path}
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen(cmd, pass_fds=[sock.fileno()], stdin=quiet, stdout=quiet, env=env)
+
+
 class DkimService:
     """Signs relayed messages with every matching ``[[dkim]]`` entry (see the module docstring)."""
 
@@ -131,7 +166,6 @@ class DkimService:
         self._starting: asyncio.Task[_Link] | None = None
         self._retired: list[_Link] = []
         self._done: OrderedDict[str, asyncio.Future[Signed]] = OrderedDict()
-        self._counters: dict[tuple[str, str], Any] = {}
 
     def _configure(self, configs: Sequence[DkimConfig]) -> None:
         """Check every key now (``ConfigError`` naming ``dkim[N].key_file``); the process loads them."""
@@ -162,52 +196,38 @@ class DkimService:
         domain = canon.from_domain(message[: canon.header_end(message)])
         return domain is not None and any(domain == d or domain.endswith("." + d) for d in self.domains)
 
-    async def sign(self, msg_id: str, arrived: float, message: bytes) -> Signed:
+    def sign(self, msg_id: str, arrived: float, message: bytes) -> Awaitable[Signed]:
         """(fields to prepend, d= domains) for a stored message; ``SignerUnavailable`` if the
-        process is gone (it restarts for the next message)."""
+        process is gone (it restarts for the next message).
+
+        Not a coroutine: with the process up, the caller awaits the one future that the
+        reply settles, and a retry whose signature is known gets a done future."""
         fut = self._done.get(msg_id)
-        if fut is not None:  # a retry, or another destination of the same message
-            return fut.result() if fut.done() else await asyncio.shield(fut)
+        if fut is not None and not (fut.done() and (fut.cancelled() or fut.exception() is not None)):
+            return fut if fut.done() else asyncio.shield(fut)  # a retry, or another destination: a
+            # shield, so that cancelling one waiter leaves the signature to the others
         if not self.covers(message):
-            return b"", ()
-        fut = asyncio.get_running_loop().create_future()
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result((b"", ()))
+            return fut
+        link = self._link
+        if link is None or link.transport is None:
+            fut = asyncio.ensure_future(self._start_and_send(message, int(arrived)))
+        else:
+            fut = link.send(message, int(arrived))
         self._remember(msg_id, fut)
-        try:
-            signed = await self._sign(message, int(arrived))
-        except BaseException as e:
-            self._done.pop(msg_id, None)
-            fut.set_exception(e)
-            fut.exception()  # retrieved: a concurrent waiter, if any, sees it through its await
-            raise
-        fut.set_result(signed)
-        return signed
+        return fut
+
+    async def _start_and_send(self, message: bytes, timestamp: int) -> Signed:
+        link = await self._ensure()
+        return await link.send(message, timestamp)
 
     def _remember(self, msg_id: str, fut: asyncio.Future[Signed]) -> None:
+        """Kept for a retry; a failed or cancelled one is dropped when next looked up."""
         done = self._done
         done[msg_id] = fut
         while len(done) > REMEMBERED:
             done.popitem(last=False)
-
-    async def _sign(self, message: bytes, timestamp: int) -> Signed:
-        link = await self._ensure()
-        fields, results, seconds = await link.send(message, timestamp)
-        _SECONDS.observe(seconds)
-        domains = []
-        for algorithm, result, domain in results:
-            self._count(algorithm, result)
-            if result == signer.SIGNED:
-                domains.append(domain)
-            elif result == signer.ERROR:
-                log.error("DKIM: could not sign a message for %s; it goes out unsigned", domain)
-        return fields, tuple(dict.fromkeys(domains))
-
-    def _count(self, algorithm: str, result: str) -> None:
-        c = self._counters.get((algorithm, result))
-        if c is None:
-            c = self._counters[algorithm, result] = metrics.bound(
-                metrics.dkim_signatures_total, algorithm, result
-            )
-        c.inc()
 
     async def _ensure(self) -> _Link:
         if self._link is not None and self._link.transport is not None:
@@ -220,13 +240,8 @@ class DkimService:
     async def _spawn(self) -> _Link:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        entries = json.dumps([dataclasses.asdict(c) for c in self.configs])
-        path = os.pathsep.join(filter(None, [_PKG_ROOT, os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _WORKER_MAIN, "--fd", str(theirs.fileno()),
-                                     "--entries", entries], pass_fds=[theirs.fileno()],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+            proc = spawn(self.configs, theirs)
         finally:
             theirs.close()
         _, link = await loop.create_unix_connection(lambda: _Link(loop, proc), sock=ours)

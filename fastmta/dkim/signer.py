@@ -52,10 +52,7 @@ class Entry:
 
     def signature(self, fields: list[tuple[bytes, bytes]], bh: bytes, timestamp: int) -> bytes:
         """The complete ``DKIM-Signature:`` field (CRLF-terminated) over ``fields``."""
-        counts = Counter(name for name, _ in fields)
-        names: list[bytes] = []
-        for h in self.headers:
-            names += [h] * (counts.get(h, 0) + (h == b"from"))
+        names, h_tag = _plan(self.headers, tuple(name for name, _ in fields))
         # RFC 6376 §5.4.2: each listed name takes the next instance from the bottom.
         left: dict[bytes, list[bytes]] = {}
         for name, raw in fields:
@@ -64,7 +61,7 @@ class Entry:
         parts = [to_canon(left[n].pop()) for n in names if left.get(n)]
         head = (
             f"DKIM-Signature: v=1; a={self.algorithm}-sha256; c={self.header_canon}/{self.body_canon};"
-            f" d={self.domain}; s={self.selector};\r\n\tt={timestamp}; h={_fold_names(names)};\r\n"
+            f" d={self.domain}; s={self.selector};\r\n\tt={timestamp}; h={h_tag};\r\n"
             f"\tbh={base64.b64encode(bh).decode()};\r\n\tb="
         ).encode("ascii")
         unsigned = to_canon(head + b"\r\n")[:-2]
@@ -96,6 +93,28 @@ def from_config(configs: Sequence[DkimConfig]) -> list[Entry]:
 def ascii_domain(domain: str) -> str:
     """The A-label form a ``From:`` domain is compared in (``canon.from_domain``)."""
     return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+
+
+_PLANS: dict[tuple[tuple[bytes, ...], tuple[bytes, ...]], tuple[list[bytes], str]] = {}
+PLANS_KEPT = 1024  # header layouts remembered; bulk mail repeats a handful of them
+
+
+def _plan(headers: tuple[bytes, ...], present: tuple[bytes, ...]) -> tuple[list[bytes], str]:
+    """(names to sign, folded ``h=`` value) for a message whose fields are ``present``.
+
+    Depends only on the entry's list and the message's field names, so it is kept per
+    layout: a sender's messages share one."""
+    key = (headers, present)
+    plan = _PLANS.get(key)
+    if plan is None:
+        counts = Counter(present)
+        names: list[bytes] = []
+        for h in headers:
+            names += [h] * (counts.get(h, 0) + (h == b"from"))
+        if len(_PLANS) >= PLANS_KEPT:
+            _PLANS.clear()
+        plan = _PLANS[key] = (names, _fold_names(names))
+    return plan
 
 
 def _fold_names(names: list[bytes]) -> str:

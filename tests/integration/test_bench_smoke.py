@@ -283,3 +283,28 @@ def test_spool_bench_abandons_puts_that_outlive_the_window() -> None:
     res = asyncio.run(run())
     assert time.monotonic() - t0 < 10
     assert res["puts"] == 2 and res["abandoned_in_flight"] == 1
+
+
+def test_dkim_ceilings_from_openssl_speed() -> None:
+    """bench/dkim.py's ceilings: real ``openssl speed`` figures, a made-up run's medians."""
+    from bench import dkim, report
+
+    speed = dkim.openssl_speed(seconds=1)
+    assert speed["rsa"] > 10 and speed["ed25519"] > speed["rsa"]
+    plain = {"rate_median": 1000.0, "rates": [1000.0], "cpu_us_per_msg_median": 1000.0,
+             "client_cpu_us_per_msg_median": 150.0, "sink_cpu_us_per_msg_median": 100.0}  # fmt: skip
+    postfix = {**plain, "rate_median": 150.0, "rates": [150.0]}
+    fixed = {"rsa": 1e6 / 250, "ed25519": 1e6 / 50}  # 250 µs and 50 µs per signature
+    ceil = dkim.ceilings({"fastmta": plain, "postfix-opendkim": postfix}, [fixed])
+    assert ceil["fastmta / postfix-opendkim"] == 6.67  # below 8: the 8× target cannot be met
+    assert ceil["plain_total_cpu_us_per_msg"] == 1250
+    assert ceil["cpu budget fastmta-rsa / fastmta"] == round(1250 / 1500, 3)
+    assert ceil["cpu budget fastmta-ed25519 / fastmta"] == round(1250 / 1300, 3)
+    result = {"count_per_run": 10, "summary": {"fastmta": plain, "postfix-opendkim": postfix},
+              "targets": {"fastmta-rsa / fastmta": 0.6, "fastmta-rsa / postfix-opendkim": 8.0},
+              "ratios": {"fastmta-rsa / fastmta": 0.55, "fastmta-rsa / postfix-opendkim": 4.0},
+              "ceilings": ceil, "load_average_1min": {"start": 1.0, "end": 1.0}}  # fmt: skip
+    text = "\n".join(report.dkim_lines(result))
+    assert "| fastmta-rsa / fastmta | ≥ 0.6 | 0.55 | 0.833 (CPU budget) | **not met** |" in text
+    eight = "| ≥ 8 | 4 | 6.67 (fastmta ÷ postfix) | above this machine's ceiling |"
+    assert f"| fastmta-rsa / postfix-opendkim {eight}" in text
