@@ -52,7 +52,7 @@ class Context:
     cfg: Config
     spool: Spool
     node_spool: SpoolConfig  # the whole node's spool (every worker's shard below it)
-    tokens: list[tuple[str, bytes]]
+    tokens: tokens.Tokens
     healthy: Callable[[], bool]
     admin_changed: Callable[[], None]  # a suspension changed: apply it here at once
     suppression: SuppressionList
@@ -81,7 +81,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != "/healthz":
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            who = tokens.check(ctx.tokens, token.strip()) if scheme.lower() == "bearer" and token else None
+            who = ctx.tokens.check(token.strip()) if scheme.lower() == "bearer" and token else None
             if who is None:
                 resp: web.StreamResponse = error(
                     401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
@@ -195,7 +195,7 @@ async def inject(request: web.Request) -> web.Response:
             pending.append((rcpt.email, spool.put(env, data, head)))
         except SmtpError as e:  # the spool stopped meanwhile
             failed.append((rcpt.email, f"{e}"))
-    results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+    results = await _settled([f for _, f in pending])
     ids: list[str] = []
     full = False
     for (addr, _), res in zip(pending, results, strict=True):
@@ -219,6 +219,16 @@ async def inject(request: web.Request) -> web.Response:
             "ids": ids,
         }
     )
+
+
+async def _settled(futures: list[asyncio.Future[str]]) -> list[str | BaseException]:
+    """Each future's result or exception, once all are done (a lone one without gather's wrapper)."""
+    if len(futures) == 1:
+        try:
+            return [await futures[0]]
+        except Exception as e:
+            return [e]
+    return await asyncio.gather(*futures, return_exceptions=True)
 
 
 async def queue(request: web.Request) -> web.Response:
@@ -427,9 +437,9 @@ def build(ctx: Context) -> web.Application:
     return app
 
 
-def load_tokens(cfg: Config) -> list[tuple[str, bytes]]:
+def load_tokens(cfg: Config) -> tokens.Tokens:
     """The tokens file's entries (none without one: every request is then refused)."""
-    return tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else []
+    return tokens.Tokens(tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else [])
 
 
 async def start(ctx: Context, reuse_port: bool) -> tuple[web.AppRunner, tuple[str, int]]:
