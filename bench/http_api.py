@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """HTTP API benchmark: injection over HTTP against SMTP, and webhooks while relaying.
 
-    .venv/bin/python bench/http_api.py [--quick] [--count N] [--json OUT]
+    .venv/bin/python bench/http_api.py [--quick] [--count N] [--json OUT] [--root TREE]
 
 Injection (delivery held, so nothing competes with it), in one run against one
 server: ``smtp-source`` with reused connections (50, 4 KiB messages), first and
@@ -55,10 +55,10 @@ TEXT = ("Hello {{ name }}, " + "x" * 70 + "\n") * (SIZE // 88)
 RAW = "From: bench@src.test\r\nSubject: hi {{ name }}\r\n\r\n" + TEXT
 
 
-def _server(tokens_file: Path) -> tuple[peers.Fastmta, int]:
+def _server(tokens_file: Path, root: Path | None) -> tuple[peers.Fastmta, int]:
     """A held fastmta with the API on a free port."""
     port = peers.free_port()
-    mta = peers.Fastmta(hold=True, extra_config=f'[http]\naddress = "{peers.HOST}:{port}"\n'
+    mta = peers.Fastmta(hold=True, root=root, extra_config=f'[http]\naddress = "{peers.HOST}:{port}"\n'
                                                 f'tokens_file = "{tokens_file}"\n')  # fmt: skip
     mta.start()  # the API is bound before the SMTP banner is sent
     return mta, port
@@ -94,7 +94,7 @@ async def _inject(port: int, token: str, count: int, per_request: int, in_flight
         return ok, time.perf_counter() - start
 
 
-def injection(count: int, log: Any) -> dict[str, Any]:
+def injection(count: int, log: Any, root: Path | None = None) -> dict[str, Any]:
     token, line = tokens.new("bench")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tokens"
@@ -105,7 +105,7 @@ def injection(count: int, log: Any) -> dict[str, Any]:
         body.write_text(
             json.dumps({"envelope_sender": "bench@src.test", "content": RAW, "recipients": [rcpt]})
         )
-        return _injection(count, log, *_server(path), token, str(body))
+        return _injection(count, log, *_server(path, root), token, str(body))
 
 
 def _injection(count: int, log: Any, mta: peers.Fastmta, port: int, token: str, body: str) -> dict[str, Any]:
@@ -197,7 +197,7 @@ class Receiver:
             time.sleep(0.02)
 
 
-def webhooks(count: int, log: Any) -> dict[str, Any]:
+def webhooks(count: int, log: Any, root: Path | None = None) -> dict[str, Any]:
     """The relay without a webhook, with one that keeps up live, and with one that is down
     during the relay and then drains the backlog (its rate is the webhook's capacity)."""
     sink = peers.SmtpSink().start()
@@ -211,7 +211,7 @@ def webhooks(count: int, log: Any) -> dict[str, Any]:
             ("relay_with_webhook", hook),
             ("webhook_drain", hook),
         ):
-            mta = peers.Fastmta(hold=False, relay_to=sink.address, extra_config=extra).start()
+            mta = peers.Fastmta(hold=False, relay_to=sink.address, extra_config=extra, root=root).start()
             try:
                 recv.reset(failing=name == "webhook_drain")
                 _, before = sink.counts()
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="5,000 messages per run [20,000]")
     ap.add_argument("--count", type=int, default=None)
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
+    ap.add_argument("--root", type=Path, help="serve from another checkout (its .venv): an A/B baseline")
     args = ap.parse_args(argv)
     peers.stop_on_sigterm()
     count = args.count or (5000 if args.quick else 20000)
@@ -256,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    result = {"count": count, "injection": injection(count, log), "webhooks": webhooks(count, log)}
+    result = {
+        "count": count,
+        "root": str(args.root or ROOT),
+        "injection": injection(count, log, args.root),
+        "webhooks": webhooks(count, log, args.root),
+    }
     report.write_json(result, args.json)
     return 0
 
