@@ -100,37 +100,44 @@ class Sender:
         cfg = self.cfg
         if len(self.buf) < cfg.batch_size:
             self._read(max(cfg.batch_size * 4, READ_AHEAD))
-        self.m_backlog.set(max(0, self.last - self.seq))
         if not self.buf:
             self.since = None
             await self._wait(IDLE_POLL)
             return None
-        wanted = cfg.events
+        if self.since is None:
+            self.since = time.monotonic()
+        batch, taken, upto = self._take()
+        if not batch:  # nothing for this webhook: move past what it does not want
+            self._done(taken, upto, time.monotonic())
+            return True
+        # a short batch waits for more until its oldest event has waited max_delay
+        if len(batch) < cfg.batch_size and taken == len(self.buf) and upto >= self.last:
+            if await self._fill(self.since + cfg.max_delay, cfg.batch_size - len(batch)):
+                return None
+            if self.journal_last() > self.read_to:  # what came in while it waited goes along
+                self._read(max(cfg.batch_size * 4, READ_AHEAD))
+                batch, taken, upto = self._take()
+        started = time.monotonic()
+        if not await self._post(batch):
+            return False
+        self._done(taken, upto, started)
+        return True
+
+    def _take(self) -> tuple[list[bytes], int, int]:
+        """The next batch from ``buf``: (the lines this webhook wants, up to ``batch_size``;
+        how many entries they span; the sequence number of the last of them)."""
+        wanted, size = self.cfg.events, self.cfg.batch_size
         batch: list[bytes] = []
-        upto = self.seq
-        taken = 0
+        upto, taken = self.seq, 0
         for seq, value in self.buf:
             event, _, line = value.partition(b"\n")
             upto = seq
             taken += 1
             if event.decode() in wanted:
                 batch.append(line)
-                if len(batch) >= cfg.batch_size:
+                if len(batch) >= size:
                     break
-        if self.since is None:
-            self.since = time.monotonic()
-        if not batch:  # nothing for this webhook: move past what it does not want
-            self._done(taken, upto, time.monotonic())
-            return True
-        # a short batch waits for more until its oldest event has waited max_delay
-        short = len(batch) < cfg.batch_size and taken == len(self.buf) and upto >= self.last
-        if short and await self._fill(self.since + cfg.max_delay, cfg.batch_size - len(batch)):
-            return None
-        started = time.monotonic()
-        if not await self._post(batch):
-            return False
-        self._done(taken, upto, started)
-        return True
+        return batch, taken, upto
 
     def _read(self, limit: int) -> None:
         """Read the next range of the journal into ``buf``; count what was dropped meanwhile."""
@@ -146,6 +153,7 @@ class Sender:
             items = [it for it in items if it[0] > floor]
         self.buf.extend(items)
         self.read_to = max(self.read_to, floor, items[-1][0] if items else 0)
+        self.m_backlog.set(max(0, last - self.seq))
 
     def _done(self, taken: int, upto: int, started: float) -> None:
         """``taken`` events up to ``upto`` are sent (or skipped): move on and save the cursor.
@@ -156,6 +164,7 @@ class Sender:
         for _ in range(taken):
             self.buf.popleft()
         self.seq = upto
+        self.m_backlog.set(max(0, self.last - upto))
         # what is left came in after this batch was read, so it has waited since then at most
         self.since = started if (self.buf or self.journal_last() > upto) else None
         self.spool.ack_events(self.cfg.name, upto, self.names).add_done_callback(self._acked)
