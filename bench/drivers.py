@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: MIT
-"""The two load drivers of the benchmarks, each run as its own bounded process.
+"""The load drivers of the benchmarks, each run as its own bounded process.
 
 ``smtp-source`` (Postfix's C client: throughput only, no pipelining, one message
 per connection unless ``-d``) and ``fastmta load`` (throughput plus client-side
-latency percentiles). Both get a message count and a wall-clock timeout; a run
-that hits the timeout is killed by its own pid and reported as failed.
+latency percentiles) for SMTP; ApacheBench ``ab`` (C, keep-alive) for the HTTP
+API, the like of ``smtp-source``. Each gets a message count and a wall-clock
+timeout; a run that hits the timeout is killed by its own pid and reported as
+failed.
 """
 
 from __future__ import annotations
@@ -110,4 +112,31 @@ def fastmta_load(address: str, count: int, connections: int, per_connection: int
     res.errors = summary["errors"]
     if summary.get("ok"):  # its own CPU during the run, without interpreter start-up
         res.client_cpu_us_per_msg = round(summary["cpu_s"] / summary["ok"] * 1e6, 1)
+    return res
+
+
+def http_post(url: str, body: str, count: int, connections: int, headers: dict[str, str],
+              timeout: float) -> Result:  # fmt: skip
+    """``ab -k`` (ApacheBench, C): ``count`` POSTs of the file ``body`` on ``connections``
+    keep-alive connections; a request counts as ok only with a 2xx answer."""
+    cmd = [tool("ab"), "-q", "-k", "-n", str(count), "-c", str(connections), "-s", str(int(timeout)),
+           "-p", body, "-T", "application/json"]  # fmt: skip
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    rc, out, err, elapsed, cpu = _run([*cmd, url], timeout)
+    res = Result("ab", elapsed=elapsed, client_cpu_us_per_msg=round(cpu / count * 1e6, 1))
+    text = out.decode(errors="replace")
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def number(name: str) -> int:
+        return int(fields.get(name, "0").split()[0] or 0)
+
+    bad = number("Failed requests") + number("Non-2xx responses")
+    res.ok = max(0, number("Complete requests") - bad) if rc == 0 else 0
+    res.failed = count - res.ok
+    res.rate = res.ok / elapsed if elapsed else 0.0
+    if res.failed:
+        res.errors = {
+            (err.decode(errors="replace").strip().splitlines() or [f"{bad} bad answers"])[-1][:120]: 1
+        }
     return res

@@ -10,6 +10,7 @@ command -v promtool >/dev/null 2>&1 || need="$need prometheus"
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"  # PROXY protocol tests
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"  # verifies deploy/systemd/fastmta.service
 command -v curl >/dev/null 2>&1 || need="$need curl"
+command -v ab >/dev/null 2>&1 || need="$need apache2-utils"  # bench/http_api.py's C HTTP client
 # [cluster] tests and bench/cluster.py start their own Redis on a loopback port.
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 # OpenDKIM verifies fastmta's signatures in the tests and signs for Postfix in bench/dkim.py.

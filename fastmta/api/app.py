@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import json
 import logging
 import re
 import time
@@ -23,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from fastmta import config as config_mod
@@ -52,7 +52,7 @@ class Context:
     cfg: Config
     spool: Spool
     node_spool: SpoolConfig  # the whole node's spool (every worker's shard below it)
-    tokens: list[tuple[str, bytes]]
+    tokens: tokens.Tokens
     healthy: Callable[[], bool]
     admin_changed: Callable[[], None]  # a suspension changed: apply it here at once
     suppression: SuppressionList
@@ -61,9 +61,14 @@ class Context:
 CTX = web.AppKey("ctx", Context)
 
 
+def answer(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer (orjson: a 1,000-id injection answer is encoded in microseconds)."""
+    body = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
 def error(status: int, message: str, field: str = "", headers: dict[str, str] | None = None) -> web.Response:
-    doc = {"error": message, **({"field": field} if field else {})}
-    return web.json_response(doc, status=status, headers=headers)
+    return answer({"error": message, **({"field": field} if field else {})}, status, headers)
 
 
 def _endpoint(request: web.Request) -> str:
@@ -81,7 +86,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != "/healthz":
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            who = tokens.check(ctx.tokens, token.strip()) if scheme.lower() == "bearer" and token else None
+            who = ctx.tokens.check(token.strip()) if scheme.lower() == "bearer" and token else None
             if who is None:
                 resp: web.StreamResponse = error(
                     401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
@@ -114,10 +119,8 @@ def _requests(endpoint: str, status: int) -> Any:
 async def _json(request: web.Request) -> Any:
     body = await request.read()  # 413 past client_max_size
     try:
-        return json.loads(body)
-    except RecursionError:
-        raise BadRequest("body", "JSON nested too deeply") from None
-    except ValueError as e:  # UnicodeDecodeError is one too
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:  # bad UTF-8, NaN, nesting past 1,024, integers past 64 bits too
         raise BadRequest("body", f"not valid JSON: {e}") from None
 
 
@@ -195,7 +198,7 @@ async def inject(request: web.Request) -> web.Response:
             pending.append((rcpt.email, spool.put(env, data, head)))
         except SmtpError as e:  # the spool stopped meanwhile
             failed.append((rcpt.email, f"{e}"))
-    results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+    results = await _settled([f for _, f in pending])
     ids: list[str] = []
     full = False
     for (addr, _), res in zip(pending, results, strict=True):
@@ -210,7 +213,7 @@ async def inject(request: web.Request) -> web.Response:
         return error(
             503, "the spool did not take the messages; retry later", headers={"Retry-After": RETRY_AFTER}
         )
-    return web.json_response(
+    return answer(
         {
             "success_count": len(ids),
             "fail_count": len(failed),
@@ -221,9 +224,19 @@ async def inject(request: web.Request) -> web.Response:
     )
 
 
+async def _settled(futures: list[asyncio.Future[str]]) -> list[str | BaseException]:
+    """Each future's result or exception, once all are done (a lone one without gather's wrapper)."""
+    if len(futures) == 1:
+        try:
+            return [await futures[0]]
+        except Exception as e:
+            return [e]
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
 async def queue(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await asyncio.to_thread(admin.queue, ctx.node_spool, ctx.spool.store))
+    return answer(await asyncio.to_thread(admin.queue, ctx.node_spool, ctx.spool.store))
 
 
 async def message(request: web.Request) -> web.Response:
@@ -234,7 +247,7 @@ async def message(request: web.Request) -> web.Response:
     doc = await asyncio.to_thread(admin.message, ctx.node_spool, ctx.spool.store, msg_id)
     if doc is None:
         return error(404, f"no message {msg_id} in the queue", "id")
-    return web.json_response(doc)
+    return answer(doc)
 
 
 async def suspend(request: web.Request) -> web.Response:
@@ -258,13 +271,13 @@ async def suspend(request: web.Request) -> web.Response:
     except ValueError as e:
         raise BadRequest("domain", str(e)) from None
     ctx.admin_changed()
-    return web.json_response({"domain": domain, "until": iso(until), "reason": reason})
+    return answer({"domain": domain, "until": iso(until), "reason": reason})
 
 
 async def suspensions(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     entries = await asyncio.to_thread(admin.suspensions, ctx.spool.store)
-    return web.json_response(
+    return answer(
         {"suspensions": [{"domain": d, "until": iso(u), "reason": r} for d, (u, r) in entries.items()]}
     )
 
@@ -276,7 +289,7 @@ async def unsuspend(request: web.Request) -> web.Response:
     ctx.admin_changed()
     if not found:
         return error(404, f"{domain} is not suspended", "domain")
-    return web.json_response({"domain": domain, "lifted": True})
+    return answer({"domain": domain, "lifted": True})
 
 
 async def bounce(request: web.Request) -> web.Response:
@@ -309,7 +322,7 @@ async def bounce(request: web.Request) -> web.Response:
         n = await asyncio.to_thread(
             admin.bounce, ctx.node_spool, ctx.spool.store, domain=domain, reason=reason
         )
-    return web.json_response({"messages": n})
+    return answer({"messages": n})
 
 
 MAX_LIST = 10_000  # suppression entries per GET page
@@ -370,7 +383,7 @@ async def suppressions_list(request: web.Request) -> web.Response:
             for e in entries]  # fmt: skip
     last = entries[-1] if len(entries) >= limit else None
     cursor = base64.urlsafe_b64encode(supp.key(last.address, last.tenant)).decode() if last else None
-    return web.json_response({"suppressions": docs, "next": cursor})
+    return answer({"suppressions": docs, "next": cursor})
 
 
 async def suppressions_add(request: web.Request) -> web.Response:
@@ -382,7 +395,7 @@ async def suppressions_add(request: web.Request) -> web.Response:
     tenant = _tenant_arg(doc.get("tenant"))
     reason = _reason(doc) or "added through the HTTP API"
     n = await lst.add_soon([supp.Entry(a, tenant, reason) for a in addrs])
-    return web.json_response({"added": n})
+    return answer({"added": n})
 
 
 async def suppressions_remove(request: web.Request) -> web.Response:
@@ -396,11 +409,11 @@ async def suppressions_remove(request: web.Request) -> web.Response:
     addrs = _addresses(doc)
     tenant = _tenant_arg(doc.get("tenant"))
     n = await lst.remove_soon(addrs, tenant)
-    return web.json_response({"removed": n})
+    return answer({"removed": n})
 
 
 async def openapi_doc(request: web.Request) -> web.Response:
-    return web.json_response(openapi.DOCUMENT)
+    return answer(openapi.DOCUMENT)
 
 
 ROUTES: list[tuple[str, str, Handler]] = [
@@ -427,9 +440,9 @@ def build(ctx: Context) -> web.Application:
     return app
 
 
-def load_tokens(cfg: Config) -> list[tuple[str, bytes]]:
+def load_tokens(cfg: Config) -> tokens.Tokens:
     """The tokens file's entries (none without one: every request is then refused)."""
-    return tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else []
+    return tokens.Tokens(tokens.load(cfg.http.tokens_file) if cfg.http.tokens_file else [])
 
 
 async def start(ctx: Context, reuse_port: bool) -> tuple[web.AppRunner, tuple[str, int]]:

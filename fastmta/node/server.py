@@ -6,8 +6,8 @@ listener, start the metrics exporter, then print where everything is (stderr;
 stdout is the JSON delivery log only). SIGTERM/SIGINT: new connections get 421,
 idle sessions get 421, transactions in flight finish (bounded by
 ``server.shutdown_grace``), then delivery stops and the spool closes. SIGHUP:
-reload policy, limits, users, TLS certificates and the delivery side's settings
-without dropping a connection.
+reload policy, limits, users, TLS certificates, API tokens, ``[[webhook]]`` entries
+and the delivery side's settings without dropping a connection.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class Server:
         self.dlog = DeliveryLog(cfg.log.file, node=cfg.cluster.node_id)
         if cfg.webhooks:
             self.webhooks = WebhookService(cfg.webhooks, spool, self.dlog)
-            await self.webhooks.start()
+            self.webhooks.start()
         self.suppression = SuppressionList.open(cfg.spool, shared=bool(cfg.cluster.redis))
         feedback = (
             FeedbackDeliverer(cfg, spool, self.suppression, self.dlog)
@@ -242,7 +242,7 @@ class Server:
 
     def reload(self) -> None:
         """SIGHUP: new policy, limits, users and certificates for new sessions, new delivery
-        settings for the next delivery; nobody is dropped."""
+        settings for the next delivery, new webhooks for the next POST; nobody is dropped."""
         if not self.ready:
             self._reload_pending = True
             return
@@ -271,6 +271,11 @@ class Server:
                 say(f"listener {lcfg.label} is new: it needs a restart")
         hub.configure(cfg)
         self.delivery.reload(cfg)
+        if self.webhooks is not None:
+            self.webhooks.reload(cfg.webhooks)
+        elif cfg.webhooks:
+            self.webhooks = WebhookService(cfg.webhooks, self.spool, self.dlog)
+            self.webhooks.start()
         if self.api_ctx is not None:
             try:
                 self.api_ctx.tokens = api.load_tokens(cfg)

@@ -24,10 +24,14 @@ log = logging.getLogger("fastmta.webhook")
 class Journal:
     def __init__(self, spool: Spool, webhooks: Sequence[WebhookConfig]) -> None:
         self.spool = spool
-        self.wanted = frozenset(e for w in webhooks for e in w.events)
-        self.keep = max(w.max_backlog for w in webhooks)
+        self.configure(webhooks)
         self.last = 0  # the last sequence number known committed
         self.on_commit: list[Callable[[], None]] = []
+
+    def configure(self, webhooks: Sequence[WebhookConfig]) -> None:
+        """The events to keep and how many at most, from the ``[[webhook]]`` list (none: nothing)."""
+        self.wanted = frozenset(e for w in webhooks for e in w.events)
+        self.keep = max((w.max_backlog for w in webhooks), default=1)
 
     def record(self, records: list[dict[str, Any]], lines: list[str]) -> None:
         """The delivery log's tap: journal the wanted events of one batch."""
