@@ -262,7 +262,9 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
     _send(sock, {"ready": True, "space": meter.measure(0.0), "results": []})
     while not eof or inbox.pending():
         if not eof and not inbox.has_frame():
-            if not inbox.pending() and not select.select([sock], [], [], meter.idle_wait())[0]:
+            idle_wait = None if inbox.pending() else meter.idle_wait()
+            eof = _fill(inbox, max_batch_bytes, window, ops > 1, idle_wait)
+            if not eof and not inbox.pending():  # nothing came within idle_wait: measure the room
                 space = meter.measure(SPACE_IDLE)
                 if space is not None:
                     try:
@@ -270,7 +272,6 @@ def serve(sock: socket.socket, store: Store, max_batch_bytes: int, window: float
                     except OSError:
                         eof = True  # the server is gone: nothing is waiting, stop
                 continue
-            eof = _fill(inbox, max_batch_bytes, window, ops > 1)
         batch, used = inbox.frames(max_batch_bytes)
         if not batch:
             if eof:
@@ -365,17 +366,24 @@ class Inbox:
         return batch, used
 
 
-def _fill(inbox: Inbox, max_bytes: int, window: float, loaded: bool) -> bool:
+def _fill(inbox: Inbox, max_bytes: int, window: float, loaded: bool, idle_wait: float | None = None) -> bool:
     """Take all that is waiting: the batch. True at EOF.
 
     Under load (bytes already waiting after a commit, or ``loaded``: the last batch
     held several operations) it also takes what keeps streaming in (gaps under
     ``LINGER_GAP``) for at most ``window``, so batches grow with load. An idle
     writer commits the first arrival at once: one client would otherwise wait out a
-    gap on every message.
+    gap on every message. So the wait for that first arrival happens here, after
+    the look for bytes already waiting, never before it: bytes that arrive while
+    the writer waits are not load.
+
+    ``idle_wait``: when nothing is waiting, give up after this many seconds and
+    return with nothing received (None: wait as long as it takes).
     """
     n = inbox.recv(block=False)
     if n < 0:
+        if idle_wait is not None and not select.select([inbox.sock], [], [], idle_wait)[0]:
+            return False
         n = inbox.recv(block=True)
     else:
         loaded = True
