@@ -56,19 +56,11 @@ class _Transport:
         return ("127.0.0.1", 40000) if name == "peername" else None
 
 
-class _Committed:
-    """A resolved commit: its callback runs at once."""
-
-    def add_done_callback(self, cb: Any) -> None:
-        cb(self)
-
-    def exception(self) -> None:
-        return None
-
-
 class _Store:
-    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes) -> _Committed:
-        return _Committed()
+    """A commit that succeeds at once: its callback runs before ``put`` returns."""
+
+    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes, done: Any) -> None:
+        done(None)
 
 
 class _Hub:
