@@ -88,6 +88,20 @@ def test_ids_unique_sortable_and_safe() -> None:
     assert not ids.is_valid("../etc/passwd...") and not ids.is_valid("short")
 
 
+@given(st.integers(0, 62**9 - 1), st.integers(0, 2**48 - 1), st.integers(0, 62**9 - 1))
+def test_id_is_the_time_then_the_random_part_in_base_62(t: int, rand: int, earlier: int) -> None:
+    """Whatever the kept digits of the previous id: nine time digits, then seven of the random bits."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ids.time, "time_ns", lambda: t * 1000)
+        mp.setattr(ids, "_rand", lambda bits: rand)
+        mp.setattr(ids, "_last", -1)
+        mp.setattr(ids, "_high", earlier // 62**3)
+        mp.setattr(ids, "_high_digits", ids.digits(earlier // 62**3, 6))
+        made = ids.new_id()
+    assert made == ids.digits(t * 62**7 + rand % 62**7, 16)
+    assert ids.id_time(made) == t / 1e6
+
+
 def test_records_from_before_pools_and_tenants_still_load() -> None:
     """A record without the trailing pool/tenant block (written by an older fastmta) loads with
     both empty; an older reader ignores the block (it decodes the fields it knows and stops)."""
