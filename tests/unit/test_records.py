@@ -38,6 +38,31 @@ def test_round_trip(env: Envelope) -> None:
     assert records.next_attempt_of(data) == env.next_attempt
 
 
+def test_records_keep_their_bytes() -> None:
+    """Records outlive the code that wrote them: the encoding of these two envelopes
+    (one plain, one with every field, non-ASCII text and a lone surrogate) is fixed."""
+    full = Envelope("0123456789ABCDEF", "a@b.example",
+                    [Recipient("x@y.example", orcpt="rfc822;x@y.example", notify="NEVER"),
+                     Recipient("\u00fc@d\u00e9.example", state="failed", last_error="550 no", attempts=3)],
+                    arrived=1.5, size=4096, attempts=2, next_attempt=7.25, last_error="451 later",
+                    client_ip="127.0.0.1", helo="h\udcff", listener="bench",
+                    params={"BODY": "8BITMIME", "SMTPUTF8": ""}, pool="p1", tenant="t\u00e9")  # fmt: skip
+    plain = Envelope("0123456789ABCDEF", "a@b.example", [Recipient("x@y.example")], arrived=1.0,
+                     next_attempt=1.0, client_ip="127.0.0.1", helo="h", listener="bench")  # fmt: skip
+    assert records.encode(full).hex() == (
+        "01f508c1ae000000000000f83f0010000000000000020000000000000000001d4002000000000203000b00"
+        "090009000200050017000b001200050000000e000000000006006140622e6578616d706c65343531206c61"
+        "7465723132372e302e302e3168ff62656e6368424f44593d384249544d494d4500534d5450555446383d78"
+        "40792e6578616d706c657266633832323b7840792e6578616d706c654e45564552c3bc4064c3a92e657861"
+        "6d706c65353530206e6f02000300703174c3a9"
+    )
+    assert records.encode(plain).hex() == (
+        "0177ab3c06000000000000f03f000000000000000000000000000000000000f03f01000000000b000000090001"
+        "00050000000b000000000000006140622e6578616d706c653132372e302e302e316862656e63687840792e65"
+        "78616d706c65"
+    )
+
+
 def test_compact() -> None:
     env = Envelope("8DxmqQ7yK0Zr3aBc", "alice@src.test", [Recipient("bob@dst.test")], time.time(), 4096)
     assert len(records.encode(env)) < 100
