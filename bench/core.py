@@ -56,11 +56,24 @@ class _Transport:
         return ("127.0.0.1", 40000) if name == "peername" else None
 
 
-class _Store:
-    """A commit that succeeds at once: its callback runs before ``put`` returns."""
+class _Committed:
+    """A resolved commit, for a tree whose store hands back a future (an A/B across that change)."""
 
-    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes, done: Any) -> None:
+    def add_done_callback(self, cb: Any) -> None:
+        cb(self)
+
+    def exception(self) -> None:
+        return None
+
+
+class _Store:
+    """A commit that succeeds at once: ``done`` runs before ``put`` returns."""
+
+    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes, done: Any = None) -> _Committed | None:
+        if done is None:
+            return _Committed()
         done(None)
+        return None
 
 
 class _Hub:
