@@ -57,7 +57,7 @@ class _Transport:
 
 
 class _Committed:
-    """A resolved commit: its callback runs at once."""
+    """A resolved commit, for a tree whose store hands back a future (an A/B across that change)."""
 
     def add_done_callback(self, cb: Any) -> None:
         cb(self)
@@ -67,8 +67,13 @@ class _Committed:
 
 
 class _Store:
-    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes) -> _Committed:
-        return _Committed()
+    """A commit that succeeds at once: ``done`` runs before ``put`` returns."""
+
+    def put(self, msg_id: str, txn: Any, head: bytes, body: bytes, done: Any = None) -> _Committed | None:
+        if done is None:
+            return _Committed()
+        done(None)
+        return None
 
 
 class _Hub:

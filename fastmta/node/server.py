@@ -42,6 +42,7 @@ from fastmta.smtp import tls
 from fastmta.smtp.auth import AuthConfigError, Users
 from fastmta.smtp.listener import Hub, ListenerSettings, listen
 from fastmta.smtp.policy import Policy
+from fastmta.smtp.protocol import CommitDone
 from fastmta.smtp.session import Transaction
 from fastmta.spool import Envelope, Recipient, Spool, new_id
 from fastmta.spool.suppression import SuppressionList
@@ -56,14 +57,14 @@ class SpoolStore:
     """Adapts the spool to what a session commits (``protocol.Store``)."""
 
     def __init__(self, spool: Spool) -> None:
-        self._put = spool.put
+        self._put = spool.put_then
 
-    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes, done: CommitDone) -> None:
         rcpts = [Recipient(addr, orcpt=orcpt, notify=notify) for addr, notify, orcpt in txn.rcpts]
         env = Envelope(msg_id, txn.sender, rcpts, client_ip=txn.client_ip, helo=txn.helo,
                        listener=txn.listener, params=txn.params, pool=txn.pool,
                        tenant=txn.tenant or txn.user)  # fmt: skip
-        return self._put(env, body, head)
+        self._put(env, body, head, done)
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 
 The hot path is one call per read into the core (``core.py``: parser → session →
 one batched ``transport.write``, compiled in ``_core.pyx``). This shell carries
-out what the core hands back: the spool commit (a future callback, no task),
+out what the core hands back: the spool commit (a plain callback: no future, no task),
 the AUTH check and the TLS handshake. While one is pending the core holds the
 events already parsed and newly arrived bytes wait unparsed (reading pauses only
 past a bound), so PIPELINING keeps its order and memory stays bounded. After
@@ -25,6 +25,7 @@ import fcntl
 import logging
 import ssl
 import termios
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastmta.errors import SmtpError
@@ -40,13 +41,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("fastmta.smtp")
 
 _EARLY_LIMIT = 256 * 1024  # bytes taken in while a commit or AUTH check is pending
+CommitDone = Callable[[BaseException | None], None]  # called once a message is stored, or could not be
 
 
 class Store(Protocol):
     """Where accepted messages go (the composition root, node/server.py, adapts the spool to this)."""
 
-    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[Any]:
-        """Store ``head + body`` (the Received: line, then the message as received)."""
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes, done: CommitDone) -> None:
+        """Store ``head + body`` (the Received: line, then the message as received); then
+        ``done(None)``, or ``done(error)`` if it could not be stored, on the loop. May raise."""
 
 
 def _bytes_waiting(transport: Any) -> int:
@@ -296,20 +299,16 @@ class SmtpProtocol(asyncio.Protocol):
 
     # --- waits -------------------------------------------------------------------------
     def _commit(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> None:
-        try:
-            fut = self.hub.store.put(msg_id, txn, head, body)
-        except Exception as e:
-            self._commit_failed(e)
-            self._resume()
-            return
         self._msg_id = msg_id
         self._msg_size = len(head) + len(body)
-        fut.add_done_callback(self._committed)
+        try:
+            self.hub.store.put(msg_id, txn, head, body, self._committed)
+        except Exception as e:
+            self._committed(e)
 
-    def _committed(self, fut: asyncio.Future[Any]) -> None:
+    def _committed(self, exc: BaseException | None) -> None:
         session = self.session
         assert session is not None
-        exc = fut.exception()
         if exc is None:
             session.commit_done(self._msg_id)
             metrics = self.settings.metrics

@@ -20,7 +20,7 @@ from fastmta import metrics
 from fastmta.config import SpoolConfig
 from fastmta.errors import SpoolUnavailableError
 from fastmta.spool import events, flush, records, suspend
-from fastmta.spool.committer import Committer, Pending, outcome
+from fastmta.spool.committer import Callback, Committer, Pending, outcome
 from fastmta.spool.ids import new_id
 from fastmta.spool.records import Envelope, RcptState, Recipient, RecordError
 from fastmta.spool.recovery import RecoveryReport, recover
@@ -66,6 +66,19 @@ class Spool:
         Fills ``id`` (if empty), ``size``, ``arrived`` and ``next_attempt`` (if 0:
         due at once). Raises ``SpoolFullError`` past the ceiling or on a full disk.
         """
+        fut: asyncio.Future[str] = self._running().loop.create_future()
+        self._put(fut, envelope, body, head)
+        return fut
+
+    def put_then(
+        self, envelope: Envelope, body: bytes, head: bytes, done: Callable[[BaseException | None], None]
+    ) -> None:
+        """``put`` for the receive path: ``done(None)`` after the commit, or ``done(error)``,
+        called on the loop straight from the batch's acknowledgement (no Future, no loop
+        hop), after the ``on_commit`` callbacks have seen the batch."""
+        self._put(Callback(done), envelope, body, head)
+
+    def _put(self, fut: asyncio.Future[str] | Callback, envelope: Envelope, body: bytes, head: bytes) -> None:
         committer = self._running()
         if not envelope.id:
             envelope.id = new_id()
@@ -74,9 +87,7 @@ class Spool:
             envelope.arrived = time.time()
         if not envelope.next_attempt:
             envelope.next_attempt = envelope.arrived
-        fut: asyncio.Future[str] = committer.loop.create_future()
         committer.put(fut, envelope, envelope.id.encode("ascii"), records.encode(envelope), head, body)
-        return fut
 
     async def update(
         self,
@@ -132,25 +143,29 @@ class Spool:
         return self._committer
 
     def _on_batch(self, batch: list[Pending], results: list[tuple[int, Any]]) -> None:
-        """On the loop, once per commit: resolve every future, then tell the listeners."""
+        """On the loop, once per commit: tell the listeners, then resolve every waiter (a
+        ``put_then`` callback runs at once, so the listeners see the batch before any 250)."""
         committed: list[Envelope] = []
+        outcomes: list[Any] = []
         for p, (status, value) in zip(batch, results, strict=True):
             res = outcome(status, value)
-            if isinstance(res, BaseException):
-                if not p.fut.done():
-                    p.fut.set_exception(res)
-                continue
-            if p.envelope is not None:
+            if p.envelope is not None and not isinstance(res, BaseException):
                 committed.append(p.envelope)
                 res = p.envelope.id
-            if not p.fut.done():
-                p.fut.set_result(res)
+            outcomes.append(res)
         if committed:
             for cb in self._callbacks:
                 try:
                     cb(committed)
                 except Exception:
                     log.exception("spool on_commit callback failed")
+        for p, res in zip(batch, outcomes, strict=True):
+            if p.fut.done():
+                continue
+            if isinstance(res, BaseException):
+                p.fut.set_exception(res)
+            else:
+                p.fut.set_result(res)
 
     def on_commit(self, callback: Callable[[list[Envelope]], Any]) -> None:
         """``callback(envelopes)`` runs on the loop after each commit holding new messages."""

@@ -44,12 +44,44 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux
 _WRITER_MAIN = "import sys; from fastmta.spool.writer import main; sys.exit(main(sys.argv[1:]))"
 
 
+class Callback:
+    """A future's two setters around one plain function, ``fn(None)`` or ``fn(exception)``.
+
+    The receive path waits on a commit per message: calling back from the batch's
+    acknowledgement skips a Future, its done-callback and the loop hop of
+    ``call_soon``, so the 250 goes out in the same loop iteration as the commit's
+    news. The function runs at once: whoever calls ``set_*`` must be on the loop.
+    """
+
+    __slots__ = ("fn", "_done")
+
+    def __init__(self, fn: Callable[[BaseException | None], None]) -> None:
+        self.fn = fn
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._call(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._call(exc)
+
+    def _call(self, exc: BaseException | None) -> None:
+        self._done = True
+        try:
+            self.fn(exc)
+        except Exception:  # a bug in one waiter must not keep the rest of the batch waiting
+            log.exception("spool commit callback failed")
+
+
 class Pending:
     """One operation waiting for its commit."""
 
     __slots__ = ("fut", "envelope")
 
-    def __init__(self, fut: asyncio.Future[Any], envelope: Envelope | None) -> None:
+    def __init__(self, fut: asyncio.Future[Any] | Callback, envelope: Envelope | None) -> None:
         self.fut, self.envelope = fut, envelope
 
 
@@ -158,7 +190,7 @@ class Committer:
 
     def put(
         self,
-        fut: asyncio.Future[Any],
+        fut: asyncio.Future[Any] | Callback,
         envelope: Envelope,
         id_b: bytes,
         record: bytes,
@@ -197,7 +229,7 @@ class Committer:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(out)
 
-    def _send_check(self, fut: asyncio.Future[Any], envelope: Envelope | None) -> int:
+    def _send_check(self, fut: asyncio.Future[Any] | Callback, envelope: Envelope | None) -> int:
         if self._transport is None or self._transport.is_closing():
             self._restart_soon()
             fut.set_exception(SpoolUnavailableError())

@@ -100,7 +100,9 @@ def encode(env: Envelope) -> bytes:
 
     Layout after the header: per-recipient (state, attempts), then the lengths of
     every string, then the strings' UTF-8 bytes: three struct calls, no per-field
-    packing, whatever the number of recipients.
+    packing, whatever the number of recipients. One per message on the receive
+    path: ASCII strings (the usual case) are encoded in one call, their lengths
+    taken from the text.
     """
     params = "\x00".join([f"{k}={v}" for k, v in env.params.items()]) if env.params else ""
     strs = [env.sender, env.last_error[:MAX_ERROR], env.client_ip, env.helo, env.listener, params]
@@ -108,11 +110,16 @@ def encode(env: Envelope) -> bytes:
     for r in env.rcpts:
         strs += (r.addr, r.orcpt, r.notify, r.last_error[:MAX_ERROR])
         fixed += (_STATE_CODE[r.state], min(r.attempts, 65535))
-    enc = [x.encode("utf-8", "surrogateescape") for x in strs]
-    lens = [len(b) for b in enc]
+    text = "".join(strs)
+    if text.isascii():
+        enc = [text.encode("ascii")]
+        lens = list(map(len, strs))
+    else:
+        enc = [x.encode("utf-8", "surrogateescape") for x in strs]
+        lens = list(map(len, enc))
     if max(lens) > 65535:
-        enc = [_cap(b) for b in enc]
-        lens = [len(b) for b in enc]
+        enc = [_cap(x.encode("utf-8", "surrogateescape")) for x in strs]
+        lens = list(map(len, enc))
     n = len(env.rcpts)
     tags = b""
     if env.pool or env.tenant:

@@ -103,6 +103,52 @@ def test_put_resolves_only_when_committed(spool_cfg: MakeCfg) -> None:
     run(main())
 
 
+def test_put_then_calls_back_after_the_listeners_in_the_same_acknowledgement(spool_cfg: MakeCfg) -> None:
+    """The receive path's put: no Future and no loop hop between the commit's news and
+    the callback; the on_commit listeners (the delivery log) have seen the message
+    first, and one failing callback does not keep the rest of its batch waiting."""
+
+    async def main() -> None:
+        spool = await started(spool_cfg())
+        seen: list[str] = []
+        calls: list[tuple[str, BaseException | None, bool]] = []
+        spool.on_commit(lambda envs: seen.extend(e.id for e in envs))
+        loop = asyncio.get_running_loop()
+        all_done = loop.create_future()
+
+        def done(e: Envelope, exc: BaseException | None) -> None:
+            calls.append((e.id, exc, e.id in seen))
+            if len(calls) == 20:
+                all_done.set_result(None)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in one waiter")
+
+        try:
+            envs = [env(i) for i in range(20)]
+            for e in envs:
+                spool.put_then(e, b"x" * 100, b"", lambda exc, e=e: done(e, exc))
+            await asyncio.wait_for(all_done, 30)
+            assert sorted(c[0] for c in calls) == sorted(e.id for e in envs)
+            assert all(exc is None and listened for _, exc, listened in calls)
+            assert all(spool.body(e.id) == b"x" * 100 for e in envs)
+            # Writer death: every callback still in flight is told, none is lost.
+            committer = spool._committer
+            assert committer is not None and committer._proc is not None
+            committer._proc.kill()
+            failed: list[BaseException | None] = []
+            for i in range(10):
+                spool.put_then(env(100 + i), b"y", b"", failed.append)
+            deadline = time.monotonic() + 30
+            while len(failed) < 10:
+                assert time.monotonic() < deadline, "callbacks lost with the writer"
+                await asyncio.sleep(0.01)
+            assert all(r is None or isinstance(r, SpoolUnavailableError) for r in failed)
+        finally:
+            await spool.aclose()
+
+    run(main())
+
+
 def test_update_remove_reschedule(spool_cfg: MakeCfg) -> None:
     async def main() -> None:
         spool = await started(spool_cfg())

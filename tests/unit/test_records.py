@@ -38,6 +38,31 @@ def test_round_trip(env: Envelope) -> None:
     assert records.next_attempt_of(data) == env.next_attempt
 
 
+def test_records_keep_their_bytes() -> None:
+    """Records outlive the code that wrote them: the encoding of these two envelopes
+    (one plain, one with every field, non-ASCII text and a lone surrogate) is fixed."""
+    full = Envelope("0123456789ABCDEF", "a@b.example",
+                    [Recipient("x@y.example", orcpt="rfc822;x@y.example", notify="NEVER"),
+                     Recipient("\u00fc@d\u00e9.example", state="failed", last_error="550 no", attempts=3)],
+                    arrived=1.5, size=4096, attempts=2, next_attempt=7.25, last_error="451 later",
+                    client_ip="127.0.0.1", helo="h\udcff", listener="bench",
+                    params={"BODY": "8BITMIME", "SMTPUTF8": ""}, pool="p1", tenant="t\u00e9")  # fmt: skip
+    plain = Envelope("0123456789ABCDEF", "a@b.example", [Recipient("x@y.example")], arrived=1.0,
+                     next_attempt=1.0, client_ip="127.0.0.1", helo="h", listener="bench")  # fmt: skip
+    assert records.encode(full).hex() == (
+        "01f508c1ae000000000000f83f0010000000000000020000000000000000001d4002000000000203000b00"
+        "090009000200050017000b001200050000000e000000000006006140622e6578616d706c65343531206c61"
+        "7465723132372e302e302e3168ff62656e6368424f44593d384249544d494d4500534d5450555446383d78"
+        "40792e6578616d706c657266633832323b7840792e6578616d706c654e45564552c3bc4064c3a92e657861"
+        "6d706c65353530206e6f02000300703174c3a9"
+    )
+    assert records.encode(plain).hex() == (
+        "0177ab3c06000000000000f03f000000000000000000000000000000000000f03f01000000000b000000090001"
+        "00050000000b000000000000006140622e6578616d706c653132372e302e302e316862656e63687840792e65"
+        "78616d706c65"
+    )
+
+
 def test_compact() -> None:
     env = Envelope("8DxmqQ7yK0Zr3aBc", "alice@src.test", [Recipient("bob@dst.test")], time.time(), 4096)
     assert len(records.encode(env)) < 100
@@ -86,6 +111,20 @@ def test_ids_unique_sortable_and_safe() -> None:
     later = ids.new_id()
     assert later[:9] >= made[-1][:9] and abs(ids.id_time(later) - t0) < 5
     assert not ids.is_valid("../etc/passwd...") and not ids.is_valid("short")
+
+
+@given(st.integers(0, 62**9 - 1), st.integers(0, 2**48 - 1), st.integers(0, 62**9 - 1))
+def test_id_is_the_time_then_the_random_part_in_base_62(t: int, rand: int, earlier: int) -> None:
+    """Whatever the kept digits of the previous id: nine time digits, then seven of the random bits."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ids.time, "time_ns", lambda: t * 1000)
+        mp.setattr(ids, "_rand", lambda bits: rand)
+        mp.setattr(ids, "_last", -1)
+        mp.setattr(ids, "_high", earlier // 62**3)
+        mp.setattr(ids, "_high_digits", ids.digits(earlier // 62**3, 6))
+        made = ids.new_id()
+    assert made == ids.digits(t * 62**7 + rand % 62**7, 16)
+    assert ids.id_time(made) == t / 1e6
 
 
 def test_records_from_before_pools_and_tenants_still_load() -> None:

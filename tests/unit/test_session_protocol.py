@@ -50,10 +50,11 @@ class FakeStore:
         self.loop = loop
         self.pending: list[tuple[str, asyncio.Future[str], bytes]] = []
 
-    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes) -> asyncio.Future[str]:
+    def put(self, msg_id: str, txn: Transaction, head: bytes, body: bytes, done: Any) -> None:
+        """The test settles the commit through the future it keeps."""
         fut: asyncio.Future[str] = self.loop.create_future()
+        fut.add_done_callback(lambda f: done(f.exception()))
         self.pending.append((msg_id, fut, head + body))
-        return fut
 
 
 class FakeHub:
