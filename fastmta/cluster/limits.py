@@ -4,8 +4,11 @@
 ``Cluster`` is the scheduler's ``SharedLimits``. A connection slot is a lease in a
 sorted set (member ``node:n``, score = expiry), held by one delivery worker for its
 life; the worker closes its destination's idle pooled connections before giving it
-back, since a receiver counts open connections. A node that dies stops renewing and
-its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken
+back, since a receiver counts open connections. A worker keeps its lease, and its
+connection, while it waits for more work, until another node is refused a lease of
+the destination: the refusal raises a want flag that the holders read at their next
+heartbeat, and then give leases back as the old connections end. A node that dies
+stops renewing and its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken
 ``batch`` tokens at a time. Suspensions and shaping limits are hashes the heartbeat
 polls. None of this costs a Redis round trip per message: a lease lasts a worker's
 life, tokens come in batches, and the heartbeat renews every lease in one pipeline.
@@ -54,7 +57,7 @@ StateCallback = Callable[[Suspensions, Limits], None]
 class _Dest:
     """This node's leases and unspent tokens for one destination."""
 
-    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking")
+    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking", "wanted")
 
     def __init__(self) -> None:
         self.held: list[str] = []  # lease members this node holds, one per delivery worker
@@ -63,6 +66,7 @@ class _Dest:
         self.local_next = 0.0  # fallback: next message start under this node's rate share
         self.released = 0.0  # when this node last gave a lease of it back
         self.asking: asyncio.Future[float] | None = None  # a batch of tokens being asked for
+        self.wanted = False  # another node was refused a lease of it (as of the last heartbeat)
 
 
 class Cluster:
@@ -85,6 +89,8 @@ class Cluster:
         self._hold = self.redis.register_script(lua.HOLD)
         self._tick = self.redis.register_script(lua.TICK)
         self._ttl_ms = int(cfg.lease_ttl * 1000)
+        # a refused node asks again every DENIED_WAIT; holders look at every heartbeat
+        self._want_ms = int(2 * cfg.interval * 1000)
         self._dests: dict[str, _Dest] = {}
         self._serial = 0
         self.up = True  # believed reachable until a call fails
@@ -147,7 +153,10 @@ class Cluster:
         if self.up:
             try:
                 granted = await self._call(
-                    self._acquire(keys=[self._conn_key(key)], args=[limit, self._ttl_ms, member])
+                    self._acquire(
+                        keys=[self._conn_key(key), self._want_key(key)],
+                        args=[limit, self._ttl_ms, self._want_ms, member],
+                    )
                 )
             except _Down:
                 return await self.open(key, limit)
@@ -173,6 +182,11 @@ class Cluster:
     def leases(self, key: str) -> int:
         d = self._dests.get(key)
         return len(d.held) if d is not None else 0
+
+    def wanted(self, key: str) -> bool:
+        """Another node was refused a lease of ``key`` lately: leases should go back for turns."""
+        d = self._dests.get(key)
+        return d is not None and d.wanted
 
     # --- message rate -------------------------------------------------------------------------
 
@@ -261,17 +275,23 @@ class Cluster:
                 args=[self.node, NODE_HORIZON_MS],
                 client=pipe,
             )
-            for key, d in self._dests.items():
-                if d.held:
-                    await self._renew(
-                        keys=[self._conn_key(key)], args=[self._ttl_ms, mode, *d.held], client=pipe
-                    )
+            renewed = [(key, d) for key, d in self._dests.items() if d.held]
+            for key, d in renewed:
+                await self._renew(
+                    keys=[self._conn_key(key), self._want_key(key)],
+                    args=[self._ttl_ms, mode, *d.held],
+                    client=pipe,
+                )
             try:
                 results = await self._call(pipe.execute(), probe=True)
             except _Down:
                 return
         if readd:
             self._reregister = False
+        for d in self._dests.values():
+            d.wanted = False
+        for (_, d), want in zip(renewed, results[1:], strict=True):
+            d.wanted = bool(want)
         nodes, suspended, limited = results[0]
         self.nodes = max(1, int(nodes))
         self._m_nodes.set(self.nodes)
@@ -328,6 +348,9 @@ class Cluster:
 
     def _conn_key(self, key: str) -> str:
         return f"{self.cfg.prefix}conn:{key}"
+
+    def _want_key(self, key: str) -> str:
+        return f"{self.cfg.prefix}want:{key}"
 
     def _rate_key(self, key: str) -> str:
         return f"{self.cfg.prefix}rate:{key}"
