@@ -57,7 +57,8 @@ StateCallback = Callable[[Suspensions, Limits], None]
 class _Dest:
     """This node's leases and unspent tokens for one destination."""
 
-    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking", "wanted")
+    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking", "wanted",
+                 "acquiring", "members", "opening")  # fmt: skip
 
     def __init__(self) -> None:
         self.held: list[str] = []  # lease members this node holds, one per delivery worker
@@ -67,6 +68,9 @@ class _Dest:
         self.released = 0.0  # when this node last gave a lease of it back
         self.asking: asyncio.Future[float] | None = None  # a batch of tokens being asked for
         self.wanted = False  # another node was refused a lease of it (as of the last heartbeat)
+        self.acquiring: asyncio.Future[set[str] | None] | None = None  # an ACQUIRE being gathered
+        self.members: list[str] = []  # the lease members it asks for
+        self.opening = 0  # open() calls under way (the heartbeat keeps the entry meanwhile)
 
 
 class Cluster:
@@ -151,15 +155,13 @@ class Cluster:
             return YIELD - since
         member = self._member()
         if self.up:
+            d.opening += 1
             try:
-                granted = await self._call(
-                    self._acquire(
-                        keys=[self._conn_key(key), self._want_key(key)],
-                        args=[limit, self._ttl_ms, self._want_ms, member],
-                    )
-                )
+                granted = await self._acquire_one(d, key, limit, member)
             except _Down:
                 return await self.open(key, limit)
+            finally:
+                d.opening -= 1
             if not granted:
                 return DENIED_WAIT
         elif len(d.held) >= max(1, limit // self.nodes):
@@ -167,6 +169,33 @@ class Cluster:
         d.held.append(member)
         self._m_leases.inc()
         return 0.0
+
+    async def _acquire_one(self, d: _Dest, key: str, limit: int, member: str) -> bool:
+        """Ask for a lease; the workers started in one step of the loop (a burst of new work
+        starts many at once) ask in one ACQUIRE: one round trip, not one Redis connection each."""
+        d.members.append(member)
+        if d.acquiring is not None:
+            granted = await asyncio.shield(d.acquiring)
+        else:
+            d.acquiring = asked = asyncio.get_running_loop().create_future()
+            granted = None
+            try:
+                await asyncio.sleep(0)  # the other workers of this step add their members
+                members, d.members, d.acquiring = d.members, [], None
+                got = await self._call(
+                    self._acquire(
+                        keys=[self._conn_key(key), self._want_key(key)],
+                        args=[limit, self._ttl_ms, self._want_ms, *members],
+                    )
+                )
+                granted = {_text(m) for m in got}
+            finally:
+                if d.acquiring is asked:
+                    d.members, d.acquiring = [], None
+                asked.set_result(granted)  # None: Redis failed
+        if granted is None:
+            raise _Down
+        return member in granted
 
     def close_slot(self, key: str) -> None:
         """A worker that held a lease of ``key`` ended (its connections are closed): give it back."""
@@ -261,8 +290,8 @@ class Cluster:
     async def heartbeat(self) -> None:
         """Announce this node, renew its leases, read the node count, suspensions and limits."""
         now = time.monotonic()
-        idle = [k for k, d in self._dests.items() if not d.held and now > d.released + YIELD
-                and now > max(d.tokens_until, d.local_next)]  # fmt: skip
+        idle = [k for k, d in self._dests.items() if not d.held and not d.opening and d.asking is None
+                and now > d.released + YIELD and now > max(d.tokens_until, d.local_next)]  # fmt: skip
         for key in idle:  # nothing worth keeping: the dict does not grow with every domain
             del self._dests[key]
         readd = self._reregister  # after an outage: register the leases taken meanwhile

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("fastmta.scheduler")
+LEASE_GRACE = 0.25  # seconds an idle worker keeps its cluster lease while another node asks for one
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -157,18 +158,23 @@ class Shard:
 
     async def _more_work(self, dq: DestQueue) -> bool:
         """A worker holding a cluster lease keeps it, and its connection in the pool, while work
-        may come: as long as the pool keeps an idle connection (``idle_timeout``), unless another
-        node asks for the destination (it hears so at a heartbeat) or delivery stops. A lease
-        given back between bursts would cost a Redis round trip and a new connection each."""
+        may come: a lease given back between bursts would cost a Redis round trip and a new
+        connection each. It waits as long as the pool keeps an idle connection
+        (``idle_timeout``), or only ``LEASE_GRACE`` while another node asks for the
+        destination (a queue runs dry for a moment between the scheduler's rounds, and a
+        lease given back at once would be asked for again at once); not once delivery stops."""
         sched = self.sched
         shared = sched.shared
         assert shared is not None
         key = dq.dest.key
         loop = asyncio.get_running_loop()
-        end = loop.time() + sched.cfg.delivery.idle_timeout
+        start = loop.time()
+        end = start + sched.cfg.delivery.idle_timeout
         while not dq.ready:
+            if shared.wanted(key):
+                end = min(end, start + LEASE_GRACE)
             left = end - loop.time()
-            if left <= 0 or shared.wanted(key) or sched.held or dq.suspended(sched.clock()):
+            if left <= 0 or sched.held or dq.suspended(sched.clock()):
                 return False
             fut: asyncio.Future[None] = loop.create_future()
             dq.idle.append(fut)

@@ -67,6 +67,32 @@ def test_connection_leases_hold_across_nodes(redis_server: Callable[[], RedisSer
     run(main)
 
 
+def test_a_refused_node_is_heard_by_the_holders(redis_server: Callable[[], RedisServer]) -> None:
+    """Holders keep idle leases until another node is refused one: the refusal raises a want
+    flag, each holder sees it at its next heartbeat, and it falls again once nobody asks."""
+    r = redis_server()
+
+    async def main() -> None:
+        a, b = await started(r.url, "a"), await started(r.url, "b")
+        try:
+            assert await a.open(KEY, 1) == 0
+            await a.heartbeat()
+            assert not a.wanted(KEY)  # nobody asked: a keeps its lease, idle or not
+            assert await b.open(KEY, 1) == DENIED_WAIT
+            assert not a.wanted(KEY)  # heard at the next heartbeat, not before
+            await a.heartbeat()
+            assert a.wanted(KEY) and not b.wanted(KEY)  # b holds nothing: nothing to give
+            await until(lambda: not a.wanted(KEY), 5)  # b stopped asking: the flag lapses
+            assert await b.open(KEY, 2) == 0  # a grant raises no flag
+            await a.heartbeat()
+            assert not a.wanted(KEY)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
 def test_a_dead_nodes_leases_lapse(redis_server: Callable[[], RedisServer]) -> None:
     r = redis_server()
 
