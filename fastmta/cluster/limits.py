@@ -8,8 +8,8 @@ back, since a receiver counts open connections. A worker keeps its lease, and it
 connection, while it waits for more work, until another node is refused a lease of
 the destination: the refusal raises a want flag that the holders read at their next
 heartbeat, and then give leases back as the old connections end. A node that dies
-stops renewing and its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken
-``batch`` tokens at a time. Suspensions and shaping limits are hashes the heartbeat
+stops renewing and its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken in
+batches sized to the node's pace (``batch_size``). Suspensions and shaping limits are hashes the heartbeat
 polls. None of this costs a Redis round trip per message: a lease lasts a worker's
 life, tokens come in batches, and the heartbeat renews every lease in one pipeline.
 
@@ -44,6 +44,8 @@ DENIED_WAIT = 0.1  # seconds before a node asks again for a lease it was refused
 # again: nodes that were refused meanwhile (asking every DENIED_WAIT) get their turn
 YIELD = 0.15
 TOKEN_LIFE = 1.0  # seconds a node may keep rate tokens it has not spent
+BATCH_SPAN = 0.1  # a batch of rate tokens lasts this long at the node's pace, and at most at the limit
+BATCH_BASE = 20  # tokens a batch has at least (when the limit allows): what a slow node takes
 NODE_HORIZON_MS = 60_000  # a node counts as present while its heartbeat is this recent
 
 T = TypeVar("T")
@@ -58,7 +60,7 @@ class _Dest:
     """This node's leases and unspent tokens for one destination."""
 
     __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking", "wanted",
-                 "acquiring", "members", "opening")  # fmt: skip
+                 "acquiring", "members", "opening", "took", "took_at")  # fmt: skip
 
     def __init__(self) -> None:
         self.held: list[str] = []  # lease members this node holds, one per delivery worker
@@ -71,6 +73,8 @@ class _Dest:
         self.acquiring: asyncio.Future[set[str] | None] | None = None  # an ACQUIRE being gathered
         self.members: list[str] = []  # the lease members it asks for
         self.opening = 0  # open() calls under way (the heartbeat keeps the entry meanwhile)
+        self.took = 0  # tokens in the last batch taken, and when (monotonic)
+        self.took_at = 0.0
 
 
 class Cluster:
@@ -252,16 +256,17 @@ class Cluster:
         return wait if wait > 0 else await self.token(key, rate)
 
     async def _take_batch(self, d: _Dest, key: str, rate: float) -> float:
-        """Up to ``batch`` tokens (at most a tenth of a second's worth) into the node's stash;
-        0, or the seconds until a whole batch is there."""
-        n = max(1, min(self.cfg.batch, math.ceil(rate / 10)))
+        """A batch of tokens into the node's stash; 0, or the seconds until a whole batch is there."""
+        now = time.monotonic()
+        n = batch_size(d.took - d.tokens, now - d.took_at, d.took, rate, self.cfg.batch)
         k, wait_us = await self._call(
             self._take(keys=[self._rate_key(key)], args=[math.ceil(1e6 / rate), n, n])
         )
         if k <= 0:
             return max(int(wait_us) / 1e6, 0.001)
-        d.tokens = int(k)
-        d.tokens_until = time.monotonic() + TOKEN_LIFE
+        d.tokens = d.took = int(k)
+        d.took_at = time.monotonic()
+        d.tokens_until = d.took_at + TOKEN_LIFE
         return 0.0
 
     # --- suspensions and shaping limits -----------------------------------------------------------
@@ -392,6 +397,15 @@ class Cluster:
         task = asyncio.get_running_loop().create_task(run())
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+
+def batch_size(spent: int, elapsed: float, last: int, rate: float, most: int) -> int:
+    """Rate tokens to ask for: ``BATCH_SPAN`` at the pace the last batch was spent (``spent``
+    of ``last`` tokens in ``elapsed`` seconds; the rest lapsed), growing at most twofold per
+    batch, and at least ``BATCH_BASE``; never more than ``most`` nor than ``BATCH_SPAN`` of
+    the ``rate`` limit, so a node holds at most a tenth of a second's worth. At least 1."""
+    grown = min(math.ceil(spent / max(elapsed, 0.001) * BATCH_SPAN), 2 * last)
+    return max(1, min(most, math.ceil(rate * BATCH_SPAN), max(BATCH_BASE, grown)))
 
 
 class _Down(Exception):
