@@ -14,8 +14,10 @@ so that drifting background load falls on both. Each run reports msg/s end to en
 CPU µs per message of the node process trees, of Redis, and of everything taking part
 (nodes, Redis, smtp-source, smtp-sink): when the load and the MTA share the cores, the
 lost throughput a quiet machine would show is about the ratio of that total. Also per
-message: SMTP sessions the sink saw and Redis commands. ``redis_cost`` gives the medians
-of the per-rep ratios (redis / local, each pair run back to back) with their min–max.
+message: SMTP sessions the sink saw, Redis scripts and commands. ``redis_cost`` gives the
+medians of the per-rep ratios (redis / local, run back to back) with their min–max.
+``--baseline TREE`` adds a third 1-node run per rep, Redis with another checkout's code
+(``redis-base``, ``redis_cost_baseline``): the A/B of a change to the Redis path.
 
 Hold: 3 nodes with 2 connections and 50 msg/s per destination, fed more than they
 may send, for ``--hold`` seconds: the most connections the sink saw open at once
@@ -49,8 +51,10 @@ HOLD_LIMITS = 'max_connections_per_destination = 2\nmessage_rate_per_destination
 STALL = 20.0
 
 
-def nodes(n: int, sink: str, redis: str | None, delivery: str, tag: str) -> list[peers.Fastmta]:
-    """``n`` nodes relaying to ``sink``; with ``redis`` a cluster of their own (key prefix ``tag``)."""
+def nodes(n: int, sink: str, redis: str | None, delivery: str, tag: str,
+          root: Path | None = None) -> list[peers.Fastmta]:  # fmt: skip
+    """``n`` nodes relaying to ``sink``; with ``redis`` a cluster of their own (key prefix ``tag``);
+    ``root``: run another checkout."""
     out = []
     try:
         for i in range(n):
@@ -58,7 +62,7 @@ def nodes(n: int, sink: str, redis: str | None, delivery: str, tag: str) -> list
             if redis:
                 extra = f'[cluster]\nnode_id = "{tag}{i}"\nredis = "{redis}"\nprefix = "{tag}:"\n'
             out.append(peers.Fastmta(hold=False, relay_to=sink, name=f"{tag}{i}", extra_config=extra,
-                                     delivery=delivery).start())  # fmt: skip
+                                     delivery=delivery, root=root).start())  # fmt: skip
     except BaseException:
         for p in out:
             p.stop()
@@ -187,7 +191,7 @@ KEYS = (
 
 
 def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
-        scale: tuple[int, ...] = (2, 3)) -> dict[str, Any]:  # fmt: skip
+        scale: tuple[int, ...] = (2, 3), baseline: Path | None = None) -> dict[str, Any]:  # fmt: skip
     count = count or (3000 if quick else 12_000)
     timeout = 300.0
     t0 = time.monotonic()
@@ -197,7 +201,8 @@ def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
     redis = peers.Redis().start()
 
     def one(n: int, variant: str, tag: str, rep: int) -> None:
-        group = nodes(n, sink.address, redis.url if variant == "redis" else None, GENEROUS, tag)
+        url = redis.url if variant.startswith("redis") else None
+        group = nodes(n, sink.address, url, GENEROUS, tag, baseline if variant == "redis-base" else None)
         try:
             r = relay(group, sink, redis, count, timeout)
         finally:
@@ -213,8 +218,9 @@ def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
         )
 
     try:
+        variants = ["local", "redis"] + (["redis-base"] if baseline else [])
         for rep in range(reps):
-            for variant in ("local", "redis") if rep % 2 == 0 else ("redis", "local"):
+            for variant in variants if rep % 2 == 0 else variants[::-1]:
                 one(1, variant, f"{variant}{rep}-", rep)
             for n in scale:
                 one(n, "redis", f"n{n}r{rep}-", rep)
@@ -227,7 +233,8 @@ def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
         return [r for r in runs if r["variant"] == variant and r["nodes"] == n and r["complete"]]
 
     summary = {f"{n}-{v}": {k: _med([r[k] for r in pick(v, n)]) for k in KEYS}
-               for n, v in ((1, "local"), (1, "redis"), *((n, "redis") for n in scale))}  # fmt: skip
+               for n, v in ((1, "local"), (1, "redis"), *((1, v) for v in variants[2:]),
+                            *((n, "redis") for n in scale))}  # fmt: skip
     return {
         "bench": "cluster",
         "quick": quick,
@@ -235,7 +242,9 @@ def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
         "reps": reps,
         "loadavg_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
         "summary": summary,
-        "redis_cost": _cost(runs),
+        "redis_cost": _cost(runs, "redis"),
+        "baseline": str(baseline) if baseline else None,
+        "redis_cost_baseline": _cost(runs, "redis-base") if baseline else None,
         "hold": held,
         "runs": runs,
         "elapsed_s": round(time.monotonic() - t0, 1),
@@ -249,15 +258,15 @@ def _med(vals: list[float]) -> float | None:
     return round(statistics.median(vals), 2) if vals else None
 
 
-def _cost(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Redis against node-local, 1 node, rep by rep (each pair ran back to back): the median
+def _cost(runs: list[dict[str, Any]], variant: str) -> dict[str, Any] | None:
+    """``variant`` (Redis) against node-local, 1 node, rep by rep (run back to back): the median
     ratio and its min–max for throughput and for CPU per message; the throughput loss a
     CPU-bound machine would show is about ``total_cpu_ratio`` − 1."""
     pairs = []
     for rep in sorted({r["rep"] for r in runs}):
         one = {r["variant"]: r for r in runs if r["rep"] == rep and r["nodes"] == 1 and r["complete"]}
-        if "local" in one and "redis" in one and one["local"]["rate"]:
-            pairs.append((one["local"], one["redis"]))
+        if "local" in one and variant in one and one["local"]["rate"]:
+            pairs.append((one["local"], one[variant]))
     if not pairs:
         return None
 
@@ -287,13 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="alternating local/redis pairs [5]; medians of them")
     ap.add_argument("--count", type=int, default=None, help="messages per relay run [3,000 quick; 12,000]")
     ap.add_argument("--nodes", default="2,3", help="node counts of the scaling runs with Redis ('' = none)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also 1 node with Redis from another checkout (its own .venv), as redis-base",
+    )
     ap.add_argument("--hold", type=float, default=60.0, help="seconds of the 3-node hold check (0 = skip)")
     ap.add_argument("--json", nargs="?", const="-", metavar="OUT", help="write JSON to OUT (- = stdout)")
     args = ap.parse_args(argv)
     peers.stop_on_sigterm()
     scale = tuple(int(n) for n in args.nodes.split(",") if n.strip())
     result = run(args.quick, args.reps, args.hold, lambda line: print(line, file=sys.stderr, flush=True),
-                 args.count, scale)  # fmt: skip
+                 args.count, scale, args.baseline)  # fmt: skip
     report.write_json(result, args.json)
     return 0 if result["hold"].get("holds", True) else 1
 
