@@ -14,7 +14,8 @@ so that drifting background load falls on both. Each run reports msg/s end to en
 CPU µs per message of the node process trees, of Redis, and of everything taking part
 (nodes, Redis, smtp-source, smtp-sink): when the load and the MTA share the cores, the
 lost throughput a quiet machine would show is about the ratio of that total. Also per
-message: SMTP sessions the sink saw, Redis scripts and commands. ``redis_cost`` gives the
+message: SMTP sessions the sink saw (up to the nodes' stop: smtp-sink counts a session
+when it ends), Redis scripts and commands. ``redis_cost`` gives the
 medians of the per-rep ratios (redis / local, run back to back) with their min–max.
 ``--baseline TREE`` adds a third 1-node run per rep, Redis with another checkout's code
 (``redis-base``, ``redis_cost_baseline``): the A/B of a change to the Redis path.
@@ -91,7 +92,7 @@ def children_cpu() -> float:
 def relay(group: list[peers.Fastmta], sink: peers.SmtpSink, redis: peers.Redis, count: int,
           timeout: float) -> dict[str, Any]:  # fmt: skip
     """``count`` messages split over the nodes (smtp-source each, in parallel) until the sink has all."""
-    sessions0, before = sink.counts()
+    _, before = sink.counts()
     calls0 = redis_calls(redis.url)
     cpu0 = [p.cpu() for p in group]
     other0 = (redis.cpu(), sink.cpu(), children_cpu())
@@ -108,7 +109,7 @@ def relay(group: list[peers.Fastmta], sink: peers.SmtpSink, redis: peers.Redis, 
     total = share * len(group)
     done = sink.wait_messages(before + total, timeout, stall=STALL)
     end = sink.last_message_at if done else time.perf_counter()
-    sessions1, after = sink.counts()
+    _, after = sink.counts()
     cpu = [p.cpu() - c for p, c in zip(group, cpu0, strict=True)]
     other1 = (redis.cpu(), sink.cpu(), children_cpu())
     redis_cpu, sink_cpu, source_cpu = (b - a for a, b in zip(other0, other1, strict=True))
@@ -127,7 +128,6 @@ def relay(group: list[peers.Fastmta], sink: peers.SmtpSink, redis: peers.Redis, 
         "sink_cpu_us_per_msg": round(sink_cpu * per, 1),
         "source_cpu_us_per_msg": round(source_cpu * per, 1),
         "total_cpu_us_per_msg": round((sum(cpu) + redis_cpu + sink_cpu + source_cpu) * per, 1),
-        "sink_sessions_per_1000_msgs": round((sessions1 - sessions0) * per / 1000, 2),
         "redis_scripts_per_1000_msgs": round(scripts * per / 1000, 2),
         "redis_commands_per_1000_msgs": round(commands * per / 1000, 2),
     }
@@ -203,11 +203,17 @@ def run(quick: bool, reps: int, hold: float, log: Any, count: int | None = None,
     def one(n: int, variant: str, tag: str, rep: int) -> None:
         url = redis.url if variant.startswith("redis") else None
         group = nodes(n, sink.address, url, GENEROUS, tag, baseline if variant == "redis-base" else None)
+        sessions0, _ = sink.counts()
         try:
             r = relay(group, sink, redis, count, timeout)
         finally:
             for p in group:
                 p.stop()
+        # smtp-sink counts a session when it ends, and a kept connection ends with its node
+        time.sleep(0.5)
+        r["sink_sessions_per_1000_msgs"] = round(
+            (sink.counts()[0] - sessions0) / max(1, r["delivered"]) * 1000, 2
+        )
         r.update(variant=variant, rep=rep)
         runs.append(r)
         log(
