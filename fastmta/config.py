@@ -449,7 +449,7 @@ class ClusterConfig:
     redis: str = _opt(_redis_url, "")  # "" = every limit is node-local
     on_redis_failure: str = _opt(_choice("local", "pause"), "local")
     lease_ttl: float = _opt(parse_duration, 30.0)  # a dead node's connection leases lapse after this
-    batch: int = _opt(_int(1, 10_000), 20)  # rate tokens taken from Redis at once (at most 0.1 s worth)
+    batch: int = _opt(_int(1, 10_000), 1000)  # most rate tokens taken at once (0.1 s at the node's pace)
     interval: float = _opt(parse_duration, 1.0)  # heartbeat, lease renewal and suspension poll
     timeout: float = _opt(parse_duration, 0.5)  # a Redis call slower than this counts as a failure
     prefix: str = _opt(_str, "fastmta:")  # key prefix: clusters sharing one Redis keep apart

@@ -4,9 +4,12 @@
 ``Cluster`` is the scheduler's ``SharedLimits``. A connection slot is a lease in a
 sorted set (member ``node:n``, score = expiry), held by one delivery worker for its
 life; the worker closes its destination's idle pooled connections before giving it
-back, since a receiver counts open connections. A node that dies stops renewing and
-its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken
-``batch`` tokens at a time. Suspensions and shaping limits are hashes the heartbeat
+back, since a receiver counts open connections. A worker keeps its lease, and its
+connection, while it waits for more work, until another node is refused a lease of
+the destination: the refusal raises a want flag that the holders read at their next
+heartbeat, and then give leases back as the old connections end. A node that dies
+stops renewing and its leases lapse after ``lease_ttl``. Message rates are a GCRA bucket taken in
+batches sized to the node's pace (``batch_size``). Suspensions and shaping limits are hashes the heartbeat
 polls. None of this costs a Redis round trip per message: a lease lasts a worker's
 life, tokens come in batches, and the heartbeat renews every lease in one pipeline.
 
@@ -41,6 +44,8 @@ DENIED_WAIT = 0.1  # seconds before a node asks again for a lease it was refused
 # again: nodes that were refused meanwhile (asking every DENIED_WAIT) get their turn
 YIELD = 0.15
 TOKEN_LIFE = 1.0  # seconds a node may keep rate tokens it has not spent
+BATCH_SPAN = 0.1  # a batch of rate tokens lasts this long at the node's pace, and at most at the limit
+BATCH_BASE = 20  # tokens a batch has at least (when the limit allows): what a slow node takes
 NODE_HORIZON_MS = 60_000  # a node counts as present while its heartbeat is this recent
 
 T = TypeVar("T")
@@ -54,7 +59,8 @@ StateCallback = Callable[[Suspensions, Limits], None]
 class _Dest:
     """This node's leases and unspent tokens for one destination."""
 
-    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking")
+    __slots__ = ("held", "tokens", "tokens_until", "local_next", "released", "asking", "wanted",
+                 "acquiring", "members", "opening", "took", "took_at")  # fmt: skip
 
     def __init__(self) -> None:
         self.held: list[str] = []  # lease members this node holds, one per delivery worker
@@ -63,6 +69,12 @@ class _Dest:
         self.local_next = 0.0  # fallback: next message start under this node's rate share
         self.released = 0.0  # when this node last gave a lease of it back
         self.asking: asyncio.Future[float] | None = None  # a batch of tokens being asked for
+        self.wanted = False  # another node was refused a lease of it (as of the last heartbeat)
+        self.acquiring: asyncio.Future[set[str] | None] | None = None  # an ACQUIRE being gathered
+        self.members: list[str] = []  # the lease members it asks for
+        self.opening = 0  # open() calls under way (the heartbeat keeps the entry meanwhile)
+        self.took = 0  # tokens in the last batch taken, and when (monotonic)
+        self.took_at = 0.0
 
 
 class Cluster:
@@ -85,6 +97,8 @@ class Cluster:
         self._hold = self.redis.register_script(lua.HOLD)
         self._tick = self.redis.register_script(lua.TICK)
         self._ttl_ms = int(cfg.lease_ttl * 1000)
+        # a refused node asks again every DENIED_WAIT; holders look at every heartbeat
+        self._want_ms = int(2 * cfg.interval * 1000)
         self._dests: dict[str, _Dest] = {}
         self._serial = 0
         self.up = True  # believed reachable until a call fails
@@ -145,12 +159,13 @@ class Cluster:
             return YIELD - since
         member = self._member()
         if self.up:
+            d.opening += 1
             try:
-                granted = await self._call(
-                    self._acquire(keys=[self._conn_key(key)], args=[limit, self._ttl_ms, member])
-                )
+                granted = await self._acquire_one(d, key, limit, member)
             except _Down:
                 return await self.open(key, limit)
+            finally:
+                d.opening -= 1
             if not granted:
                 return DENIED_WAIT
         elif len(d.held) >= max(1, limit // self.nodes):
@@ -158,6 +173,33 @@ class Cluster:
         d.held.append(member)
         self._m_leases.inc()
         return 0.0
+
+    async def _acquire_one(self, d: _Dest, key: str, limit: int, member: str) -> bool:
+        """Ask for a lease; the workers started in one step of the loop (a burst of new work
+        starts many at once) ask in one ACQUIRE: one round trip, not one Redis connection each."""
+        d.members.append(member)
+        if d.acquiring is not None:
+            granted = await asyncio.shield(d.acquiring)
+        else:
+            d.acquiring = asked = asyncio.get_running_loop().create_future()
+            granted = None
+            try:
+                await asyncio.sleep(0)  # the other workers of this step add their members
+                members, d.members, d.acquiring = d.members, [], None
+                got = await self._call(
+                    self._acquire(
+                        keys=[self._conn_key(key), self._want_key(key)],
+                        args=[limit, self._ttl_ms, self._want_ms, *members],
+                    )
+                )
+                granted = {_text(m) for m in got}
+            finally:
+                if d.acquiring is asked:
+                    d.members, d.acquiring = [], None
+                asked.set_result(granted)  # None: Redis failed
+        if granted is None:
+            raise _Down
+        return member in granted
 
     def close_slot(self, key: str) -> None:
         """A worker that held a lease of ``key`` ended (its connections are closed): give it back."""
@@ -173,6 +215,11 @@ class Cluster:
     def leases(self, key: str) -> int:
         d = self._dests.get(key)
         return len(d.held) if d is not None else 0
+
+    def wanted(self, key: str) -> bool:
+        """Another node was refused a lease of ``key`` lately: leases should go back for turns."""
+        d = self._dests.get(key)
+        return d is not None and d.wanted
 
     # --- message rate -------------------------------------------------------------------------
 
@@ -209,16 +256,17 @@ class Cluster:
         return wait if wait > 0 else await self.token(key, rate)
 
     async def _take_batch(self, d: _Dest, key: str, rate: float) -> float:
-        """Up to ``batch`` tokens (at most a tenth of a second's worth) into the node's stash;
-        0, or the seconds until a whole batch is there."""
-        n = max(1, min(self.cfg.batch, math.ceil(rate / 10)))
+        """A batch of tokens into the node's stash; 0, or the seconds until a whole batch is there."""
+        now = time.monotonic()
+        n = batch_size(d.took - d.tokens, now - d.took_at, d.took, rate, self.cfg.batch)
         k, wait_us = await self._call(
             self._take(keys=[self._rate_key(key)], args=[math.ceil(1e6 / rate), n, n])
         )
         if k <= 0:
             return max(int(wait_us) / 1e6, 0.001)
-        d.tokens = int(k)
-        d.tokens_until = time.monotonic() + TOKEN_LIFE
+        d.tokens = d.took = int(k)
+        d.took_at = time.monotonic()
+        d.tokens_until = d.took_at + TOKEN_LIFE
         return 0.0
 
     # --- suspensions and shaping limits -----------------------------------------------------------
@@ -247,8 +295,8 @@ class Cluster:
     async def heartbeat(self) -> None:
         """Announce this node, renew its leases, read the node count, suspensions and limits."""
         now = time.monotonic()
-        idle = [k for k, d in self._dests.items() if not d.held and now > d.released + YIELD
-                and now > max(d.tokens_until, d.local_next)]  # fmt: skip
+        idle = [k for k, d in self._dests.items() if not d.held and not d.opening and d.asking is None
+                and now > d.released + YIELD and now > max(d.tokens_until, d.local_next)]  # fmt: skip
         for key in idle:  # nothing worth keeping: the dict does not grow with every domain
             del self._dests[key]
         readd = self._reregister  # after an outage: register the leases taken meanwhile
@@ -261,17 +309,23 @@ class Cluster:
                 args=[self.node, NODE_HORIZON_MS],
                 client=pipe,
             )
-            for key, d in self._dests.items():
-                if d.held:
-                    await self._renew(
-                        keys=[self._conn_key(key)], args=[self._ttl_ms, mode, *d.held], client=pipe
-                    )
+            renewed = [(key, d) for key, d in self._dests.items() if d.held]
+            for key, d in renewed:
+                await self._renew(
+                    keys=[self._conn_key(key), self._want_key(key)],
+                    args=[self._ttl_ms, mode, *d.held],
+                    client=pipe,
+                )
             try:
                 results = await self._call(pipe.execute(), probe=True)
             except _Down:
                 return
         if readd:
             self._reregister = False
+        for d in self._dests.values():
+            d.wanted = False
+        for (_, d), want in zip(renewed, results[1:], strict=True):
+            d.wanted = bool(want)
         nodes, suspended, limited = results[0]
         self.nodes = max(1, int(nodes))
         self._m_nodes.set(self.nodes)
@@ -329,6 +383,9 @@ class Cluster:
     def _conn_key(self, key: str) -> str:
         return f"{self.cfg.prefix}conn:{key}"
 
+    def _want_key(self, key: str) -> str:
+        return f"{self.cfg.prefix}want:{key}"
+
     def _rate_key(self, key: str) -> str:
         return f"{self.cfg.prefix}rate:{key}"
 
@@ -340,6 +397,15 @@ class Cluster:
         task = asyncio.get_running_loop().create_task(run())
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+
+def batch_size(spent: int, elapsed: float, last: int, rate: float, most: int) -> int:
+    """Rate tokens to ask for: ``BATCH_SPAN`` at the pace the last batch was spent (``spent``
+    of ``last`` tokens in ``elapsed`` seconds; the rest lapsed), growing at most twofold per
+    batch, and at least ``BATCH_BASE``; never more than ``most`` nor than ``BATCH_SPAN`` of
+    the ``rate`` limit, so a node holds at most a tenth of a second's worth. At least 1."""
+    grown = min(math.ceil(spent / max(elapsed, 0.001) * BATCH_SPAN), 2 * last)
+    return max(1, min(most, math.ceil(rate * BATCH_SPAN), max(BATCH_BASE, grown)))
 
 
 class _Down(Exception):

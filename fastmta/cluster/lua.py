@@ -8,6 +8,7 @@ microseconds since the epoch.
 
 Keys (``P`` is ``[cluster] prefix``):
   ``P conn:<dest>``  sorted set of connection leases, member ``node:n``, score = expiry (ms)
+  ``P want:<dest>``  present while a node was lately refused a lease of the destination
   ``P rate:<dest>``  the GCRA "theoretical arrival time" of the destination (µs)
   ``P suspend``      hash dest → ``"<until ms> <code> <enhanced> <class> <text>"``
   ``P limit``        hash dest → ``"<until ms> <connections> <rate>"``
@@ -23,14 +24,16 @@ from __future__ import annotations
 
 _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-# KEYS[1] lease set; ARGV: limit, ttl ms, members wanted. Returns the members granted.
+# KEYS: lease set, want flag; ARGV: limit, ttl ms, want flag life ms, members wanted. Returns
+# the members granted; a refusal raises the want flag, so holders give leases back for turns.
 ACQUIRE = (
     _NOW_MS
     + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 local granted = {}
-for i = 3, #ARGV do
+if free <= 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[3]) end
+for i = 4, #ARGV do
   if free <= 0 then break end
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[i])
   granted[#granted + 1] = ARGV[i]
@@ -41,9 +44,10 @@ return granted
 """
 )
 
-# KEYS[1] lease set; ARGV: ttl ms, "XX" or "", members held. Pushes their expiry out. With
-# "XX" only members still there (one released meanwhile stays released); with "" it re-adds
-# those that lapsed while Redis was away: their connections are open, so they count.
+# KEYS: lease set, want flag; ARGV: ttl ms, "XX" or "", members held. Pushes their expiry out.
+# With "XX" only members still there (one released meanwhile stays released); with "" it re-adds
+# those that lapsed while Redis was away: their connections are open, so they count. Returns
+# 1 when another node was lately refused a lease (the want flag is up), else 0.
 RENEW = (
     _NOW_MS
     + """
@@ -54,7 +58,7 @@ for i = 3, #ARGV do
   else redis.call('ZADD', KEYS[1], exp, ARGV[i]) end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
+return redis.call('EXISTS', KEYS[2])
 """
 )
 

@@ -663,6 +663,9 @@ class Scheduler:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop starting deliveries; give running ones ``grace`` seconds, then cancel them."""
         self.held = True
+        for s in self.shards:  # workers keeping a cluster lease for more work end now
+            for dq in s.dests.values():
+                dq.wake(every=True)
         workers = [t for s in self.shards for t in s.tasks]
         if workers:
             await asyncio.wait(workers, timeout=grace)

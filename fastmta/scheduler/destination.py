@@ -38,7 +38,7 @@ class DestQueue:
         "limit_until",
         "limit_conn",
         "limit_rate",
-        "more",
+        "idle",
     )
 
     def __init__(self, dest: Destination, max_conn: int, rate: float) -> None:
@@ -56,7 +56,17 @@ class DestQueue:
         self.limit_until = 0.0  # a shaping "limit" lowers conn/rate until then
         self.limit_conn = 0
         self.limit_rate = 0.0
-        self.more: asyncio.Event | None = None  # set when work arrives for a worker waiting on a lease
+        # workers that hold a cluster lease and wait for work, its connection idle in the pool
+        self.idle: deque[asyncio.Future[None]] = deque()
+
+    def wake(self, every: bool = False) -> None:
+        """Wake one idle worker (one new item needs one connection), or ``every`` one."""
+        while self.idle:
+            fut = self.idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                if not every:
+                    return
 
     def connections(self, now: float) -> int:
         """Concurrent deliveries allowed now."""

@@ -70,6 +70,11 @@ class SharedLimits(Protocol):
         """Connection leases of ``key`` this node holds now."""
         ...
 
+    def wanted(self, key: str) -> bool:
+        """Another node waits for a lease of ``key``: workers give theirs back at the end of a
+        connection's worth of messages, and idle ones at once, instead of keeping them."""
+        ...
+
     async def token(self, key: str, rate: float) -> float:
         """0: one message to ``key`` may start (``rate`` ≤ 0: unlimited); else seconds to wait."""
         ...

@@ -11,7 +11,6 @@ suspended or dead only ever occupies its own workers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import zlib
 from collections.abc import Callable
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("fastmta.scheduler")
-LEASE_GRACE = 0.25  # seconds a worker with a cluster lease keeps it (and its connection) for more work
+LEASE_GRACE = 0.25  # seconds an idle worker keeps its cluster lease while another node asks for one
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -65,8 +64,8 @@ class Shard:
             return
         dq.ready.append(work)
         self.ready += 1
-        if dq.more is not None:
-            dq.more.set()
+        if dq.idle:
+            dq.wake()
         self.kick(dq, now)
 
     def kick(self, dq: DestQueue, now: float) -> None:
@@ -88,13 +87,19 @@ class Shard:
         sched = self.sched
         shared = sched.shared if dq.dest.key != LOCAL_KEY else None  # local delivery is this node's own
         leased = False
-        # with a cluster lease, a worker gives it back after a connection's worth of messages,
-        # so nodes waiting for the destination take their turn (as the connection would end)
-        budget = sched.cfg.delivery.max_messages_per_connection if shared is not None else -1
+        # with a cluster lease, a worker gives it back after a connection's worth of messages
+        # when another node was refused one (as the connection would end), else it goes on
+        per_lease = sched.cfg.delivery.max_messages_per_connection if shared is not None else -1
+        budget = per_lease
         try:
             if shared is not None:
                 leased = await self._lease(dq, shared)
-            while budget and (dq.ready or (leased and await self._more_work(dq))):
+            while dq.ready or (leased and await self._more_work(dq)):
+                if not budget:
+                    assert shared is not None
+                    if shared.wanted(dq.dest.key):
+                        break
+                    budget = per_lease
                 budget -= 1
                 now = sched.clock()
                 if dq.suspended(now) or sched.held or dq.inflight >= dq.connections(now):
@@ -106,7 +111,7 @@ class Shard:
                         if not dq.ready or dq.suspended(sched.clock()):
                             return
                 elif not await self._token(dq, shared):
-                    return
+                    continue  # the work went to another worker meanwhile: wait for more, leased
                 work = dq.ready.popleft()
                 self.ready -= 1
                 if dq.parked and len(dq.ready) < sched.dest_cap // 2:
@@ -152,13 +157,32 @@ class Shard:
             shared.close_slot(dq.dest.key)
 
     async def _more_work(self, dq: DestQueue) -> bool:
-        """A worker holding a cluster lease waits a moment for more work before it hangs up:
-        mail arriving in a trickle would otherwise cost a lease and a new connection each."""
-        if dq.more is None:
-            dq.more = asyncio.Event()
-        dq.more.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(dq.more.wait(), LEASE_GRACE)
+        """A worker holding a cluster lease keeps it, and its connection in the pool, while work
+        may come: a lease given back between bursts would cost a Redis round trip and a new
+        connection each. It waits as long as the pool keeps an idle connection
+        (``idle_timeout``), or only ``LEASE_GRACE`` while another node asks for the
+        destination (a queue runs dry for a moment between the scheduler's rounds, and a
+        lease given back at once would be asked for again at once); not once delivery stops."""
+        sched = self.sched
+        shared = sched.shared
+        assert shared is not None
+        key = dq.dest.key
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        end = start + sched.cfg.delivery.idle_timeout
+        while not dq.ready:
+            if shared.wanted(key):
+                end = min(end, start + LEASE_GRACE)
+            left = end - loop.time()
+            if left <= 0 or sched.held or dq.suspended(sched.clock()):
+                return False
+            fut: asyncio.Future[None] = loop.create_future()
+            dq.idle.append(fut)
+            try:
+                await asyncio.wait_for(fut, min(left, sched.cfg.cluster.interval))
+            except TimeoutError:
+                if fut in dq.idle:
+                    dq.idle.remove(fut)
         return not self._stopped(dq)
 
     def _stopped(self, dq: DestQueue) -> bool:

@@ -67,6 +67,56 @@ def test_connection_leases_hold_across_nodes(redis_server: Callable[[], RedisSer
     run(main)
 
 
+def test_a_refused_node_is_heard_by_the_holders(redis_server: Callable[[], RedisServer]) -> None:
+    """Holders keep idle leases until another node is refused one: the refusal raises a want
+    flag, each holder sees it at its next heartbeat, and it falls again once nobody asks."""
+    r = redis_server()
+
+    async def main() -> None:
+        a, b = await started(r.url, "a"), await started(r.url, "b")
+        try:
+            assert await a.open(KEY, 1) == 0
+            await a.heartbeat()
+            assert not a.wanted(KEY)  # nobody asked: a keeps its lease, idle or not
+            assert await b.open(KEY, 1) == DENIED_WAIT
+            assert not a.wanted(KEY)  # heard at the next heartbeat, not before
+            await a.heartbeat()
+            assert a.wanted(KEY) and not b.wanted(KEY)  # b holds nothing: nothing to give
+            await until(lambda: not a.wanted(KEY), 5)  # b stopped asking: the flag lapses
+            assert await b.open(KEY, 2) == 0  # a grant raises no flag
+            await a.heartbeat()
+            assert not a.wanted(KEY)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_workers_started_together_ask_in_one_script(redis_server: Callable[[], RedisServer]) -> None:
+    """A burst of new work starts many workers at once: one ACQUIRE for all of them, granted up
+    to the limit (one Redis round trip and connection, not one each)."""
+    r = redis_server()
+
+    async def main() -> list[float]:
+        a = await started(r.url, "a")
+        try:
+            r.command("CONFIG", "RESETSTAT")
+            waits = await asyncio.gather(*(a.open(KEY, 3) for _ in range(5)))
+            assert a.leases(KEY) == 3
+            assert int(r.command("ZCARD", f"fastmta:conn:{KEY}").split(b":")[1]) == 3
+        finally:
+            await a.close()
+        return list(waits)
+
+    waits = run(main)
+    assert sorted(waits) == [0, 0, 0, DENIED_WAIT, DENIED_WAIT]
+    stats = r.command("INFO", "commandstats").decode().splitlines()
+    line = next(x for x in stats if x.startswith("cmdstat_evalsha:"))
+    stat = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))
+    assert int(stat["calls"]) - int(stat["failed_calls"]) == 1, line  # (a first NOSCRIPT loads the script)
+
+
 def test_a_dead_nodes_leases_lapse(redis_server: Callable[[], RedisServer]) -> None:
     r = redis_server()
 
@@ -123,7 +173,7 @@ def test_rate_tokens_are_shared_and_batched(redis_server: Callable[[], RedisServ
     sent, calls = run(main)
     # rate × time, plus the one burst of the shared bucket (a tenth of a second: 20 tokens)
     assert rate * seconds * 0.85 <= sent <= rate * seconds + 20 + 1, sent
-    # tokens come 20 at a time (0.1 s worth); three nodes waking for the same batch each
+    # tokens come up to 20 at a time (0.1 s worth); three nodes waking for the same batch each
     # ask for it (a refused ask waits for the next whole batch): a few round trips per
     # 20 messages, never one per message
     assert calls <= sent / 3, (calls, sent)

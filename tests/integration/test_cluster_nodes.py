@@ -91,6 +91,27 @@ def test_destination_limits_hold_across_nodes(
         assert sink.peak_open > 2, sink.peak_open  # each node alone keeps its own 2
 
 
+def test_an_idle_lease_keeps_its_connection(
+    cluster: Callable[..., Any], redis_server: Callable[[], RedisServer], sinks: Callable[..., Any]
+) -> None:
+    """Between two bursts a worker keeps its lease and its pooled connection (for the pool's
+    ``idle_timeout``, 1 s here): no new lease, no new connection; past it both go back."""
+    port = free_port()
+    sink = sinks("127.0.0.1", port)
+    redis = redis_server()
+    _, front = cluster(1, redis.url, port, "max_connections_per_destination = 1\n")
+    key = f"fastmta:conn:[127.0.0.1]:{port}"
+    send(front, 3, "first", threads=1)
+    sink.wait_messages(3, timeout=30)
+    time.sleep(0.6)  # idle, well within idle_timeout
+    assert redis.command("ZCARD", key) == b":1\r\n"  # the lease is still held
+    send(front, 3, "second", threads=1)
+    sink.wait_messages(6, timeout=30)
+    assert sink.connections == 1  # the second burst went over the first burst's connection
+    wait_until(lambda: redis.command("ZCARD", key) == b":0\r\n", 10, "the idle lease going back")
+    wait_until(lambda: sink.open_now == 0, 5, "its connection closed")
+
+
 def test_a_shaping_suspension_holds_on_every_node(
     cluster: Callable[..., Any], redis_server: Callable[[], RedisServer], sinks: Callable[..., Any]
 ) -> None:

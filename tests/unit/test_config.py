@@ -285,7 +285,7 @@ def test_tls_policy_keys() -> None:
 def test_cluster_defaults_keep_limits_node_local() -> None:
     c = config.from_dict({"hostname": "mx1.example.test"}).cluster
     assert (c.redis, c.node_id, c.on_redis_failure) == ("", "mx1.example.test", "local")
-    assert (c.lease_ttl, c.batch, c.interval, c.timeout, c.prefix) == (30.0, 20, 1.0, 0.5, "fastmta:")
+    assert (c.lease_ttl, c.batch, c.interval, c.timeout, c.prefix) == (30.0, 1000, 1.0, 0.5, "fastmta:")
 
 
 def test_cluster_errors_name_their_key() -> None:
