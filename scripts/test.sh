@@ -13,8 +13,6 @@ sh scripts/install-tools.sh
 FASTMTA_EXTRAS=test,bench sh scripts/venv.sh
 make lint typecheck
 export CI="${CI:-1}"
-workers="-n ${FASTMTA_TEST_WORKERS:-4} --dist worksteal"
-# shellcheck disable=SC2086  # $workers is split into its words on purpose
-FASTMTA_REQUIRE_CYTHON=1 .venv/bin/python -m pytest -q $workers "$@"
-# shellcheck disable=SC2086
-FASTMTA_PURE_PYTHON=1 .venv/bin/python -m pytest -q $workers "$@"
+n="${FASTMTA_TEST_WORKERS:-4}"
+FASTMTA_REQUIRE_CYTHON=1 .venv/bin/python -m pytest -q -n "$n" --dist worksteal "$@"
+FASTMTA_PURE_PYTHON=1 .venv/bin/python -m pytest -q -n "$n" --dist worksteal "$@"

@@ -37,6 +37,20 @@ DEAD_DNS = "127.0.0.1:9"
 STARTUP_TIMEOUT = 60.0
 
 
+def safe_sections(text: str, tmp: Path, spool: bool = True) -> str:
+    """``text`` (a config) plus safe test values for each section it leaves out: the spool
+    (unless ``spool`` is false) and the maildir in ``tmp``, DNS on the dead port, metrics off."""
+    if spool and "[spool]" not in text:
+        text += f'\n[spool]\npath = "{tmp / "spool"}"\nmap_size = "64MiB"\n'
+    if "[dns]" not in text:
+        text += f'\n[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n'
+    if "[metrics]" not in text:
+        text += '\n[metrics]\naddress = ""\n'
+    if "[local]" not in text:
+        text += f'\n[local]\nmaildir = "{tmp / "mail"}"\n'
+    return text
+
+
 def require_tool(name: str) -> str:
     """Path of a real tool the test needs; a missing tool is a failure, never a skip."""
     path = shutil.which(name) or next(
