@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.support import DEAD_DNS, free_port
+from tests.support import free_port, safe_sections
 
 # Timing is no property of the code under test: on a loaded CI machine an example may run
 # past Hypothesis's 200 ms deadline, or generation may trip the too_slow health check.
@@ -37,15 +37,7 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a TOML config into tmp_path; spool, maildir and DNS default to safe test values."""
 
     def make(body: str = "", name: str = "fastmta.toml", spool: bool = True) -> Path:
-        text = textwrap.dedent(body)
-        if spool and "[spool]" not in text:
-            text += f'\n[spool]\npath = "{tmp_path / "spool"}"\nmap_size = "64MiB"\n'
-        if "[dns]" not in text:
-            text += f'\n[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n'
-        if "[metrics]" not in text:
-            text += '\n[metrics]\naddress = ""\n'
-        if "[local]" not in text:
-            text += f'\n[local]\nmaildir = "{tmp_path / "mail"}"\n'
+        text = safe_sections(textwrap.dedent(body), tmp_path, spool)
         if not text.lstrip().startswith("hostname") and "\nhostname" not in text:
             text = 'hostname = "mx.fastmta.test"\n' + text
         path = tmp_path / name

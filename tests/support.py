@@ -8,6 +8,7 @@ processes on loopback. A missing tool fails the test; it never skips it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +31,24 @@ PYTHON = sys.executable
 # Every test config points DNS here unless it starts its own dnsmasq: a dead
 # loopback port, so no query can ever leave the machine.
 DEAD_DNS = "127.0.0.1:9"
+# How long a server or tool may take to start listening. A safety net, reached only when
+# something is broken: a start takes about a second on an idle machine, but tens of seconds
+# while the suite runs on several workers on a loaded 2-core one.
+STARTUP_TIMEOUT = 60.0
+
+
+def safe_sections(text: str, tmp: Path, spool: bool = True) -> str:
+    """``text`` (a config) plus safe test values for each section it leaves out: the spool
+    (unless ``spool`` is false) and the maildir in ``tmp``, DNS on the dead port, metrics off."""
+    if spool and "[spool]" not in text:
+        text += f'\n[spool]\npath = "{tmp / "spool"}"\nmap_size = "64MiB"\n'
+    if "[dns]" not in text:
+        text += f'\n[dns]\nnameservers = ["{DEAD_DNS}"]\ntimeout = "1s"\n'
+    if "[metrics]" not in text:
+        text += '\n[metrics]\naddress = ""\n'
+    if "[local]" not in text:
+        text += f'\n[local]\nmaildir = "{tmp / "mail"}"\n'
+    return text
 
 
 def require_tool(name: str) -> str:
@@ -48,8 +68,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold the machine-wide lock ``name`` (an flock on a file in the temp directory).
+
+    For what a test binds that the machine has once, such as port 443 on a fixed
+    loopback address: tests on parallel pytest-xdist workers, or in another checkout's
+    run on the same machine, take turns instead of failing with EADDRINUSE. The file
+    stays; removing it would let two holders lock two different files.
+    """
+    with open(Path(tempfile.gettempdir()) / f"fastmta-tests-{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def wait_port(
-    host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+    host: str, port: int, timeout: float = STARTUP_TIMEOUT, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Wait until something accepts on host:port (or fail, showing the process's stderr)."""
     deadline = time.monotonic() + timeout
@@ -155,7 +192,7 @@ class ServerProcess:
                 self.stop()
                 raise
 
-    def wait_listening(self, host: str, port: int, timeout: float = 20.0) -> None:
+    def wait_listening(self, host: str, port: int, timeout: float = STARTUP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

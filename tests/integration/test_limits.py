@@ -164,22 +164,10 @@ def test_max_connections_global(srv: Running) -> None:
     clients = [RawClient(srv.host, srv.port) for _ in range(4)]
     try:
         for _ in range(2):
-            s = socket.socket()
-            s.bind(("127.0.0.2", 0))
-            s.settimeout(30)
-            s.connect((srv.host, srv.port))
-            c = RawClient.__new__(RawClient)
-            c.sock, c.buf = s, b""
-            assert c.reply().startswith(b"220 ")
-            clients.append(c)
-        s = socket.socket()
-        s.bind(("127.0.0.3", 0))
-        s.settimeout(30)
-        s.connect((srv.host, srv.port))
-        c = RawClient.__new__(RawClient)
-        c.sock, c.buf = s, b""
-        assert c.reply().startswith(b"421 4.3.2")
-        c.close()
+            clients.append(RawClient(srv.host, srv.port, source="127.0.0.2"))
+            assert clients[-1].banner.startswith(b"220 ")
+        with RawClient(srv.host, srv.port, source="127.0.0.3") as c:
+            assert c.banner.startswith(b"421 4.3.2")
     finally:
         for c in clients:
             c.close()

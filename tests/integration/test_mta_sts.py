@@ -54,6 +54,41 @@ async def deliver(tls: TlsPolicy, bodies: Bodies, env: Any, dest: Destination = 
         await d.close()
 
 
+class Sts:
+    """a.test for one test: its zone (one dnsmasq per TXT ``ident``), its MX sink and one
+    message delivered the way the scheduler does, through a TlsPolicy over opportunistic TLS."""
+
+    def __init__(self, dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str) -> None:
+        self._dnsmasq, self._sinks, self.port, self.ca_file = dnsmasq, sinks, sink_port, tls_ca_file
+        self._zones: dict[str, Any] = {}
+        self.bodies = Bodies()
+        self.env = envelope(self.bodies, ["b@a.test"])
+
+    def zone(self, ident: str = "1") -> Any:
+        if ident not in self._zones:
+            self._zones[ident] = zone(self._dnsmasq, ident)
+        return self._zones[ident]
+
+    def mx(self, *names: str, starttls: bool = True, **script: Any) -> Any:
+        """mx1.a.test on 127.0.0.2, offering STARTTLS with a certificate for ``names``."""
+        return self._sinks("127.0.0.2", self.port, starttls=starttls, tls_names=names, **script)
+
+    def policy(self, ident: str = "1", cache: PolicyCache | None = None, **delivery: Any) -> TlsPolicy:
+        dns = self.zone(ident)
+        cfg = make_cfg(dns.address, self.port, tls="opportunistic", tls_ca_file=self.ca_file, **delivery)
+        return policy_for(cfg, dns, cache)
+
+    def deliver(self, tls: TlsPolicy | None = None, env: Any = None) -> Attempt:
+        """The message (or ``env``) delivered once through ``tls`` (default: a new ``policy()``)."""
+        policy = tls or self.policy()
+        return run(lambda: deliver(policy, self.bodies, env or self.env))
+
+
+@pytest.fixture
+def sts(dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str) -> Sts:
+    return Sts(dnsmasq, sinks, sink_port, tls_ca_file)
+
+
 def no_plaintext(sink: Any) -> None:
     assert sink.messages == []
     assert not any(c.split()[0] in ("MAIL", "RCPT", "DATA", "BDAT") for c in sink.commands), sink.commands
@@ -69,18 +104,13 @@ def fetches(result: str) -> float:
     return metrics.mta_sts_fetches_total.labels(result)._value.get()
 
 
-def test_enforce_verified_delivery_and_cache(dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str,
-                                             policy_server: HttpsServer) -> None:  # fmt: skip
-    dns = zone(dnsmasq)
+def test_enforce_verified_delivery_and_cache(sts: Sts, policy_server: HttpsServer) -> None:
     policy_server.policy(sts_policy("enforce", "mx1.a.test"))
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("mx1.a.test",))
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    tls = policy_for(cfg, dns)
-    bodies = Bodies()
+    mx1 = sts.mx("mx1.a.test")
+    tls = sts.policy()
     ok_before = fetches("ok")
     for i in range(2):
-        env = envelope(bodies, ["b@a.test"], msg_id=f"m{i}")
-        attempt = run(lambda env=env: deliver(tls, bodies, env))
+        attempt = sts.deliver(tls, envelope(sts.bodies, ["b@a.test"], msg_id=f"m{i}"))
         assert isinstance(attempt.outcomes[0], Delivered), attempt.outcomes
         assert attempt.tls_policy == "mta-sts-enforce" and attempt.tls in ("TLSv1.2", "TLSv1.3")
     assert len(mx1.messages) == 2 and all(m.tls for m in mx1.messages)
@@ -90,20 +120,14 @@ def test_enforce_verified_delivery_and_cache(dnsmasq: Any, sinks: Any, sink_port
 
 
 @pytest.mark.parametrize("failure", ["name", "expired", "untrusted", "no_starttls"])
-def test_enforce_failures_defer_never_plaintext(dnsmasq: Any, sinks: Any, sink_port: int, tls_ca: Any,
-                                                tls_ca_file: str, policy_server: HttpsServer,
+def test_enforce_failures_defer_never_plaintext(sts: Sts, tls_ca: Any, policy_server: HttpsServer,
                                                 failure: str) -> None:  # fmt: skip
-    dns = zone(dnsmasq)
     policy_server.policy(sts_policy("enforce", "mx1.a.test"))
     if failure == "no_starttls":
-        mx1 = sinks("127.0.0.2", sink_port)
+        mx1 = sts.mx(starttls=False)
     else:
-        ctx = _server_ctx(tls_ca, failure)
-        mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_context=ctx)
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    attempt = run(lambda: deliver(policy_for(cfg, dns), bodies, env))
+        mx1 = sts.mx(tls_context=_server_ctx(tls_ca, failure))
+    attempt = sts.deliver()
     o = attempt.outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls", o
     assert attempt.tls_policy == "mta-sts-enforce"
@@ -124,41 +148,27 @@ def _server_ctx(ca: Any, failure: str) -> ssl.SSLContext:
     return ctx
 
 
-def test_enforce_mx_mismatch_never_connects(dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str,
-                                            policy_server: HttpsServer) -> None:  # fmt: skip
-    dns = zone(dnsmasq)
+def test_enforce_mx_mismatch_never_connects(sts: Sts, policy_server: HttpsServer) -> None:
     policy_server.policy(sts_policy("enforce", "*.elsewhere.test"))
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("mx1.a.test",))
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    attempt = run(lambda: deliver(policy_for(cfg, dns), bodies, env))
-    o = attempt.outcomes[0]
+    mx1 = sts.mx("mx1.a.test")
+    o = sts.deliver().outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls" and o.reply.enhanced == "4.7.5"
     assert mx1.connections == 0
 
 
-def test_testing_mode_delivers_despite_a_bad_certificate(dnsmasq: Any, sinks: Any, sink_port: int,
-                                                         tls_ca_file: str,
-                                                         policy_server: HttpsServer) -> None:  # fmt: skip
-    dns = zone(dnsmasq)
+def test_testing_mode_delivers_despite_a_bad_certificate(sts: Sts, policy_server: HttpsServer) -> None:
     policy_server.policy(sts_policy("testing", "mx1.a.test"))
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("wrong.a.test",))
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
+    mx1 = sts.mx("wrong.a.test")
     failed = metrics.tls_policy_total.labels("mta-sts-testing", "failed")._value.get()
-    attempt = run(lambda: deliver(policy_for(cfg, dns), bodies, env))
+    attempt = sts.deliver()
     assert isinstance(attempt.outcomes[0], Delivered) and attempt.tls_policy == "mta-sts-testing"
     assert mx1.messages[0].tls  # encrypted without verification, as opportunistic TLS is
     assert metrics.tls_policy_total.labels("mta-sts-testing", "failed")._value.get() == failed + 1
 
 
 @pytest.mark.parametrize("answer", ["404", "redirect", "too_large", "bad_type", "invalid", "down"])
-def test_fetch_failure_without_cache_delivers_as_without_policy(
-    dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str, https_server: Any, answer: str
-) -> None:
-    dns = zone(dnsmasq)
+def test_fetch_failure_without_cache_delivers_as_without_policy(sts: Sts, https_server: Any,
+                                                                answer: str) -> None:  # fmt: skip
     if answer != "down":
         srv = https_server(POLICY_HOST, ["mta-sts.a.test"])
         good = sts_policy("enforce", "mx1.a.test")
@@ -170,73 +180,50 @@ def test_fetch_failure_without_cache_delivers_as_without_policy(
             "invalid": (200, "text/plain", b"version: STSv2\r\nmode: enforce\r\nmx: mx1.a.test\r\n", {}),
         }[answer]
         srv.routes["/other.txt"] = (200, "text/plain", good.encode(), {})
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("wrong.a.test",))
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    attempt = run(lambda: deliver(policy_for(cfg, dns), bodies, env))
+    mx1 = sts.mx("wrong.a.test")
+    attempt = sts.deliver()
     assert isinstance(attempt.outcomes[0], Delivered), attempt.outcomes
     assert attempt.tls_policy == "opportunistic" and len(mx1.messages) == 1
     if answer == "redirect":
         assert [r.path for r in srv.requests] == ["/.well-known/mta-sts.txt"]  # never followed
 
 
-def test_fetch_failure_with_cached_policy_still_enforces(dnsmasq: Any, sinks: Any, sink_port: int,
-                                                         tls_ca_file: str, policy_server: HttpsServer,
+def test_fetch_failure_with_cached_policy_still_enforces(sts: Sts, policy_server: HttpsServer,
                                                          tmp_path: Path) -> None:  # fmt: skip
     """The policy survives a restart (its file) and a fetch failure for a new TXT id."""
     state = tmp_path / "mta-sts.json"
-    dns1 = zone(dnsmasq, ident="1")
     policy_server.policy(sts_policy("enforce", "mx1.a.test"))
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("mx1.a.test",))
-    cfg1 = make_cfg(dns1.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    attempt = run(lambda: deliver(policy_for(cfg1, dns1, PolicyCache(StateFile(str(state)))), bodies, env))
+    mx1 = sts.mx("mx1.a.test")
+    attempt = sts.deliver(sts.policy("1", PolicyCache(StateFile(str(state)))))
     assert isinstance(attempt.outcomes[0], Delivered)
     assert json.loads(state.read_text())["policies"][0]["mode"] == "enforce"
     # "restart": a new cache from the file; the domain now publishes id 2 and its server is broken
     policy_server.routes.clear()
-    dns2 = zone(dnsmasq, ident="2")
-    cfg2 = make_cfg(dns2.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
     mx1.tls_context = _server_ctx(None, "untrusted")
     before = len(mx1.commands)
-    attempt = run(lambda: deliver(policy_for(cfg2, dns2, PolicyCache(StateFile(str(state)))), bodies, env))
+    attempt = sts.deliver(sts.policy("2", PolicyCache(StateFile(str(state)))))
     o = attempt.outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls" and attempt.tls_policy == "mta-sts-enforce"
     assert not any(c.startswith("MAIL") for c in mx1.commands[before:])
     assert policy_server.fetches() == 2
 
 
-def test_mode_none_withdraws_the_cached_policy(dnsmasq: Any, sinks: Any, sink_port: int, tls_ca_file: str,
-                                               policy_server: HttpsServer) -> None:  # fmt: skip
+def test_mode_none_withdraws_the_cached_policy(sts: Sts, policy_server: HttpsServer) -> None:
     cache = PolicyCache()
-    dns1 = zone(dnsmasq, ident="1")
     policy_server.policy(sts_policy("enforce", "mx1.a.test"))
-    cfg1 = make_cfg(dns1.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("wrong.a.test",))
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    o = run(lambda: deliver(policy_for(cfg1, dns1, cache), bodies, env)).outcomes[0]
+    mx1 = sts.mx("wrong.a.test")
+    o = sts.deliver(sts.policy("1", cache)).outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls"
     policy_server.policy(sts_policy("none", max_age=86400))
-    dns2 = zone(dnsmasq, ident="2")
-    cfg2 = make_cfg(dns2.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file)
-    attempt = run(lambda: deliver(policy_for(cfg2, dns2, cache), bodies, env))
+    attempt = sts.deliver(sts.policy("2", cache))
     assert isinstance(attempt.outcomes[0], Delivered) and attempt.tls_policy == "opportunistic"
     assert cache.get("a.test") is None
     assert mx1.messages[0].data.endswith(BODY)
 
 
-def test_routes_and_disabled_mta_sts_ignore_policies(dnsmasq: Any, sinks: Any, sink_port: int,
-                                                     tls_ca_file: str,
-                                                     policy_server: HttpsServer) -> None:  # fmt: skip
-    dns = zone(dnsmasq)
+def test_routes_and_disabled_mta_sts_ignore_policies(sts: Sts, policy_server: HttpsServer) -> None:
     policy_server.policy(sts_policy("enforce", "mx1.a.test"))
-    mx1 = sinks("127.0.0.2", sink_port, starttls=True, tls_names=("wrong.a.test",))
-    cfg = make_cfg(dns.address, sink_port, tls="opportunistic", tls_ca_file=tls_ca_file, mta_sts=False)
-    bodies = Bodies()
-    env = envelope(bodies, ["b@a.test"])
-    attempt = run(lambda: deliver(policy_for(cfg, dns), bodies, env))
+    mx1 = sts.mx("wrong.a.test")
+    attempt = sts.deliver(sts.policy(mta_sts=False))
     assert isinstance(attempt.outcomes[0], Delivered) and attempt.tls_policy == "opportunistic"
     assert policy_server.fetches() == 0 and len(mx1.messages) == 1

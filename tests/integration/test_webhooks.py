@@ -13,22 +13,10 @@ import hmac
 import smtplib
 import time
 from collections.abc import Callable
-from typing import Any
 
-from tests.fixtures.http import WebhookReceiver
-from tests.fixtures.server import Running, serve_fastmta
-from tests.fixtures.sink import Sink
+from tests.fixtures.http import WEBHOOK_SECRET, WebhookRelay
+from tests.fixtures.server import Running
 from tests.support import ServerProcess, wait_until
-
-SECRET = "s3cret"
-
-
-def _config(hook: WebhookReceiver, sink_port: int, **keys: str) -> str:
-    keys = {"batch_size": "5", "max_delay": '"200ms"', "timeout": '"1s"', "secret": f'"{SECRET}"', **keys}
-    webhook = "".join(f"{k} = {v}\n" for k, v in keys.items())
-    return (f'[delivery]\nhold = false\nretry_schedule = ["1s"]\n'
-            f'[[route]]\ndomain = "*"\nnexthop = "127.0.0.2:{sink_port}"\n'
-            f'[[webhook]]\nname = "app"\nurl = "{hook.url}"\n{webhook}')  # fmt: skip
 
 
 def _send(srv: Running, rcpts: list[str]) -> None:
@@ -42,66 +30,43 @@ def _logged(proc: ServerProcess, events: tuple[str, ...]) -> list[tuple[str, str
 
 
 def test_failing_webhook_gets_every_event_signed_in_batches_once_it_answers(
-    tmp_path: Any,
-    sinks: Callable[..., Sink],
-    sink_port: int,
-    webhook_receiver: Callable[..., WebhookReceiver],
+    webhook_relay: Callable[..., WebhookRelay],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
-    hook = webhook_receiver(mode="fail")
-    srv = serve_fastmta(tmp_path, _config(hook, sink_port))
-    try:
-        _send(srv, [f"u{i}@a.test" for i in range(12)])
-        box.wait_messages(12)
-        wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 12, 30, "12 delivered lines")
-        wait_until(lambda: hook.attempts >= 2, 30, "retried POSTs")
-        assert hook.posts == []
-        hook.mode = "ok"
-        events = hook.wait_events(12)
-        assert [len(p.events) for p in hook.posts] == [5, 5, 2]  # batch_size, at and below the edge
-        for p in hook.posts:
-            want = "sha256=" + hmac.new(SECRET.encode(), p.body, hashlib.sha256).hexdigest()
-            assert p.headers["X-Fastmta-Signature"] == want
-        assert sorted((e["id"], e["event"]) for e in events) == sorted(
-            (i, ev) for i, ev, _ in _logged(srv.proc, ("delivered",))
-        )
-        assert {e["rcpt"] for e in events} == {f"u{i}@a.test" for i in range(12)}
-        assert all(e["code"] == 250 and e["nexthop"] for e in events)
-        time.sleep(1.5)  # acknowledged: never sent again, the journal is pruned without an error
-        assert len(hook.posts) == 3 and "Traceback" not in srv.proc.stderr()
-    finally:
-        srv.proc.stop()
+    box, hook, srv = webhook_relay(mode="fail")
+    _send(srv, [f"u{i}@a.test" for i in range(12)])
+    box.wait_messages(12)
+    wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 12, 30, "12 delivered lines")
+    wait_until(lambda: hook.attempts >= 2, 30, "retried POSTs")
+    assert hook.posts == []
+    hook.mode = "ok"
+    events = hook.wait_events(12)
+    assert [len(p.events) for p in hook.posts] == [5, 5, 2]  # batch_size, at and below the edge
+    for p in hook.posts:
+        want = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), p.body, hashlib.sha256).hexdigest()
+        assert p.headers["X-Fastmta-Signature"] == want
+    assert sorted((e["id"], e["event"]) for e in events) == sorted(
+        (i, ev) for i, ev, _ in _logged(srv.proc, ("delivered",))
+    )
+    assert {e["rcpt"] for e in events} == {f"u{i}@a.test" for i in range(12)}
+    assert all(e["code"] == 250 and e["nexthop"] for e in events)
+    time.sleep(1.5)  # acknowledged: never sent again, the journal is pruned without an error
+    assert len(hook.posts) == 3 and "Traceback" not in srv.proc.stderr()
 
 
-def test_stalled_webhook_times_out_and_is_retried(
-    tmp_path: Any,
-    sinks: Callable[..., Sink],
-    sink_port: int,
-    webhook_receiver: Callable[..., WebhookReceiver],
-) -> None:
-    sinks("127.0.0.2", sink_port)
-    hook = webhook_receiver(mode="stall")
-    srv = serve_fastmta(tmp_path, _config(hook, sink_port))
-    try:
-        _send(srv, ["s1@a.test", "s2@a.test"])
-        wait_until(lambda: hook.attempts >= 2, 60, "a second POST after the first timed out")
-        # a stalled webhook never holds delivery up
-        assert len(_logged(srv.proc, ("delivered",))) == 2
-        hook.mode = "ok"
-        assert {e["rcpt"] for e in hook.wait_events(2)} == {"s1@a.test", "s2@a.test"}
-    finally:
-        srv.proc.stop()
+def test_stalled_webhook_times_out_and_is_retried(webhook_relay: Callable[..., WebhookRelay]) -> None:
+    _, hook, srv = webhook_relay(mode="stall")
+    _send(srv, ["s1@a.test", "s2@a.test"])
+    wait_until(lambda: hook.attempts >= 2, 60, "a second POST after the first timed out")
+    # a stalled webhook never holds delivery up
+    assert len(_logged(srv.proc, ("delivered",))) == 2
+    hook.mode = "ok"
+    assert {e["rcpt"] for e in hook.wait_events(2)} == {"s1@a.test", "s2@a.test"}
 
 
 def test_kill_9_before_the_post_the_event_arrives_after_restart(
-    tmp_path: Any,
-    sinks: Callable[..., Sink],
-    sink_port: int,
-    webhook_receiver: Callable[..., WebhookReceiver],
+    webhook_relay: Callable[..., WebhookRelay],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
-    hook = webhook_receiver(start=False)  # down: connection refused
-    srv = serve_fastmta(tmp_path, _config(hook, sink_port))
+    box, hook, srv = webhook_relay(start=False)  # down: connection refused
     _send(srv, ["k1@a.test", "k2@a.test", "k3@a.test"])
     box.wait_messages(3)
     wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 3, 30, "3 delivered lines")
@@ -118,28 +83,21 @@ def test_kill_9_before_the_post_the_event_arrives_after_restart(
 
 
 def test_webhook_down_for_a_while_gets_every_event_in_order_per_message(
-    tmp_path: Any,
-    sinks: Callable[..., Sink],
-    sink_port: int,
-    webhook_receiver: Callable[..., WebhookReceiver],
+    webhook_relay: Callable[..., WebhookRelay],
 ) -> None:
     rcpts = [f"d{i}@a.test" for i in range(6)]
-    box = sinks("127.0.0.2", sink_port, rcpt_default="451 4.7.1 try again later")
-    hook = webhook_receiver(start=False)
-    srv = serve_fastmta(tmp_path, _config(hook, sink_port, batch_size="4"))
-    try:
-        _send(srv, rcpts)
-        wait_until(lambda: len(_logged(srv.proc, ("deferred",))) >= 6, 30, "first attempts deferred")
-        box.script.rcpt_default = None
-        box.wait_messages(6, 60)
-        wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 6, 30, "6 delivered lines")
-        time.sleep(1.5)  # the sender retried against the dead port meanwhile
-        hook.start()
-        logged = _logged(srv.proc, ("deferred", "delivered"))
-        hook.wait_events(len(logged))
-        got = [(e["id"], e["event"], e["attempt"]) for e in hook.events()]
-        assert set(got) == set(logged)  # none missing (duplicates would be allowed)
-        for msg_id in {i for i, _, _ in logged}:
-            assert [g for g in got if g[0] == msg_id] == [x for x in logged if x[0] == msg_id]
-    finally:
-        srv.proc.stop()
+    deferring = {"rcpt_default": "451 4.7.1 try again later"}
+    box, hook, srv = webhook_relay(start=False, sink=deferring, batch_size="4")
+    _send(srv, rcpts)
+    wait_until(lambda: len(_logged(srv.proc, ("deferred",))) >= 6, 30, "first attempts deferred")
+    box.script.rcpt_default = None
+    box.wait_messages(6, 60)
+    wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 6, 30, "6 delivered lines")
+    time.sleep(1.5)  # the sender retried against the dead port meanwhile
+    hook.start()
+    logged = _logged(srv.proc, ("deferred", "delivered"))
+    hook.wait_events(len(logged))
+    got = [(e["id"], e["event"], e["attempt"]) for e in hook.events()]
+    assert set(got) == set(logged)  # none missing (duplicates would be allowed)
+    for msg_id in {i for i, _, _ in logged}:
+        assert [g for g in got if g[0] == msg_id] == [x for x in logged if x[0] == msg_id]

@@ -41,6 +41,9 @@ def lines(*items: bytes) -> list[tuple[object, object]]:
 R = {"bare_lf": "reject"}
 N = {"bare_lf": "normalise"}
 
+# What a smuggling sender puts after its fake end of data: a command, then the real end.
+SMUGGLED = b"MAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n"
+
 Case = tuple[str, bytes, dict[str, Any], list[tuple[object, object]]]
 CASES: list[Case] = [
     # -- command mode ------------------------------------------------------------
@@ -147,42 +150,22 @@ CASES: list[Case] = [
         [*lines(b"DATA"), *end(b"a" * 5 + b"\r\nbb\r\n" + b"c" * 6 + b"\r\n", 2)],
     ),
     # -- SMTP smuggling: only CRLF.CRLF ends DATA; reject reports at the real end --
-    (
-        "smuggle-lf-dot-lf",
-        b"DATA\r\na\n.\nMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
-    (
-        "smuggle-cr-dot-cr",
-        b"DATA\r\na\r.\rMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
-    (
-        "smuggle-lf-dot-crlf",
-        b"DATA\r\na\n.\r\nMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
-    (
-        "smuggle-crlf-dot-lf",
-        b"DATA\r\na\r\n.\nMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
-    (
-        "smuggle-cr-dot-crlf",
-        b"DATA\r\na\r.\r\nMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
-    (
-        "smuggle-crlf-dot-cr",
-        b"DATA\r\na\r\n.\rMAIL FROM:<x@evil.test>\r\n.\r\nNOOP\r\n",
-        R,
-        [*lines(b"DATA"), BARE, *lines(b"NOOP")],
-    ),
+    *(
+        (
+            f"smuggle-{name}",
+            b"DATA\r\na" + before + b"." + after + SMUGGLED,
+            R,
+            [*lines(b"DATA"), BARE, *lines(b"NOOP")],
+        )
+        for name, before, after in [
+            ("lf-dot-lf", b"\n", b"\n"),
+            ("cr-dot-cr", b"\r", b"\r"),
+            ("lf-dot-crlf", b"\n", b"\r\n"),
+            ("crlf-dot-lf", b"\r\n", b"\n"),
+            ("cr-dot-crlf", b"\r", b"\r\n"),
+            ("crlf-dot-cr", b"\r\n", b"\r"),
+        ]
+    ),  # fmt: skip
     ("bare-lf-midbody", b"DATA\r\nab\ncd\r\n.\r\n", R, [*lines(b"DATA"), BARE]),
     ("bare-cr-midbody", b"DATA\r\nab\rcd\r\n.\r\n", R, [*lines(b"DATA"), BARE]),
     ("bare-cr-before-crlf", b"DATA\r\nab\r\r\n.\r\n", R, [*lines(b"DATA"), BARE]),
