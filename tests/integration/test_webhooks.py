@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import smtplib
 import time
 from collections.abc import Callable
 
 from tests.fixtures.http import WEBHOOK_SECRET, WebhookRelay
 from tests.fixtures.server import Running
-from tests.support import ServerProcess, wait_until
+from tests.support import ServerProcess, run_fastmta, wait_until
 
 
 def _send(srv: Running, rcpts: list[str]) -> None:
@@ -27,6 +28,11 @@ def _send(srv: Running, rcpts: list[str]) -> None:
 
 def _logged(proc: ServerProcess, events: tuple[str, ...]) -> list[tuple[str, str, int]]:
     return [(r["id"], r["event"], r["attempt"]) for r in proc.events() if r["event"] in events]
+
+
+def _queued(srv: Running) -> int:
+    stats = run_fastmta("queue", "stats", "--json", "--config", str(srv.proc.config_path))
+    return int(json.loads(stats.stdout)["messages"])
 
 
 def test_failing_webhook_gets_every_event_signed_in_batches_once_it_answers(
@@ -71,6 +77,8 @@ def test_kill_9_before_the_post_the_event_arrives_after_restart(
     box.wait_messages(3)
     wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 3, 30, "3 delivered lines")
     delivered = {i for i, _, _ in _logged(srv.proc, ("delivered",))}
+    # the log line may come a group commit before the state change is on disk
+    wait_until(lambda: _queued(srv) == 0, 30, "the deliveries committed")
     srv.proc.kill9()
     hook.start()
     again = ServerProcess(srv.proc.config_path, (srv.host, srv.port))
