@@ -183,7 +183,9 @@ class TlsPolicy:
         (RFC 7672 §2.2); a failed lookup under a secure MX makes the host unusable (None)."""
         try:
             _, secure = await self.resolver.lookup_secure(domain, "MX")
-        except DnsFailure:
+        except DnsFailure as e:
+            if e.temporary:  # whether DANE applies is unknown: every host waits, never plaintext
+                return {host.name: None for host in hosts}
             return {}
         if not secure:
             return {}

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fastmta.delivery import Attempt, Destination
 from fastmta.delivery.dns import Resolver
+from fastmta.delivery.mx import Host
 from fastmta.delivery.smtp import SmtpDeliverer
 from fastmta.delivery.tlspolicy import TlsPolicy
 from fastmta.errors import Deferred, Delivered
@@ -170,3 +171,14 @@ def test_hosts_without_tlsa_follow_mta_sts(unbound: Any, sinks: Any, sink_port: 
     mx2.tls_context = context(trustme.CA().issue_cert("mx2.dane.test"))  # now from a CA nobody trusts
     o = attempt_with(ns, sink_port, tls_ca_file=tls_ca_file).outcomes[0]
     assert isinstance(o, Deferred) and o.bounce_class == "tls" and len(mx2.messages) == 1
+
+
+def test_an_mx_lookup_that_times_out_makes_every_host_wait(sink_port: int) -> None:
+    """Whether DANE applies is unknown when the MX answer cannot be had (its cached copy
+    expired and the resolver does not answer): every host waits for a TLSA answer, so the
+    delivery defers instead of going out with opportunistic TLS or none."""
+    cfg = make_cfg("127.0.0.1:9", sink_port, tls="opportunistic", dane=True)
+    policy = TlsPolicy(cfg, Resolver(cfg.dns))
+    host = Host(MX, "127.0.0.2", sink_port)
+    plan = run(lambda: policy.plan(D, [host]))
+    assert plan.kind == "dane" and plan.tlsa == {MX: None}
