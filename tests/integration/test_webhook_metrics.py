@@ -40,11 +40,10 @@ def _ours(text: str, name: str, **labels: str) -> float:
 
 def test_event_counts_backlog_and_post_count_while_failing_and_after(
     tmp_path: Path,
-    sinks: Callable[..., Sink],
+    relay_box: Sink,
     sink_port: int,
     webhook_receiver: Callable[..., WebhookReceiver],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
     hook = webhook_receiver(mode="fail")
     srv, metrics = _serve(tmp_path, sink_port, hook)
 
@@ -57,7 +56,7 @@ def test_event_counts_backlog_and_post_count_while_failing_and_after(
 
     try:
         send_each(srv.host, srv.port, [f"m{i}@a.test" for i in range(4)])
-        box.wait_messages(4)
+        relay_box.wait_messages(4)
         wait_until(lambda: _ours(metrics(), BACKLOG) == 4, 60, "4 events journalled")
         wait_until(lambda: _ours(metrics(), POSTS) >= 1, 60, "a failed POST")
         n1, text1 = steady()
@@ -113,17 +112,16 @@ def _alert_fires(tmp: Path, dropped_before: float, dropped_after: float) -> subp
 
 def test_max_backlog_caps_counts_logs_alerts_and_the_kept_events_arrive(
     tmp_path: Path,
-    sinks: Callable[..., Sink],
+    relay_box: Sink,
     sink_port: int,
     webhook_receiver: Callable[..., WebhookReceiver],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
     hook = webhook_receiver(start=False)  # down: connection refused
     srv, metrics = _serve(tmp_path, sink_port, hook, max_backlog="5")
     try:
         before = _ours(metrics(), EVENTS, result="dropped")
         send_each(srv.host, srv.port, [f"k{i}@a.test" for i in range(8)])
-        box.wait_messages(8)
+        relay_box.wait_messages(8)
         wait_until(lambda: len(srv.proc.events("delivered")) == 8, 30, "8 delivered lines")
         wait_until(lambda: _ours(metrics(), EVENTS, result="dropped") == 3, 60, "3 dropped")
         text = metrics()

@@ -43,11 +43,10 @@ def _signed(hook: WebhookReceiver, secret: str) -> bool:
 
 def test_sighup_changes_url_and_secret_removes_and_adds_webhooks_keeping_cursors(
     tmp_path: Path,
-    sinks: Callable[..., Sink],
+    relay_box: Sink,
     sink_port: int,
     webhook_receiver: Callable[..., WebhookReceiver],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
     old, moved, gone, added = (webhook_receiver() for _ in range(4))
     before = [f"b{i}@a.test" for i in range(3)]
     after = [f"n{i}@a.test" for i in range(4)]
@@ -58,7 +57,7 @@ def test_sighup_changes_url_and_secret_removes_and_adds_webhooks_keeping_cursors
     ))  # fmt: skip
     try:
         send_each(srv.host, srv.port, before)
-        box.wait_messages(3)
+        relay_box.wait_messages(3)
         assert _rcpts(old.wait_events(3)) == before and _rcpts(gone.wait_events(3)) == before
         _reload(srv, tmp_path, relay_config(
             sink_port,
@@ -66,7 +65,7 @@ def test_sighup_changes_url_and_secret_removes_and_adds_webhooks_keeping_cursors
             webhook_table("added", added.url, events='["delivered"]', **FAST),
         ))  # fmt: skip
         send_each(srv.host, srv.port, after)
-        box.wait_messages(7)
+        relay_box.wait_messages(7)
         assert _rcpts(moved.wait_events(4)) == after  # the cursor was kept: nothing sent twice
         assert set(after) <= set(_rcpts(added.wait_events(4)))  # from the oldest event still kept
         time.sleep(1.0)  # max_delay five times over: anything misrouted would have arrived
@@ -80,19 +79,18 @@ def test_sighup_changes_url_and_secret_removes_and_adds_webhooks_keeping_cursors
 
 def test_sighup_starts_webhooks_on_a_server_that_had_none(
     tmp_path: Path,
-    sinks: Callable[..., Sink],
+    relay_box: Sink,
     sink_port: int,
     webhook_receiver: Callable[..., WebhookReceiver],
 ) -> None:
-    box = sinks("127.0.0.2", sink_port)
     hook = webhook_receiver()
     srv = serve_fastmta(tmp_path, relay_config(sink_port))
     try:
         send_each(srv.host, srv.port, ["early@a.test"])
-        box.wait_messages(1)
+        relay_box.wait_messages(1)
         _reload(srv, tmp_path, relay_config(sink_port, webhook_table("late", hook.url, **FAST)))
         send_each(srv.host, srv.port, ["late@a.test"])
-        box.wait_messages(2)
+        relay_box.wait_messages(2)
         events = hook.wait_events(1)
         assert [e["rcpt"] for e in events if e["event"] == "delivered"] == ["late@a.test"]
     finally:
