@@ -6,8 +6,9 @@ could be presented. A presented token is hashed and compared with every entry
 with ``hmac.compare_digest`` (no early exit on the first match either), so the
 time taken says nothing about which entry, or how much of one, matched. A valid
 token already seen is found again by its digest in a small table (``Tokens``),
-then compared once more in constant time, so a client that sends many requests
-with one token does not pay the scan each time. The token's *name* is who the
+so a client that sends many requests with one token does not pay the scan each
+time; looking up a SHA-256 digest tells a caller nothing, as nobody can choose
+the digest of what they present. The token's *name* is who the
 request is from (its tenant); a token is never logged.
 """
 
@@ -70,7 +71,7 @@ class Tokens:
 
     def __init__(self, entries: list[tuple[str, bytes]]) -> None:
         self.entries = entries
-        self._seen: dict[bytes, tuple[str, bytes]] = {}
+        self._seen: dict[bytes, str] = {}  # digest of a valid token -> its name
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -78,16 +79,14 @@ class Tokens:
     def check(self, token: str) -> str | None:
         """As ``check``; only valid tokens are remembered, so wrong ones always pay the scan."""
         presented = digest(token)
-        seen = self._seen.get(presented)
-        if seen is not None:
-            name, want = seen
-            return name if hmac.compare_digest(presented, want) else None
-        found = check(self.entries, token)
-        if found is not None:
-            if len(self._seen) >= SEEN_MAX:
-                self._seen.clear()
-            self._seen[presented] = (found, presented)
-        return found
+        name = self._seen.get(presented)
+        if name is None:
+            name = check(self.entries, token)
+            if name is not None:
+                if len(self._seen) >= SEEN_MAX:
+                    self._seen.clear()
+                self._seen[presented] = name
+        return name
 
 
 def new(name: str) -> tuple[str, str]:
