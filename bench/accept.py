@@ -15,7 +15,10 @@ false``, not durable) shows what the fsyncs cost. Medians of the repetitions wit
 ``--baseline TREE`` adds ``fastmta-base``: the same server from another checkout (with
 its own ``.venv``), for an A/B comparison in one run. For every fastmta system and
 scenario ``vs_limit`` puts its server CPU per message beside the limit's and its
-share of the limit's rate (MB/s at 100 KiB).
+share of the limit's rate (MB/s at 100 KiB). ``limit-durable`` is the limit plus
+LMDB durability and nothing else (``bench/servers/durable_limit.py``): its CPU
+above the limit's is what keeping mail costs any server of this design, so
+``vs_limit`` also shows it, and fastmta against it.
 
 The disk's flush latency is measured in the same run (``bench/disk.py``): at one
 connection each message waits for its own commit, so the limit's time per message
@@ -81,6 +84,7 @@ SYSTEMS: dict[str, Callable[[], peers.Peer]] = {
     "aiosmtpd-sink": lambda: peers.Aiosmtpd(durable=False),
     "aiosmtpd-durable": lambda: peers.Aiosmtpd(durable=True),
     "limit": peers.Limit,
+    "limit-durable": peers.DurableLimit,
     "smtp-sink": peers.SmtpSink,
 }
 DRIVERS = ("smtp-source", "fastmta-load")
@@ -167,7 +171,10 @@ def ratios(summary: dict[str, Any], base: str = "fastmta") -> dict[str, Any]:
 
 def vs_limit(summary: dict[str, Any]) -> dict[str, Any]:
     """Each fastmta system against the bare-uvloop limit, per scenario and driver: server CPU
-    µs per message of both, their ratio, and the share of the limit's rate (MB/s at 100 KiB)."""
+    µs per message of both, their ratio, and the share of the limit's rate (MB/s at 100 KiB).
+
+    With ``limit-durable`` in the run, also its CPU per message, its own ratio to the
+    limit (what durability alone costs) and fastmta's ratio to it."""
     out: dict[str, Any] = {}
     for sc, by_drv in summary.items():
         key = "mb_s" if sc.startswith("100k") else "rate"
@@ -175,6 +182,9 @@ def vs_limit(summary: dict[str, Any]) -> dict[str, Any]:
             limit = by_sys.get("limit", {})
             limit_rate = limit.get(key, {}).get("median")
             limit_cpu = limit.get("cpu_us_per_msg", {}).get("median")
+            durable = by_sys.get("limit-durable", {})
+            durable_cpu = durable.get("cpu_us_per_msg", {}).get("median")
+            durable_rate = durable.get(key, {}).get("median")
             for system, cell in by_sys.items():
                 if not system.startswith("fastmta"):
                     continue
@@ -185,6 +195,14 @@ def vs_limit(summary: dict[str, Any]) -> dict[str, Any]:
                     row["cpu_over_limit"] = round(cpu / limit_cpu, 2)
                 if rate and limit_rate:
                     row["share_of_limit_rate"] = round(rate / limit_rate, 2)
+                if durable_cpu:
+                    row["durable_limit_cpu_us_per_msg"] = durable_cpu
+                    if limit_cpu:
+                        row["durable_limit_over_limit"] = round(durable_cpu / limit_cpu, 2)
+                    if cpu:
+                        row["cpu_over_durable_limit"] = round(cpu / durable_cpu, 2)
+                if rate and durable_rate:
+                    row["share_of_durable_limit_rate"] = round(rate / durable_rate, 2)
                 out.setdefault(sc, {}).setdefault(drv, {})[system] = row
     return out
 
@@ -201,7 +219,8 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
             continue
         for drv, by_sys in summary.get(sc.name, {}).items():
             med = {
-                s: by_sys.get(s, {}).get("rate", {}).get("median") for s in ("limit", "postfix", "fastmta")
+                s: by_sys.get(s, {}).get("rate", {}).get("median")
+                for s in ("limit", "postfix", "fastmta", "limit-durable")
             }
             if not med["limit"]:
                 continue
@@ -212,6 +231,8 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
                 cell["ceiling_over_postfix"] = round(best / med["postfix"], 2)
             if med["fastmta"]:
                 cell["fastmta_share_of_ceiling"] = round(med["fastmta"] / best, 2)
+            if med["limit-durable"]:
+                cell["durable_limit_share_of_ceiling"] = round(med["limit-durable"] / best, 2)
             out.setdefault(sc.name, {})[drv] = cell
     return out
 
@@ -273,7 +294,12 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
             for system, row in by_sys.items():
                 log(f"{sc:<14} {drv:<12} {system:<18} cpu/msg {row['cpu_us_per_msg']} µs"
                     f" (limit {row['limit_cpu_us_per_msg']}: {row.get('cpu_over_limit', '-')}×)"
-                    f"  rate {row.get('share_of_limit_rate', '-')} of the limit's")  # fmt: skip
+                    f"  rate {row.get('share_of_limit_rate', '-')} of the limit's"
+                    + (f"; durable limit {row['durable_limit_cpu_us_per_msg']} µs"
+                       f" ({row.get('durable_limit_over_limit', '-')}× the limit,"
+                       f" fastmta {row.get('cpu_over_durable_limit', '-')}× it,"
+                       f" rate {row.get('share_of_durable_limit_rate', '-')} of it)"
+                       if "durable_limit_cpu_us_per_msg" in row else ""))  # fmt: skip
     return {
         "bench": "accept",
         "quick": quick,

@@ -225,6 +225,20 @@ class Limit(Peer):
         return [PYTHON, str(ROOT / "bench" / "servers" / "limit.py"), str(self.port)]
 
 
+class DurableLimit(Peer):
+    """The limit plus LMDB durability and nothing else (bench/servers/durable_limit.py)."""
+
+    name = "limit-durable"
+
+    def command(self) -> list[str]:
+        return [PYTHON, str(ROOT / "bench" / "servers" / "durable_limit.py"), str(self.port),
+                str(self.workdir / "lmdb")]  # fmt: skip
+
+    def _launch(self) -> None:
+        (self.workdir / "lmdb").mkdir()
+        super()._launch()
+
+
 class Aiosmtpd(Peer):
     """aiosmtpd on uvloop with its ``Sink`` handler, or a handler that fsyncs a file per message."""
 

@@ -24,8 +24,8 @@ from bench import peers  # noqa: E402
 
 # Column order of the accept tables, and the ratios asked for (fastmta ÷ peer).
 ACCEPT_SYSTEMS = ("fastmta", "fastmta-base", "fastmta-nometrics", "fastmta-nosync", "postfix",
-                  "aiosmtpd-sink", "aiosmtpd-durable", "limit", "smtp-sink")  # fmt: skip
-RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit")
+                  "aiosmtpd-sink", "aiosmtpd-durable", "limit", "limit-durable", "smtp-sink")  # fmt: skip
+RATIO_PEERS = ("postfix", "aiosmtpd-sink", "limit", "limit-durable")
 
 
 def write_json(result: dict[str, Any], dest: str | None) -> None:
@@ -119,14 +119,28 @@ def accept_tables(acc: dict[str, Any]) -> list[str]:
     if against:
         out += ["", "**Against the bare-uvloop limit**: server CPU µs per message (the limit's), CPU "
                 "ratio, share of the limit's rate (MB/s at 100 KiB)", ""]  # fmt: skip
+        durable = any("durable_limit_cpu_us_per_msg" in r for d in against.values() for s in d.values()
+                      for r in s.values())  # fmt: skip
         rows = [["scenario", "driver", "system", "CPU µs/msg (limit)", "CPU ÷ limit", "rate ÷ limit"]]
+        if durable:
+            out[-2] += (
+                "; and against the durable limit (the limit plus LMDB durability alone): its CPU "
+                "µs per message, its CPU ÷ the limit's, fastmta's CPU ÷ its, fastmta's rate ÷ its"
+            )
+            rows[0] += ["durable limit µs/msg", "durable ÷ limit", "CPU ÷ durable", "rate ÷ durable"]
         for sc, by_drv in against.items():
             for drv, by_sys in by_drv.items():
                 for system, r in by_sys.items():
                     cpu = f"{r['cpu_us_per_msg']} ({r['limit_cpu_us_per_msg']})"
                     ratio = f"{r.get('cpu_over_limit', '–')}×"
                     share = f"{r.get('share_of_limit_rate', '–')}"
-                    rows.append([acc["scenarios"].get(sc, sc), drv, system, cpu, ratio, share])
+                    row = [acc["scenarios"].get(sc, sc), drv, system, cpu, ratio, share]
+                    if durable:
+                        row += [f"{r.get('durable_limit_cpu_us_per_msg', '–')}",
+                                f"{r.get('durable_limit_over_limit', '–')}×",
+                                f"{r.get('cpu_over_durable_limit', '–')}×",
+                                f"{r.get('share_of_durable_limit_rate', '–')}"]  # fmt: skip
+                    rows.append(row)
         out += _md(rows)
     if acc.get("unavailable"):
         out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in acc["unavailable"].items())]
@@ -230,6 +244,8 @@ def floor_lines(acc: dict[str, Any]) -> list[str]:
                 line += f" = {c['ceiling_over_postfix']:.2f}× Postfix"
             if "fastmta_share_of_ceiling" in c:
                 line += f"; fastmta reaches {c['fastmta_share_of_ceiling']:.0%} of it"
+            if "durable_limit_share_of_ceiling" in c:
+                line += f", the durable limit {c['durable_limit_share_of_ceiling']:.0%}"
             out.append(line + ".")
     return out
 

@@ -49,14 +49,15 @@ STORED: dict[str, Callable[[peers.Peer], int | None]] = {
 }
 
 
-PYTHON_PEERS = {"limit", "aiosmtpd-sink", "aiosmtpd-durable", "fastmta"}
+PYTHON_PEERS = {"limit", "limit-durable", "aiosmtpd-sink", "aiosmtpd-durable", "fastmta"}
 
 
 @pytest.mark.parametrize(
     "make",
-    [peers.Limit, lambda: peers.Aiosmtpd(durable=False), lambda: peers.Aiosmtpd(durable=True), peers.SmtpSink,
-     lambda: peers.Postfix(hold=True), lambda: peers.Fastmta(hold=True)],
-    ids=["limit", "aiosmtpd-sink", "aiosmtpd-durable", "smtp-sink", "postfix", "fastmta"],
+    [peers.Limit, peers.DurableLimit, lambda: peers.Aiosmtpd(durable=False),
+     lambda: peers.Aiosmtpd(durable=True), peers.SmtpSink, lambda: peers.Postfix(hold=True),
+     lambda: peers.Fastmta(hold=True)],
+    ids=["limit", "limit-durable", "aiosmtpd-sink", "aiosmtpd-durable", "smtp-sink", "postfix", "fastmta"],
 )  # fmt: skip
 def test_peer_takes_mail_and_stops_by_its_pid(make: Callable[[], peers.Peer]) -> None:
     require_tool("postfix")
@@ -77,6 +78,45 @@ def test_peer_takes_mail_and_stops_by_its_pid(make: Callable[[], peers.Peer]) ->
         peer.stop()
     assert _gone(tree), f"{peer.name} left processes behind: {tree}"
     assert not peer.workdir.exists()
+
+
+def _durable_limit_bodies(peer: peers.Peer) -> list[bytes]:
+    import lmdb
+
+    env = lmdb.open(str(peer.workdir / "lmdb"), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return [bytes(v) for _, v in txn.cursor()]
+    finally:
+        env.close()
+
+
+def test_durable_limit_stores_each_body_whole_before_its_250() -> None:
+    """The durability floor must really keep the mail: the bytes between the DATA line
+    and the final dot, however the reads split them, committed before the 250."""
+    import socket
+
+    body = b"Subject: floor\r\n\r\n" + b"x" * 3000 + b"\r\n.\r\n"
+    with peers.DurableLimit() as peer:
+        host, port = peer.address.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"220")
+            for cut in (1, 2, 3, 7, len(body) - 4, len(body) - 2, len(body) - 1):  # the end in two reads
+                s.sendall(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n")
+                for _ in range(3):
+                    assert f.readline().startswith((b"250", b"354"))
+                s.sendall(body[:cut])
+                time.sleep(0.02)
+                s.sendall(body[cut:])
+                assert f.readline() == b"250 2.0.0 Ok: queued\r\n"
+                assert _durable_limit_bodies(peer) == [body[:-3]], cut  # committed before the 250
+            s.sendall(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n")
+            for _ in range(3):
+                f.readline()
+            s.sendall(b".\r\n")  # an empty body
+            assert f.readline().startswith(b"250")
+            assert _durable_limit_bodies(peer) == [b""]
 
 
 # Burns CPU itself and in a child it waits for (reaped: cutime/cstime), then reports the
@@ -209,22 +249,66 @@ def test_one_connection_floor_and_its_report_line() -> None:
         return {"rate": {"median": rate, "min": rate, "max": rate}}
 
     summary = {
-        "1c": {"smtp-source": {"fastmta": cell(1500), "postfix": cell(1000), "limit": cell(5000)}},
+        "1c": {
+            "smtp-source": {
+                "fastmta": cell(1500),
+                "postfix": cell(1000),
+                "limit": cell(5000),
+                "limit-durable": cell(1600),
+            }
+        },
         "50c": {"smtp-source": {"fastmta": cell(9000), "limit": cell(20000)}},
     }
     scenarios = [accept.Scenario("1c", 4096, 1, 100), accept.Scenario("50c", 4096, 50, 100)]
     floors = accept.floors(summary, scenarios, 300.0)  # 200 µs of protocol + 300 of flushes: 2,000/s
-    assert floors == {"1c": {"smtp-source": {
-        "limit_us_per_msg": 200.0, "commit_floor_us": 300.0, "durable_ceiling_rate": 2000.0,
-        "ceiling_over_postfix": 2.0, "fastmta_share_of_ceiling": 0.75}}}  # fmt: skip
+    assert floors == {
+        "1c": {
+            "smtp-source": {
+                "limit_us_per_msg": 200.0,
+                "commit_floor_us": 300.0,
+                "durable_ceiling_rate": 2000.0,
+                "ceiling_over_postfix": 2.0,
+                "fastmta_share_of_ceiling": 0.75,
+                "durable_limit_share_of_ceiling": 0.8,
+            }
+        }
+    }
     acc = {"scenarios": {"1c": "4 KiB, 1 conn"}, "floors": floors,
            "disk": {"commit_floor_us": 300.0, "data_page_fdatasync_us": 180.0, "meta_dsync_write_us": 120.0,
                     "samples": 200}}  # fmt: skip
     text = "\n".join(report.floor_lines(acc))
     assert "takes 300.0 µs (fdatasync 180.0 + O_DSYNC meta write 120.0, medians of 200)" in text
     assert "4 KiB, 1 conn, `smtp-source`: limit 200.0 µs/msg + floor → at most 2,000 msg/s" in text
-    assert "= 2.00× Postfix; fastmta reaches 75% of it." in text
+    assert "= 2.00× Postfix; fastmta reaches 75% of it, the durable limit 80%." in text
     assert report.floor_lines({}) == []
+
+
+def test_vs_limit_puts_fastmta_beside_both_limits() -> None:
+    from bench import accept, report
+
+    def cell(rate: float, cpu: float) -> dict[str, object]:
+        return {"rate": {"median": rate, "min": rate, "max": rate},
+                "cpu_us_per_msg": {"median": cpu, "min": cpu, "max": cpu}}  # fmt: skip
+
+    summary = {"50c": {"smtp-source": {"fastmta": cell(3000, 300.0), "limit": cell(6000, 100.0),
+                                       "limit-durable": cell(2000, 200.0)}}}  # fmt: skip
+    row = accept.vs_limit(summary)["50c"]["smtp-source"]["fastmta"]
+    assert row == {"cpu_us_per_msg": 300.0, "limit_cpu_us_per_msg": 100.0, "cpu_over_limit": 3.0,
+                   "share_of_limit_rate": 0.5, "durable_limit_cpu_us_per_msg": 200.0,
+                   "durable_limit_over_limit": 2.0, "cpu_over_durable_limit": 1.5,
+                   "share_of_durable_limit_rate": 1.5}  # fmt: skip
+    acc = {"summary": summary, "ratios": accept.ratios(summary), "reps": 1,
+           "systems": ["fastmta", "limit", "limit-durable"], "scenarios": {"50c": "4 KiB, 50 conn"},
+           "vs_limit": accept.vs_limit(summary)}  # fmt: skip
+    text = "\n".join(report.accept_tables(acc))
+    assert (
+        "| 4 KiB, 50 conn | smtp-source | fastmta | 300.0 (100.0) | 3.0× | 0.5 | 200.0 | 2.0× | 1.5× | 1.5 |"
+        in text
+    )
+    assert (
+        "| 4 KiB, 50 conn | 3,000 (3,000–3,000) | 6,000 (6,000–6,000) | 2,000 (2,000–2,000) | 0.50× | 1.50× |"
+        in text
+    )
 
 
 def test_disk_flush_probe_leaves_nothing_behind(tmp_path: Path) -> None:
