@@ -207,11 +207,14 @@ def vs_limit(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: float) -> dict[str, Any]:
+def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: float,
+           spool_floor_us: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One-connection cells: the best rate a durable server could reach (limit + flush floor).
 
     Each message there waits for its own commit before the client sends the next, so
     the bare protocol's time per message and the disk's two ordered flushes add up.
+    With ``spool_floor_us`` (a commit shaped like one of fastmta's spool, bench/disk.py),
+    also the best rate for a server that writes what fastmta's spool writes per message.
     """
     out: dict[str, Any] = {}
     for sc in scenarios:
@@ -233,6 +236,12 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
                 cell["fastmta_share_of_ceiling"] = round(med["fastmta"] / best, 2)
             if med["limit-durable"]:
                 cell["durable_limit_share_of_ceiling"] = round(med["limit-durable"] / best, 2)
+            if spool_floor_us:
+                spool_best = 1 / (1 / med["limit"] + spool_floor_us / 1e6)
+                cell["spool_commit_floor_us"] = spool_floor_us
+                cell["spool_ceiling_rate"] = round(spool_best, 1)
+                if med["fastmta"]:
+                    cell["fastmta_share_of_spool_ceiling"] = round(med["fastmta"] / spool_best, 2)
             out.setdefault(sc.name, {})[drv] = cell
     return out
 
@@ -249,7 +258,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
         flush = disk.flush_latency(d)
     log(
         f"disk: one-page commit floor {flush['commit_floor_us']} µs "
-        f"(fdatasync {flush['data_page_fdatasync_us']} + O_DSYNC meta write {flush['meta_dsync_write_us']})"
+        f"(fdatasync {flush['data_page_fdatasync_us']} + O_DSYNC meta write {flush['meta_dsync_write_us']}); "
+        f"spool-shaped commit floor {flush['spool_commit_floor_us']} µs"
     )
     timeout = 60.0 if quick else 180.0
     cap = 30_000 if quick else 200_000
@@ -314,7 +324,7 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
         "vs_limit": against_limit,
         "baseline": str(baseline) if baseline else None,
         "disk": flush,
-        "floors": floors(summary, scenarios, flush["commit_floor_us"]),
+        "floors": floors(summary, scenarios, flush["commit_floor_us"], flush["spool_commit_floor_us"]),
         "runs": runs,
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

@@ -246,6 +246,11 @@ def floor_lines(acc: dict[str, Any]) -> list[str]:
                 line += f"; fastmta reaches {c['fastmta_share_of_ceiling']:.0%} of it"
             if "durable_limit_share_of_ceiling" in c:
                 line += f", the durable limit {c['durable_limit_share_of_ceiling']:.0%}"
+            if "spool_ceiling_rate" in c:
+                line += (f". With a commit shaped like fastmta's spool ({c['spool_commit_floor_us']} µs):"
+                         f" at most {c['spool_ceiling_rate']:,.0f} msg/s")  # fmt: skip
+                if "fastmta_share_of_spool_ceiling" in c:
+                    line += f"; fastmta reaches {c['fastmta_share_of_spool_ceiling']:.0%} of it"
             out.append(line + ".")
     return out
 

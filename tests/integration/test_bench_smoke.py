@@ -260,26 +260,22 @@ def test_one_connection_floor_and_its_report_line() -> None:
         "50c": {"smtp-source": {"fastmta": cell(9000), "limit": cell(20000)}},
     }
     scenarios = [accept.Scenario("1c", 4096, 1, 100), accept.Scenario("50c", 4096, 50, 100)]
-    floors = accept.floors(summary, scenarios, 300.0)  # 200 µs of protocol + 300 of flushes: 2,000/s
-    assert floors == {
-        "1c": {
-            "smtp-source": {
-                "limit_us_per_msg": 200.0,
-                "commit_floor_us": 300.0,
-                "durable_ceiling_rate": 2000.0,
-                "ceiling_over_postfix": 2.0,
-                "fastmta_share_of_ceiling": 0.75,
-                "durable_limit_share_of_ceiling": 0.8,
-            }
-        }
-    }
+    floors = accept.floors(summary, scenarios, 300.0, 800.0)  # 200 µs of protocol + 300 of flushes: 2,000/s
+    assert floors == {"1c": {"smtp-source": {
+        "limit_us_per_msg": 200.0, "commit_floor_us": 300.0, "durable_ceiling_rate": 2000.0,
+        "ceiling_over_postfix": 2.0, "fastmta_share_of_ceiling": 0.75, "durable_limit_share_of_ceiling": 0.8,
+        "spool_commit_floor_us": 800.0, "spool_ceiling_rate": 1000.0, "fastmta_share_of_spool_ceiling": 1.5,
+    }}}  # fmt: skip
     acc = {"scenarios": {"1c": "4 KiB, 1 conn"}, "floors": floors,
            "disk": {"commit_floor_us": 300.0, "data_page_fdatasync_us": 180.0, "meta_dsync_write_us": 120.0,
                     "samples": 200}}  # fmt: skip
     text = "\n".join(report.floor_lines(acc))
     assert "takes 300.0 µs (fdatasync 180.0 + O_DSYNC meta write 120.0, medians of 200)" in text
     assert "4 KiB, 1 conn, `smtp-source`: limit 200.0 µs/msg + floor → at most 2,000 msg/s" in text
-    assert "= 2.00× Postfix; fastmta reaches 75% of it, the durable limit 80%." in text
+    assert (
+        "= 2.00× Postfix; fastmta reaches 75% of it, the durable limit 80%. With a commit shaped like" in text
+    )
+    assert "fastmta's spool (800.0 µs): at most 1,000 msg/s; fastmta reaches 150% of it." in text
     assert report.floor_lines({}) == []
 
 
@@ -319,6 +315,7 @@ def test_disk_flush_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     assert res["commit_floor_us"] == pytest.approx(
         res["data_page_fdatasync_us"] + res["meta_dsync_write_us"], abs=0.2
     )
+    assert res["spool_commit_floor_us"] > 0
     assert list(tmp_path.iterdir()) == []
 
 
