@@ -101,6 +101,12 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of one process alone; 0.0 once it is gone."""
+    st = _stat(pid)
+    return sum(int(x) for x in st[11:13]) / _TICK if st is not None else 0.0
+
+
 def cpu_seconds(root: int) -> float:
     """CPU time (user + system) of a process tree: live processes plus children they reaped."""
     total = 0
