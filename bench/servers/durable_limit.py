@@ -9,8 +9,8 @@ commit runs on the loop thread, once per loop iteration, for every message that
 ended in that iteration: group commit with no thread, no process and no wake-up
 beyond the client's. Nothing else: no addresses parsed, no envelope, no trace
 header, no queue id, no index, no metrics, no log. What this costs above the
-limit is the floor of durability for any server on this design; no Python server
-that keeps its mail in LMDB can spend less.
+limit is the floor of durability for a server of this design: Python on uvloop,
+LMDB with its default flushes (no ``writemap``, no ``nosync``).
 
 Each commit also deletes the previous commit's bodies, so LMDB reuses their
 pages and the file stops growing: overwriting written blocks needs no file-system
