@@ -85,7 +85,6 @@ class CommandParser:
         "_line_len",
         "_bdat_left",
         "_bdat_last",
-        "_parts",
         "long_lines",
     )
 
@@ -107,13 +106,12 @@ class CommandParser:
         self._skipping = False
         self._bdat_left = 0
         self._bdat_last = False
-        self._parts: list[bytes] = []
         self._reset_body()
 
     def _reset_body(self) -> None:
         self._carry = b""
         self._virtual = False
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # the body's pieces (DATA runs or BDAT reads), joined once at the end
         self._size = 0
         self._too_big = False
         self._bare = False
@@ -132,7 +130,7 @@ class CommandParser:
 
     @property
     def body_size(self) -> int:
-        """Octets of the current DATA/BDAT body so far (stops growing past max_size)."""
+        """Octets of the current DATA/BDAT body so far."""
         return self._size
 
     def start_data(self) -> None:
@@ -150,7 +148,6 @@ class CommandParser:
         self._mode = _BDAT
         self._bdat_left = size
         self._bdat_last = bool(last)
-        self._parts = []
 
     def reset_body(self) -> None:
         """Drop a BDAT body accumulated over earlier chunks (RSET)."""
@@ -324,6 +321,13 @@ class CommandParser:
     # -- BDAT mode ------------------------------------------------------------
 
     def _bdat(self, buf: bytes, pos: int, events: list[tuple[int, object]]) -> int:
+        """Take chunk octets from buf[pos:] into the body; return the new pos.
+
+        No unstuffing and no line rules (RFC 3030 §2): each read's share joins
+        the pieces DATA uses, so the body is joined once, at LAST. Past max_size
+        nothing more is kept, but the chunks are still read to their ends and
+        DATA_TOO_BIG comes at LAST.
+        """
         take = min(self._bdat_left, len(buf) - pos)
         if take:
             self._bdat_left -= take
@@ -331,31 +335,18 @@ class CommandParser:
             if self._size > self._max_size:
                 self._too_big = True
                 self._chunks = []
-                self._parts = []
             else:
-                self._parts.append(buf[pos : pos + take])
+                self._chunks.append(buf[pos : pos + take])  # the read itself when it is all chunk
             pos += take
         if self._bdat_left:
             return pos
         self._mode = _CMD
-        parts = self._parts
-        self._parts = []
-        if self._too_big:
-            events.append((BDAT_CHUNK, None))
-        else:
-            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._chunks.append(chunk)
-            events.append((BDAT_CHUNK, chunk))
+        events.append((BDAT_CHUNK, None))
         if self._bdat_last:
-            if self._too_big:
-                events.append((DATA_TOO_BIG, None))
-                self._reset_body()
-            else:
-                chunks = self._chunks
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._reset_body()
+            self._finish(events)
+            body = events[-1][1]
+            if isinstance(body, bytes):  # DATA_END: count the long lines of the whole body once
                 self.long_lines = _count_long(body, self._max_body_line) if body else 0
-                events.append((DATA_END, body))
         return pos
 
 
