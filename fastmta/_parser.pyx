@@ -27,6 +27,7 @@ from fastmta import _events as _ev
 cdef extern from "string.h":
     # GNU extension; Python.h defines _GNU_SOURCE before string.h is read.
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
+    void* memrchr(const void* s, int c, size_t n) nogil
 
 cdef extern from *:
     """
@@ -102,21 +103,52 @@ cdef bint _is_barrier(const unsigned char* p, Py_ssize_t n):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit):
-    """Lines (split at CRLF) longer than `limit` octets; the last may lack its CRLF."""
-    cdef Py_ssize_t count = 0, start = 0, j
+cdef Py_ssize_t _crlf_after(const unsigned char* p, Py_ssize_t lo, Py_ssize_t hi, bint last):
+    """Offset of the LF of the first (or, with `last`, the last) CRLF whose CR is at
+    lo or later and whose LF is before hi; -1 if there is none. Bare LFs are skipped."""
     cdef const unsigned char* hit
+    cdef Py_ssize_t j = lo + 1
+    while j < hi:
+        if last:
+            hit = <const unsigned char*>memrchr(p + j, _LF, hi - j)
+        else:
+            hit = <const unsigned char*>memchr(p + j, _LF, hi - j)
+        if hit == NULL:
+            return -1
+        if p[hit - p - 1] == _CR:
+            return hit - p
+        if last:
+            hi = hit - p
+        else:
+            j = hit - p + 1
+    return -1
+
+
+cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit):
+    """Lines (split at CRLF) longer than `limit` octets; the last may lack its CRLF.
+
+    A line from `start` is short exactly when a CRLF ends it with its LF before
+    start + limit + 2; then every line ending in that window is short too, so the
+    scan jumps to the last CRLF of the window (one memrchr per window, not one
+    memchr per line). Each octet is looked at a bounded number of times.
+    """
+    cdef Py_ssize_t count = 0, start = 0, end, j
     if n <= limit:
         return 0
     while True:
-        hit = <const unsigned char*>memchr(p + start, _LF, n - start) if start < n else NULL
-        while hit != NULL and (hit - p == start or p[hit - p - 1] != _CR):
-            j = hit - p + 1
-            hit = <const unsigned char*>memchr(p + j, _LF, n - j) if j < n else NULL
-        if hit == NULL:
-            return count + (n - start > limit)
-        j = hit - p
-        count += j - 1 - start > limit
+        end = start + limit + 2
+        if end >= n:
+            j = _crlf_after(p, start, n, True)
+            if j < 0:
+                return count + (n - start > limit)
+            # Lines up to j are short; what follows is the last line, without its CRLF.
+            return count + (n - j - 1 > limit)
+        j = _crlf_after(p, start, end, True)
+        if j < 0:
+            count += 1  # no CRLF ends this line in time: it is long; find where it ends
+            j = _crlf_after(p, end - 2, n, False)
+            if j < 0:
+                return count
         start = j + 1
 
 
