@@ -160,7 +160,8 @@ cdef class CommandParser:
     cdef bint _normalise             # bare CR/LF → CRLF instead of rejecting the body
     cdef Py_ssize_t _max_body_line   # body line limit, CRLF excluded (RFC 5322 §2.1.1)
     cdef int _mode                   # _CMD, _DATA or _BDAT
-    cdef bytes _buf                  # unparsed command-mode octets (partial line, or after a barrier)
+    cdef bytes _buf                  # unparsed command-mode octets from _buf_pos on (partial line, or after a barrier)
+    cdef Py_ssize_t _buf_pos         # after a barrier: the whole read is kept, not a copy of its rest
     cdef bint _stopped               # feed() stopped at a barrier
     cdef bint _skipping              # dropping an over-long command line up to its CRLF
     # DATA state
@@ -197,6 +198,7 @@ cdef class CommandParser:
         self._max_body_line = max_body_line
         self._mode = _CMD
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._bdat_left = 0
@@ -227,12 +229,14 @@ cdef class CommandParser:
     @property
     def pending(self):
         """True when feed() stopped at a barrier with unparsed bytes still buffered."""
-        return self._stopped and PyBytes_GET_SIZE(self._buf) > 0
+        return self._stopped and PyBytes_GET_SIZE(self._buf) > self._buf_pos
 
     @property
     def partial(self):
         """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
-        return self._mode == _CMD and not self._stopped and (self._skipping or PyBytes_GET_SIZE(self._buf) > 0)
+        return self._mode == _CMD and not self._stopped and (
+            self._skipping or PyBytes_GET_SIZE(self._buf) > self._buf_pos
+        )
 
     @property
     def body_size(self):
@@ -259,6 +263,7 @@ cdef class CommandParser:
     def discard(self):
         """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._mode = _CMD
@@ -269,9 +274,16 @@ cdef class CommandParser:
         cdef bytes buf
         cdef list events = []
         cdef Py_ssize_t pos = 0
-        if PyBytes_GET_SIZE(self._buf):
-            buf = self._buf + data
+        if PyBytes_GET_SIZE(self._buf) > self._buf_pos:
+            # Resume where the last feed stopped: after a barrier a session feeds b"",
+            # so the octets after it (a BDAT chunk, often) are parsed in place.
+            buf = self._buf
+            pos = self._buf_pos
+            if len(data):
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
             self._buf = b""
+            self._buf_pos = 0
         elif type(data) is bytes:
             buf = <bytes>data
         else:
@@ -338,7 +350,9 @@ cdef class CommandParser:
             events.append((_LINE, PyBytes_FromStringAndSize(<const char*>p + pos, end - pos)))
             if _is_barrier(p + pos, end - pos):
                 self._stopped = True
-                self._buf = buf[end + 2:]
+                if end + 2 < n:
+                    self._buf = buf
+                    self._buf_pos = end + 2
                 return 0
             pos = end + 2
         return 0

@@ -74,6 +74,7 @@ class CommandParser:
         "_max_body_line",
         "_mode",
         "_buf",
+        "_buf_pos",
         "_stopped",
         "_skipping",
         "_carry",
@@ -101,7 +102,8 @@ class CommandParser:
         self._normalise = bare_lf == BARE_LF_NORMALISE
         self._max_body_line = max_body_line
         self._mode = _CMD
-        self._buf = b""
+        self._buf = b""  # unparsed command-mode octets from _buf_pos on (partial line, or after a barrier)
+        self._buf_pos = 0  # after a barrier the whole read is kept, not a copy of its rest
         self._stopped = False
         self._skipping = False
         self._bdat_left = 0
@@ -121,12 +123,12 @@ class CommandParser:
     @property
     def pending(self) -> bool:
         """True when feed() stopped at a barrier with unparsed bytes still buffered."""
-        return self._stopped and bool(self._buf)
+        return self._stopped and len(self._buf) > self._buf_pos
 
     @property
     def partial(self) -> bool:
         """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
-        return self._mode == _CMD and not self._stopped and (self._skipping or bool(self._buf))
+        return self._mode == _CMD and not self._stopped and (self._skipping or len(self._buf) > self._buf_pos)
 
     @property
     def body_size(self) -> int:
@@ -156,6 +158,7 @@ class CommandParser:
     def discard(self) -> None:
         """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._mode = _CMD
@@ -163,14 +166,20 @@ class CommandParser:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, object]]:
         """Parse `data` (with anything buffered) and return the events, in order."""
-        if self._buf:
-            buf = self._buf + data
+        buf, pos = self._buf, self._buf_pos
+        if len(buf) > pos:
+            # Resume where the last feed stopped: after a barrier a session feeds b"",
+            # so the octets after it (a BDAT chunk, often) are parsed in place.
+            if data:
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
             self._buf = b""
+            self._buf_pos = 0
         else:
             buf = data if type(data) is bytes else bytes(data)
+            pos = 0
         self._stopped = False
         events: list[tuple[int, object]] = []
-        pos = 0
         while True:
             mode = self._mode
             if mode == _CMD:
@@ -218,7 +227,9 @@ class CommandParser:
             events.append((LINE, line))
             if _is_barrier(line):
                 self._stopped = True
-                self._buf = buf[pos:]
+                if pos < n:
+                    self._buf = buf
+                    self._buf_pos = pos
                 return
 
     # -- DATA mode ------------------------------------------------------------

@@ -194,6 +194,24 @@ def test_chunked_bdat_body_is_held_once(twins: tuple[ModuleType, ModuleType]) ->
     assert events == [(BDAT_CHUNK, None), (DATA_END, body)]
 
 
+def test_chunk_in_the_read_of_its_bdat_line_is_copied_once(parser_impl: ModuleType) -> None:
+    """Client writes put the chunk right behind its BDAT line. The parser stops at the
+    line and resumes on feed(b""): it keeps the read itself, not a copy of its rest."""
+    body = bytes(range(256)) * 4096
+    read = b"BDAT %d LAST\r\n" % len(body) + body
+    parser = parser_impl.CommandParser()
+    tracemalloc.start()
+    try:
+        assert parser.feed(read) == [(LINE, b"BDAT %d LAST" % len(body))]
+        parser.start_bdat(len(body), True)
+        events = parser.feed(b"")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * len(body), peak
+    assert events == [(BDAT_CHUNK, None), (DATA_END, body)]
+
+
 def test_zero_size_bdat_needs_an_empty_feed(parser_impl: ModuleType) -> None:
     parser = parser_impl.CommandParser()
     parser.start_bdat(0, True)
