@@ -132,7 +132,7 @@ class CommandParser:
 
     @property
     def body_size(self) -> int:
-        """Octets of the current DATA/BDAT body so far."""
+        """Octets of the current body so far (DATA stops counting past max_size; BDAT counts every chunk)."""
         return self._size
 
     def start_data(self) -> None:
