@@ -6,7 +6,9 @@ sent dot-stuffed) and (b) 4 KiB bodies, each parsed as a full DATA phase
 (start_data + feed → DATA_END: terminator, unstuffing, bare CR/LF and line
 length checks, body as a new bytes object). Baselines: copying the same octets
 into a new bytes object, and `bytes.find(b"\\r\\n.\\r\\n")`, which only finds
-the end. Extra rows: encode_data and a pipelined command batch.
+the end. Extra rows: encode_data, a pipelined command batch, and BDAT bodies
+(1 MiB in 64 KiB chunks, 100 KiB in 4 chunks; every chunk behind its `BDAT n`
+line, the wire cut into 64 KiB reads, driven as the session does).
 
     python bench/parser.py [--reps 9] [--json FILE]
 
@@ -32,6 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmta import _parser, _parser_py  # noqa: E402
+from fastmta._events import DATA_END, LINE  # noqa: E402
 
 WORDS = b"the quick brown fox jumps over lazy dog mail relay queue message header body".split()
 
@@ -70,12 +73,47 @@ def data_parse(mod: ModuleType) -> Callable[[bytes], object]:
     return run
 
 
+def bdat_wire(body: bytes, chunk: int, read: int) -> list[bytes]:
+    """`body` as BDAT commands of `chunk` octets (the last with LAST), cut into reads."""
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    wire = b"".join(
+        b"BDAT %d%s\r\n" % (len(piece), b" LAST" if i == len(pieces) - 1 else b"") + piece
+        for i, piece in enumerate(pieces)
+    )
+    return [wire[i : i + read] for i in range(0, len(wire), read)]
+
+
+def bdat_parse(mod: ModuleType) -> Callable[[list[bytes]], object]:
+    """Feed the reads; at each `BDAT n [LAST]` line start the chunk and feed(b"") on, as
+    the protocol core does; return the body of the DATA_END event."""
+    parser = mod.CommandParser(max_size=64 << 20)
+    start_bdat, feed = parser.start_bdat, parser.feed
+
+    def run(reads: list[bytes]) -> object:
+        body = None
+        for read in reads:
+            events = feed(read)
+            while events:
+                kind, payload = events[-1]
+                if kind == LINE:  # a barrier line is always the last event of its feed
+                    words = payload.split()
+                    start_bdat(int(words[1]), len(words) == 3)
+                    events = feed(b"")
+                else:
+                    if kind == DATA_END:
+                        body = payload
+                    events = []
+        return body
+
+    return run
+
+
 def command_parse(mod: ModuleType) -> Callable[[bytes], object]:
     parser = mod.CommandParser()
     return parser.feed
 
 
-def timeit(fns: dict[str, Callable[[bytes], object]], arg: bytes, inner: int, reps: int) -> dict[str, float]:
+def timeit(fns: dict[str, Callable[[Any], object]], arg: Any, inner: int, reps: int) -> dict[str, float]:
     """Median seconds per call of each function, over `reps` rounds of `inner` calls.
 
     The candidates take turns inside every round, so load from other processes
@@ -133,6 +171,24 @@ def bench_extra(
     }
 
 
+def bench_bdat(name: str, body: bytes, chunk: int, inner: int, reps: int) -> dict[str, object]:
+    reads = bdat_wire(body, chunk, 64 << 10)
+    fns = {"cython": bdat_parse(_parser), "python": bdat_parse(_parser_py)}
+    for fn in fns.values():
+        assert fn(reads) == body, "a twin parsed the BDAT bench body wrongly"
+    fns["copy"] = b"".join  # the floor: one copy of the octets read
+    rows = timeit(fns, reads, inner, reps)
+    return {
+        "workload": name,
+        "octets": len(body),
+        "seconds": rows,
+        "mb_per_s": {k: len(body) / v / 1e6 for k, v in rows.items()},
+        "ns_per_msg": {k: v * 1e9 for k, v in rows.items()},
+        "cython_vs_python": rows["python"] / rows["cython"],
+        "cython_vs_copy": rows["copy"] / rows["cython"],
+    }
+
+
 def run(reps: int) -> dict[str, Any]:
     big = make_body(1 << 20)
     small = make_body(4096)
@@ -143,6 +199,8 @@ def run(reps: int) -> dict[str, Any]:
     results = [
         bench_workload("data_1MiB", big, inner=20, reps=reps),
         bench_workload("data_4KiB", small, inner=2000, reps=reps),
+        bench_bdat("bdat_1MiB_64KiB_chunks", big, 64 << 10, inner=20, reps=reps),
+        bench_bdat("bdat_100KiB_4_chunks", make_body(100 << 10), 25 << 10, inner=200, reps=reps),
         bench_extra(
             "encode_1MiB",
             big,
@@ -176,12 +234,12 @@ def run(reps: int) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    print(f"{'workload':<20}{'impl':<8}{'MB/s':>10}{'ns/msg':>14}")
+    print(f"{'workload':<24}{'impl':<8}{'MB/s':>10}{'ns/msg':>14}")
     for res in report["results"]:
         for impl, mbps in res["mb_per_s"].items():
-            print(f"{res['workload']:<20}{impl:<8}{mbps:>10.0f}{res['ns_per_msg'][impl]:>14.0f}")
+            print(f"{res['workload']:<24}{impl:<8}{mbps:>10.0f}{res['ns_per_msg'][impl]:>14.0f}")
         ratios = [f"{k}={v:.2f}x" for k, v in res.items() if k.startswith("cython_vs_")]
-        print(f"{'':<20}{'':<8}  {'  '.join(ratios)}")
+        print(f"{'':<24}{'':<8}  {'  '.join(ratios)}")
 
 
 def main() -> int:

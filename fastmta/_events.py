@@ -14,7 +14,7 @@ LINE_TOO_LONG = 2  # payload: None; sent once the line passes max_line, the rest
 DATA_END = 3  # payload: the whole body (bytes, dot-unstuffed, ends in CRLF or is empty)
 DATA_TOO_BIG = 4  # payload: None; body passed max_size, reported at the real end
 DATA_BARE_LF = 5  # payload: None; bare CR or LF seen with bare_lf="reject"
-BDAT_CHUNK = 6  # payload: the chunk (bytes), or None once the body passed max_size
+BDAT_CHUNK = 6  # payload: None; a chunk was read whole (its octets are kept for DATA_END)
 
 # Bare CR / bare LF policy in DATA (SMTP smuggling defence).
 BARE_LF_REJECT = "reject"

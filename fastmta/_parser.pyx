@@ -8,7 +8,9 @@ a CRLF line end or a bare CR/LF, so line ends, bare-CR/LF detection and line
 lengths cost one look at every octet. Only lines that start with a dot break
 the body into separate memcpy runs, and the body is written straight into one
 bytes object (sized from the feed) that becomes the DATA_END payload, so a body
-that arrives in one feed is copied exactly once. After a rejected bare CR/LF,
+that arrives in one feed is copied exactly once. BDAT chunks are copied into
+that same buffer as they are read, so a chunked body is copied once as well.
+After a rejected bare CR/LF,
 memmem jumps to the terminator. Command lines use memchr. The conventions
 (line limits, what a line start is, bare CR/LF) are documented in `_parser_py.py`.
 """
@@ -25,6 +27,7 @@ from fastmta import _events as _ev
 cdef extern from "string.h":
     # GNU extension; Python.h defines _GNU_SOURCE before string.h is read.
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen) nogil
+    void* memrchr(const void* s, int c, size_t n) nogil
 
 cdef extern from *:
     """
@@ -70,11 +73,10 @@ cdef enum:
 
 cdef object _LINE = _ev.LINE
 cdef object _DATA_END = _ev.DATA_END
-cdef object _BDAT_CHUNK = _ev.BDAT_CHUNK
 cdef tuple _EV_TOO_LONG = (_ev.LINE_TOO_LONG, None)
 cdef tuple _EV_TOO_BIG = (_ev.DATA_TOO_BIG, None)
 cdef tuple _EV_BARE = (_ev.DATA_BARE_LF, None)
-cdef tuple _EV_CHUNK_DROPPED = (_ev.BDAT_CHUNK, None)
+cdef tuple _EV_CHUNK = (_ev.BDAT_CHUNK, None)
 
 
 cdef inline bint _word_at(const unsigned char* p, Py_ssize_t n, const char* word, Py_ssize_t k):
@@ -101,21 +103,52 @@ cdef bint _is_barrier(const unsigned char* p, Py_ssize_t n):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit):
-    """Lines (split at CRLF) longer than `limit` octets; the last may lack its CRLF."""
-    cdef Py_ssize_t count = 0, start = 0, j
+cdef Py_ssize_t _crlf_after(const unsigned char* p, Py_ssize_t lo, Py_ssize_t hi, bint last):
+    """Offset of the LF of the first (or, with `last`, the last) CRLF whose CR is at
+    lo or later and whose LF is before hi; -1 if there is none. Bare LFs are skipped."""
     cdef const unsigned char* hit
+    cdef Py_ssize_t j = lo + 1
+    while j < hi:
+        if last:
+            hit = <const unsigned char*>memrchr(p + j, _LF, hi - j)
+        else:
+            hit = <const unsigned char*>memchr(p + j, _LF, hi - j)
+        if hit == NULL:
+            return -1
+        if p[hit - p - 1] == _CR:
+            return hit - p
+        if last:
+            hi = hit - p
+        else:
+            j = hit - p + 1
+    return -1
+
+
+cdef Py_ssize_t _count_long(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit):
+    """Lines (split at CRLF) longer than `limit` octets; the last may lack its CRLF.
+
+    A line from `start` is short exactly when a CRLF ends it with its LF before
+    start + limit + 2; then every line ending in that window is short too, so the
+    scan jumps to the last CRLF of the window (one memrchr per window, not one
+    memchr per line). Each octet is looked at a bounded number of times.
+    """
+    cdef Py_ssize_t count = 0, start = 0, end, j
     if n <= limit:
         return 0
     while True:
-        hit = <const unsigned char*>memchr(p + start, _LF, n - start) if start < n else NULL
-        while hit != NULL and (hit - p == start or p[hit - p - 1] != _CR):
-            j = hit - p + 1
-            hit = <const unsigned char*>memchr(p + j, _LF, n - j) if j < n else NULL
-        if hit == NULL:
-            return count + (n - start > limit)
-        j = hit - p
-        count += j - 1 - start > limit
+        end = start + limit + 2
+        if end >= n:
+            j = _crlf_after(p, start, n, True)
+            if j < 0:
+                return count + (n - start > limit)
+            # Lines up to j are short; what follows is the last line, without its CRLF.
+            return count + (n - j - 1 > limit)
+        j = _crlf_after(p, start, end, True)
+        if j < 0:
+            count += 1  # no CRLF ends this line in time: it is long; find where it ends
+            j = _crlf_after(p, end - 2, n, False)
+            if j < 0:
+                return count
         start = j + 1
 
 
@@ -127,7 +160,8 @@ cdef class CommandParser:
     cdef bint _normalise             # bare CR/LF → CRLF instead of rejecting the body
     cdef Py_ssize_t _max_body_line   # body line limit, CRLF excluded (RFC 5322 §2.1.1)
     cdef int _mode                   # _CMD, _DATA or _BDAT
-    cdef bytes _buf                  # unparsed command-mode octets (partial line, or after a barrier)
+    cdef bytes _buf                  # unparsed command-mode octets from _buf_pos on (partial line, or after a barrier)
+    cdef Py_ssize_t _buf_pos         # after a barrier: the whole read is kept, not a copy of its rest
     cdef bint _stopped               # feed() stopped at a barrier
     cdef bint _skipping              # dropping an over-long command line up to its CRLF
     # DATA state
@@ -135,18 +169,16 @@ cdef class CommandParser:
     cdef unsigned char _carry[4]     # held-back tail: "\r" mid-line, or "." / ".\r" at a line start
     cdef Py_ssize_t _carry_len
     cdef bint _ended                 # _scan() found CRLF "." CRLF
-    cdef bint _store                 # still writing the body (not too big, not rejected)
+    cdef bint _store                 # still writing the body (not too big, not rejected); BDAT too
     cdef bint _too_big
     cdef bint _bare                  # bare CR/LF seen under "reject": only the terminator matters now
     cdef Py_ssize_t _line_len        # octets of the current body line seen in earlier feeds
-    cdef PyObject* _out              # the body being built: a bytes object we own (refcount 1)
+    cdef PyObject* _out              # the DATA or BDAT body being built: a bytes object we own (refcount 1)
     cdef Py_ssize_t _out_len
-    cdef Py_ssize_t _size            # body octets so far
+    cdef Py_ssize_t _size            # body octets so far (BDAT: also those dropped past max_size)
     # BDAT state
-    cdef Py_ssize_t _bdat_left
+    cdef Py_ssize_t _bdat_left       # octets of the current chunk still to come
     cdef bint _bdat_last
-    cdef list _parts                 # pieces of the current chunk
-    cdef list _chunks                # finished chunks of the body
     cdef public Py_ssize_t long_lines
 
     def __cinit__(self):
@@ -166,11 +198,11 @@ cdef class CommandParser:
         self._max_body_line = max_body_line
         self._mode = _CMD
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._bdat_left = 0
         self._bdat_last = False
-        self._parts = []
         self._reset_body()
 
     def __dealloc__(self):
@@ -192,22 +224,23 @@ cdef class CommandParser:
         self._bare = False
         self._line_len = 0
         self._size = 0
-        self._chunks = []
         self.long_lines = 0
 
     @property
     def pending(self):
         """True when feed() stopped at a barrier with unparsed bytes still buffered."""
-        return self._stopped and PyBytes_GET_SIZE(self._buf) > 0
+        return self._stopped and PyBytes_GET_SIZE(self._buf) > self._buf_pos
 
     @property
     def partial(self):
         """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
-        return self._mode == _CMD and not self._stopped and (self._skipping or PyBytes_GET_SIZE(self._buf) > 0)
+        return self._mode == _CMD and not self._stopped and (
+            self._skipping or PyBytes_GET_SIZE(self._buf) > self._buf_pos
+        )
 
     @property
     def body_size(self):
-        """Octets of the current DATA/BDAT body so far."""
+        """Octets of the current body so far (DATA stops counting past max_size; BDAT counts every chunk)."""
         return self._size
 
     def start_data(self):
@@ -222,7 +255,6 @@ cdef class CommandParser:
         self._mode = _BDAT
         self._bdat_left = size
         self._bdat_last = bool(last)
-        self._parts = []
 
     def reset_body(self):
         """Drop a BDAT body accumulated over earlier chunks (RSET)."""
@@ -231,6 +263,7 @@ cdef class CommandParser:
     def discard(self):
         """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._mode = _CMD
@@ -241,9 +274,16 @@ cdef class CommandParser:
         cdef bytes buf
         cdef list events = []
         cdef Py_ssize_t pos = 0
-        if PyBytes_GET_SIZE(self._buf):
-            buf = self._buf + data
+        if PyBytes_GET_SIZE(self._buf) > self._buf_pos:
+            # Resume where the last feed stopped: after a barrier a session feeds b"",
+            # so the octets after it (a BDAT chunk, often) are parsed in place.
+            buf = self._buf
+            pos = self._buf_pos
+            if len(data):
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
             self._buf = b""
+            self._buf_pos = 0
         elif type(data) is bytes:
             buf = <bytes>data
         else:
@@ -310,15 +350,18 @@ cdef class CommandParser:
             events.append((_LINE, PyBytes_FromStringAndSize(<const char*>p + pos, end - pos)))
             if _is_barrier(p + pos, end - pos):
                 self._stopped = True
-                self._buf = buf[end + 2:]
+                if end + 2 < n:
+                    self._buf = buf
+                    self._buf_pos = end + 2
                 return 0
             pos = end + 2
         return 0
 
     # -- DATA mode ------------------------------------------------------------
 
-    cdef int _reserve(self, Py_ssize_t extra) except -1:
-        """Make room for `extra` more body octets up front (capped at max_size).
+    cdef int _reserve(self, Py_ssize_t extra, Py_ssize_t most) except -1:
+        """Make room for `extra` more body octets up front (capped at `most`, the
+        largest the body can still become: max_size, or less once BDAT LAST says).
 
         Sizing the buffer from the feed avoids regrowing it run by run: fresh
         pages from each realloc cost more than the whole scan of a large body.
@@ -327,8 +370,8 @@ cdef class CommandParser:
         cdef Py_ssize_t cap
         if not self._store or extra <= 0:
             return 0
-        if need > self._max_size:
-            need = self._max_size
+        if need > most:
+            need = most
         if self._out == NULL:
             if need <= 0:
                 return 0
@@ -337,8 +380,8 @@ cdef class CommandParser:
         cap = PyBytes_GET_SIZE(<object>self._out)
         if need > cap:
             cap = cap * 2 if cap * 2 > need else need
-            if cap > self._max_size and self._max_size >= need:
-                cap = self._max_size
+            if cap > most:
+                cap = most
             _PyBytes_Resize(&self._out, cap)
         return 0
 
@@ -356,7 +399,7 @@ cdef class CommandParser:
             self._size = need
             return 0
         if self._out == NULL or need > PyBytes_GET_SIZE(<object>self._out):
-            self._reserve(k if k > 4096 else 4096)
+            self._reserve(k if k > 4096 else 4096, self._max_size)
         memcpy(PyBytes_AS_STRING(<object>self._out) + self._out_len, src, k)
         self._out_len = need
         self._size = need
@@ -460,7 +503,7 @@ cdef class CommandParser:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
         cdef unsigned char tmp[16]
         cdef Py_ssize_t k, m, used, old
-        self._reserve(n - pos + self._carry_len)
+        self._reserve(n - pos + self._carry_len, self._max_size)
         # A carried tail (≤ 2 octets) is resolved on a small joined copy, so the
         # big buffer itself is always scanned in place.
         if self._carry_len and pos < n:
@@ -518,48 +561,47 @@ cdef class CommandParser:
 
     # -- BDAT mode ------------------------------------------------------------
 
-    cdef int _bdat(self, bytes buf, Py_ssize_t pos, list events) except -1:
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-        cdef Py_ssize_t take = n - pos
-        cdef object chunk, body
-        cdef list parts, chunks
+    cdef Py_ssize_t _bdat(self, bytes buf, Py_ssize_t pos, list events) except -1:
+        """Copy chunk octets from buf[pos:] into the body; return the new pos.
+
+        No unstuffing and no line rules (RFC 3030 §2): the octets go into the
+        buffer DATA uses, so the last chunk's DATA_END payload is that buffer.
+        Past max_size nothing more is stored, but the chunks are still read to
+        their ends and DATA_TOO_BIG comes at LAST.
+        """
+        cdef Py_ssize_t take = PyBytes_GET_SIZE(buf) - pos
+        cdef Py_ssize_t need, most
+        cdef object body
         if take > self._bdat_left:
             take = self._bdat_left
         if take:
             self._bdat_left -= take
-            self._size += take
-            if self._size > self._max_size:
-                self._too_big = True
-                self._chunks = []
-                self._parts = []
-            elif pos == 0 and take == n:
-                self._parts.append(buf)
-            else:
-                self._parts.append(PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, take))
+            need = self._size + take
+            self._size = need
+            if need > self._max_size:
+                if self._store:
+                    self._too_big = True
+                    self._store = False
+                    self._drop_out()
+            elif self._store:
+                most = self._max_size
+                if self._bdat_last and need + self._bdat_left < most:
+                    most = need + self._bdat_left  # the last chunk's end is the body's end
+                self._reserve(take, most)
+                memcpy(PyBytes_AS_STRING(<object>self._out) + self._out_len, PyBytes_AS_STRING(buf) + pos, take)
+                self._out_len = need
             pos += take
         if self._bdat_left:
             return pos
         self._mode = _CMD
-        parts = self._parts
-        self._parts = []
-        if self._too_big:
-            events.append(_EV_CHUNK_DROPPED)
-        else:
-            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._chunks.append(chunk)
-            events.append((_BDAT_CHUNK, chunk))
+        events.append(_EV_CHUNK)
         if self._bdat_last:
-            if self._too_big:
-                events.append(_EV_TOO_BIG)
-                self._reset_body()
-            else:
-                chunks = self._chunks
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._reset_body()
+            self._finish(events)
+            body = (<tuple>events[len(events) - 1])[1]
+            if body is not None:  # DATA_END: count the long lines of the whole body once
                 self.long_lines = _count_long(
                     <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), self._max_body_line
                 )
-                events.append((_DATA_END, body))
         return pos
 
 

@@ -74,6 +74,7 @@ class CommandParser:
         "_max_body_line",
         "_mode",
         "_buf",
+        "_buf_pos",
         "_stopped",
         "_skipping",
         "_carry",
@@ -85,7 +86,6 @@ class CommandParser:
         "_line_len",
         "_bdat_left",
         "_bdat_last",
-        "_parts",
         "long_lines",
     )
 
@@ -102,18 +102,18 @@ class CommandParser:
         self._normalise = bare_lf == BARE_LF_NORMALISE
         self._max_body_line = max_body_line
         self._mode = _CMD
-        self._buf = b""
+        self._buf = b""  # unparsed command-mode octets from _buf_pos on (partial line, or after a barrier)
+        self._buf_pos = 0  # after a barrier the whole read is kept, not a copy of its rest
         self._stopped = False
         self._skipping = False
         self._bdat_left = 0
         self._bdat_last = False
-        self._parts: list[bytes] = []
         self._reset_body()
 
     def _reset_body(self) -> None:
         self._carry = b""
         self._virtual = False
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes] = []  # the body's pieces (DATA runs or BDAT reads), joined once at the end
         self._size = 0
         self._too_big = False
         self._bare = False
@@ -123,16 +123,16 @@ class CommandParser:
     @property
     def pending(self) -> bool:
         """True when feed() stopped at a barrier with unparsed bytes still buffered."""
-        return self._stopped and bool(self._buf)
+        return self._stopped and len(self._buf) > self._buf_pos
 
     @property
     def partial(self) -> bool:
         """True while a command line has begun and its CRLF has not come (buffered or skipped)."""
-        return self._mode == _CMD and not self._stopped and (self._skipping or bool(self._buf))
+        return self._mode == _CMD and not self._stopped and (self._skipping or len(self._buf) > self._buf_pos)
 
     @property
     def body_size(self) -> int:
-        """Octets of the current DATA/BDAT body so far (stops growing past max_size)."""
+        """Octets of the current body so far (DATA stops counting past max_size; BDAT counts every chunk)."""
         return self._size
 
     def start_data(self) -> None:
@@ -150,7 +150,6 @@ class CommandParser:
         self._mode = _BDAT
         self._bdat_left = size
         self._bdat_last = bool(last)
-        self._parts = []
 
     def reset_body(self) -> None:
         """Drop a BDAT body accumulated over earlier chunks (RSET)."""
@@ -159,6 +158,7 @@ class CommandParser:
     def discard(self) -> None:
         """Drop every buffered octet (STARTTLS: no plaintext command injection)."""
         self._buf = b""
+        self._buf_pos = 0
         self._stopped = False
         self._skipping = False
         self._mode = _CMD
@@ -166,14 +166,20 @@ class CommandParser:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, object]]:
         """Parse `data` (with anything buffered) and return the events, in order."""
-        if self._buf:
-            buf = self._buf + data
+        buf, pos = self._buf, self._buf_pos
+        if len(buf) > pos:
+            # Resume where the last feed stopped: after a barrier a session feeds b"",
+            # so the octets after it (a BDAT chunk, often) are parsed in place.
+            if data:
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
             self._buf = b""
+            self._buf_pos = 0
         else:
             buf = data if type(data) is bytes else bytes(data)
+            pos = 0
         self._stopped = False
         events: list[tuple[int, object]] = []
-        pos = 0
         while True:
             mode = self._mode
             if mode == _CMD:
@@ -221,7 +227,9 @@ class CommandParser:
             events.append((LINE, line))
             if _is_barrier(line):
                 self._stopped = True
-                self._buf = buf[pos:]
+                if pos < n:
+                    self._buf = buf
+                    self._buf_pos = pos
                 return
 
     # -- DATA mode ------------------------------------------------------------
@@ -324,6 +332,13 @@ class CommandParser:
     # -- BDAT mode ------------------------------------------------------------
 
     def _bdat(self, buf: bytes, pos: int, events: list[tuple[int, object]]) -> int:
+        """Take chunk octets from buf[pos:] into the body; return the new pos.
+
+        No unstuffing and no line rules (RFC 3030 §2): each read's share joins
+        the pieces DATA uses, so the body is joined once, at LAST. Past max_size
+        nothing more is kept, but the chunks are still read to their ends and
+        DATA_TOO_BIG comes at LAST.
+        """
         take = min(self._bdat_left, len(buf) - pos)
         if take:
             self._bdat_left -= take
@@ -331,31 +346,18 @@ class CommandParser:
             if self._size > self._max_size:
                 self._too_big = True
                 self._chunks = []
-                self._parts = []
             else:
-                self._parts.append(buf[pos : pos + take])
+                self._chunks.append(buf[pos : pos + take])  # the read itself when it is all chunk
             pos += take
         if self._bdat_left:
             return pos
         self._mode = _CMD
-        parts = self._parts
-        self._parts = []
-        if self._too_big:
-            events.append((BDAT_CHUNK, None))
-        else:
-            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._chunks.append(chunk)
-            events.append((BDAT_CHUNK, chunk))
+        events.append((BDAT_CHUNK, None))
         if self._bdat_last:
-            if self._too_big:
-                events.append((DATA_TOO_BIG, None))
-                self._reset_body()
-            else:
-                chunks = self._chunks
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                self._reset_body()
+            self._finish(events)
+            body = events[-1][1]
+            if isinstance(body, bytes):  # DATA_END: count the long lines of the whole body once
                 self.long_lines = _count_long(body, self._max_body_line) if body else 0
-                events.append((DATA_END, body))
         return pos
 
 

@@ -126,6 +126,32 @@ def test_bdat_chunking(srv: Running) -> None:
     assert srv.body(msg_id).endswith(b"+0000\r\n0123456789\r\n.\r\nab")
 
 
+def test_bdat_100k_body_in_pipelined_chunks(srv: Running) -> None:
+    """100 KiB in chunks of uneven sizes (one empty), all sent in one write the way
+    Exchange pipelines them, with octets that mean something elsewhere (a DATA end,
+    bare LFs, dots, a command line): the spooled body is exactly those octets."""
+    unit = b"line of text\r\n..dot\r\n\r\n.\r\nbare\nLF\rCR\x00\xff RSET\r\nQUIT\r\n"
+    body = (unit * (102400 // len(unit) + 1))[:102400]
+    sizes = [1, 30000, 0, 40000, len(body) - 70001]
+    wire, at = b"", 0
+    for i, size in enumerate(sizes):
+        last = b" LAST" if i == len(sizes) - 1 else b""
+        wire += b"BDAT %d%s\r\n" % (size, last) + body[at : at + size]
+        at += size
+    with RawClient(srv.host, srv.port) as c:
+        c.cmd(b"EHLO raw.test")
+        c.cmd(b"MAIL FROM:<a@x.test>")
+        c.cmd(b"RCPT TO:<b@y.test>")
+        c.send(wire)
+        acks = c.replies(len(sizes))
+        assert acks[:-1] == [b"250 2.0.0 %d octets received\r\n" % size for size in sizes[:-1]]
+        msg_id = queued_id(acks[-1])
+        assert c.cmd(b"QUIT").startswith(b"221")
+    stored = srv.body(msg_id)
+    received, _, rest = stored.partition(b"+0000\r\n")
+    assert received.startswith(b"Received: ") and rest == body
+
+
 def test_bdat_without_transaction_is_read_and_refused(srv: Running) -> None:
     with RawClient(srv.host, srv.port) as c:
         c.cmd(b"EHLO raw.test")

@@ -28,6 +28,7 @@ L = LINE
 TOO_LONG = (LINE_TOO_LONG, None)
 BARE = (DATA_BARE_LF, None)
 BIG = (DATA_TOO_BIG, None)
+CHUNK = (BDAT_CHUNK, None)  # a chunk was read; its octets show in the DATA_END body
 
 
 def end(body: bytes, long_lines: int = 0) -> list[tuple[object, object]]:
@@ -207,7 +208,7 @@ CASES: list[Case] = [
         "bdat-last",
         b"BDAT 5 LAST\r\nab.\r\nNOOP\r\n",
         {},
-        [*lines(b"BDAT 5 LAST"), (BDAT_CHUNK, b"ab.\r\n"), *end(b"ab.\r\n"), *lines(b"NOOP")],
+        [*lines(b"BDAT 5 LAST"), CHUNK, *end(b"ab.\r\n"), *lines(b"NOOP")],
     ),
     (
         "bdat-two",
@@ -215,9 +216,9 @@ CASES: list[Case] = [
         {},
         [
             *lines(b"BDAT 3"),
-            (BDAT_CHUNK, b".\r\n"),
+            CHUNK,
             *lines(b"BDAT 4 last"),
-            (BDAT_CHUNK, b"\r\n.\r"),
+            CHUNK,
             *end(b".\r\n\r\n.\r"),
         ],
     ),
@@ -225,13 +226,13 @@ CASES: list[Case] = [
         "bdat-zero-last",
         b"BDAT 2\r\nabBDAT 0 LAST\r\n",
         {},
-        [*lines(b"BDAT 2"), (BDAT_CHUNK, b"ab"), *lines(b"BDAT 0 LAST"), (BDAT_CHUNK, b""), *end(b"ab")],
+        [*lines(b"BDAT 2"), CHUNK, *lines(b"BDAT 0 LAST"), CHUNK, *end(b"ab")],
     ),
     (
         "bdat-bare-lf-ok",
         b"BDAT 3 LAST\r\na\nb",
         R,
-        [*lines(b"BDAT 3 LAST"), (BDAT_CHUNK, b"a\nb"), *end(b"a\nb")],
+        [*lines(b"BDAT 3 LAST"), CHUNK, *end(b"a\nb")],
     ),
     (
         "bdat-at-max",
@@ -239,9 +240,9 @@ CASES: list[Case] = [
         {"max_size": 10},
         [
             *lines(b"BDAT 4"),
-            (BDAT_CHUNK, b"abcd"),
+            CHUNK,
             *lines(b"BDAT 6 LAST"),
-            (BDAT_CHUNK, b"efghij"),
+            CHUNK,
             *end(b"abcdefghij"),
         ],
     ),
@@ -251,9 +252,9 @@ CASES: list[Case] = [
         {"max_size": 10},
         [
             *lines(b"BDAT 4"),
-            (BDAT_CHUNK, b"abcd"),
+            CHUNK,
             *lines(b"BDAT 7 LAST"),
-            (BDAT_CHUNK, None),
+            CHUNK,
             BIG,
             *lines(b"NOOP"),
         ],
@@ -264,9 +265,9 @@ CASES: list[Case] = [
         {"max_size": 10},
         [
             *lines(b"BDAT 11"),
-            (BDAT_CHUNK, None),
+            CHUNK,
             *lines(b"BDAT 1 LAST"),
-            (BDAT_CHUNK, None),
+            CHUNK,
             BIG,
             *lines(b"NOOP"),
         ],
@@ -275,13 +276,28 @@ CASES: list[Case] = [
         "bdat-long-lines",
         b"BDAT 9 LAST\r\nabcde\r\nfg",
         {"max_body_line": 4},
-        [*lines(b"BDAT 9 LAST"), (BDAT_CHUNK, b"abcde\r\nfg"), *end(b"abcde\r\nfg", 1)],
+        [*lines(b"BDAT 9 LAST"), CHUNK, *end(b"abcde\r\nfg", 1)],
     ),
+    (
+        "bdat-long-lines-afresh-after-data",
+        b"DATA\r\nabcde\r\n.\r\nBDAT 0 LAST\r\nBDAT 2 LAST\r\nab",
+        {"max_body_line": 4},
+        [
+            *lines(b"DATA"),
+            *end(b"abcde\r\n", 1),
+            *lines(b"BDAT 0 LAST"),
+            CHUNK,
+            *end(b""),
+            *lines(b"BDAT 2 LAST"),
+            CHUNK,
+            *end(b"ab"),
+        ],
+    ),  # fmt: skip
     (
         "bdat-data-lookalike",
         b"BDAT 10 LAST\r\nDATA\r\nQUIT\r\n",
         {},
-        [*lines(b"BDAT 10 LAST"), (BDAT_CHUNK, b"DATA\r\nQUIT"), *end(b"DATA\r\nQUIT"), *lines(b"")],
+        [*lines(b"BDAT 10 LAST"), CHUNK, *end(b"DATA\r\nQUIT"), *lines(b"")],
     ),
 ]
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fastmta._events import DATA_BARE_LF, DATA_END, LINE
+from fastmta._events import BDAT_CHUNK, DATA_BARE_LF, DATA_END, DATA_TOO_BIG, LINE
 from tests.fixtures.parser import drive, split_at
 
 SETTINGS = settings(
@@ -49,15 +49,15 @@ TOKENS = [
     b"BDAT 0 LAST\r\n",
     b"BDAT 7 LAST\r\n",
     b"STARTTLS\r\n",
+    b"RSET\r\n",
     b"NOOP\r\n",
     b"MAIL FROM:<a@b.test>\r\n",
 ]
 RUNS = st.builds(
     lambda c, k: c * k, st.sampled_from([b"x", b".", b"\r", b"\n", b"\r\n"]), st.integers(0, 1100)
 )
-STREAMS = st.lists(st.one_of(st.sampled_from(TOKENS), st.binary(max_size=24), RUNS), max_size=50).map(
-    b"".join
-)
+PIECES = st.one_of(st.sampled_from(TOKENS), st.binary(max_size=24), RUNS)
+STREAMS = st.lists(PIECES, max_size=50).map(b"".join)
 LIMITS = st.fixed_dictionaries(
     {
         "max_line": st.sampled_from([3, 5, 16, 512]),
@@ -106,6 +106,65 @@ def test_one_byte_at_a_time_matches_whole(parser_impl: ModuleType) -> None:
         limits = {"max_line": 16, "max_size": 300, "bare_lf": bare_lf, "max_body_line": 4}
         whole = _run(parser_impl, [data], limits)
         assert _run(parser_impl, [data[i : i + 1] for i in range(len(data))], limits) == whole
+
+
+# A BDAT dialogue: chunks (octets of any kind, the last with LAST), RSETs between them.
+CHUNK_DATA = st.lists(PIECES, max_size=6).map(b"".join)
+BDAT_STEPS = st.lists(st.one_of(CHUNK_DATA, st.just(None)), max_size=6).flatmap(
+    lambda steps: CHUNK_DATA.map(lambda last: [*steps, last])
+)
+
+
+def _bdat_dialogue(steps: list[bytes | None], limit: int, max_body_line: int) -> tuple[bytes, list[object]]:
+    """The wire form of `steps` (None is an RSET) and the events it must give, worked
+    out from the chunks alone: the body is what the chunks since the last RSET hold."""
+    wire = bytearray()
+    expected: list[object] = []
+    body = b""
+    for i, step in enumerate(steps):
+        if step is None:
+            wire += b"RSET\r\n"
+            expected.append((LINE, b"RSET"))
+            body = b""
+            continue
+        line = b"BDAT %d%s" % (len(step), b" LAST" if i == len(steps) - 1 else b"")
+        wire += line + b"\r\n" + step
+        expected += [(LINE, line), (BDAT_CHUNK, None)]
+        body += step
+    if len(body) > limit:
+        expected.append((DATA_TOO_BIG, None))
+    else:
+        long_lines = sum(len(line) > max_body_line for line in body.split(b"\r\n")) if body else 0
+        expected += [(DATA_END, body), ("long_lines", long_lines)]
+    expected.append((LINE, b"NOOP"))
+    return bytes(wire + b"NOOP\r\n"), expected
+
+
+@SETTINGS
+@given(
+    steps=BDAT_STEPS,
+    slack=st.one_of(st.none(), st.integers(-2, 2)),
+    max_body_line=st.sampled_from([1, 4, 80, 998]),
+    points=st.lists(st.integers(min_value=0, max_value=8000), max_size=16),
+)
+def test_bdat_chunks_build_the_body(
+    twins: tuple[ModuleType, ModuleType],
+    steps: list[bytes | None],
+    slack: int | None,
+    max_body_line: int,
+    points: list[int],
+) -> None:
+    """Random chunk sizes (0 included) cut at random reads, RSET between chunks, a
+    max_size below, at and above the body or none: both twins give the same events,
+    feed by feed, and the body is the chunks' octets joined."""
+    cython, python = twins
+    last_rset = max((i for i, step in enumerate(steps) if step is None), default=-1)
+    size = sum(len(step) for step in steps[last_rset + 1 :] if step is not None)
+    limits = {"max_size": 50 << 20 if slack is None else max(0, size + slack), "max_body_line": max_body_line}
+    wire, expected = _bdat_dialogue(steps, limits["max_size"], max_body_line)
+    chunks = split_at(wire, points)
+    assert _run(cython, chunks, limits, marks=True) == _run(python, chunks, limits, marks=True)
+    assert drive(python, chunks, **limits)[0] == expected
 
 
 BODIES = st.lists(
