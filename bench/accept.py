@@ -254,8 +254,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
     unavailable: dict[str, str] = {}
     runs: list[dict[str, Any]] = []
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fastmta-bench-disk-") as d:  # where the peers keep their stores
-        flush = disk.flush_latency(d)
+    flush = disk.flush_latency(tempfile.gettempdir())  # the disk the peers keep their stores on
+    probes = [flush]
     log(
         f"disk: one-page commit floor {flush['commit_floor_us']} µs "
         f"(fdatasync {flush['data_page_fdatasync_us']} + O_DSYNC meta write {flush['meta_dsync_write_us']}); "
@@ -276,6 +276,8 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
         rates: dict[tuple[str, str, str], float] = {}
         for rep in range(-1, reps):  # rep -1 is the warm-up that also sizes the runs
             for sc in scenarios:
+                if rep >= 0 and sc.connections == 1:  # flush times drift: probe beside the runs they bound
+                    probes.append(disk.flush_latency(tempfile.gettempdir(), samples=50))
                 for drv in driver_names:
                     for system in order(live, max(rep, 0) + scenarios.index(sc)):
                         cell = (sc.name, drv, system)
@@ -298,6 +300,9 @@ def run(quick: bool, reps: int, seconds: float, systems: list[str], scenarios: l
             with contextlib.suppress(Exception):
                 peer.stop()
     summary = summarise(runs)
+    flush = disk.combine(probes)
+    log(f"disk over the run ({len(probes)} probes): one-page commit floor {flush['commit_floor_us']} µs, "
+        f"spool-shaped {flush['spool_commit_floor_us']} µs")  # fmt: skip
     against_limit = vs_limit(summary)
     for sc, by_drv in against_limit.items():
         for drv, by_sys in by_drv.items():

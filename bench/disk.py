@@ -74,6 +74,15 @@ def flush_latency(directory: str, samples: int = 200) -> dict[str, Any]:
     }
 
 
+def combine(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several probes of one run as one: the median of each time, every sample counted."""
+    out: dict[str, Any] = {"samples": sum(p["samples"] for p in probes), "probes": len(probes)}
+    for key in probes[0]:
+        if key.endswith("_us"):
+            out[key] = round(statistics.median(p[key] for p in probes), 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with tempfile.TemporaryDirectory(dir=args[0] if args else None) as d:

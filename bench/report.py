@@ -234,7 +234,9 @@ def floor_lines(acc: dict[str, Any]) -> list[str]:
         return []
     out = ["", f"**Durability floor**: a one-page LMDB-style commit on this disk takes "
            f"{fl['commit_floor_us']} µs (fdatasync {fl['data_page_fdatasync_us']} + O_DSYNC meta write "
-           f"{fl['meta_dsync_write_us']}, medians of {fl['samples']})."]  # fmt: skip
+           f"{fl['meta_dsync_write_us']}, medians of {fl['samples']}"
+           + (f" from {fl['probes']} probes spread over the run" if fl.get("probes", 1) > 1 else "")
+           + ")."]  # fmt: skip
     for sc, by_drv in acc.get("floors", {}).items():
         for drv, c in by_drv.items():
             line = (f"{acc['scenarios'].get(sc, sc)}, `{drv}`: limit {c['limit_us_per_msg']} µs/msg "

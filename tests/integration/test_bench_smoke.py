@@ -316,6 +316,9 @@ def test_disk_flush_probe_leaves_nothing_behind(tmp_path: Path) -> None:
         res["data_page_fdatasync_us"] + res["meta_dsync_write_us"], abs=0.2
     )
     assert res["spool_commit_floor_us"] > 0
+    both = disk.combine([res, dict(res, commit_floor_us=1.0, samples=7)])
+    assert both["samples"] == 12 and both["probes"] == 2
+    assert both["commit_floor_us"] == round((res["commit_floor_us"] + 1.0) / 2, 1)
     assert list(tmp_path.iterdir()) == []
 
 
