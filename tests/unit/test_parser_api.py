@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -181,17 +183,27 @@ def test_chunked_bdat_body_is_held_once(twins: tuple[ModuleType, ModuleType]) ->
         for i in range(0, len(body), step)
     ]
     parser = twins[0].CommandParser()
-    tracemalloc.start()
-    try:
+
+    def parse() -> list[Any]:
         for read in reads:
             words = parser.feed(read)[-1][1].split()
             parser.start_bdat(int(words[1]), len(words) == 3)
             events = parser.feed(b"")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        return events
+
+    events, peak = _with_peak(parse)
     assert peak < 1.25 * len(body), peak
     assert events == [(BDAT_CHUNK, None), (DATA_END, body)]
+
+
+def _with_peak(parse: Callable[[], list[Any]]) -> tuple[list[Any], int]:
+    """``parse()``'s events and the most memory Python held while it ran."""
+    tracemalloc.start()
+    try:
+        events = parse()
+        return events, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_chunk_in_the_read_of_its_bdat_line_is_copied_once(parser_impl: ModuleType) -> None:
@@ -200,14 +212,13 @@ def test_chunk_in_the_read_of_its_bdat_line_is_copied_once(parser_impl: ModuleTy
     body = bytes(range(256)) * 4096
     read = b"BDAT %d LAST\r\n" % len(body) + body
     parser = parser_impl.CommandParser()
-    tracemalloc.start()
-    try:
+
+    def parse() -> list[Any]:
         assert parser.feed(read) == [(LINE, b"BDAT %d LAST" % len(body))]
         parser.start_bdat(len(body), True)
-        events = parser.feed(b"")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        return list(parser.feed(b""))
+
+    events, peak = _with_peak(parse)
     assert peak < 1.25 * len(body), peak
     assert events == [(BDAT_CHUNK, None), (DATA_END, body)]
 
