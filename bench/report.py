@@ -227,6 +227,37 @@ def ceiling_lines(acc: dict[str, Any]) -> list[str]:
     ]
 
 
+# The protocol core's targets, against floors measured in the same run: CPU per
+# message at most this many times the durable limit's (every many-connection cell),
+# and at one connection at least this share of the ceiling set by a spool-shaped commit.
+CORE_CPU_OVER_DURABLE_MAX = 1.6
+CORE_SPOOL_CEILING_SHARE_MIN = 0.8
+
+
+def core_goal_lines(acc: dict[str, Any]) -> list[str]:
+    """The protocol core's targets, each with the measured value and whether it is met."""
+    rows = [["target", "driver", "measured", "met"]]
+    for sc, by_drv in acc.get("vs_limit", {}).items():
+        if "-1c-" in sc:  # one connection: judged against its ceiling below
+            continue
+        for drv, by_sys in by_drv.items():
+            got = by_sys.get("fastmta", {}).get("cpu_over_durable_limit")
+            if got is not None:
+                want = f"CPU ≤ {CORE_CPU_OVER_DURABLE_MAX}× the durable limit's"
+                rows.append([f"{acc['scenarios'].get(sc, sc)}: {want}", drv, f"{got:.2f}×",
+                             "yes" if got <= CORE_CPU_OVER_DURABLE_MAX else "**no**"])  # fmt: skip
+    for sc, by_drv in acc.get("floors", {}).items():
+        for drv, c in by_drv.items():
+            got = c.get("fastmta_share_of_spool_ceiling")
+            if got is not None:
+                want = f"≥ {CORE_SPOOL_CEILING_SHARE_MIN:.0%} of the spool-shaped ceiling"
+                rows.append([f"{acc['scenarios'].get(sc, sc)}: {want}", drv, f"{got:.0%}",
+                             "yes" if got >= CORE_SPOOL_CEILING_SHARE_MIN else "**no**"])  # fmt: skip
+    if len(rows) == 1:
+        return []
+    return ["", "**Protocol-core targets** (against floors measured in this run)", "", *_md(rows)]
+
+
 def floor_lines(acc: dict[str, Any]) -> list[str]:
     """One connection: the disk's flush floor, and the best a durable server could do on top of the limit."""
     fl = acc.get("disk")
@@ -459,7 +490,7 @@ def render(result: dict[str, Any]) -> str:
             lines += ["", f"**{name}**: failed: {data['error']}"]
         elif name == "accept":
             lines += accept_tables(data) + metrics_cost_lines(data) + stored_lines(data)
-            lines += ceiling_lines(data) + floor_lines(data)
+            lines += ceiling_lines(data) + floor_lines(data) + core_goal_lines(data)
         elif name == "relay":
             lines += relay_tables(data)
         elif name == "dkim" and "summary" in data:

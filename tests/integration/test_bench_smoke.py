@@ -307,6 +307,22 @@ def test_vs_limit_puts_fastmta_beside_both_limits() -> None:
     )
 
 
+def test_core_targets_are_judged_against_the_floors_of_the_same_run() -> None:
+    from bench import report
+
+    acc = {
+        "scenarios": {"4k-50c-1m": "4 KiB, 50 conn", "4k-1c-100m": "4 KiB, 1 conn"},
+        "vs_limit": {"4k-50c-1m": {"smtp-source": {"fastmta": {"cpu_over_durable_limit": 1.6}}},
+                     "4k-1c-100m": {"smtp-source": {"fastmta": {"cpu_over_durable_limit": 3.0}}}},
+        "floors": {"4k-1c-100m": {"smtp-source": {"fastmta_share_of_spool_ceiling": 0.79}}},
+    }  # fmt: skip
+    text = "\n".join(report.core_goal_lines(acc))
+    assert "| 4 KiB, 50 conn: CPU ≤ 1.6× the durable limit's | smtp-source | 1.60× | yes |" in text
+    assert "| 4 KiB, 1 conn: ≥ 80% of the spool-shaped ceiling | smtp-source | 79% | **no** |" in text
+    assert "3.00×" not in text  # one connection is judged against its ceiling, not by CPU
+    assert report.core_goal_lines({"scenarios": {}}) == []
+
+
 def test_disk_flush_probe_leaves_nothing_behind(tmp_path: Path) -> None:
     from bench import disk
 
