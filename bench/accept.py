@@ -227,8 +227,9 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
             }
             if not med["limit"]:
                 continue
-            best = 1 / (1 / med["limit"] + commit_floor_us / 1e6)
-            cell = {"limit_us_per_msg": round(1e6 / med["limit"], 1), "commit_floor_us": commit_floor_us,
+            limit_us = 1e6 / med["limit"]
+            best = 1e6 / (limit_us + commit_floor_us)
+            cell = {"limit_us_per_msg": round(limit_us, 1), "commit_floor_us": commit_floor_us,
                     "durable_ceiling_rate": round(best, 1)}  # fmt: skip
             if med["postfix"]:
                 cell["ceiling_over_postfix"] = round(best / med["postfix"], 2)
@@ -237,7 +238,7 @@ def floors(summary: dict[str, Any], scenarios: list[Scenario], commit_floor_us: 
             if med["limit-durable"]:
                 cell["durable_limit_share_of_ceiling"] = round(med["limit-durable"] / best, 2)
             if spool_floor_us:
-                spool_best = 1 / (1 / med["limit"] + spool_floor_us / 1e6)
+                spool_best = 1e6 / (limit_us + spool_floor_us)
                 cell["spool_commit_floor_us"] = spool_floor_us
                 cell["spool_ceiling_rate"] = round(spool_best, 1)
                 if med["fastmta"]:

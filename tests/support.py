@@ -137,6 +137,16 @@ def established(port: int) -> int:
     return n
 
 
+def recv_exactly(sock: socket.socket, n: int, peer: str = "the peer") -> bytes:
+    """``n`` octets from a blocking socket; a close before them fails the test, naming ``peer``."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, f"{peer} closed the socket"
+        data += chunk
+    return data
+
+
 def caught_signals(pid: int, mask: str = "SigCgt") -> set[int]:
     """Signals process ``pid`` has a handler for (the SigCgt mask of /proc/PID/status;
     ``mask="SigIgn"``: the signals it ignores)."""

@@ -12,6 +12,7 @@ import uvloop
 from fastmta.config import DkimConfig
 from fastmta.dkim import service, worker
 from tests.fixtures.dkim import DOMAIN, ED, RSA, Keys
+from tests.support import recv_exactly
 
 T = 1_790_000_000
 
@@ -25,16 +26,8 @@ def _configs(keys: Keys) -> list[DkimConfig]:
 
 
 def _frame(sock: socket.socket) -> bytes:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            assert chunk, "the signing process closed the socket"
-            data += chunk
-        return data
-
-    (n,) = worker.FRAME.unpack(exactly(worker.FRAME.size))
-    return exactly(n)
+    (n,) = worker.FRAME.unpack(recv_exactly(sock, worker.FRAME.size, "the signing process"))
+    return recv_exactly(sock, n, "the signing process")
 
 
 def _replies(sock: socket.socket, count: int) -> list[list[worker.Reply]]:

@@ -19,6 +19,7 @@ import pytest
 
 from fastmta.spool import writer
 from fastmta.spool.store import Store
+from tests.support import recv_exactly
 
 LONG = 30.0  # s: a linger this long would outlast every wait below
 # s: long enough for the writer to finish its last batch and wait for the next byte
@@ -55,19 +56,10 @@ def _op(seq: int) -> bytes:
 def _ack(sock: socket.socket) -> dict[str, Any]:
     """The next reply that acknowledges a commit (idle room measurements skipped)."""
     while True:
-        (n,) = writer.ACK.unpack(_exactly(sock, writer.ACK.size))
-        msg: dict[str, Any] = pickle.loads(_exactly(sock, n))
+        (n,) = writer.ACK.unpack(recv_exactly(sock, writer.ACK.size, "the writer"))
+        msg: dict[str, Any] = pickle.loads(recv_exactly(sock, n, "the writer"))
         if "seconds" in msg or "ready" in msg:
             return msg
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "the writer closed the socket"
-        data += chunk
-    return data
 
 
 def _seqs(ack: dict[str, Any]) -> list[int]:
