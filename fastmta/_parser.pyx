@@ -535,8 +535,9 @@ cdef class CommandParser:
         memcpy(self._carry, p + pos + used, self._carry_len)
         return n
 
-    cdef int _finish(self, list events) except -1:
-        cdef object body
+    cdef object _finish(self, list events):
+        """End the body: its DATA_END (the body is returned) or its refusal (None)."""
+        cdef object body = None
         cdef PyObject* raw
         cdef Py_ssize_t long_lines = self.long_lines
         if self._bare:
@@ -557,7 +558,7 @@ cdef class CommandParser:
         self._reset_body()
         self._mode = _CMD
         self.long_lines = long_lines
-        return 0
+        return body
 
     # -- BDAT mode ------------------------------------------------------------
 
@@ -577,27 +578,20 @@ cdef class CommandParser:
         if take:
             self._bdat_left -= take
             need = self._size + take
-            self._size = need
-            if need > self._max_size:
-                if self._store:
-                    self._too_big = True
-                    self._store = False
-                    self._drop_out()
-            elif self._store:
+            if self._store and need <= self._max_size:
                 most = self._max_size
                 if self._bdat_last and need + self._bdat_left < most:
                     most = need + self._bdat_left  # the last chunk's end is the body's end
                 self._reserve(take, most)
-                memcpy(PyBytes_AS_STRING(<object>self._out) + self._out_len, PyBytes_AS_STRING(buf) + pos, take)
-                self._out_len = need
+            self._emit(<const unsigned char*>PyBytes_AS_STRING(buf) + pos, take)  # past max_size: stops storing
+            self._size = need  # every chunk counts, stored or not
             pos += take
         if self._bdat_left:
             return pos
         self._mode = _CMD
         events.append(_EV_CHUNK)
         if self._bdat_last:
-            self._finish(events)
-            body = (<tuple>events[len(events) - 1])[1]
+            body = self._finish(events)
             if body is not None:  # DATA_END: count the long lines of the whole body once
                 self.long_lines = _count_long(
                     <const unsigned char*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), self._max_body_line

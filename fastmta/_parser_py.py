@@ -315,7 +315,9 @@ class CommandParser:
         self.long_lines += count
         self._line_len = len(last) - (last[:1] == b".")
 
-    def _finish(self, events: list[tuple[int, object]]) -> None:
+    def _finish(self, events: list[tuple[int, object]]) -> bytes | None:
+        """End the body: its DATA_END (the body is returned) or its refusal (None)."""
+        body = None
         if self._bare and not self._normalise:
             events.append((DATA_BARE_LF, None))
             self.long_lines = 0
@@ -324,10 +326,12 @@ class CommandParser:
             self.long_lines = 0
         else:
             chunks = self._chunks
-            events.append((DATA_END, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            events.append((DATA_END, body))
         long_lines = self.long_lines
         self._reset_body()
         self.long_lines = long_lines
+        return body
 
     # -- BDAT mode ------------------------------------------------------------
 
@@ -354,9 +358,8 @@ class CommandParser:
         self._mode = _CMD
         events.append((BDAT_CHUNK, None))
         if self._bdat_last:
-            self._finish(events)
-            body = events[-1][1]
-            if isinstance(body, bytes):  # DATA_END: count the long lines of the whole body once
+            body = self._finish(events)
+            if body is not None:  # DATA_END: count the long lines of the whole body once
                 self.long_lines = _count_long(body, self._max_body_line) if body else 0
         return pos
 
