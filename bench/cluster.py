@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import threading
@@ -83,19 +82,13 @@ def redis_calls(url: str) -> tuple[int, int]:
     return calls.get("evalsha", 0) + calls.get("eval", 0), sum(calls.values()) - calls.get("info", 0)
 
 
-def children_cpu() -> float:
-    """CPU seconds of this process's reaped children (the smtp-source runs)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def relay(group: list[peers.Fastmta], sink: peers.SmtpSink, redis: peers.Redis, count: int,
           timeout: float) -> dict[str, Any]:  # fmt: skip
     """``count`` messages split over the nodes (smtp-source each, in parallel) until the sink has all."""
     _, before = sink.counts()
     calls0 = redis_calls(redis.url)
     cpu0 = [p.cpu() for p in group]
-    other0 = (redis.cpu(), sink.cpu(), children_cpu())
+    other0 = (redis.cpu(), sink.cpu(), drivers.children_cpu())
     share = count // len(group)
     results: list[drivers.Result] = []
     start = time.perf_counter()
@@ -111,7 +104,7 @@ def relay(group: list[peers.Fastmta], sink: peers.SmtpSink, redis: peers.Redis, 
     end = sink.last_message_at if done else time.perf_counter()
     _, after = sink.counts()
     cpu = [p.cpu() - c for p, c in zip(group, cpu0, strict=True)]
-    other1 = (redis.cpu(), sink.cpu(), children_cpu())
+    other1 = (redis.cpu(), sink.cpu(), drivers.children_cpu())
     redis_cpu, sink_cpu, source_cpu = (b - a for a, b in zip(other0, other1, strict=True))
     scripts, commands = (b - a for a, b in zip(calls0, redis_calls(redis.url), strict=True))
     got = after - before

@@ -43,14 +43,15 @@ class Result:
         return asdict(self)
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the load tools it ran)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
 
 def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float, float]:
     """Run one driver process; on timeout kill exactly that process. Adds the driver's CPU seconds."""
-    start, cpu0 = time.perf_counter(), _children_cpu()
+    start, cpu0 = time.perf_counter(), children_cpu()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -64,8 +65,8 @@ def _run(cmd: list[str], timeout: float) -> tuple[int, bytes, bytes, float, floa
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        return -9, out, err + b"\ndriver timed out", time.perf_counter() - start, _children_cpu() - cpu0
-    return proc.returncode, out, err, time.perf_counter() - start, _children_cpu() - cpu0
+        return -9, out, err + b"\ndriver timed out", time.perf_counter() - start, children_cpu() - cpu0
+    return proc.returncode, out, err, time.perf_counter() - start, children_cpu() - cpu0
 
 
 def smtp_source(address: str, count: int, connections: int, reuse: bool, size: int,

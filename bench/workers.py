@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import statistics
 import sys
 import time
@@ -77,12 +76,6 @@ class WorkersFastmta(peers.Fastmta):
         raise RuntimeError(f"{self.name}: not healthy after 30 s; log: {self.log_tail(8)}")
 
 
-def children_cpu() -> float:
-    """CPU seconds of this process's reaped children (the load generator runs)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 ROLES = ("loop", "writer", "supervisor")
 
 
@@ -106,9 +99,9 @@ def role_cpu(mta: WorkersFastmta) -> dict[str, float]:
 
 
 def accept_run(mta: WorkersFastmta, sc: Scenario, count: int, timeout: float) -> dict[str, Any]:
-    cpu0, gen0, roles0 = mta.cpu(), children_cpu(), role_cpu(mta)
+    cpu0, gen0, roles0 = mta.cpu(), drivers.children_cpu(), role_cpu(mta)
     res = drivers.smtp_source(mta.address, count, sc.connections, sc.per_connection > 1, sc.size, timeout)
-    cpu, gen, roles1 = mta.cpu() - cpu0, children_cpu() - gen0, role_cpu(mta)
+    cpu, gen, roles1 = mta.cpu() - cpu0, drivers.children_cpu() - gen0, role_cpu(mta)
     out = res.as_dict()
     for role in ROLES:  # where the CPU went: the loops, the spool writers (group commits), the supervisor
         spent = roles1[role] - roles0[role]

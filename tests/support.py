@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.peers import free_port as free_port  # one port picker for the tests and the benches
 from fastmta.node.server import LOOP_EXCEPTION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,22 +60,6 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"required tool {name!r} is not installed (run scripts/install-tools.sh)")
     return path
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now, never one this process handed out before: two
-    calls in a row may otherwise get the same port back from the kernel."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    while True:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 @contextlib.contextmanager

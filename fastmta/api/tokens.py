@@ -58,7 +58,10 @@ def load(path: str) -> list[tuple[str, bytes]]:
 
 def check(entries: list[tuple[str, bytes]], token: str) -> str | None:
     """The name of the entry ``token`` matches, else None; constant time in the entries."""
-    presented = digest(token)
+    return _match(entries, digest(token))
+
+
+def _match(entries: list[tuple[str, bytes]], presented: bytes) -> str | None:
     found = None
     for name, want in entries:
         if hmac.compare_digest(presented, want) and found is None:
@@ -81,7 +84,7 @@ class Tokens:
         presented = digest(token)
         name = self._seen.get(presented)
         if name is None:
-            name = check(self.entries, token)
+            name = _match(self.entries, presented)
             if name is not None:
                 if len(self._seen) >= SEEN_MAX:
                     self._seen.clear()

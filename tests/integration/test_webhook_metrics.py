@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from tests.fixtures.http import WebhookReceiver, relay_config, send_each, webhook_table
-from tests.fixtures.metrics import deploy_path, scrape, value
+from tests.fixtures.metrics import ALERT_RULES, scrape, value
 from tests.fixtures.server import Running, serve_fastmta
 from tests.fixtures.sink import Sink
 from tests.support import require_tool, wait_until
@@ -85,7 +85,7 @@ def _alert_fires(tmp: Path, dropped_before: float, dropped_after: float) -> subp
         'fastmta_webhook_events_total{job="fastmta", instance="mx1:9025", webhook="hooked", result="dropped"}'
     )
     test = {
-        "rule_files": [str(deploy_path("prometheus", "rules", "fastmta-alerts.yml"))],
+        "rule_files": [str(ALERT_RULES)],
         "evaluation_interval": "1m",
         "tests": [{
             "interval": "1m",

@@ -11,19 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import smtplib
 import time
 from collections.abc import Callable
 
-from tests.fixtures.http import WEBHOOK_SECRET, WebhookRelay
+from tests.fixtures.http import WEBHOOK_SECRET, WebhookRelay, send_each
 from tests.fixtures.server import Running
 from tests.support import ServerProcess, run_fastmta, wait_until
-
-
-def _send(srv: Running, rcpts: list[str]) -> None:
-    with smtplib.SMTP(srv.host, srv.port, timeout=30) as c:
-        for r in rcpts:
-            c.sendmail("a@src.test", [r], f"From: a@src.test\r\nSubject: {r}\r\n\r\nhi\r\n".encode())
 
 
 def _logged(proc: ServerProcess, events: tuple[str, ...]) -> list[tuple[str, str, int]]:
@@ -39,7 +32,7 @@ def test_failing_webhook_gets_every_event_signed_in_batches_once_it_answers(
     webhook_relay: Callable[..., WebhookRelay],
 ) -> None:
     box, hook, srv = webhook_relay(mode="fail")
-    _send(srv, [f"u{i}@a.test" for i in range(12)])
+    send_each(srv.host, srv.port, [f"u{i}@a.test" for i in range(12)])
     box.wait_messages(12)
     wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 12, 30, "12 delivered lines")
     wait_until(lambda: hook.attempts >= 2, 30, "retried POSTs")
@@ -61,7 +54,7 @@ def test_failing_webhook_gets_every_event_signed_in_batches_once_it_answers(
 
 def test_stalled_webhook_times_out_and_is_retried(webhook_relay: Callable[..., WebhookRelay]) -> None:
     _, hook, srv = webhook_relay(mode="stall")
-    _send(srv, ["s1@a.test", "s2@a.test"])
+    send_each(srv.host, srv.port, ["s1@a.test", "s2@a.test"])
     wait_until(lambda: hook.attempts >= 2, 60, "a second POST after the first timed out")
     # a stalled webhook never holds delivery up
     assert len(_logged(srv.proc, ("delivered",))) == 2
@@ -73,7 +66,7 @@ def test_kill_9_before_the_post_the_event_arrives_after_restart(
     webhook_relay: Callable[..., WebhookRelay],
 ) -> None:
     box, hook, srv = webhook_relay(start=False)  # down: connection refused
-    _send(srv, ["k1@a.test", "k2@a.test", "k3@a.test"])
+    send_each(srv.host, srv.port, ["k1@a.test", "k2@a.test", "k3@a.test"])
     box.wait_messages(3)
     wait_until(lambda: len(_logged(srv.proc, ("delivered",))) == 3, 30, "3 delivered lines")
     delivered = {i for i, _, _ in _logged(srv.proc, ("delivered",))}
@@ -96,7 +89,7 @@ def test_webhook_down_for_a_while_gets_every_event_in_order_per_message(
     rcpts = [f"d{i}@a.test" for i in range(6)]
     deferring = {"rcpt_default": "451 4.7.1 try again later"}
     box, hook, srv = webhook_relay(start=False, sink=deferring, batch_size="4")
-    _send(srv, rcpts)
+    send_each(srv.host, srv.port, rcpts)
     wait_until(lambda: len(_logged(srv.proc, ("deferred",))) >= 6, 30, "first attempts deferred")
     box.script.rcpt_default = None
     box.wait_messages(6, 60)
